@@ -1,0 +1,1 @@
+"""Ingle's PySide6 GUI and the `ingle` command line that composes every layer's commands."""

@@ -1,0 +1,66 @@
+"""The `ingle` command: opens the GUI with no arguments; subcommands come from each layer's cli module."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from engine.errors import IngleError
+
+# Each module has register(subparsers); training's is imported only when present (torch stays lazy inside it).
+COMMAND_MODULES = ("engine.cli",)
+OPTIONAL_COMMAND_MODULES = ("training.cli",)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ingle", description="Local chat with quantized language models.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log details (including llama.cpp's)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    gui = sub.add_parser("gui", help="open the app (the default)")
+    gui.set_defaults(func=run_gui)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    for name in OPTIONAL_COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as err:
+            if err.name != name:
+                raise
+            continue
+        module.register(sub)
+    return parser
+
+
+def run_gui(args) -> int:
+    from app.main import run
+
+    return run()
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--engine-host"]:  # the frozen app starting its own engine child
+        from engine.host import child_main
+
+        child_main(argv[1])
+        return 0
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.ERROR, format="%(name)s: %(message)s")
+    func = getattr(args, "func", run_gui)
+    try:
+        return func(args) or 0
+    except IngleError as err:
+        print(f"ingle: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ingle: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

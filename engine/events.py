@@ -1,0 +1,120 @@
+"""Typed events the engine streams, identical in-process and through the host process."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+
+class StopReason(str, Enum):
+    EOS = "eos"  # the model ended its turn
+    STOP_STRING = "stop_string"
+    MAX_TOKENS = "max_tokens"
+    CONTEXT_FULL = "context_full"
+    CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True)
+class Message:
+    """One chat message. `role` is system, user or assistant."""
+
+    role: str
+    content: str
+
+
+@dataclass(frozen=True)
+class LoadProgress:
+    fraction: float  # 0..1
+
+
+@dataclass(frozen=True)
+class ModelLoaded:
+    path: str
+    info: dict[str, Any]  # ModelInfo.summary()
+    n_ctx: int
+    n_gpu_layers: int
+    load_seconds: float
+    adapters: tuple[tuple[str, float], ...] = ()
+    template_source: str = ""  # "gguf" or the name of the built-in fallback
+
+
+@dataclass(frozen=True)
+class ContextTrimmed:
+    """The overflow policy removed part of the conversation so the reply fits."""
+
+    policy: str
+    dropped_messages: int
+    dropped_tokens: int
+    description: str
+
+
+@dataclass(frozen=True)
+class PromptEvaluated:
+    prompt_tokens: int
+    reused_tokens: int  # taken from the KV cache
+    evaluated_tokens: int  # computed now
+    seconds: float
+
+
+@dataclass(frozen=True)
+class TokenAlternative:
+    token_id: int
+    piece: str
+    logprob: float
+
+
+@dataclass(frozen=True)
+class Token:
+    """One generated token. `text` is what became displayable with it (UTF-8 and stop strings may hold text back).
+
+    A final Token with token_id -1 carries text that was held back until the reply ended.
+    """
+
+    token_id: int
+    text: str
+    logprob: float | None = None
+    alternatives: tuple[TokenAlternative, ...] = ()
+
+
+@dataclass(frozen=True)
+class ReplyStats:
+    prompt_tokens: int
+    reused_tokens: int
+    evaluated_tokens: int
+    generated_tokens: int
+    ttft_seconds: float
+    prefill_seconds: float
+    decode_seconds: float
+    stop_reason: StopReason
+    n_ctx: int
+    n_past: int  # tokens in the KV cache after the reply
+    seed: int
+
+    @property
+    def prefill_tok_s(self) -> float:
+        return self.evaluated_tokens / self.prefill_seconds if self.prefill_seconds > 0 else 0.0
+
+    @property
+    def decode_tok_s(self) -> float:
+        # the first token comes from the prefill's logits; decode time covers the rest
+        n = self.generated_tokens - 1
+        return n / self.decode_seconds if n > 0 and self.decode_seconds > 0 else 0.0
+
+    def describe(self) -> str:
+        return (
+            f"prompt {self.prompt_tokens} tok ({self.reused_tokens} from cache, {self.evaluated_tokens} evaluated), "
+            f"{self.generated_tokens} generated; TTFT {self.ttft_seconds * 1000:.0f} ms; "
+            f"prefill {self.prefill_tok_s:.1f} tok/s; decode {self.decode_tok_s:.1f} tok/s; "
+            f"stop: {self.stop_reason.value}; context {self.n_past}/{self.n_ctx}; seed {self.seed}"
+        )
+
+
+@dataclass(frozen=True)
+class ReplyDone:
+    text: str
+    stats: ReplyStats
+    tokens: tuple[int, ...] = field(default=(), repr=False)
+
+
+Event = LoadProgress | ModelLoaded | ContextTrimmed | PromptEvaluated | Token | ReplyDone

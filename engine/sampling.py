@@ -1,0 +1,119 @@
+"""Build a llama.cpp sampler chain from SamplingSettings, in llama.cpp's own order."""
+
+from __future__ import annotations
+
+import ctypes
+import random
+
+import llama_cpp
+
+from engine.errors import SettingsError
+from engine.settings import SamplingSettings
+
+# Stage names in chain order; the visualizer shows the distribution after each of them.
+STAGE_ORDER = ("logit_bias", "penalties", "dry", "top_n_sigma", "top_k", "typical", "top_p", "min_p", "xtc", "temperature")
+
+
+def resolve_seed(seed: int) -> int:
+    return random.randrange(0, 0xFFFFFFFE) if seed < 0 else seed
+
+
+def json_schema_grammar(schema: str) -> str:
+    from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+    try:
+        return json_schema_to_gbnf(schema)
+    except Exception as err:  # the converter raises plain Exceptions for unsupported schema parts
+        raise SettingsError("json_schema", f"cannot be turned into a grammar: {err}") from None
+
+
+class SamplerChain:
+    """Owns a llama_sampler chain; `stages` lists (name, sampler) for the parts the visualizer can replay."""
+
+    def __init__(self, vocab, n_vocab: int, settings: SamplingSettings, n_ctx: int):
+        self.settings = settings
+        self.seed = resolve_seed(settings.seed)
+        params = llama_cpp.llama_sampler_chain_default_params()
+        params.no_perf = True
+        self.chain = llama_cpp.llama_sampler_chain_init(params)
+        self._keep = []  # ctypes buffers that must outlive the chain
+        s = settings
+        grammar = s.grammar or (json_schema_grammar(s.json_schema) if s.json_schema else "")
+        if grammar:
+            smpl = llama_cpp.llama_sampler_init_grammar(vocab, grammar.encode(), b"root")
+            if not smpl:
+                raise SettingsError("grammar", "llama.cpp could not parse the grammar (see the log for the line)")
+            self._add(smpl)
+        if s.logit_bias:
+            arr = (llama_cpp.llama_logit_bias * len(s.logit_bias))()
+            for i, (tok, bias) in enumerate(s.logit_bias):
+                if tok >= n_vocab:
+                    raise SettingsError("logit_bias", f"token id {tok} is beyond the vocabulary ({n_vocab} tokens)")
+                arr[i].token, arr[i].bias = tok, bias
+            self._keep.append(arr)
+            self._add(llama_cpp.llama_sampler_init_logit_bias(n_vocab, len(s.logit_bias), arr))
+        last_n = n_ctx if s.penalty_last_n < 0 else s.penalty_last_n
+        if last_n and (s.repeat_penalty != 1.0 or s.presence_penalty or s.frequency_penalty):
+            self._add(
+                llama_cpp.llama_sampler_init_penalties(
+                    last_n, s.repeat_penalty, s.frequency_penalty, s.presence_penalty
+                )
+            )
+        if s.dry_multiplier > 0:
+            breakers = (ctypes.c_char_p * len(s.dry_sequence_breakers))(*(b.encode() for b in s.dry_sequence_breakers))
+            self._keep.append(breakers)
+            dry_last_n = n_ctx if s.dry_penalty_last_n < 0 else s.dry_penalty_last_n
+            self._add(
+                llama_cpp.llama_sampler_init_dry(
+                    vocab, s.dry_multiplier, s.dry_base, s.dry_allowed_length, dry_last_n,
+                    breakers, len(s.dry_sequence_breakers),
+                )  # fmt: skip
+            )
+        if s.mirostat == 1:
+            self._add(llama_cpp.llama_sampler_init_temp(s.temperature))
+            self._add(llama_cpp.llama_sampler_init_mirostat(n_vocab, self.seed, s.mirostat_tau, s.mirostat_eta, 100))
+        elif s.mirostat == 2:
+            self._add(llama_cpp.llama_sampler_init_temp(s.temperature))
+            self._add(llama_cpp.llama_sampler_init_mirostat_v2(self.seed, s.mirostat_tau, s.mirostat_eta))
+        elif s.temperature <= 0:
+            self._add(llama_cpp.llama_sampler_init_greedy())
+        else:
+            self._add_truncation(s)
+            self._add(llama_cpp.llama_sampler_init_dist(self.seed))
+
+    def _add_truncation(self, s: SamplingSettings) -> None:
+        if s.top_n_sigma > 0:
+            self._add(llama_cpp.llama_sampler_init_top_n_sigma(s.top_n_sigma))
+        if s.top_k > 0:
+            self._add(llama_cpp.llama_sampler_init_top_k(s.top_k))
+        if s.typical_p < 1.0:
+            self._add(llama_cpp.llama_sampler_init_typical(s.typical_p, 1))
+        if s.top_p < 1.0:
+            self._add(llama_cpp.llama_sampler_init_top_p(s.top_p, 1))
+        if s.min_p > 0:
+            self._add(llama_cpp.llama_sampler_init_min_p(s.min_p, 1))
+        if s.xtc_probability > 0:
+            self._add(llama_cpp.llama_sampler_init_xtc(s.xtc_probability, s.xtc_threshold, 1, self.seed))
+        if s.dynatemp_range > 0:
+            self._add(llama_cpp.llama_sampler_init_temp_ext(s.temperature, s.dynatemp_range, s.dynatemp_exponent))
+        else:
+            self._add(llama_cpp.llama_sampler_init_temp(s.temperature))
+
+    def _add(self, smpl) -> None:
+        llama_cpp.llama_sampler_chain_add(self.chain, smpl)
+
+    def accept_history(self, tokens) -> None:
+        """Feed the prompt to penalty/DRY samplers so they see the conversation, like llama.cpp's server."""
+        for tok in tokens:
+            llama_cpp.llama_sampler_accept(self.chain, tok)
+
+    def sample(self, ctx) -> int:
+        return llama_cpp.llama_sampler_sample(self.chain, ctx, -1)
+
+    def close(self) -> None:
+        if self.chain:
+            llama_cpp.llama_sampler_free(self.chain)
+            self.chain = None
+
+    def __del__(self) -> None:
+        self.close()

@@ -1,0 +1,52 @@
+"""Shared fixtures: offscreen Qt, an isolated Ingle home, tiny generated GGUF models and the starter model."""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+# Before anything imports Qt or the library: render offscreen, keep user data out of the real home.
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+_SESSION_HOME = Path(tempfile.mkdtemp(prefix="ingle-test-home-"))
+os.environ["INGLE_HOME"] = str(_SESSION_HOME)
+
+import pytest  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).parent))
+from gguf_factory import corrupt_variants, write_tiny_llama  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(models_dir) -> Path:
+    """A 600 KB random-weight llama model with a real SPM vocab; loads in milliseconds."""
+    return write_tiny_llama(models_dir / "tiny.gguf")
+
+
+@pytest.fixture(scope="session")
+def corrupt_files(models_dir, tiny_model) -> dict[str, Path]:
+    return corrupt_variants(tiny_model, models_dir / "corrupt")
+
+
+@pytest.fixture(scope="session")
+def starter_model() -> Path:
+    """The real Gemma 3 270M starter, assembled into the session's library once."""
+    from engine.library import Library
+
+    return Library().ensure_starter().file
+
+
+@pytest.fixture
+def fresh_home(tmp_path, monkeypatch) -> Path:
+    """An empty Ingle home for tests that change the library."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("INGLE_HOME", str(home))
+    return home
