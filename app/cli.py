@@ -9,9 +9,9 @@ import sys
 
 from engine.errors import IngleError
 
-# Each module has register(subparsers); training's is imported only when present (torch stays lazy inside it).
-COMMAND_MODULES = ("engine.cli",)
-OPTIONAL_COMMAND_MODULES = ("training.cli",)
+# Each module has register(subparsers). A module that is not installed is skipped; none may import torch at
+# module level (training imports it lazily inside its commands).
+COMMAND_MODULES = ("engine.cli", "engine.hub_cli", "engine.inspect_cli", "training.cli", "app.bench_cli")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,8 +21,6 @@ def build_parser() -> argparse.ArgumentParser:
     gui = sub.add_parser("gui", help="open the app (the default)")
     gui.set_defaults(func=run_gui)
     for name in COMMAND_MODULES:
-        importlib.import_module(name).register(sub)
-    for name in OPTIONAL_COMMAND_MODULES:
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as err:
