@@ -14,8 +14,15 @@ from engine.errors import IngleError
 COMMAND_MODULES = ("engine.cli", "engine.hub_cli", "engine.inspect_cli", "training.cli", "app.bench_cli")
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Usage mistakes print one line (what is wrong and where to look), like every other Ingle error."""
+
+    def error(self, message: str):
+        self.exit(2, f"ingle: error: {message} (see: {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ingle", description="Local chat with quantized language models.")
+    parser = OneLineParser(prog="ingle", description="Local chat with quantized language models.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log details (including llama.cpp's)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     gui = sub.add_parser("gui", help="open the app (the default)")

@@ -105,7 +105,9 @@ class ChatTemplate:
         except jinja2.TemplateError as err:
             raise EngineError(f"The chat template ({self.source}) refused these messages: {err}") from None
         except Exception as err:  # a template is code from the model file; contain whatever it raises
-            raise EngineError(f"The chat template ({self.source}) failed: {type(err).__name__}: {err}") from None
+            raise EngineError(
+                f"The chat template ({self.source}) failed: {type(err).__name__}: {err}"
+            ) from None
 
 
 def template_for(
@@ -119,7 +121,9 @@ def template_for(
     """The template chat uses: an explicit override (a built-in name), else the GGUF's own, else a built-in."""
     if override:
         if override not in BUILTIN_TEMPLATES:
-            raise EngineError(f"Unknown chat template '{override}'; choose one of {', '.join(BUILTIN_TEMPLATES)}.")
+            raise EngineError(
+                f"Unknown chat template '{override}'; choose one of {', '.join(BUILTIN_TEMPLATES)}."
+            )
         return ChatTemplate(BUILTIN_TEMPLATES[override], override, bos_token, eos_token)
     if gguf_template:
         return ChatTemplate(gguf_template, "gguf", bos_token, eos_token)

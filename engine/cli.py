@@ -30,14 +30,22 @@ def add_settings_flags(parser: argparse.ArgumentParser, cls, title: str) -> None
         flags = [_flag(f.name), *_ALIASES.get(f.name, [])]
         helptext = f.metadata.get("help", "")
         if f.type == "bool":
-            group.add_argument(*flags, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=helptext)
+            group.add_argument(
+                *flags, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=helptext
+            )
         elif f.type.startswith("tuple[str"):
-            group.add_argument(*flags, dest=f.name, action="append", metavar="TEXT", help=helptext + " (repeatable)")
+            group.add_argument(
+                *flags, dest=f.name, action="append", metavar="TEXT", help=helptext + " (repeatable)"
+            )
         elif f.type.startswith("tuple[tuple"):
-            group.add_argument(*flags, dest=f.name, action="append", metavar="ID=BIAS", help=helptext + " (repeatable)")
+            group.add_argument(
+                *flags, dest=f.name, action="append", metavar="ID=BIAS", help=helptext + " (repeatable)"
+            )
         else:
             kind = {"int": int, "float": float}.get(f.type, str)
-            group.add_argument(*flags, dest=f.name, type=kind, default=None, metavar=f.type.upper(), help=helptext)
+            group.add_argument(
+                *flags, dest=f.name, type=kind, default=None, metavar=f.type.upper(), help=helptext
+            )
 
 
 def settings_from_args(args: argparse.Namespace, cls):
@@ -108,10 +116,14 @@ def cmd_models(args) -> int:
     lib = Library()
     if args.action == "import":
         entry = lib.import_file(args.file, link=args.link, name=args.name)
-        print(f"Imported {entry.name} ({entry.kind}, {entry.architecture} {entry.quant}, {'linked' if entry.linked else 'copied'}).")
+        print(
+            f"Imported {entry.name} ({entry.kind}, {entry.architecture} {entry.quant}, {'linked' if entry.linked else 'copied'})."
+        )
     elif args.action == "rm":
         entry = lib.remove(args.name)
-        print(f"Removed {entry.name}" + (" (the linked original file was left alone)." if entry.linked else "."))
+        print(
+            f"Removed {entry.name}" + (" (the linked original file was left alone)." if entry.linked else ".")
+        )
     else:
         lib.ensure_starter()
         entries = lib.entries()
@@ -120,7 +132,9 @@ def cmd_models(args) -> int:
             return 0
         for e in entries:
             missing = "" if e.present else "  [file missing]"
-            print(f"{e.name:<40} {e.kind:<8} {e.architecture:<10} {e.quant:<8} {e.size / 2**20:>9.1f} MiB{missing}")
+            print(
+                f"{e.name:<40} {e.kind:<8} {e.architecture:<10} {e.quant:<8} {e.size / 2**20:>9.1f} MiB{missing}"
+            )
     return 0
 
 
@@ -246,10 +260,14 @@ def cmd_chat(args) -> int:
 
 
 def _add_generation_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--stats", action="store_true", help="print prompt/cache/TTFT/tok-s figures after the reply")
+    p.add_argument(
+        "--stats", action="store_true", help="print prompt/cache/TTFT/tok-s figures after the reply"
+    )
     p.add_argument("--policy", choices=[x.value for x in OverflowPolicy], default=OverflowPolicy.STOP.value,
                    help="what to do when the conversation outgrows the context")  # fmt: skip
-    p.add_argument("--adapter", action="append", metavar="FILE[:SCALE]", help="apply a LoRA adapter (repeatable)")
+    p.add_argument(
+        "--adapter", action="append", metavar="FILE[:SCALE]", help="apply a LoRA adapter (repeatable)"
+    )
     p.add_argument("--template", help="use a built-in chat template (gemma, chatml, llama3, mistral)")
     p.add_argument("--system", help="system prompt")
     p.add_argument("--host", action="store_true", help="run llama.cpp in a child process, as the GUI does")
@@ -279,7 +297,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("system", help="what llama.cpp can use on this machine (CPU features, GPUs, memory)")
     p.set_defaults(func=cmd_system)
 
-    p = sub.add_parser("run", help="generate a reply to PROMPT (MODEL: a path or library name; default: starter)")
+    p = sub.add_parser(
+        "run", help="generate a reply to PROMPT (MODEL: a path or library name; default: starter)"
+    )
     p.add_argument("words", nargs="+", metavar="[MODEL] PROMPT")
     p.add_argument("--chat", action=argparse.BooleanOptionalAction, default=None,
                    help="wrap the prompt in the chat template (default: when the model has its own template)")  # fmt: skip

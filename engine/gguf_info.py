@@ -124,8 +124,7 @@ class _Cursor:
     def _need(self, n: int, what: str) -> None:
         if self.pos + n > len(self.buf):
             raise ModelFileError(
-                f"{self.path}: the file is truncated (it ends inside the {what}). "
-                "Download or copy it again."
+                f"{self.path}: the file is truncated (it ends inside the {what}). Download or copy it again."
             )
 
     def scalar(self, fmt: str, what: str) -> Any:
@@ -202,7 +201,11 @@ def read_gguf(path: str | Path) -> tuple[int, dict[str, Any], list[TensorInfo], 
         cur = _Cursor(view, path)
         magic = bytes(buf[:4])
         if magic != GGUF_MAGIC:
-            hint = " It looks like a safetensors/PyTorch file; use a GGUF conversion." if magic[:1] in (b"{", b"P") else ""
+            hint = (
+                " It looks like a safetensors/PyTorch file; use a GGUF conversion."
+                if magic[:1] in (b"{", b"P")
+                else ""
+            )
             raise ModelFileError(f"{path}: not a GGUF file (it starts with {magic!r}, not b'GGUF').{hint}")
         cur.pos = 4
         version = cur.scalar("<I", "header")
@@ -213,7 +216,9 @@ def read_gguf(path: str | Path) -> tuple[int, dict[str, Any], list[TensorInfo], 
         n_tensors = cur.scalar("<Q", "header")
         n_kv = cur.scalar("<Q", "header")
         if n_tensors > 1_000_000 or n_kv > 1_000_000:
-            raise ModelFileError(f"{path}: the header claims {n_tensors} tensors and {n_kv} keys; it is corrupt.")
+            raise ModelFileError(
+                f"{path}: the header claims {n_tensors} tensors and {n_kv} keys; it is corrupt."
+            )
         metadata: dict[str, Any] = {}
         for _ in range(n_kv):
             key = cur.string("metadata keys")
@@ -226,7 +231,9 @@ def read_gguf(path: str | Path) -> tuple[int, dict[str, Any], list[TensorInfo], 
         buf.close()
 
 
-def _read_tensor_infos(cur: _Cursor, n_tensors: int, metadata: dict, size: int, path: Path) -> list[TensorInfo]:
+def _read_tensor_infos(
+    cur: _Cursor, n_tensors: int, metadata: dict, size: int, path: Path
+) -> list[TensorInfo]:
     raw = []
     for _ in range(n_tensors):
         name = cur.string("tensor table")
@@ -316,7 +323,9 @@ def inspect_gguf(path: str | Path, expect: str = "model") -> ModelInfo:
     vocab = tokens.length if isinstance(tokens, ArrayLength) else len(tokens or [])
     file_type = md.get("general.file_type")
     try:
-        file_type_name = gguf.LlamaFileType(file_type).name if file_type is not None else _guess_file_type(mix)
+        file_type_name = (
+            gguf.LlamaFileType(file_type).name if file_type is not None else _guess_file_type(mix)
+        )
     except ValueError:
         file_type_name = f"type {file_type}"
     return ModelInfo(

@@ -92,7 +92,9 @@ def _parse_system_info(text: str) -> dict[str, bool]:
 def _ggml_devices() -> list[Device]:
     """Enumerate ggml backend devices through the stable C API of libggml (llama-cpp-python has no binding)."""
     lib_dir = llama_library_path().parent
-    candidates = [p for p in lib_dir.iterdir() if p.name.startswith(("libggml.", "ggml.")) and "base" not in p.name]
+    candidates = [
+        p for p in lib_dir.iterdir() if p.name.startswith(("libggml.", "ggml.")) and "base" not in p.name
+    ]
     if not candidates:
         return []
     lib = ctypes.CDLL(str(sorted(candidates)[0]))

@@ -139,7 +139,11 @@ class EngineHost:
         env = dict(os.environ, INGLE_HOST_AUTHKEY=authkey.hex())
         with os.fdopen(fd, "wb") as stderr:
             self._proc = subprocess.Popen(
-                [*engine_command(), listener.address], stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr, env=env
+                [*engine_command(), listener.address],
+                stdin=subprocess.DEVNULL,
+                stdout=stderr,
+                stderr=stderr,
+                env=env,
             )
         self._conn = self._accept(listener)
         self._busy = False

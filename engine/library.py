@@ -154,7 +154,9 @@ class Library:
             return candidate
         entry = self.get(text)
         if not entry.present:
-            raise LibraryError(f"'{entry.name}' points at {entry.path}, which no longer exists. Remove and import it again.")
+            raise LibraryError(
+                f"'{entry.name}' points at {entry.path}, which no longer exists. Remove and import it again."
+            )
         return entry.file
 
     def adapters_for(self, base_sha256: str) -> list[Entry]:
@@ -171,7 +173,9 @@ class Library:
         name = name or src.stem
         entries = self._load()
         if name in entries:
-            raise LibraryError(f"The library already has '{name}'. Remove it first or import under another name.")
+            raise LibraryError(
+                f"The library already has '{name}'. Remove it first or import under another name."
+            )
         folder = self.models_dir if info.kind == "model" else self.adapters_dir
         folder.mkdir(parents=True, exist_ok=True)
         dest = folder / f"{name}.gguf"
@@ -187,7 +191,9 @@ class Library:
 
     def _place(self, src: Path, dest: Path, move: bool) -> None:
         if dest.exists():
-            raise LibraryError(f"{dest} already exists in the library folder; remove it or choose another name.")
+            raise LibraryError(
+                f"{dest} already exists in the library folder; remove it or choose another name."
+            )
         free = shutil.disk_usage(dest.parent).free
         size = src.stat().st_size
         if not move and free < size + (64 << 20):

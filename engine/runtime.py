@@ -88,7 +88,9 @@ class TextStream:
                 self.stopped = True
                 self.text += out
                 return out
-            hold = max((k for s in self._stop for k in range(1, len(s)) if self._pending.endswith(s[:k])), default=0)
+            hold = max(
+                (k for s in self._stop for k in range(1, len(s)) if self._pending.endswith(s[:k])), default=0
+            )
         else:
             hold = 0
         out = self._pending[: len(self._pending) - hold]
@@ -498,7 +500,10 @@ class Runtime:
             self._clear_cache()
             self._decode(remaining, 0)
         return ContextTrimmed(
-            OverflowPolicy.SLIDING_WINDOW.value, 0, discard, f"Context full: slid the window by {discard} tokens."
+            OverflowPolicy.SLIDING_WINDOW.value,
+            0,
+            discard,
+            f"Context full: slid the window by {discard} tokens.",
         )
 
     def _generate(
@@ -519,7 +524,9 @@ class Runtime:
         evaluated = self.evaluate(tokens)
         yield evaluated
         if not (sampling.grammar or sampling.json_schema):
-            chain.accept_history(tokens[-sampling.penalty_last_n :] if sampling.penalty_last_n > 0 else tokens)
+            chain.accept_history(
+                tokens[-sampling.penalty_last_n :] if sampling.penalty_last_n > 0 else tokens
+            )
         stream = TextStream(sampling.stop)
         want_logprobs = sampling.logprobs or sampling.top_logprobs > 0
         generated: list[int] = []
@@ -538,7 +545,9 @@ class Runtime:
                 reason = StopReason.EOS
                 break
             generated.append(token)
-            logprob, alternatives = self._logprobs(token, sampling.top_logprobs) if want_logprobs else (None, ())
+            logprob, alternatives = (
+                self._logprobs(token, sampling.top_logprobs) if want_logprobs else (None, ())
+            )
             text = stream.push(self.token_bytes(token))
             yield Token(token, text, logprob, alternatives)
             if stream.stopped:
@@ -580,8 +589,11 @@ class Runtime:
             idx = np.argpartition(-logits, top_n)[:top_n]
             idx = idx[np.argsort(-logits[idx])]
             alternatives = tuple(
-                TokenAlternative(int(i), self.token_bytes(int(i)).decode("utf-8", errors="replace"), float(logits[i] - logz))
+                TokenAlternative(
+                    int(i),
+                    self.token_bytes(int(i)).decode("utf-8", errors="replace"),
+                    float(logits[i] - logz),
+                )
                 for i in idx
             )
         return float(logits[token] - logz), alternatives
-

@@ -11,7 +11,18 @@ from engine.errors import SettingsError
 from engine.settings import SamplingSettings
 
 # Stage names in chain order; the visualizer shows the distribution after each of them.
-STAGE_ORDER = ("logit_bias", "penalties", "dry", "top_n_sigma", "top_k", "typical", "top_p", "min_p", "xtc", "temperature")
+STAGE_ORDER = (
+    "logit_bias",
+    "penalties",
+    "dry",
+    "top_n_sigma",
+    "top_k",
+    "typical",
+    "top_p",
+    "min_p",
+    "xtc",
+    "temperature",
+)
 
 
 def resolve_seed(seed: int) -> int:
@@ -42,13 +53,17 @@ class SamplerChain:
         if grammar:
             smpl = llama_cpp.llama_sampler_init_grammar(vocab, grammar.encode(), b"root")
             if not smpl:
-                raise SettingsError("grammar", "llama.cpp could not parse the grammar (see the log for the line)")
+                raise SettingsError(
+                    "grammar", "llama.cpp could not parse the grammar (see the log for the line)"
+                )
             self._add(smpl)
         if s.logit_bias:
             arr = (llama_cpp.llama_logit_bias * len(s.logit_bias))()
             for i, (tok, bias) in enumerate(s.logit_bias):
                 if tok >= n_vocab:
-                    raise SettingsError("logit_bias", f"token id {tok} is beyond the vocabulary ({n_vocab} tokens)")
+                    raise SettingsError(
+                        "logit_bias", f"token id {tok} is beyond the vocabulary ({n_vocab} tokens)"
+                    )
                 arr[i].token, arr[i].bias = tok, bias
             self._keep.append(arr)
             self._add(llama_cpp.llama_sampler_init_logit_bias(n_vocab, len(s.logit_bias), arr))
@@ -56,22 +71,31 @@ class SamplerChain:
         if last_n and (s.repeat_penalty != 1.0 or s.presence_penalty or s.frequency_penalty):
             self._add(
                 llama_cpp.llama_sampler_init_penalties(
-                    last_n, s.repeat_penalty, s.frequency_penalty, s.presence_penalty
+                    n_vocab, last_n, s.repeat_penalty, s.frequency_penalty, s.presence_penalty
                 )
             )
         if s.dry_multiplier > 0:
-            breakers = (ctypes.c_char_p * len(s.dry_sequence_breakers))(*(b.encode() for b in s.dry_sequence_breakers))
+            breakers = (ctypes.c_char_p * len(s.dry_sequence_breakers))(
+                *(b.encode() for b in s.dry_sequence_breakers)
+            )
             self._keep.append(breakers)
             dry_last_n = n_ctx if s.dry_penalty_last_n < 0 else s.dry_penalty_last_n
             self._add(
                 llama_cpp.llama_sampler_init_dry(
-                    vocab, s.dry_multiplier, s.dry_base, s.dry_allowed_length, dry_last_n,
-                    breakers, len(s.dry_sequence_breakers),
+                    vocab,
+                    s.dry_multiplier,
+                    s.dry_base,
+                    s.dry_allowed_length,
+                    dry_last_n,
+                    breakers,
+                    len(s.dry_sequence_breakers),
                 )  # fmt: skip
             )
         if s.mirostat == 1:
             self._add(llama_cpp.llama_sampler_init_temp(s.temperature))
-            self._add(llama_cpp.llama_sampler_init_mirostat(n_vocab, self.seed, s.mirostat_tau, s.mirostat_eta, 100))
+            self._add(
+                llama_cpp.llama_sampler_init_mirostat(n_vocab, self.seed, s.mirostat_tau, s.mirostat_eta, 100)
+            )
         elif s.mirostat == 2:
             self._add(llama_cpp.llama_sampler_init_temp(s.temperature))
             self._add(llama_cpp.llama_sampler_init_mirostat_v2(self.seed, s.mirostat_tau, s.mirostat_eta))
@@ -95,7 +119,9 @@ class SamplerChain:
         if s.xtc_probability > 0:
             self._add(llama_cpp.llama_sampler_init_xtc(s.xtc_probability, s.xtc_threshold, 1, self.seed))
         if s.dynatemp_range > 0:
-            self._add(llama_cpp.llama_sampler_init_temp_ext(s.temperature, s.dynatemp_range, s.dynatemp_exponent))
+            self._add(
+                llama_cpp.llama_sampler_init_temp_ext(s.temperature, s.dynatemp_range, s.dynatemp_exponent)
+            )
         else:
             self._add(llama_cpp.llama_sampler_init_temp(s.temperature))
 

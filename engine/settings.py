@@ -11,7 +11,9 @@ from typing import Any
 from engine.errors import SettingsError
 
 
-def spec(default: Any, lo: float | None = None, hi: float | None = None, label: str = "", help: str = "", **kw):
+def spec(
+    default: Any, lo: float | None = None, hi: float | None = None, label: str = "", help: str = "", **kw
+):
     """A dataclass field with the range and one-line help the GUI shows beside its slider."""
     return field(default=default, metadata={"min": lo, "max": hi, "label": label, "help": help, **kw})
 
@@ -84,7 +86,9 @@ def _coerce(cls, data: dict[str, Any]) -> Any:
             elif ftype.startswith("tuple[str"):
                 value = tuple(value)
             elif ftype.startswith("tuple[tuple"):
-                value = tuple((int(k), float(v)) for k, v in (value.items() if isinstance(value, dict) else value))
+                value = tuple(
+                    (int(k), float(v)) for k, v in (value.items() if isinstance(value, dict) else value)
+                )
             elif ftype in ("FlashAttention", "CacheType", "OverflowPolicy"):
                 value = globals()[ftype](value)
         except (TypeError, ValueError) as err:
@@ -109,7 +113,9 @@ class _SettingsBase:
         out = {}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            out[f.name] = value.value if isinstance(value, Enum) else list(value) if isinstance(value, tuple) else value
+            out[f.name] = (
+                value.value if isinstance(value, Enum) else list(value) if isinstance(value, tuple) else value
+            )
         return out
 
     def replace(self, **changes):
@@ -122,59 +128,182 @@ class _SettingsBase:
 
 @dataclass(frozen=True)
 class LoadSettings(_SettingsBase):
-    n_ctx: int = spec(4096, 64, 1 << 20, "Context length", "How many tokens the model can see at once; more costs KV-cache memory.")
-    n_threads: int = spec(0, 0, 512, "Threads", "CPU threads for generation; 0 picks the physical core count.")
-    n_threads_batch: int = spec(0, 0, 512, "Batch threads", "CPU threads for reading the prompt; 0 = same as threads.")
-    n_gpu_layers: int = spec(0, -1, 10_000, "GPU layers", "Layers offloaded to the GPU; -1 offloads all, 0 runs on the CPU.")
+    n_ctx: int = spec(
+        4096,
+        64,
+        1 << 20,
+        "Context length",
+        "How many tokens the model can see at once; more costs KV-cache memory.",
+    )
+    n_threads: int = spec(
+        0, 0, 512, "Threads", "CPU threads for generation; 0 picks the physical core count."
+    )
+    n_threads_batch: int = spec(
+        0, 0, 512, "Batch threads", "CPU threads for reading the prompt; 0 = same as threads."
+    )
+    n_gpu_layers: int = spec(
+        0, -1, 10_000, "GPU layers", "Layers offloaded to the GPU; -1 offloads all, 0 runs on the CPU."
+    )
     n_batch: int = spec(512, 1, 65536, "Batch size", "Prompt tokens submitted per llama_decode call.")
     n_ubatch: int = spec(512, 1, 65536, "Micro-batch", "Tokens computed per step inside a batch.")
-    flash_attn: FlashAttention = spec(FlashAttention.AUTO, label="Flash attention", help="Faster, leaner attention; needed for a quantized V cache.")
-    type_k: CacheType = spec(CacheType.F16, label="K cache type", help="Element type of the key cache; q8_0 halves its memory at a small quality cost.")
-    type_v: CacheType = spec(CacheType.F16, label="V cache type", help="Element type of the value cache; quantized types need flash attention.")
-    use_mmap: bool = spec(True, label="Memory-map", help="Map the file instead of reading it; loads faster, shares pages.")
-    use_mlock: bool = spec(False, label="Lock in RAM", help="Pin the weights in RAM so the OS never swaps them out.")
-    swa_full: bool = spec(False, label="Full SWA cache", help="Keep every position for sliding-window layers; more memory, more cache reuse.")
-    repack: bool = spec(True, label="Weight repacking", help="Repack weights for faster CPU matmul (off automatically on AMX CPUs).")
+    flash_attn: FlashAttention = spec(
+        FlashAttention.AUTO,
+        label="Flash attention",
+        help="Faster, leaner attention; needed for a quantized V cache.",
+    )
+    type_k: CacheType = spec(
+        CacheType.F16,
+        label="K cache type",
+        help="Element type of the key cache; q8_0 halves its memory at a small quality cost.",
+    )
+    type_v: CacheType = spec(
+        CacheType.F16,
+        label="V cache type",
+        help="Element type of the value cache; quantized types need flash attention.",
+    )
+    use_mmap: bool = spec(
+        True, label="Memory-map", help="Map the file instead of reading it; loads faster, shares pages."
+    )
+    use_mlock: bool = spec(
+        False, label="Lock in RAM", help="Pin the weights in RAM so the OS never swaps them out."
+    )
+    swa_full: bool = spec(
+        False,
+        label="Full SWA cache",
+        help="Keep every position for sliding-window layers; more memory, more cache reuse.",
+    )
+    repack: bool = spec(
+        True,
+        label="Weight repacking",
+        help="Repack weights for faster CPU matmul (off automatically on AMX CPUs).",
+    )
 
     def _validate_more(self) -> None:
-        if self.type_v not in (CacheType.F16, CacheType.F32, CacheType.BF16) and self.flash_attn == FlashAttention.OFF:
-            raise SettingsError("type_v", f"a {self.type_v.value} V cache needs flash attention (set it to auto or on)")
+        if (
+            self.type_v not in (CacheType.F16, CacheType.F32, CacheType.BF16)
+            and self.flash_attn == FlashAttention.OFF
+        ):
+            raise SettingsError(
+                "type_v", f"a {self.type_v.value} V cache needs flash attention (set it to auto or on)"
+            )
         if self.n_ubatch > self.n_batch:
             raise SettingsError("n_ubatch", f"{self.n_ubatch} is larger than n_batch ({self.n_batch})")
 
 
 @dataclass(frozen=True)
 class SamplingSettings(_SettingsBase):
-    temperature: float = spec(0.8, 0.0, 5.0, "Temperature", "Divides the logits: below 1 sharpens the distribution, above 1 flattens it; 0 is greedy.")
-    dynatemp_range: float = spec(0.0, 0.0, 5.0, "Dynamic temp range", "Lets temperature vary by ±range with the distribution's entropy.")
-    dynatemp_exponent: float = spec(1.0, 0.0, 10.0, "Dynamic temp exponent", "How strongly entropy moves the dynamic temperature.")
+    temperature: float = spec(
+        0.8,
+        0.0,
+        5.0,
+        "Temperature",
+        "Divides the logits: below 1 sharpens the distribution, above 1 flattens it; 0 is greedy.",
+    )
+    dynatemp_range: float = spec(
+        0.0,
+        0.0,
+        5.0,
+        "Dynamic temp range",
+        "Lets temperature vary by ±range with the distribution's entropy.",
+    )
+    dynatemp_exponent: float = spec(
+        1.0, 0.0, 10.0, "Dynamic temp exponent", "How strongly entropy moves the dynamic temperature."
+    )
     top_k: int = spec(40, 0, 1_000_000, "Top-k", "Keeps only the k most likely tokens; 0 keeps all.")
-    top_p: float = spec(0.95, 0.0, 1.0, "Top-p", "Keeps the smallest set of tokens whose probabilities sum to p; 1 keeps all.")
-    min_p: float = spec(0.05, 0.0, 1.0, "Min-p", "Drops tokens less likely than min_p times the top token's probability.")
-    typical_p: float = spec(1.0, 0.0, 1.0, "Typical-p", "Keeps tokens whose surprise is close to the average (locally typical); 1 is off.")
-    xtc_probability: float = spec(0.0, 0.0, 1.0, "XTC probability", "Chance per token of excluding the top choices (all above the threshold but the least likely).")
-    xtc_threshold: float = spec(0.1, 0.0, 1.0, "XTC threshold", "Tokens above this probability count as 'top choices' for XTC; above 0.5 disables it.")
-    top_n_sigma: float = spec(-1.0, -1.0, 10.0, "Top-nσ", "Keeps tokens within n standard deviations of the top logit; -1 is off.")
-    repeat_penalty: float = spec(1.0, 0.0, 3.0, "Repeat penalty", "Divides the logits of recently seen tokens; 1 is off.")
-    presence_penalty: float = spec(0.0, -2.0, 2.0, "Presence penalty", "Subtracts a flat amount from any token already in the window.")
-    frequency_penalty: float = spec(0.0, -2.0, 2.0, "Frequency penalty", "Subtracts an amount per occurrence of a token in the window.")
-    penalty_last_n: int = spec(64, -1, 1 << 20, "Penalty window", "How many recent tokens the penalties look at; -1 = whole context, 0 = off.")
-    dry_multiplier: float = spec(0.0, 0.0, 5.0, "DRY multiplier", "Penalises tokens that would extend a repeated sequence; 0 is off.")
-    dry_base: float = spec(1.75, 1.0, 4.0, "DRY base", "Growth of the DRY penalty with the repeated sequence's length.")
-    dry_allowed_length: int = spec(2, 0, 1000, "DRY allowed length", "Repeats up to this length go unpenalised.")
-    dry_penalty_last_n: int = spec(-1, -1, 1 << 20, "DRY window", "How many recent tokens DRY scans; -1 = whole context.")
-    dry_sequence_breakers: tuple[str, ...] = spec(("\n", ":", '"', "*"), label="DRY breakers", help="Strings that end a repeated sequence for DRY.")
-    mirostat: int = spec(0, 0, 2, "Mirostat", "0 off; 1 or 2 replaces top-k/p with a controller that targets a fixed surprise (tau).")
-    mirostat_tau: float = spec(5.0, 0.0, 20.0, "Mirostat tau", "Target surprise in bits: lower is more focused.")
+    top_p: float = spec(
+        0.95, 0.0, 1.0, "Top-p", "Keeps the smallest set of tokens whose probabilities sum to p; 1 keeps all."
+    )
+    min_p: float = spec(
+        0.05, 0.0, 1.0, "Min-p", "Drops tokens less likely than min_p times the top token's probability."
+    )
+    typical_p: float = spec(
+        1.0,
+        0.0,
+        1.0,
+        "Typical-p",
+        "Keeps tokens whose surprise is close to the average (locally typical); 1 is off.",
+    )
+    xtc_probability: float = spec(
+        0.0,
+        0.0,
+        1.0,
+        "XTC probability",
+        "Chance per token of excluding the top choices (all above the threshold but the least likely).",
+    )
+    xtc_threshold: float = spec(
+        0.1,
+        0.0,
+        1.0,
+        "XTC threshold",
+        "Tokens above this probability count as 'top choices' for XTC; above 0.5 disables it.",
+    )
+    top_n_sigma: float = spec(
+        -1.0, -1.0, 10.0, "Top-nσ", "Keeps tokens within n standard deviations of the top logit; -1 is off."
+    )
+    repeat_penalty: float = spec(
+        1.0, 0.0, 3.0, "Repeat penalty", "Divides the logits of recently seen tokens; 1 is off."
+    )
+    presence_penalty: float = spec(
+        0.0, -2.0, 2.0, "Presence penalty", "Subtracts a flat amount from any token already in the window."
+    )
+    frequency_penalty: float = spec(
+        0.0, -2.0, 2.0, "Frequency penalty", "Subtracts an amount per occurrence of a token in the window."
+    )
+    penalty_last_n: int = spec(
+        64,
+        -1,
+        1 << 20,
+        "Penalty window",
+        "How many recent tokens the penalties look at; -1 = whole context, 0 = off.",
+    )
+    dry_multiplier: float = spec(
+        0.0, 0.0, 5.0, "DRY multiplier", "Penalises tokens that would extend a repeated sequence; 0 is off."
+    )
+    dry_base: float = spec(
+        1.75, 1.0, 4.0, "DRY base", "Growth of the DRY penalty with the repeated sequence's length."
+    )
+    dry_allowed_length: int = spec(
+        2, 0, 1000, "DRY allowed length", "Repeats up to this length go unpenalised."
+    )
+    dry_penalty_last_n: int = spec(
+        -1, -1, 1 << 20, "DRY window", "How many recent tokens DRY scans; -1 = whole context."
+    )
+    dry_sequence_breakers: tuple[str, ...] = spec(
+        ("\n", ":", '"', "*"), label="DRY breakers", help="Strings that end a repeated sequence for DRY."
+    )
+    mirostat: int = spec(
+        0,
+        0,
+        2,
+        "Mirostat",
+        "0 off; 1 or 2 replaces top-k/p with a controller that targets a fixed surprise (tau).",
+    )
+    mirostat_tau: float = spec(
+        5.0, 0.0, 20.0, "Mirostat tau", "Target surprise in bits: lower is more focused."
+    )
     mirostat_eta: float = spec(0.1, 0.0, 1.0, "Mirostat eta", "How fast mirostat corrects toward tau.")
-    seed: int = spec(-1, -1, 0xFFFFFFFE, "Seed", "Random seed; the same seed and settings reproduce a reply. -1 picks one.")
+    seed: int = spec(
+        -1, -1, 0xFFFFFFFE, "Seed", "Random seed; the same seed and settings reproduce a reply. -1 picks one."
+    )
     max_tokens: int = spec(512, 1, 1 << 20, "Max tokens", "Longest reply, in tokens.")
     stop: tuple[str, ...] = spec((), label="Stop strings", help="The reply ends before any of these strings.")
-    logit_bias: tuple[tuple[int, float], ...] = spec((), label="Logit bias", help="Token id -> value added to its logit (-inf bans it).")
+    logit_bias: tuple[tuple[int, float], ...] = spec(
+        (), label="Logit bias", help="Token id -> value added to its logit (-inf bans it)."
+    )
     grammar: str = spec("", label="Grammar", help="A GBNF grammar the reply must follow.")
-    json_schema: str = spec("", label="JSON schema", help="A JSON schema the reply must follow (turned into a grammar).")
-    logprobs: bool = spec(False, label="Log-probabilities", help="Report each token's log-probability under the model.")
-    top_logprobs: int = spec(0, 0, 50, "Top alternatives", "How many alternatives to report per token with their log-probabilities.")
+    json_schema: str = spec(
+        "", label="JSON schema", help="A JSON schema the reply must follow (turned into a grammar)."
+    )
+    logprobs: bool = spec(
+        False, label="Log-probabilities", help="Report each token's log-probability under the model."
+    )
+    top_logprobs: int = spec(
+        0,
+        0,
+        50,
+        "Top alternatives",
+        "How many alternatives to report per token with their log-probabilities.",
+    )
 
     def _validate_more(self) -> None:
         if self.grammar and self.json_schema:
@@ -183,7 +312,9 @@ class SamplingSettings(_SettingsBase):
             try:
                 json.loads(self.json_schema)
             except json.JSONDecodeError as err:
-                raise SettingsError("json_schema", f"is not valid JSON ({err.msg} at line {err.lineno})") from None
+                raise SettingsError(
+                    "json_schema", f"is not valid JSON ({err.msg} at line {err.lineno})"
+                ) from None
         for item in self.stop:
             if not isinstance(item, str) or not item:
                 raise SettingsError("stop", f"stop strings must be non-empty text, got {item!r}")
@@ -199,5 +330,7 @@ class SamplingSettings(_SettingsBase):
 PRESETS: dict[str, SamplingSettings] = {
     "Precise": SamplingSettings(temperature=0.2, top_k=20, top_p=0.9, min_p=0.1, repeat_penalty=1.05),
     "Balanced": SamplingSettings(),
-    "Creative": SamplingSettings(temperature=1.1, top_k=0, top_p=1.0, min_p=0.05, xtc_probability=0.3, dry_multiplier=0.8),
+    "Creative": SamplingSettings(
+        temperature=1.1, top_k=0, top_p=1.0, min_p=0.05, xtc_probability=0.3, dry_multiplier=0.8
+    ),
 }

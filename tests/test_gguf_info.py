@@ -1,0 +1,64 @@
+"""GGUF inspection reads metadata without loading weights and refuses every kind of broken file plainly."""
+
+import hashlib
+
+import pytest
+
+from engine.errors import ModelFileError
+from engine.gguf_info import inspect_gguf, sha256_file
+
+
+def test_starter_model_metadata(starter_model):
+    info = inspect_gguf(starter_model)
+    assert info.architecture == "gemma3"
+    assert info.quant_label == "Q4_K_M"
+    assert (info.n_layers, info.n_heads, info.n_kv_heads) == (18, 4, 1)
+    assert (info.head_dim_k, info.head_dim_v, info.n_embd) == (256, 256, 640)
+    assert info.context_length == 32768 and info.sliding_window == 512
+    assert info.vocab_size == 262144
+    assert not info.has_chat_template
+    assert 260e6 < info.parameter_count < 275e6
+    assert sum(info.quant_mix.values()) == info.parameter_count
+    assert {"Q8_0", "Q4_K", "Q6_K", "F32"} <= set(info.quant_mix)
+    assert info.file_size == starter_model.stat().st_size
+
+
+def test_tiny_model_metadata(tiny_model):
+    info = inspect_gguf(tiny_model)
+    assert (info.architecture, info.n_layers, info.n_heads, info.n_kv_heads) == ("llama", 2, 4, 2)
+    assert info.head_dim_k == 16 and info.vocab_size > 500
+    assert info.summary()["file_type"] == "F32"
+
+
+def test_sha256_matches_hashlib(tiny_model):
+    seen = []
+    assert (
+        sha256_file(tiny_model, lambda done, total: seen.append((done, total)))
+        == hashlib.sha256(tiny_model.read_bytes()).hexdigest()
+    )
+    assert seen[-1][0] == seen[-1][1] == tiny_model.stat().st_size
+
+
+EXPECTED = {
+    "missing": "no such file",
+    "empty": "empty",
+    "wrong_magic": "not a GGUF file",
+    "unknown_version": "version 99 is not supported",
+    "truncated_header": "truncated",
+    "data_past_eof": "truncated",
+    "adapter": "LoRA adapter, not a model",
+    "unknown_arch": "not supported by the installed llama.cpp",
+}
+
+
+@pytest.mark.parametrize("case", sorted(EXPECTED))
+def test_broken_files_raise_one_typed_error(corrupt_files, case):
+    with pytest.raises(ModelFileError, match=EXPECTED[case]) as err:
+        inspect_gguf(corrupt_files[case])
+    assert str(corrupt_files[case]) in str(err.value)  # says where
+
+
+def test_adapter_accepted_when_an_adapter_is_expected(corrupt_files, tiny_model):
+    assert inspect_gguf(corrupt_files["adapter"], expect="adapter").kind == "adapter"
+    with pytest.raises(ModelFileError, match="is a model, not a LoRA adapter"):
+        inspect_gguf(tiny_model, expect="adapter")

@@ -1,0 +1,144 @@
+"""The engine host runs llama.cpp in a child process: same events, typed errors when the child dies, no orphans."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import psutil
+import pytest
+
+from engine.errors import EngineDied, EngineHung, ModelFileError, SettingsError
+from engine.events import LoadProgress, ModelLoaded, ReplyDone, StopReason, Token
+from engine.host import EngineHost
+from engine.runtime import Runtime
+from engine.settings import LoadSettings, OverflowPolicy, SamplingSettings
+
+NO_EOS = ((2, float("-inf")), (4, float("-inf")))
+GREEDY = SamplingSettings(temperature=0, max_tokens=16, logit_bias=NO_EOS)
+
+
+@pytest.fixture
+def host(tiny_model):
+    h = EngineHost(hang_timeout=30)
+    events = list(h.load(tiny_model, LoadSettings(n_ctx=512)))
+    assert isinstance(events[-1], ModelLoaded) and any(isinstance(e, LoadProgress) for e in events)
+    yield h
+    h.close()
+
+
+def reply(events) -> ReplyDone:
+    *_, done = events
+    assert isinstance(done, ReplyDone)
+    return done
+
+
+def test_host_streams_the_same_reply_as_in_process(host, tiny_model):
+    rt = Runtime()
+    list(rt.load(tiny_model, LoadSettings(n_ctx=512)))
+    local = reply(rt.complete("the cat", GREEDY))
+    rt_tokens = rt.tokenize("hello world")
+    rt.close()
+    events = list(host.complete("the cat", GREEDY))
+    remote = events[-1]
+    assert remote.tokens == local.tokens and remote.text == local.text
+    assert "".join(e.text for e in events if isinstance(e, Token)) == remote.text
+    assert host.tokenize("hello world") == rt_tokens
+
+
+@pytest.mark.parametrize("case", ["missing", "wrong_magic", "data_past_eof", "adapter", "unknown_arch"])
+def test_bad_files_and_settings_raise_typed_errors_and_the_child_lives_on(
+    host, corrupt_files, tiny_model, case
+):
+    with pytest.raises(ModelFileError):
+        list(host.load(corrupt_files[case]))
+    assert host.alive
+    list(host.load(tiny_model))
+    with pytest.raises(SettingsError) as err:
+        list(host.complete("x", SamplingSettings(logit_bias=((10**8, 1.0),))))
+    assert err.value.field == "logit_bias"
+    assert reply(host.complete("hello", GREEDY)).stats.generated_tokens == 16
+
+
+def test_cancel_through_the_host(host):
+    seen = 0
+    for event in host.complete("hello", GREEDY.replace(max_tokens=5000)):
+        if isinstance(event, Token):
+            seen += 1
+            if seen == 3:
+                host.cancel()
+        done = event
+    assert done.stats.stop_reason == StopReason.CANCELLED and done.stats.generated_tokens < 50
+
+
+@pytest.mark.parametrize("sig", [signal.SIGSEGV, signal.SIGKILL])
+def test_child_killed_mid_reply_gives_typed_error_and_restart_answers(host, tiny_model, sig):
+    got = []
+    with pytest.raises(EngineDied) as err:
+        for event in host.complete("hello", GREEDY.replace(max_tokens=100000)):
+            if isinstance(event, Token):
+                got.append(event.text)
+                if len(got) == 5:
+                    os.kill(host.pid, sig)
+    assert err.value.signal == sig
+    assert signal.Signals(sig).name in str(err.value) and "Restart" in str(err.value)
+    assert len(got) >= 5  # what streamed before the crash was delivered
+    host.restart()
+    list(host.load(tiny_model))
+    assert reply(host.complete("hello", GREEDY)).stats.generated_tokens == 16
+
+
+def test_hung_child_is_killed_after_the_timeout(tiny_model):
+    h = EngineHost(hang_timeout=1.5)
+    list(h.load(tiny_model))
+    pid = h.pid
+    os.kill(pid, signal.SIGSTOP)
+    started = time.monotonic()
+    with pytest.raises(EngineHung, match="stopped answering"):
+        list(h.complete("hello", GREEDY))
+    assert time.monotonic() - started < 10
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    h.close()
+
+
+def test_close_leaves_no_child(tiny_model):
+    h = EngineHost()
+    pid = h.pid
+    h.close()
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+def test_child_dies_with_its_parent(tmp_path):
+    script = textwrap.dedent(
+        """
+        import sys, time
+        from engine.host import EngineHost
+        h = EngineHost()
+        print(h.pid, flush=True)
+        time.sleep(60)
+        """
+    )
+    parent = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, cwd=os.getcwd()
+    )
+    child_pid = int(parent.stdout.readline())
+    assert psutil.pid_exists(child_pid)
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and psutil.pid_exists(child_pid):
+        if psutil.Process(child_pid).status() == psutil.STATUS_ZOMBIE:
+            break
+        time.sleep(0.1)
+    assert not psutil.pid_exists(child_pid) or psutil.Process(child_pid).status() == psutil.STATUS_ZOMBIE
+
+
+def test_cancel_from_another_thread_while_streaming(host):
+    timer = threading.Timer(0.2, host.cancel)
+    timer.start()
+    # the sliding window keeps the reply going past the context's end until the cancel lands
+    done = reply(host.complete("hello", GREEDY.replace(max_tokens=10**6), OverflowPolicy.SLIDING_WINDOW))
+    assert done.stats.stop_reason == StopReason.CANCELLED
