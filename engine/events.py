@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 
-class StopReason(str, Enum):
+class StopReason(StrEnum):
     EOS = "eos"  # the model ended its turn
     STOP_STRING = "stop_string"
     MAX_TOKENS = "max_tokens"

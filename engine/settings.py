@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import Enum, StrEnum
 from typing import Any
 
 from engine.errors import SettingsError
@@ -18,13 +18,13 @@ def spec(
     return field(default=default, metadata={"min": lo, "max": hi, "label": label, "help": help, **kw})
 
 
-class FlashAttention(str, Enum):
+class FlashAttention(StrEnum):
     AUTO = "auto"
     ON = "on"
     OFF = "off"
 
 
-class CacheType(str, Enum):
+class CacheType(StrEnum):
     """KV cache element types llama.cpp accepts (quantized V needs flash attention)."""
 
     F32 = "f32"
@@ -43,7 +43,7 @@ class CacheType(str, Enum):
                 "q4_1": 20 / 32, "q4_0": 18 / 32, "iq4_nl": 18 / 32}[self.value]  # fmt: skip
 
 
-class OverflowPolicy(str, Enum):
+class OverflowPolicy(StrEnum):
     """What happens when the conversation outgrows the context."""
 
     STOP = "stop"  # refuse / end the reply, keep everything
@@ -318,7 +318,7 @@ class SamplingSettings(_SettingsBase):
         for item in self.stop:
             if not isinstance(item, str) or not item:
                 raise SettingsError("stop", f"stop strings must be non-empty text, got {item!r}")
-        for tok, bias in self.logit_bias:
+        for tok, _bias in self.logit_bias:
             if tok < 0:
                 raise SettingsError("logit_bias", f"token id {tok} is negative")
 

@@ -152,7 +152,7 @@ def test_overflow_policies(tiny_model):
     list(rt.load(tiny_model, LoadSettings(n_ctx=128, n_batch=128, n_ubatch=128)))
     s = SamplingSettings(temperature=0, max_tokens=16, logit_bias=NO_EOS)
     long_turns = [Message("system", "sun moon")]
-    for i in range(8):
+    for _i in range(8):
         long_turns += [
             Message("user", "the red cat and the blue dog " * 2),
             Message("assistant", "yes good " * 3),
