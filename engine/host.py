@@ -292,7 +292,7 @@ class EngineHost:
 
     def _drain(self) -> None:
         try:
-            while (msg := self._receive())[0] not in ("end", "error"):
+            while self._receive()[0] not in ("end", "error"):
                 pass
         except EngineDied:
             pass
