@@ -32,6 +32,15 @@ from engine.events import (
 )
 from engine.gguf_info import ModelInfo, inspect_gguf
 from engine.hardware import cpu_has_amx, default_threads
+from engine.inspect import (
+    ContextBudget,
+    KVLayout,
+    PreviewStage,
+    TokenPiece,
+    kv_layout,
+    parse_kv_report,
+    sampling_preview,
+)
 from engine.sampling import SamplerChain
 from engine.settings import FlashAttention, LoadSettings, OverflowPolicy, SamplingSettings
 
@@ -40,12 +49,18 @@ _FLASH = {FlashAttention.AUTO: -1, FlashAttention.OFF: 0, FlashAttention.ON: 1}
 _TEMPLATE_MARKERS = ("<start_of_turn>", "<|start_header_id|>", "[INST]", "<|im_start|>")
 
 
+_kv_reports: list[dict] = []  # llama.cpp's own reports of the KV caches it allocated (see engine.inspect)
+
+
 @llama_cpp.llama_log_callback
 def _llama_log(level: int, text: bytes, _user) -> None:
     # llama.cpp is chatty; keep warnings and errors (ggml levels 3, 4; they land in the host's stderr tail),
     # drop the rest unless INGLE_LLAMA_LOG asks for everything.
+    line = text.decode(errors="replace")
+    if "llama_kv_cache: size" in line and (report := parse_kv_report(line)):
+        _kv_reports.append(report)
     if level in (3, 4) or os.environ.get("INGLE_LLAMA_LOG"):
-        log.warning("llama.cpp: %s", text.decode(errors="replace").rstrip())
+        log.warning("llama.cpp: %s", line.rstrip())
 
 
 _backend_ready = False
@@ -125,6 +140,9 @@ class Runtime:
         self.n_batch = 0
         self.evaluations = 0  # llama_decode calls, for tests and visualizers
         self.heartbeat = None  # called after every llama_decode; the host uses it to prove it is alive
+        self.kv_reports: list[dict] = []
+        self.last_evaluation: PromptEvaluated | None = None
+        self._logits_snapshot: np.ndarray | None = None  # next-token logits after the last prompt evaluation
 
     # ---------------------------------------------------------------- loading
     def load(
@@ -216,7 +234,9 @@ class Runtime:
         cparams.type_v = getattr(llama_cpp, f"GGML_TYPE_{settings.type_v.name}")
         cparams.swa_full = settings.swa_full
         cparams.no_perf = True
+        _kv_reports.clear()
         ctx = llama_cpp.llama_init_from_model(self.model, cparams)
+        self.kv_reports = list(_kv_reports)
         if not ctx:
             raise EngineError(
                 f"llama.cpp could not create a context of {settings.n_ctx} tokens "
@@ -382,7 +402,11 @@ class Runtime:
         started = time.perf_counter()
         reused = self._reuse_prefix(tokens)
         self._decode(tokens[reused:], reused)
-        return PromptEvaluated(len(tokens), reused, len(tokens) - reused, time.perf_counter() - started)
+        self._logits_snapshot = self.last_logits().copy()
+        self.last_evaluation = PromptEvaluated(
+            len(tokens), reused, len(tokens) - reused, time.perf_counter() - started
+        )
+        return self.last_evaluation
 
     def last_logits(self) -> np.ndarray:
         """Raw logits of the last evaluated token (a view valid until the next decode)."""
@@ -597,3 +621,96 @@ class Runtime:
                 for i in idx
             )
         return float(logits[token] - logz), alternatives
+
+    # ---------------------------------------------------------- visualizer numbers
+    def preview(self, sampling: SamplingSettings, top_n: int = 20) -> list[PreviewStage]:
+        """Next-token distribution after each sampler stage, from the logits of the last prompt evaluation.
+
+        Runs no model evaluation: moving a slider only re-applies the samplers.
+        """
+        if self._logits_snapshot is None:
+            raise EngineError(
+                "Nothing evaluated yet: evaluate a prompt before asking for the sampling preview."
+            )
+        history = self._cached[-sampling.penalty_last_n :] if sampling.penalty_last_n > 0 else self._cached
+        piece = lambda tok: self.token_bytes(tok, special=True).decode("utf-8", errors="replace")  # noqa: E731
+        return sampling_preview(
+            self._logits_snapshot, sampling, self.vocab, self.n_ctx, history, piece, top_n
+        )
+
+    def evaluate_text(self, text: str, chat: bool = False) -> PromptEvaluated:
+        """Evaluate a raw prompt, or one user message through the chat template, for inspection."""
+        self._require_model()
+        tokens = (
+            self.render_tokens([Message("user", text)]) if chat else self.tokenize(text, add_special=True)
+        )
+        return self.evaluate(tokens)
+
+    def kv_layout(self) -> KVLayout:
+        self._require_model()
+        s = self.load_settings
+        return kv_layout(self.info, self.n_ctx, s.type_k, s.type_v, s.n_ubatch, s.swa_full)
+
+    def kv_state(self) -> dict:
+        """What the KV cache holds now: the layout, positions in use and the last turn's reused/fresh split."""
+        layout = self.kv_layout()
+        mem = self._memory()
+        last = self.last_evaluation
+        return {
+            "layout": layout.to_dict(),
+            "n_past": len(self._cached),
+            "pos_min": llama_cpp.llama_memory_seq_pos_min(mem, 0),
+            "pos_max": llama_cpp.llama_memory_seq_pos_max(mem, 0),
+            "reused_tokens": last.reused_tokens if last else 0,
+            "evaluated_tokens": last.evaluated_tokens if last else 0,
+            "llama_reports": list(self.kv_reports),
+        }
+
+    def token_pieces(self, text: str, parse_special: bool = True) -> list[TokenPiece]:
+        """A text as its tokens with their exact bytes (special tokens as their text)."""
+        self._require_model()
+        pieces = []
+        for tok in self.tokenize(text, add_special=False, parse_special=parse_special):
+            special = bool(llama_cpp.llama_vocab_is_control(self.vocab, tok))
+            pieces.append(TokenPiece(tok, self.token_bytes(tok, special=True), special))
+        return pieces
+
+    def message_spans(self, messages: Sequence[Message]) -> list[tuple[int, int, int]]:
+        """(message index, first token, end token) of each message in the rendered prompt."""
+        spans, start = [], 0
+        full = self.render_tokens(messages)
+        for i in range(len(messages)):
+            prefix = self.render_tokens(messages[: i + 1], add_generation_prompt=False)
+            end = common_prefix(prefix, full) if i < len(messages) - 1 else len(full)
+            spans.append((i, start, max(start, end)))
+            start = max(start, end)
+        return spans
+
+    def context_budget(
+        self, messages: Sequence[Message], draft: str, sampling: SamplingSettings, policy: OverflowPolicy
+    ) -> ContextBudget:
+        """How system prompt, earlier turns, the draft and the reply reserve fill the context, and what would go."""
+        self._require_model()
+        convo = list(messages) + ([Message("user", draft)] if draft else [])
+        if not convo:
+            return ContextBudget(self.n_ctx, 0, 0, 0, self._reserve(sampling))
+        spans = self.message_spans(convo)
+        total = spans[-1][2]
+        system = spans[0][2] if convo[0].role == "system" else (1 if total else 0)
+        draft_tokens = spans[-1][2] - spans[-1][1] if draft else 0
+        reserve = self._reserve(sampling)
+        drop: list[int] = []
+        dropped_tokens = 0
+        overflow = total + reserve - self.n_ctx
+        if overflow > 0 and policy != OverflowPolicy.STOP:
+            first = 1 if convo[0].role == "system" else 0
+            for index, start, end in spans[first:-1]:
+                if dropped_tokens >= overflow:
+                    break
+                drop.append(index)
+                dropped_tokens += end - start
+        fits = overflow <= 0 or (policy != OverflowPolicy.STOP and dropped_tokens >= overflow)
+        return ContextBudget(
+            self.n_ctx, system, total - system - draft_tokens, draft_tokens, reserve,
+            tuple(drop), dropped_tokens, fits, tuple(spans),
+        )  # fmt: skip

@@ -38,16 +38,15 @@ def json_schema_grammar(schema: str) -> str:
         raise SettingsError("json_schema", f"cannot be turned into a grammar: {err}") from None
 
 
-class SamplerChain:
-    """Owns a llama_sampler chain; `stages` lists (name, sampler) for the parts the visualizer can replay."""
+class SamplerStages:
+    """The llama.cpp samplers for a settings object, in chain order, each with its stage name.
 
-    def __init__(self, vocab, n_vocab: int, settings: SamplingSettings, n_ctx: int):
-        self.settings = settings
-        self.seed = resolve_seed(settings.seed)
-        params = llama_cpp.llama_sampler_chain_default_params()
-        params.no_perf = True
-        self.chain = llama_cpp.llama_sampler_chain_init(params)
-        self._keep = []  # ctypes buffers that must outlive the chain
+    The chain that generates uses them all; the sampling preview applies them one at a time to show what each does.
+    """
+
+    def __init__(self, vocab, n_vocab: int, settings: SamplingSettings, n_ctx: int, seed: int):
+        self.stages: list[tuple[str, object]] = []
+        self._keep = []  # ctypes buffers that must outlive the samplers
         s = settings
         grammar = s.grammar or (json_schema_grammar(s.json_schema) if s.json_schema else "")
         if grammar:
@@ -56,7 +55,7 @@ class SamplerChain:
                 raise SettingsError(
                     "grammar", "llama.cpp could not parse the grammar (see the log for the line)"
                 )
-            self._add(smpl)
+            self._add("grammar", smpl)
         if s.logit_bias:
             arr = (llama_cpp.llama_logit_bias * len(s.logit_bias))()
             for i, (tok, bias) in enumerate(s.logit_bias):
@@ -66,67 +65,81 @@ class SamplerChain:
                     )
                 arr[i].token, arr[i].bias = tok, bias
             self._keep.append(arr)
-            self._add(llama_cpp.llama_sampler_init_logit_bias(n_vocab, len(s.logit_bias), arr))
+            self._add("logit_bias", llama_cpp.llama_sampler_init_logit_bias(n_vocab, len(s.logit_bias), arr))
         last_n = n_ctx if s.penalty_last_n < 0 else s.penalty_last_n
         if last_n and (s.repeat_penalty != 1.0 or s.presence_penalty or s.frequency_penalty):
-            self._add(
-                llama_cpp.llama_sampler_init_penalties(
-                    n_vocab, last_n, s.repeat_penalty, s.frequency_penalty, s.presence_penalty
-                )
-            )
+            self._add("penalties", llama_cpp.llama_sampler_init_penalties(
+                n_vocab, last_n, s.repeat_penalty, s.frequency_penalty, s.presence_penalty))  # fmt: skip
         if s.dry_multiplier > 0:
             breakers = (ctypes.c_char_p * len(s.dry_sequence_breakers))(
                 *(b.encode() for b in s.dry_sequence_breakers)
             )
             self._keep.append(breakers)
             dry_last_n = n_ctx if s.dry_penalty_last_n < 0 else s.dry_penalty_last_n
-            self._add(
-                llama_cpp.llama_sampler_init_dry(
-                    vocab,
-                    s.dry_multiplier,
-                    s.dry_base,
-                    s.dry_allowed_length,
-                    dry_last_n,
-                    breakers,
-                    len(s.dry_sequence_breakers),
-                )  # fmt: skip
-            )
-        if s.mirostat == 1:
-            self._add(llama_cpp.llama_sampler_init_temp(s.temperature))
-            self._add(
-                llama_cpp.llama_sampler_init_mirostat(n_vocab, self.seed, s.mirostat_tau, s.mirostat_eta, 100)
-            )
-        elif s.mirostat == 2:
-            self._add(llama_cpp.llama_sampler_init_temp(s.temperature))
-            self._add(llama_cpp.llama_sampler_init_mirostat_v2(self.seed, s.mirostat_tau, s.mirostat_eta))
+            self._add("dry", llama_cpp.llama_sampler_init_dry(
+                vocab, s.dry_multiplier, s.dry_base, s.dry_allowed_length, dry_last_n,
+                breakers, len(s.dry_sequence_breakers)))  # fmt: skip
+        if s.mirostat:
+            self._add("temperature", llama_cpp.llama_sampler_init_temp(s.temperature))
+            if s.mirostat == 1:
+                self._add(
+                    "mirostat",
+                    llama_cpp.llama_sampler_init_mirostat(n_vocab, seed, s.mirostat_tau, s.mirostat_eta, 100),
+                )
+            else:
+                self._add(
+                    "mirostat_v2",
+                    llama_cpp.llama_sampler_init_mirostat_v2(seed, s.mirostat_tau, s.mirostat_eta),
+                )
         elif s.temperature <= 0:
-            self._add(llama_cpp.llama_sampler_init_greedy())
+            self._add("greedy", llama_cpp.llama_sampler_init_greedy())
         else:
-            self._add_truncation(s)
-            self._add(llama_cpp.llama_sampler_init_dist(self.seed))
+            self._add_truncation(s, seed)
+            self._add("dist", llama_cpp.llama_sampler_init_dist(seed))
 
-    def _add_truncation(self, s: SamplingSettings) -> None:
+    def _add_truncation(self, s: SamplingSettings, seed: int) -> None:
         if s.top_n_sigma > 0:
-            self._add(llama_cpp.llama_sampler_init_top_n_sigma(s.top_n_sigma))
+            self._add("top_n_sigma", llama_cpp.llama_sampler_init_top_n_sigma(s.top_n_sigma))
         if s.top_k > 0:
-            self._add(llama_cpp.llama_sampler_init_top_k(s.top_k))
+            self._add("top_k", llama_cpp.llama_sampler_init_top_k(s.top_k))
         if s.typical_p < 1.0:
-            self._add(llama_cpp.llama_sampler_init_typical(s.typical_p, 1))
+            self._add("typical_p", llama_cpp.llama_sampler_init_typical(s.typical_p, 1))
         if s.top_p < 1.0:
-            self._add(llama_cpp.llama_sampler_init_top_p(s.top_p, 1))
+            self._add("top_p", llama_cpp.llama_sampler_init_top_p(s.top_p, 1))
         if s.min_p > 0:
-            self._add(llama_cpp.llama_sampler_init_min_p(s.min_p, 1))
+            self._add("min_p", llama_cpp.llama_sampler_init_min_p(s.min_p, 1))
         if s.xtc_probability > 0:
-            self._add(llama_cpp.llama_sampler_init_xtc(s.xtc_probability, s.xtc_threshold, 1, self.seed))
+            self._add("xtc", llama_cpp.llama_sampler_init_xtc(s.xtc_probability, s.xtc_threshold, 1, seed))
         if s.dynatemp_range > 0:
             self._add(
-                llama_cpp.llama_sampler_init_temp_ext(s.temperature, s.dynatemp_range, s.dynatemp_exponent)
+                "temperature",
+                llama_cpp.llama_sampler_init_temp_ext(s.temperature, s.dynatemp_range, s.dynatemp_exponent),
             )
         else:
-            self._add(llama_cpp.llama_sampler_init_temp(s.temperature))
+            self._add("temperature", llama_cpp.llama_sampler_init_temp(s.temperature))
 
-    def _add(self, smpl) -> None:
-        llama_cpp.llama_sampler_chain_add(self.chain, smpl)
+    def _add(self, name: str, smpl) -> None:
+        self.stages.append((name, smpl))
+
+    def free(self) -> None:
+        for _, smpl in self.stages:
+            llama_cpp.llama_sampler_free(smpl)
+        self.stages = []
+
+
+class SamplerChain:
+    """Owns a llama_sampler chain built from SamplerStages; the chain frees its samplers."""
+
+    def __init__(self, vocab, n_vocab: int, settings: SamplingSettings, n_ctx: int):
+        self.settings = settings
+        self.seed = resolve_seed(settings.seed)
+        built = SamplerStages(vocab, n_vocab, settings, n_ctx, self.seed)
+        params = llama_cpp.llama_sampler_chain_default_params()
+        params.no_perf = True
+        self.chain = llama_cpp.llama_sampler_chain_init(params)
+        self._keep = built._keep
+        for _, smpl in built.stages:
+            llama_cpp.llama_sampler_chain_add(self.chain, smpl)  # the chain owns them from here
 
     def accept_history(self, tokens) -> None:
         """Feed the prompt to penalty/DRY samplers so they see the conversation, like llama.cpp's server."""

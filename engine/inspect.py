@@ -1,0 +1,299 @@
+"""The numbers behind the visualizers: sampling preview per stage, KV cache layout, token view, context budget."""
+
+from __future__ import annotations
+
+import ctypes
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+
+import gguf
+import llama_cpp
+import numpy as np
+
+from engine.gguf_info import ModelInfo
+from engine.sampling import SamplerStages
+from engine.settings import CacheType, SamplingSettings
+
+# Layers per sliding-window group where the last layer of each group is global, by architecture
+# (llama.cpp sets these in llama-model.cpp when the GGUF has no per-layer pattern).
+SWA_PATTERNS = {"gemma3": 6, "gemma3n": 5, "gemma2": 2, "cohere2": 4, "gemma-embedding": 6}
+KV_PAD = 256  # llama.cpp pads KV cache sizes to this many cells
+
+
+# ------------------------------------------------------------------ sampling preview
+@dataclass(frozen=True)
+class PreviewToken:
+    token_id: int
+    piece: str
+    p: float
+
+
+@dataclass(frozen=True)
+class PreviewStage:
+    """The distribution after one sampler: how many tokens remain and the most likely of them."""
+
+    name: str
+    kept: int
+    tokens: tuple[PreviewToken, ...]
+    removed: tuple[int, ...] = ()  # token ids (of the model's top list) this stage removed
+
+
+_TOKEN_DATA = np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])
+assert _TOKEN_DATA.itemsize == ctypes.sizeof(llama_cpp.llama_token_data)
+
+
+class _Candidates:
+    """A llama_token_data_array over a numpy buffer, so llama.cpp's samplers can work on fixed logits."""
+
+    def __init__(self, logits: np.ndarray):
+        self.buf = np.empty(len(logits), _TOKEN_DATA)
+        self.buf["id"] = np.arange(len(logits), dtype=np.int32)
+        self.buf["logit"] = logits
+        self.buf["p"] = 0.0
+        self.array = llama_cpp.llama_token_data_array(
+            data=self.buf.ctypes.data_as(llama_cpp.llama_token_data_p),
+            size=len(logits),
+            selected=-1,
+            sorted=False,
+        )
+
+    def apply(self, sampler) -> None:
+        llama_cpp.llama_sampler_apply(sampler, ctypes.byref(self.array))
+
+    def current(self) -> tuple[np.ndarray, np.ndarray]:
+        """(token ids, logits) still kept, read through the array's data pointer (samplers may move it)."""
+        n = self.array.size
+        addr = ctypes.cast(self.array.data, ctypes.c_void_p).value
+        raw = np.frombuffer(
+            (ctypes.c_char * (n * _TOKEN_DATA.itemsize)).from_address(addr), _TOKEN_DATA, count=n
+        )
+        kept = raw[np.isfinite(raw["logit"])]
+        return kept["id"].copy(), kept["logit"].astype(np.float64)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    if len(logits) == 0:
+        return logits
+    z = np.exp(logits - logits.max())
+    return z / z.sum()
+
+
+def _stage(
+    name: str, ids: np.ndarray, logits: np.ndarray, top_n: int, piece: Callable[[int], str], removed=()
+) -> PreviewStage:
+    probs = softmax(logits)
+    order = np.argsort(-probs, kind="stable")[:top_n]
+    tokens = tuple(PreviewToken(int(ids[i]), piece(int(ids[i])), float(probs[i])) for i in order)
+    return PreviewStage(name, len(ids), tokens, tuple(removed))
+
+
+def sampling_preview(
+    logits: np.ndarray,
+    settings: SamplingSettings,
+    vocab,
+    n_ctx: int,
+    history: Sequence[int],
+    piece: Callable[[int], str],
+    top_n: int = 20,
+) -> list[PreviewStage]:
+    """Apply llama.cpp's own samplers one at a time to a copy of `logits`; return the distribution after each.
+
+    The final pick (dist, mirostat) is random and not shown; greedy is shown as the one token it keeps.
+    """
+    seed = settings.seed if settings.seed >= 0 else 0
+    built = SamplerStages(vocab, len(logits), settings, n_ctx, seed)
+    try:
+        cand = _Candidates(logits)
+        ids, cur = cand.current()
+        stages = [_stage("model", ids, cur, top_n, piece)]
+        watch = {t.token_id for t in stages[0].tokens}
+        for name, sampler in built.stages:
+            if name in ("dist", "mirostat", "mirostat_v2"):
+                continue
+            if name in ("penalties", "dry"):
+                for tok in history:
+                    llama_cpp.llama_sampler_accept(sampler, tok)
+            cand.apply(sampler)
+            if name == "greedy":
+                sel = cand.array.selected
+                chosen = int(cand.buf["id"][sel]) if sel >= 0 else int(ids[np.argmax(cur)])
+                new_ids, new_logits = np.array([chosen]), np.array([0.0])
+            else:
+                new_ids, new_logits = cand.current()
+            gone = watch - set(new_ids.tolist())
+            watch -= gone
+            stages.append(_stage(name, new_ids, new_logits, top_n, piece, sorted(gone)))
+            ids, cur = new_ids, new_logits
+        return stages
+    finally:
+        built.free()
+
+
+def chain_kept(logits: np.ndarray, settings: SamplingSettings, vocab, n_ctx: int, history: Sequence[int]):
+    """What llama.cpp's whole chain (minus the final random pick) keeps: (ids, probabilities). For tests."""
+    seed = settings.seed if settings.seed >= 0 else 0
+    built = SamplerStages(vocab, len(logits), settings, n_ctx, seed)
+    params = llama_cpp.llama_sampler_chain_default_params()
+    chain = llama_cpp.llama_sampler_chain_init(params)
+    for name, sampler in built.stages:
+        if name in ("dist", "mirostat", "mirostat_v2", "greedy"):
+            llama_cpp.llama_sampler_free(sampler)
+        else:
+            llama_cpp.llama_sampler_chain_add(chain, sampler)
+    try:
+        for tok in history:
+            llama_cpp.llama_sampler_accept(chain, tok)
+        cand = _Candidates(logits)
+        cand.apply(chain)
+        ids, cur = cand.current()
+        return ids, softmax(cur)
+    finally:
+        llama_cpp.llama_sampler_free(chain)
+
+
+# ------------------------------------------------------------------ KV cache
+@dataclass(frozen=True)
+class KVLayer:
+    index: int
+    sliding: bool
+    cells: int
+    bytes_k: int
+    bytes_v: int
+
+
+@dataclass(frozen=True)
+class KVLayout:
+    n_ctx: int
+    type_k: str
+    type_v: str
+    n_kv_heads: int
+    head_dim_k: int
+    head_dim_v: int
+    layers: tuple[KVLayer, ...]
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(layer.bytes_k + layer.bytes_v for layer in self.layers)
+
+    def groups(self) -> list[dict]:
+        """Layers grouped by cache (global / sliding window) as llama.cpp allocates them."""
+        out = []
+        for sliding in (False, True):
+            layers = [layer for layer in self.layers if layer.sliding == sliding]
+            if layers:
+                out.append({
+                    "cache": "sliding-window" if sliding else "global",
+                    "layers": len(layers),
+                    "cells": layers[0].cells,
+                    "bytes_k": sum(lyr.bytes_k for lyr in layers),
+                    "bytes_v": sum(lyr.bytes_v for lyr in layers),
+                })  # fmt: skip
+        return out
+
+    def formula(self) -> str:
+        parts = []
+        for g in self.groups():
+            parts.append(
+                f"{g['layers']} layers x {g['cells']} cells x {self.n_kv_heads} KV heads x "
+                f"({self.head_dim_k} x {self.type_k} + {self.head_dim_v} x {self.type_v})"
+            )
+        return " + ".join(parts) + f" = {self.total_bytes / 2**20:.2f} MiB"
+
+    def to_dict(self) -> dict:
+        return {
+            **asdict(self),
+            "total_bytes": self.total_bytes,
+            "groups": self.groups(),
+            "formula": self.formula(),
+        }
+
+
+def _row_bytes(n: int, cache_type: CacheType) -> int:
+    qtype = gguf.GGMLQuantizationType[cache_type.name]
+    block, size = gguf.GGML_QUANT_SIZES[qtype]
+    return n // block * size
+
+
+def _pad(n: int) -> int:
+    return -(-n // KV_PAD) * KV_PAD
+
+
+def sliding_layers(info: ModelInfo) -> list[bool]:
+    """Which layers use the sliding-window cache."""
+    pattern = info.metadata.get(f"{info.architecture}.attention.sliding_window_pattern")
+    if isinstance(pattern, list) and len(pattern) == info.n_layers:
+        return [bool(x) for x in pattern]
+    if info.sliding_window <= 0:
+        return [False] * info.n_layers
+    group = SWA_PATTERNS.get(info.architecture, 0)
+    if group:
+        return [(i % group) < group - 1 for i in range(info.n_layers)]
+    return [True] * info.n_layers
+
+
+def kv_layout(
+    info: ModelInfo, n_ctx: int, type_k: CacheType = CacheType.F16, type_v: CacheType = CacheType.F16,
+    n_ubatch: int = 512, swa_full: bool = False,
+) -> KVLayout:  # fmt: skip
+    """KV cache size per layer: cells x KV heads x head dim x bytes, for K and V (llama.cpp's allocation rule)."""
+    cells = _pad(n_ctx)
+    swa_cells = cells if swa_full else min(cells, _pad(info.sliding_window + n_ubatch))
+    k_row = _row_bytes(info.n_kv_heads * info.head_dim_k, type_k)
+    v_row = _row_bytes(info.n_kv_heads * info.head_dim_v, type_v)
+    layers = tuple(
+        KVLayer(i, sliding, swa_cells if sliding else cells, (swa_cells if sliding else cells) * k_row,
+                (swa_cells if sliding else cells) * v_row)
+        for i, sliding in enumerate(sliding_layers(info))
+    )  # fmt: skip
+    return KVLayout(
+        cells, type_k.value, type_v.value, info.n_kv_heads, info.head_dim_k, info.head_dim_v, layers
+    )
+
+
+_KV_REPORT = re.compile(
+    r"llama_kv_cache: size =\s*([\d.]+) MiB \(\s*(\d+) cells,\s*(\d+) layers.*K \((\w+)\):\s*([\d.]+) MiB, V \((\w+)\):\s*([\d.]+) MiB"
+)
+
+
+def parse_kv_report(line: str) -> dict | None:
+    """llama.cpp's own log line about a KV cache it allocated, as numbers."""
+    m = _KV_REPORT.search(line)
+    if not m:
+        return None
+    total, cells, layers, tk, k_mib, tv, v_mib = m.groups()
+    return {"mib": float(total), "cells": int(cells), "layers": int(layers), "type_k": tk, "k_mib": float(k_mib),
+            "type_v": tv, "v_mib": float(v_mib)}  # fmt: skip
+
+
+# ------------------------------------------------------------------ tokens and context
+@dataclass(frozen=True)
+class TokenPiece:
+    token_id: int
+    data: bytes
+    special: bool
+
+    @property
+    def text(self) -> str:
+        return self.data.decode("utf-8", errors="replace")
+
+
+@dataclass(frozen=True)
+class ContextBudget:
+    """How the context is split before a reply: what the bar shows, and what the overflow policy would drop."""
+
+    n_ctx: int
+    system_tokens: int
+    history_tokens: int
+    draft_tokens: int
+    reserve_tokens: int
+    would_drop_messages: tuple[int, ...] = ()  # indices into the conversation
+    would_drop_tokens: int = 0
+    fits: bool = True
+    spans: tuple[tuple[int, int, int], ...] = field(default=())  # (message index, first token, end token)
+
+    @property
+    def free_tokens(self) -> int:
+        return max(
+            0, self.n_ctx - self.system_tokens - self.history_tokens - self.draft_tokens - self.reserve_tokens
+        )

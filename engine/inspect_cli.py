@@ -1,0 +1,69 @@
+"""`ingle inspect`: the visualizers' numbers in the terminal: prompt tokens, KV cache figures, sampling preview."""
+
+from __future__ import annotations
+
+import json
+
+from engine.cli import add_settings_flags, settings_from_args
+from engine.settings import LoadSettings, SamplingSettings
+
+
+def cmd_inspect(args) -> int:
+    from engine.library import Library
+    from engine.runtime import Runtime
+
+    if len(args.words) == 1:
+        model, prompt = None, args.words[0]
+    elif len(args.words) == 2:
+        model, prompt = args.words
+    else:
+        from engine.errors import SettingsError
+
+        raise SettingsError("inspect", "give [MODEL] PROMPT (quote the prompt)")
+    sampling = settings_from_args(args, SamplingSettings)
+    rt = Runtime()
+    list(rt.load(Library().resolve(model), settings_from_args(args, LoadSettings)))
+    evaluation = rt.evaluate_text(prompt, chat=args.chat)
+    tokens = rt.tokenize(prompt, add_special=True) if not args.chat else rt.cached_tokens
+    pieces = [
+        {"token_id": t, "piece": rt.token_bytes(t, special=True).decode("utf-8", "replace")} for t in tokens
+    ]
+    kv = rt.kv_state()
+    stages = rt.preview(sampling, top_n=args.top)
+    rt.close()
+    if args.json:
+        print(json.dumps({
+            "tokens": pieces,
+            "prompt_tokens": evaluation.prompt_tokens,
+            "kv_cache": kv,
+            "preview_stages": [{"name": s.name, "kept": s.kept, "removed": list(s.removed)} for s in stages],
+            "preview": [[{"token_id": t.token_id, "piece": t.piece, "p": t.p} for t in s.tokens] for s in stages],
+        }, indent=2))  # fmt: skip
+        return 0
+    print(f"Prompt: {len(pieces)} tokens")
+    print("  " + " | ".join(f"{p['piece']!r}:{p['token_id']}" for p in pieces))
+    layout = kv["layout"]
+    print(f"\nKV cache: {kv['n_past']} of {layout['n_ctx']} cells used; {layout['formula']}")
+    for group in layout["groups"]:
+        print(f"  {group['cache']:<15} {group['layers']:>3} layers x {group['cells']} cells  "
+              f"K {group['bytes_k'] / 2**20:.2f} MiB  V {group['bytes_v'] / 2**20:.2f} MiB")  # fmt: skip
+    print("\nNext-token distribution after each sampler stage:")
+    for stage in stages:
+        top = ", ".join(f"{t.piece!r} {t.p:.3f}" for t in stage.tokens[:8])
+        print(f"  {stage.name:<12} kept {stage.kept:>7}: {top}")
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "inspect", help="show a prompt's tokens, the KV cache and the next-token sampling preview"
+    )
+    p.add_argument("words", nargs="+", metavar="[MODEL] PROMPT")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--top", type=int, default=20, help="tokens listed per preview stage")
+    p.add_argument(
+        "--chat", action="store_true", help="wrap the prompt as a user message in the chat template"
+    )
+    add_settings_flags(p, LoadSettings, "model loading")
+    add_settings_flags(p, SamplingSettings, "sampling")
+    p.set_defaults(func=cmd_inspect)
