@@ -31,8 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as err:
-            if err.name != name:
-                raise
+            if not (name == err.name or name.startswith(f"{err.name}.")):
+                raise  # the module exists but something it needs is missing: a real error
             continue
         module.register(sub)
     return parser

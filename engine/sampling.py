@@ -47,7 +47,13 @@ class SamplerStages:
     def __init__(self, vocab, n_vocab: int, settings: SamplingSettings, n_ctx: int, seed: int):
         self.stages: list[tuple[str, object]] = []
         self._keep = []  # ctypes buffers that must outlive the samplers
-        s = settings
+        try:
+            self._build(vocab, n_vocab, settings, n_ctx, seed)
+        except Exception:
+            self.free()  # a bad setting found halfway must not leak the samplers made so far
+            raise
+
+    def _build(self, vocab, n_vocab: int, s: SamplingSettings, n_ctx: int, seed: int) -> None:
         grammar = s.grammar or (json_schema_grammar(s.json_schema) if s.json_schema else "")
         if grammar:
             smpl = llama_cpp.llama_sampler_init_grammar(vocab, grammar.encode(), b"root")
