@@ -251,6 +251,8 @@ class MainWindow(QMainWindow):
                                 (QPalette.HighlightedText, "#ffffff"), (QPalette.PlaceholderText, "#8a8a92"),
                                 (QPalette.Link, theme.link), (QPalette.Mid, "#8a8a92")):  # fmt: skip
                 palette.setColor(role, QColor(color))
+            for role in (QPalette.ButtonText, QPalette.Text, QPalette.WindowText):
+                palette.setColor(QPalette.Disabled, role, QColor("#6a6a70"))
         QApplication.instance().setPalette(palette)
         self.view.set_theme(theme)
         self.render_conversation()
@@ -281,6 +283,7 @@ class MainWindow(QMainWindow):
             self.system_prompt.blockSignals(True)
             self.system_prompt.setPlainText(self.store.get(cid).system_prompt)
             self.system_prompt.blockSignals(False)
+        self.refresh_conversations()
         self.render_conversation()
 
     def render_conversation(self) -> None:
