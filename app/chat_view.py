@@ -40,11 +40,13 @@ class ChatView(SafeBrowser):
         self.code: dict[int, list[str]] = {}  # message id -> its code blocks, for copy links
         self.expanded_thinking: set[int] = set()
         self._stream_start: int | None = None
+        self._cache: dict[tuple, tuple[str, list[str]]] = {}  # finished messages' HTML, for long chats
         self.anchorClicked.connect(self._clicked)
 
     def set_theme(self, theme: Theme) -> None:
         self.theme = theme
         self.renderer = MarkdownRenderer(theme)
+        self._cache.clear()
 
     # ------------------------------------------------------------ html
     def _links(self, msg: StoredMessage, siblings: tuple[int, int], streaming: bool) -> str:
@@ -67,6 +69,16 @@ class ChatView(SafeBrowser):
     def message_html(
         self, msg: StoredMessage, siblings: tuple[int, int] = (1, 1), streaming: bool = False
     ) -> str:
+        key = (msg.id, msg.content, msg.status, siblings, msg.id in self.expanded_thinking)
+        if not streaming and key in self._cache:
+            html_text, self.code[msg.id] = self._cache[key]
+            return html_text
+        html_text = self._message_html(msg, siblings, streaming)
+        if not streaming:
+            self._cache[key] = (html_text, self.code[msg.id])
+        return html_text
+
+    def _message_html(self, msg: StoredMessage, siblings: tuple[int, int], streaming: bool) -> str:
         t = self.theme
         reasoning, answer, thinking_open = split_thinking(msg.content)
         body = ""

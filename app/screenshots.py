@@ -1,6 +1,6 @@
 """Render the main window offscreen to PNG, light and dark, over a sample conversation (for the README).
 
-    QT_QPA_PLATFORM=offscreen python -m app.screenshots [OUT_DIR]   (default assets/screenshots)
+QT_QPA_PLATFORM=offscreen python -m app.screenshots [OUT_DIR]   (default assets/screenshots)
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ def render(out_dir: Path) -> list[Path]:
     app = QApplication.instance() or QApplication(sys.argv)
     from app.main import MainWindow
     from engine.conversations import ConversationStore
-
     from engine.library import Library
 
     Library().ensure_starter()  # the model picker shows the bundled model

@@ -291,3 +291,30 @@ def test_killing_the_app_mid_reply_keeps_the_conversation_and_partial_reply(
     assert window.conversation == conv.id
     assert "(interrupted)" in window.view.toPlainText() and partial[:15] in window.view.toPlainText()
     window.close()
+
+
+def test_a_thousand_message_conversation_opens_and_scrolls_smoothly(qtbot, db):
+    store = ConversationStore(db)
+    conv = store.create("Long")
+    parent = None
+    for i in range(1000):
+        role = "user" if i % 2 == 0 else "assistant"
+        parent = store.add_message(
+            conv.id, parent, role, f"Message {i}, **bold**\n\n```python\nx = {i}\n```"
+        ).id
+    started = time.perf_counter()
+    window = MainWindow(store=store, start_engine=False)
+    qtbot.addWidget(window)
+    window.show()
+    opened = time.perf_counter() - started
+    bar = window.view.verticalScrollBar()
+    steps = range(0, bar.maximum(), max(1, bar.maximum() // 50))
+    started = time.perf_counter()
+    for value in steps:
+        bar.setValue(value)
+        window.view.viewport().repaint()
+    per_frame = (time.perf_counter() - started) / len(steps) * 1000
+    print(f"\n1,000 messages: opened in {opened:.2f} s; {per_frame:.1f} ms per scrolled frame")
+    assert "Message 999" in window.view.toPlainText()
+    assert per_frame < 50
+    window.close()
