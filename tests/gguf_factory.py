@@ -39,10 +39,7 @@ def build_vocab(with_chat_tokens: bool = True) -> tuple[list[str], list[float], 
             tokens.append(piece)
             types.append(TokenType.NORMAL)
     # SPM merges prefer higher scores: longer pieces score higher so whole words win.
-    scores = [
-        0.0 if t != TokenType.NORMAL else float(len(tok)) - i * 1e-4
-        for i, (tok, t) in enumerate(zip(tokens, types))
-    ]
+    scores = [0.0 if t != TokenType.NORMAL else float(len(tok)) - i * 1e-4 for i, (tok, t) in enumerate(zip(tokens, types))]
     return tokens, scores, [int(t) for t in types]
 
 
