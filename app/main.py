@@ -121,6 +121,7 @@ class MainWindow(QMainWindow):
         self._redraw = QTimer(self, singleShot=True, interval=REDRAW_INTERVAL_MS)
         self._redraw.timeout.connect(self._redraw_stream)
         self.apply_theme(self.gui_settings.value("theme", "system"))
+        QGuiApplication.styleHints().colorSchemeChanged.connect(self._system_scheme_changed)
         self.refresh_conversations()
         convs = self.store.conversations()
         self.open_conversation(convs[0].id if convs else None)
@@ -257,6 +258,10 @@ class MainWindow(QMainWindow):
         self.view.set_theme(theme)
         self.render_conversation()
 
+    def _system_scheme_changed(self, _scheme) -> None:
+        if self.gui_settings.value("theme", "system") == "system":
+            self.apply_theme("system")
+
     # ------------------------------------------------------------ conversations
     def refresh_conversations(self) -> None:
         self.conv_list.clear()
@@ -275,7 +280,8 @@ class MainWindow(QMainWindow):
 
     def open_conversation(self, cid: int | None) -> None:
         if self.bridge.busy and self.streaming is not None:
-            return  # finish or stop the reply first
+            self.statusBar().showMessage("A reply is streaming: stop it (Esc) or let it finish first.", 5000)
+            return
         self.conversation = cid
         self.editing = None
         if cid is not None:

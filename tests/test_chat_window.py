@@ -318,3 +318,27 @@ def test_a_thousand_message_conversation_opens_and_scrolls_smoothly(qtbot, db):
     assert "Message 999" in window.view.toPlainText()
     assert per_frame < 50
     window.close()
+
+
+def test_delete_undo_export_import_and_message_delete(qtbot, db, tmp_path):
+    store = ConversationStore(db)
+    conv = store.create("Keep me")
+    user = store.add_message(conv.id, None, "user", "hello *there*")
+    reply = store.add_message(conv.id, user.id, "assistant", "hi")
+    window = MainWindow(store=store, start_engine=False)
+    qtbot.addWidget(window)
+    window.export_conversation(tmp_path / "c.json", "json")
+    window.export_conversation(tmp_path / "c.md", "md")
+    assert "## Assistant" in (tmp_path / "c.md").read_text()
+    window.delete_conversation(conv.id)
+    assert window.conv_list.count() == 0 and window.undo_banner.isVisibleTo(window)
+    window.undo_banner.button.click()
+    assert window.conv_list.count() == 1 and window.conversation == conv.id
+    window.import_conversation(tmp_path / "c.json")
+    assert window.conv_list.count() == 2 and "hello" in window.view.toPlainText()
+    window._on_view_action("delete", reply.id, "")
+    assert [m.id for m in store.path(conv.id)] == [user.id]
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(Exception, match="Cannot read bad.json"):
+        window.import_conversation(tmp_path / "bad.json")
+    window.close()
