@@ -198,6 +198,7 @@ class MainWindow(QMainWindow):
 
         self.model_label, self.context_label, self.speed_label = QLabel("No model"), QLabel(), QLabel()
         for label in (self.model_label, self.context_label, self.speed_label):
+            label.setContentsMargins(10, 0, 10, 0)
             self.statusBar().addPermanentWidget(label)
         self._build_menus()
         self._update_buttons(False)
