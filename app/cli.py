@@ -26,6 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log details (including llama.cpp's)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     gui = sub.add_parser("gui", help="open the app (the default)")
+    gui.add_argument(
+        "--smoke-prompt", metavar="TEXT", help="load the starter model, send TEXT, print the reply, exit"
+    )
     gui.set_defaults(func=run_gui)
     for name in COMMAND_MODULES:
         try:
@@ -41,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
 def run_gui(args) -> int:
     from app.main import run
 
-    return run()
+    return run(smoke_prompt=getattr(args, "smoke_prompt", None))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,209 @@
+"""Model picker: library models, load settings with a memory estimate and fit verdict, LoRA adapter, load/unload."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import psutil
+from PySide6.QtCore import Signal
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from engine.errors import IngleError
+from engine.gguf_info import ModelInfo, inspect_gguf
+from engine.library import Entry, Library
+from engine.settings import CacheType, FlashAttention, LoadSettings
+
+COMPUTE_OVERHEAD = 1.10  # compute buffers and runtime state, roughly, on top of weights + KV cache
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    weights: int
+    kv_cache: int
+    total: int
+    available: int
+
+    @property
+    def fits(self) -> bool:
+        return self.total <= self.available
+
+    def describe(self) -> str:
+        gib = 1 << 30
+        verdict = "fits in RAM" if self.fits else "does NOT fit in free RAM"
+        return (
+            f"≈ {self.total / gib:.2f} GiB (weights {self.weights / gib:.2f} + KV cache {self.kv_cache / gib:.2f}); "
+            f"{self.available / gib:.1f} GiB free: {verdict}"
+        )
+
+
+def estimate_memory(info: ModelInfo, settings: LoadSettings) -> MemoryEstimate:
+    """Weights as stored plus a KV cache of n_ctx positions per layer, against the RAM free now."""
+    per_position = info.n_kv_heads * (
+        info.head_dim_k * settings.type_k.bytes_per_element
+        + info.head_dim_v * settings.type_v.bytes_per_element
+    )
+    kv = int(info.n_layers * settings.n_ctx * per_position)
+    total = int((info.file_size + kv) * COMPUTE_OVERHEAD)
+    return MemoryEstimate(info.file_size, kv, total, psutil.virtual_memory().available)
+
+
+def describe_entry(entry: Entry) -> str:
+    size = entry.size / (1 << 20)
+    params = f"{entry.parameters / 1e6:.0f}M" if entry.parameters < 1e9 else f"{entry.parameters / 1e9:.1f}B"
+    return f"{entry.name}  ·  {entry.architecture} {params}  ·  {entry.quant}  ·  {size:.0f} MB"
+
+
+class ModelPanel(QWidget):
+    """Emits `load_requested(path, LoadSettings, adapters)` and `unload_requested()`; the window runs them."""
+
+    load_requested = Signal(str, object, object)
+    unload_requested = Signal()
+
+    def __init__(self, library: Library):
+        super().__init__()
+        self.library = library
+        self._infos: dict[str, ModelInfo] = {}
+        layout = QVBoxLayout(self)
+        self.model_box = QComboBox()
+        self.model_box.currentIndexChanged.connect(self._update_estimate)
+        layout.addWidget(self.model_box)
+        self.description = QLabel()
+        self.description.setWordWrap(True)
+        layout.addWidget(self.description)
+        form = QFormLayout()
+        specs = {f.name: f for f in LoadSettings.field_specs()}
+        self.n_ctx = QSpinBox()
+        self.n_ctx.setRange(specs["n_ctx"].metadata["min"], 1 << 20)
+        self.n_ctx.setSingleStep(1024)
+        self.n_ctx.setValue(4096)
+        self.gpu_layers = QSpinBox()
+        self.gpu_layers.setRange(-1, 10_000)
+        self.threads = QSpinBox()
+        self.threads.setRange(0, 512)
+        self.type_k, self.type_v = QComboBox(), QComboBox()
+        for box in (self.type_k, self.type_v):
+            box.addItems([t.value for t in CacheType])
+            box.setCurrentText("f16")
+        self.flash = QComboBox()
+        self.flash.addItems([f.value for f in FlashAttention])
+        for name, widget in (("n_ctx", self.n_ctx), ("n_gpu_layers", self.gpu_layers), ("n_threads", self.threads),
+                             ("type_k", self.type_k), ("type_v", self.type_v), ("flash_attn", self.flash)):  # fmt: skip
+            widget.setToolTip(specs[name].metadata["help"])
+            form.addRow(specs[name].metadata["label"], widget)
+            (widget.valueChanged if isinstance(widget, QSpinBox) else widget.currentTextChanged).connect(
+                self._update_estimate
+            )
+        self.adapter_box = QComboBox()
+        self.adapter_scale = QDoubleSpinBox()
+        self.adapter_scale.setRange(-4.0, 4.0)
+        self.adapter_scale.setSingleStep(0.1)
+        self.adapter_scale.setValue(1.0)
+        adapter_row = QHBoxLayout()
+        adapter_row.addWidget(self.adapter_box, 1)
+        adapter_row.addWidget(self.adapter_scale)
+        form.addRow("LoRA adapter", adapter_row)
+        layout.addLayout(form)
+        self.estimate = QLabel()
+        self.estimate.setWordWrap(True)
+        layout.addWidget(self.estimate)
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 100)
+        self.progress.hide()
+        layout.addWidget(self.progress)
+        buttons = QHBoxLayout()
+        self.load_button = QPushButton("Load")
+        self.load_button.clicked.connect(self._load)
+        self.unload_button = QPushButton("Unload")
+        self.unload_button.clicked.connect(self.unload_requested)
+        buttons.addWidget(self.load_button)
+        buttons.addWidget(self.unload_button)
+        layout.addLayout(buttons)
+        self.force = QCheckBox("Load even if it may not fit")
+        layout.addWidget(self.force)
+        layout.addStretch(1)
+        self.refresh()
+
+    def refresh(self) -> None:
+        self.model_box.blockSignals(True)
+        self.model_box.clear()
+        for entry in self.library.entries("model"):
+            self.model_box.addItem(describe_entry(entry), entry.name)
+        self.model_box.blockSignals(False)
+        self.adapter_box.clear()
+        self.adapter_box.addItem("none", "")
+        for entry in self.library.entries("adapter"):
+            self.adapter_box.addItem(entry.name, entry.name)
+        self._update_estimate()
+
+    def select(self, name: str) -> None:
+        index = self.model_box.findData(name)
+        if index >= 0:
+            self.model_box.setCurrentIndex(index)
+
+    def entry(self) -> Entry | None:
+        name = self.model_box.currentData()
+        return self.library.get(name) if name else None
+
+    def load_settings(self) -> LoadSettings:
+        return LoadSettings(n_ctx=self.n_ctx.value(), n_gpu_layers=self.gpu_layers.value(),
+                            n_threads=self.threads.value(), type_k=CacheType(self.type_k.currentText()),
+                            type_v=CacheType(self.type_v.currentText()),
+                            flash_attn=FlashAttention(self.flash.currentText()))  # fmt: skip
+
+    def current_estimate(self) -> MemoryEstimate | None:
+        entry = self.entry()
+        if entry is None:
+            return None
+        if entry.path not in self._infos:
+            self._infos[entry.path] = inspect_gguf(entry.file)
+        return estimate_memory(self._infos[entry.path], self.load_settings())
+
+    def _update_estimate(self, *_args) -> None:
+        entry = self.entry()
+        self.description.setText(entry.description if entry else "No models in the library yet.")
+        try:
+            estimate = self.current_estimate()
+        except IngleError as err:
+            self.estimate.setText(str(err))
+            return
+        self.estimate.setText(estimate.describe() if estimate else "")
+        self.estimate.setStyleSheet("" if estimate is None or estimate.fits else "color: #c0392b")
+
+    def _load(self) -> None:
+        entry = self.entry()
+        if entry is None:
+            return
+        try:
+            settings = self.load_settings()
+            estimate = self.current_estimate()
+        except IngleError as err:
+            self.estimate.setText(str(err))
+            return
+        if estimate and not estimate.fits and not self.force.isChecked():
+            self.estimate.setText(estimate.describe() + ". Lower the context length or tick 'Load even if…'.")
+            return
+        adapters = ()
+        if self.adapter_box.currentData():
+            adapters = (
+                (str(self.library.get(self.adapter_box.currentData()).file), self.adapter_scale.value()),
+            )
+        self.load_requested.emit(str(entry.file), settings, adapters)
+
+    def set_loading(self, fraction: float | None) -> None:
+        """Show load progress (None hides it)."""
+        self.progress.setVisible(fraction is not None)
+        self.load_button.setEnabled(fraction is None)
+        if fraction is not None:
+            self.progress.setValue(int(fraction * 100))
