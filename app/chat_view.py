@@ -14,6 +14,14 @@ from engine.conversations import StoredMessage
 ROLE_NAMES = {"user": "You", "assistant": "Model", "system": "System"}
 
 
+def is_cut_off(msg: StoredMessage) -> bool:
+    """A reply that ended before the model finished it: stopped, interrupted, or out of tokens/context."""
+    stop = (msg.stats or {}).get("stop")
+    return bool(msg.content) and (
+        msg.status in ("stopped", "interrupted") or stop in ("max_tokens", "context_full")
+    )
+
+
 class SafeBrowser(QTextBrowser):
     """Links are handed to the window (ingle: actions) instead of being followed; no resource is ever fetched."""
 
@@ -63,6 +71,8 @@ class ChatView(SafeBrowser):
                 parts.append(f'<a href="ingle:edit/{msg.id}">edit</a>')
             else:
                 parts.append(f'<a href="ingle:regenerate/{msg.id}">regenerate</a>')
+                if is_cut_off(msg):
+                    parts.append(f'<a href="ingle:continue/{msg.id}">continue</a>')
             parts.append(f'<a href="ingle:delete/{msg.id}">delete</a>')
         return f'<span style="color:{t.muted}; font-size:small">{" · ".join(parts)}</span>'
 

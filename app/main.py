@@ -40,7 +40,7 @@ from engine.conversations import ConversationError, ConversationStore, StoredMes
 from engine.errors import EngineDied, IngleError
 from engine.events import LoadProgress, Message, ModelLoaded, ReplyDone, StopReason, Token
 from engine.library import STARTER_NAME, Library, data_dir
-from engine.settings import LoadSettings
+from engine.settings import LoadSettings, OverflowPolicy
 
 SAVE_INTERVAL = 0.5  # seconds between saves of a growing reply (a kill -9 loses at most this much)
 REDRAW_INTERVAL_MS = 40  # streamed text is redrawn at most this often
@@ -115,6 +115,7 @@ class MainWindow(QMainWindow):
         self.last_load: tuple | None = None
         self.streaming: StoredMessage | None = None
         self.stream_text = ""
+        self.stream_prefix = ""  # text of a reply being continued, before the new tokens
         self._last_save = 0.0
         self.editing: int | None = None
         self._build()
@@ -180,6 +181,13 @@ class MainWindow(QMainWindow):
         self.model_panel.unload_requested.connect(self.unload_model)
         self.sampling_panel = SamplingPanel(self.store)
         self.sampling_panel.settings_changed.connect(self._settings_changed)
+        saved_policy = self.gui_settings.value("overflow_policy", OverflowPolicy.STOP.value)
+        self.sampling_panel.set_policy(
+            OverflowPolicy(saved_policy) if saved_policy in set(OverflowPolicy) else OverflowPolicy.STOP
+        )
+        self.sampling_panel.policy_box.currentIndexChanged.connect(
+            lambda _i: self.gui_settings.setValue("overflow_policy", self.sampling_panel.policy().value)
+        )
         sampling_scroll = QScrollArea()
         sampling_scroll.setWidgetResizable(True)
         sampling_scroll.setWidget(self.sampling_panel)
@@ -414,20 +422,44 @@ class MainWindow(QMainWindow):
         if msg.role == "assistant" and msg.parent is not None and not self.bridge.busy and self.loaded:
             self._generate(msg.parent)
 
+    def continue_reply(self, mid: int) -> None:
+        """Let the model go on writing a reply that was stopped or cut off, in the same message."""
+        msg = self.store.message(mid)
+        if msg.role != "assistant":
+            return
+        if self.bridge.busy or self.loaded is None:
+            self.statusBar().showMessage(
+                "Load a model first." if self.loaded is None else "A reply is running.", 5000
+            )
+            return
+        self.store.select(mid)
+        self.store.update_message(mid, msg.content, "streaming")
+        self.streaming = self.store.message(mid)
+        self._start_stream(msg.content, continue_last=True)
+
     def _generate(self, parent: int) -> None:
+        self.streaming = self.store.add_message(
+            self.conversation, parent, "assistant", "", status="streaming"
+        )
+        self._start_stream("", continue_last=False)
+
+    def _start_stream(self, prefix: str, continue_last: bool) -> None:
         cid = self.conversation
-        self.streaming = self.store.add_message(cid, parent, "assistant", "", status="streaming")
-        self.stream_text = ""
+        self.stream_prefix = prefix
+        self.stream_text = prefix
         self._last_save = time.monotonic()
         self.render_conversation()
         conv = self.store.get(cid)
         messages = [Message("system", conv.system_prompt)] if conv.system_prompt else []
-        for msg in self.store.path(cid)[:-1]:
+        path = self.store.path(cid)
+        for msg in path if continue_last else path[:-1]:
             # earlier reasoning is not sent back, as reasoning models' chat templates expect
-            messages.append(
-                Message(msg.role, strip_thinking(msg.content) if msg.role == "assistant" else msg.content)
-            )
-        self.bridge.submit("chat", messages, self.store.settings(cid))
+            content = msg.content
+            if msg.role == "assistant" and msg.id != self.streaming.id:
+                content = strip_thinking(content)
+            messages.append(Message(msg.role, content))
+        policy = self.sampling_panel.policy()
+        self.bridge.submit("chat", messages, self.store.settings(cid), policy, continue_last)
 
     def stop(self) -> None:
         self.bridge.cancel()
@@ -469,7 +501,7 @@ class MainWindow(QMainWindow):
                 self._save_stream()
         elif isinstance(ev, ReplyDone):
             st = ev.stats
-            self.stream_text = ev.text
+            self.stream_text = self.stream_prefix + ev.text
             self._show_stats(st.n_past, st.n_ctx, st.decode_tok_s, st.ttft_seconds)
             stats = {"ttft": st.ttft_seconds, "tok_s": st.decode_tok_s, "generated": st.generated_tokens,
                      "n_past": st.n_past, "n_ctx": st.n_ctx, "stop": st.stop_reason.value}  # fmt: skip
@@ -560,6 +592,8 @@ class MainWindow(QMainWindow):
             self.render_conversation()
         elif verb == "regenerate":
             self.regenerate(mid)
+        elif verb == "continue":
+            self.continue_reply(mid)
         elif verb == "edit":
             self.edit(mid)
         elif verb == "delete" and not self.bridge.busy:

@@ -24,7 +24,13 @@ from PySide6.QtWidgets import (
 
 from engine.conversations import ConversationStore
 from engine.errors import SettingsError
-from engine.settings import PRESETS, SamplingSettings
+from engine.settings import PRESETS, OverflowPolicy, SamplingSettings
+
+POLICY_LABELS = {
+    OverflowPolicy.STOP: "Stop and say so",
+    OverflowPolicy.DROP_OLDEST: "Drop the oldest turns (keep the system prompt)",
+    OverflowPolicy.SLIDING_WINDOW: "Sliding window (drop oldest tokens)",
+}
 
 SLIDER_STEPS = 1000
 # Fields whose range is too wide for a linear slider get one over this span; the number box takes any value.
@@ -111,6 +117,11 @@ class SamplingPanel(QWidget):
         layout.addWidget(self.error)
         form = QFormLayout()
         form.setFieldGrowthPolicy(QFormLayout.AllNonFixedFieldsGrow)
+        self.policy_box = QComboBox()
+        for policy, text in POLICY_LABELS.items():
+            self.policy_box.addItem(text, policy.value)
+        self.policy_box.setToolTip("What happens when the conversation outgrows the model's context")
+        form.addRow(QLabel("When the context is full"), self.policy_box)
         for f in SamplingSettings.field_specs():
             widget = self._make_field(f)
             self.fields[f.name] = widget
@@ -142,6 +153,12 @@ class SamplingPanel(QWidget):
             widget.editingFinished.connect(self._edited)
         widget.setToolTip(f.metadata["help"])
         return widget
+
+    def policy(self) -> OverflowPolicy:
+        return OverflowPolicy(self.policy_box.currentData())
+
+    def set_policy(self, policy: OverflowPolicy) -> None:
+        self.policy_box.setCurrentIndex(max(0, self.policy_box.findData(OverflowPolicy(policy).value)))
 
     def settings(self) -> SamplingSettings:
         return self._settings

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import EngineDied, EngineError, EngineHung, IngleError
+from engine.settings import OverflowPolicy
 
 log = logging.getLogger("ingle.host")
 
@@ -309,8 +310,9 @@ class EngineHost:
     def load(self, path, settings=None, adapters=(), chat_template=None):
         return self.request("load", str(path), settings, tuple(adapters), chat_template)
 
-    def chat(self, messages, sampling=None, policy=None):
-        return self.request("chat", list(messages), sampling, *(() if policy is None else (policy,)))
+    def chat(self, messages, sampling=None, policy=None, continue_last=False):
+        policy = OverflowPolicy.STOP if policy is None else policy
+        return self.request("chat", list(messages), sampling, policy, continue_last)
 
     def complete(self, prompt, sampling=None, policy=None):
         return self.request("complete", prompt, sampling, *(() if policy is None else (policy,)))

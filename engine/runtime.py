@@ -433,41 +433,59 @@ class Runtime:
         messages: Sequence[Message],
         sampling: SamplingSettings | None = None,
         policy: OverflowPolicy = OverflowPolicy.STOP,
+        continue_last: bool = False,
     ) -> Iterator[Event]:
-        """Reply to a conversation, rendered through the chat template; reuses the KV cache of earlier turns."""
+        """Reply to a conversation, rendered through the chat template; reuses the KV cache of earlier turns.
+
+        With `continue_last`, the conversation ends with a cut-off assistant message and the model goes on
+        writing it (ReplyDone.text is then only the new part).
+        """
         self._require_model()
         sampling = sampling or SamplingSettings()
-        if not messages or messages[-1].role not in ("user", "system"):
-            raise EngineError("The conversation must end with a user message to get a reply.")
+        expected = ("assistant",) if continue_last else ("user", "system")
+        if not messages or messages[-1].role not in expected:
+            raise EngineError(
+                "To continue a reply, the conversation must end with that assistant message."
+                if continue_last
+                else "The conversation must end with a user message to get a reply."
+            )
         messages = list(messages)
-        tokens = self.render_tokens(messages)
+        tokens = self.render_tokens(messages, continue_last=continue_last)
         reserve = self._reserve(sampling)
         if len(tokens) + reserve > self.n_ctx and policy == OverflowPolicy.DROP_OLDEST:
-            messages, tokens, event = self._drop_oldest(messages, tokens, reserve)
+            messages, tokens, event = self._drop_oldest(messages, tokens, reserve, continue_last)
             yield event
         keep = self._system_tokens(messages, tokens)
         yield from self._generate(tokens, sampling, policy, keep)
 
-    def render_tokens(self, messages: Sequence[Message], add_generation_prompt: bool = True) -> list[int]:
-        text = self.template.render(messages, add_generation_prompt)
+    def render_tokens(
+        self, messages: Sequence[Message], add_generation_prompt: bool = True, continue_last: bool = False
+    ) -> list[int]:
+        if continue_last:  # the open assistant turn, then its text so far (as llama.cpp's server continues)
+            text = self.template.render(messages[:-1], True) + messages[-1].content
+        else:
+            text = self.template.render(messages, add_generation_prompt)
         add_bos = not (self.template.bos_token and text.startswith(self.template.bos_token))
         return self.tokenize(text, add_special=add_bos, parse_special=True)
 
     def _reserve(self, sampling: SamplingSettings) -> int:
         return min(sampling.max_tokens, self.n_ctx // 4)
 
-    def _drop_oldest(self, messages: list[Message], tokens: list[int], reserve: int):
+    def _drop_oldest(
+        self, messages: list[Message], tokens: list[int], reserve: int, continue_last: bool = False
+    ):
         """Drop whole turns after the system prompt until prompt + reply reserve fits."""
         first = 1 if messages[0].role == "system" else 0
         dropped, before = 0, len(tokens)
-        while len(tokens) + reserve > self.n_ctx and len(messages) - first > 1:
+        last_turn = 2 if continue_last else 1  # never drop the message being answered (or continued)
+        while len(tokens) + reserve > self.n_ctx and len(messages) - first > last_turn:
             del messages[first]
             dropped += 1
             # drop up to the next user message, so the conversation still starts with a user turn
-            while len(messages) - first > 1 and messages[first].role != "user":
+            while len(messages) - first > last_turn and messages[first].role != "user":
                 del messages[first]
                 dropped += 1
-            tokens = self.render_tokens(messages)
+            tokens = self.render_tokens(messages, continue_last=continue_last)
         if len(tokens) + reserve > self.n_ctx:
             raise ContextFullError(
                 f"The last message alone needs {len(tokens)} tokens plus {reserve} for the reply, "

@@ -137,6 +137,7 @@ class SamplerChain:
     """Owns a llama_sampler chain built from SamplerStages; the chain frees its samplers."""
 
     def __init__(self, vocab, n_vocab: int, settings: SamplingSettings, n_ctx: int):
+        self.chain = None  # set last: a bad setting raises before there is a chain to free
         self.settings = settings
         self.seed = resolve_seed(settings.seed)
         built = SamplerStages(vocab, n_vocab, settings, n_ctx, self.seed)

@@ -91,6 +91,27 @@ def test_stop_ends_the_reply_and_keeps_it_marked_stopped(qtbot, window):
     assert "(stopped)" in window.view.toPlainText()
 
 
+def test_continue_goes_on_writing_a_cut_off_reply_in_the_same_message(qtbot, window):
+    new_chat(window, max_tokens=8, temperature=0, logit_bias=TINY_EOG)
+    cut = send_and_wait(qtbot, window, "Tell me more")
+    assert cut.stats["stop"] == "max_tokens"
+    assert f"ingle:continue/{cut.id}" in window.view.toHtml()  # the "continue" link is offered
+    qtbot.waitUntil(lambda: not window.bridge.busy)
+    with qtbot.waitSignal(window.reply_finished, timeout=60_000) as blocker:
+        window._on_view_action("continue", cut.id, "")
+    assert blocker.args[0] == cut.id  # same message, grown
+    grown = window.store.message(cut.id)
+    assert grown.content.startswith(cut.content) and len(grown.content) > len(cut.content)
+    assert grown.status == "done" and len(window.store.path(window.conversation)) == 2
+
+
+def test_overflow_policy_is_chosen_in_the_sampling_panel_and_remembered(qtbot, db, tiny_model, window):
+    from engine.settings import OverflowPolicy
+
+    window.sampling_panel.set_policy(OverflowPolicy.DROP_OLDEST)
+    assert window.gui_settings.value("overflow_policy") == "drop_oldest"
+
+
 def test_regenerate_keeps_both_and_edit_branches_survive_a_restart(qtbot, db, tiny_model, window):
     cid = new_chat(window, max_tokens=12, seed=-1, temperature=1.0, logit_bias=TINY_EOG)
     first = send_and_wait(qtbot, window, "Question one")

@@ -6,7 +6,7 @@ import llama_cpp
 import numpy as np
 import pytest
 
-from engine.errors import ContextFullError, ModelFileError, SettingsError
+from engine.errors import ContextFullError, EngineError, ModelFileError, SettingsError
 from engine.events import ContextTrimmed, Message, ReplyDone, StopReason, Token
 from engine.runtime import Runtime, common_prefix
 from engine.settings import LoadSettings, OverflowPolicy, SamplingSettings
@@ -235,3 +235,16 @@ def test_broken_files_refused_before_llama_cpp_and_runtime_lives_on(tiny_rt, cor
         list(Runtime().load(corrupt_files[case]))
     done, _ = run(tiny_rt.complete("hello", GREEDY))
     assert done.stats.generated_tokens >= 0
+
+
+def test_continue_a_cut_off_reply(starter_rt):
+    s = SamplingSettings(temperature=0, max_tokens=8)
+    convo = [Message("user", "Write one sentence about the sea.")]
+    cut, _ = run(starter_rt.chat(convo, s))
+    assert cut.stats.stop_reason == StopReason.MAX_TOKENS
+    more, _ = run(starter_rt.chat(convo + [Message("assistant", cut.text)], s, continue_last=True))
+    whole, _ = run(starter_rt.chat(convo, s.replace(max_tokens=16)))
+    assert cut.text + more.text == whole.text  # continuing equals never having stopped (greedy)
+    assert more.stats.reused_tokens >= cut.stats.prompt_tokens  # the cut reply's cache is reused
+    with pytest.raises(EngineError, match="must end with that assistant message"):
+        list(starter_rt.chat(convo, s, continue_last=True))
