@@ -29,7 +29,7 @@ CHUNK = 64 * 1024
 DISK_MARGIN = 64 << 20
 
 
-class State(str, enum.Enum):
+class State(enum.StrEnum):
     QUEUED = "queued"
     RUNNING = "downloading"
     PAUSED = "paused"
@@ -257,7 +257,7 @@ class DownloadManager:
                 deadline = time.monotonic() + delay
                 while time.monotonic() < deadline:  # stay responsive to pause/cancel while backing off
                     if job._stop:
-                        raise _Stop
+                        raise _Stop from None
                     time.sleep(0.05)
 
     def _fetch(self, job: Job, f: HubFile) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 # Bits per weight of each quant family, to guess the parameter count from a file size before downloading.
 _BPW = {"F32": 32, "F16": 16, "BF16": 16, "Q8": 8.5, "Q6": 6.6, "Q5": 5.6, "Q4": 4.8, "IQ4": 4.4, "Q3": 3.9,
@@ -14,7 +14,7 @@ OVERHEAD_BYTES = 300 << 20  # llama.cpp compute buffers and runtime, roughly
 TIGHT_SHARE = 0.8  # above this share of available memory a load is "tight"
 
 
-class Verdict(str, Enum):
+class Verdict(StrEnum):
     FITS = "fits"
     TIGHT = "tight"
     WONT_FIT = "won't fit"
