@@ -107,6 +107,10 @@ class DownloadManager:
         self._lock = threading.Lock()
         self._next_id = 1
 
+    def set_token(self, token: str | None) -> None:
+        """Use this access token for downloads started from now on."""
+        self.__token = token
+
     # ------------------------------------------------------------ queue
     def add(self, repo_id: str, files, revision: str = "main", name: str | None = None) -> Job:
         files = tuple(files)
@@ -269,7 +273,7 @@ class DownloadManager:
 
         part = self._part(job, f)
         sidecar = part.with_suffix(".json")
-        self._check_sidecar(part, sidecar, f, job.revision)
+        self._check_sidecar(part, sidecar, f, job)
         ep = endpoint()
         url = hf_hub_url(job.repo_id, f.path, revision=job.revision, endpoint=ep)
         try:
@@ -334,9 +338,10 @@ class DownloadManager:
             raise _Stop
 
     @staticmethod
-    def _check_sidecar(part: Path, sidecar: Path, f: HubFile, revision: str) -> None:
+    def _check_sidecar(part: Path, sidecar: Path, f: HubFile, job: Job) -> None:
         """A .part from another version of the file is thrown away rather than resumed."""
-        want = {"sha256": f.sha256, "size": f.size, "revision": revision}
+        want = {"sha256": f.sha256, "size": f.size, "revision": job.revision, "repo_id": job.repo_id,
+                "name": job.name, "files": [[g.path, g.size, g.sha256] for g in job.files]}  # fmt: skip
         if sidecar.exists():
             try:
                 have = json.loads(sidecar.read_text())
@@ -387,6 +392,30 @@ class DownloadManager:
             part = self._part(job, f)
             part.unlink(missing_ok=True)
             part.with_suffix(".json").unlink(missing_ok=True)
+
+    def restore(self) -> list[Job]:
+        """Partial downloads left by an earlier run, as paused jobs (resume() continues them)."""
+        known = {(j.repo_id, j.name) for j in self.jobs()}
+        restored = []
+        for sidecar in sorted(self.folder.glob("*.json")) if self.folder.exists() else []:
+            try:
+                data = json.loads(sidecar.read_text())
+                files = tuple(HubFile(p, int(n), str(sha)) for p, n, sha in data["files"])
+                key = (data["repo_id"], data["name"])
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            if key in known:
+                continue
+            known.add(key)
+            with self._lock:
+                job = Job(self._next_id, key[0], data.get("revision", "main"), files, key[1], State.PAUSED)
+                job.done_bytes = self.partial_bytes(job.repo_id, files)
+                job._finished.set()
+                self._next_id += 1
+                self._jobs[job.id] = job
+            restored.append(job)
+            self._notify(job)
+        return restored
 
     def partial_bytes(self, repo_id: str, files) -> int:
         """Bytes already on disk for these files (what a resume will not fetch again)."""

@@ -30,12 +30,15 @@ class Fit:
     exact_kv: bool  # False: the KV cache is estimated from the size (shapes unknown before download)
 
     def describe(self) -> str:
-        gib = 2**30
         approx = "" if self.exact_kv else "~"
         return (
-            f"{self.verdict.value}: {self.total / gib:.2f} GiB needed (weights {self.weights / gib:.2f} + "
-            f"KV {approx}{self.kv_cache / gib:.2f}) of {self.available / gib:.2f} GiB available"
+            f"{self.verdict.value}: {_size(self.total)} needed (weights {_size(self.weights)} + KV cache "
+            f"{approx}{_size(self.kv_cache)} + runtime {_size(OVERHEAD_BYTES)}) of {_size(self.available)} available"
         )
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
 
 def quant_bits(quant: str) -> float:

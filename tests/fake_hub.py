@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, quote, unquote, urlparse
 
+import pytest
+
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 TOKEN = "hf_test_token_secret"
 
@@ -50,6 +52,7 @@ class FakeHub:
         self.bytes_per_second: float | None = None  # throttle file bodies so tests can interrupt them
         self.drop_after: int | None = None  # close the connection after this many body bytes (server gone)
         self.server: ThreadingHTTPServer | None = None
+        self.connections: set = set()
         self._thread: threading.Thread | None = None
 
     def add(self, repo: FakeRepo) -> FakeRepo:
@@ -79,6 +82,11 @@ class FakeHub:
             self.server.shutdown()
             self.server.server_close()
             self.server = None
+        for conn in list(self.connections):  # kept-alive connections go too: the server is gone
+            try:
+                conn.shutdown(2)
+            except OSError:
+                pass
 
     def file_requests(self, name: str) -> list[RangeLog]:
         return [e for e in self.log if e.path.endswith("/" + name)]
@@ -90,6 +98,14 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, *args):  # quiet
         pass
+
+    def setup(self):
+        super().setup()
+        self.fake.connections.add(self.connection)
+
+    def finish(self):
+        self.fake.connections.discard(self.connection)
+        super().finish()
 
     # ------------------------------------------------------------ plumbing
     def _json(self, status: int, body, headers: dict | None = None) -> None:
@@ -247,3 +263,35 @@ class _Handler(BaseHTTPRequestHandler):
             entry.sent += len(piece)
             if self.fake.bytes_per_second:
                 time.sleep(len(piece) / self.fake.bytes_per_second)
+
+
+# ------------------------------------------------------------ fixtures (import them into a test module)
+@pytest.fixture(scope="session")
+def gguf_bytes(tmp_path_factory) -> dict[str, bytes]:
+    from gguf_factory import write_tiny_llama
+
+    d = tmp_path_factory.mktemp("hubfiles")
+    small = write_tiny_llama(d / "a.gguf", n_layers=1, seed=1).read_bytes()
+    big = write_tiny_llama(d / "b.gguf", n_layers=4, seed=2).read_bytes()
+    return {"small": small, "big": big}
+
+
+@pytest.fixture
+def fake_hub(monkeypatch, gguf_bytes, fresh_home):
+    server = FakeHub()
+    server.add(FakeRepo("tiny/Tiny-Llama-GGUF", {
+        "tiny-llama.Q4_K_M.gguf": gguf_bytes["small"],
+        "tiny-llama.Q8_0.gguf": gguf_bytes["big"],
+        "mmproj-tiny-f16.gguf": gguf_bytes["small"],
+        "README.md": b"# tiny",
+    }, downloads=500, likes=3))  # fmt: skip
+    server.add(
+        FakeRepo("other/Tiny-Chat-GGUF", {"chat-Q5_K_M.gguf": gguf_bytes["small"]}, downloads=9, likes=40)
+    )
+    server.add(FakeRepo("locked/Gated-GGUF", {"g-Q4_0.gguf": gguf_bytes["small"]}, gated=True))
+    server.add(FakeRepo("bad/Broken-GGUF", {"b-Q4_0.gguf": gguf_bytes["small"]}, wrong_sha={"b-Q4_0.gguf"}))
+    server.start()
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    yield server
+    server.stop()

@@ -11,44 +11,15 @@ import time
 from pathlib import Path
 
 import pytest
-from fake_hub import TOKEN, FakeHub, FakeRepo
+from fake_hub import TOKEN
 
 from engine import fit, hub
 from engine.downloads import DownloadManager, State
 from engine.library import Library
 
+pytest_plugins = ("fake_hub",)  # the fake Hub server and its tiny GGUF files, as fixtures
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def gguf_bytes(tmp_path_factory) -> dict[str, bytes]:
-    from gguf_factory import write_tiny_llama
-
-    d = tmp_path_factory.mktemp("hubfiles")
-    small = write_tiny_llama(d / "a.gguf", n_layers=1, seed=1).read_bytes()
-    big = write_tiny_llama(d / "b.gguf", n_layers=4, seed=2).read_bytes()
-    return {"small": small, "big": big}
-
-
-@pytest.fixture
-def fake_hub(monkeypatch, gguf_bytes, fresh_home):
-    server = FakeHub()
-    server.add(FakeRepo("tiny/Tiny-Llama-GGUF", {
-        "tiny-llama.Q4_K_M.gguf": gguf_bytes["small"],
-        "tiny-llama.Q8_0.gguf": gguf_bytes["big"],
-        "mmproj-tiny-f16.gguf": gguf_bytes["small"],
-        "README.md": b"# tiny",
-    }, downloads=500, likes=3))  # fmt: skip
-    server.add(
-        FakeRepo("other/Tiny-Chat-GGUF", {"chat-Q5_K_M.gguf": gguf_bytes["small"]}, downloads=9, likes=40)
-    )
-    server.add(FakeRepo("locked/Gated-GGUF", {"g-Q4_0.gguf": gguf_bytes["small"]}, gated=True))
-    server.add(FakeRepo("bad/Broken-GGUF", {"b-Q4_0.gguf": gguf_bytes["small"]}, wrong_sha={"b-Q4_0.gguf"}))
-    server.start()
-    monkeypatch.setenv("HF_ENDPOINT", server.url)
-    monkeypatch.delenv("HF_TOKEN", raising=False)
-    yield server
-    server.stop()
 
 
 def test_search_sorts_and_reports_card_facts(fake_hub):
@@ -235,3 +206,20 @@ def test_cli_errors_are_one_line(fake_hub, fresh_home):
     r = subprocess.run([sys.executable, "-m", "app.cli", "search", "tiny", "--files"], cwd=REPO_ROOT, env=env,
                        capture_output=True, text=True, timeout=60)  # fmt: skip
     assert r.returncode == 0 and "tiny/Tiny-Llama-GGUF" in r.stdout and "projector" in r.stdout
+
+
+def test_partial_download_survives_restart_as_paused_job(fake_hub, fresh_home):
+    option = hub.repo_files("tiny/Tiny-Llama-GGUF").pick("Q8_0")
+    fake_hub.bytes_per_second = 60_000
+    first = DownloadManager()
+    job = first.add("tiny/Tiny-Llama-GGUF", option.files)
+    _wait_for(lambda: job.done_bytes > 30_000)
+    first.shutdown()
+    first.wait(job.id, 2)
+    fake_hub.bytes_per_second = None
+    later = DownloadManager()  # a new app run
+    (restored,) = later.restore()
+    assert restored.state is State.PAUSED and restored.name == "tiny-llama.Q8_0" and restored.done_bytes > 0
+    later.resume(restored.id)
+    assert later.wait(restored.id, 30).state is State.DONE, restored.error
+    assert fake_hub.file_requests("tiny-llama.Q8_0.gguf")[-1].range == f"bytes={restored.resumed_from}-"
