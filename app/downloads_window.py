@@ -164,6 +164,9 @@ class DownloadManagerWindow(QMainWindow):
         self.results = _table(["Repository", "Downloads", "Likes", "Updated", "License", "Access"])
         self.results.itemSelectionChanged.connect(self._repo_selected)
         self.options = _table(["File", "Quant", "Size", "Fit at context", ""])
+        self.options.setTextElideMode(
+            Qt.TextElideMode.ElideLeft
+        )  # the quant at the end of a name matters most
         self.options.itemSelectionChanged.connect(self._update_buttons)
         self.options.itemDoubleClicked.connect(lambda _item: self.download_selected())
         self.download_button = QPushButton("Download")
@@ -287,7 +290,9 @@ class DownloadManagerWindow(QMainWindow):
             label = o.label + (f"  ({len(o.files)} parts)" if o.split else "")
             cells = [_item(label, o), _item(o.quant), _item(human_size(o.size), align_right=True)]
             if o.projector:
-                cells += [_item("—"), _item("vision projector, not a chat model")]
+                note = _item("projector")
+                note.setToolTip("A vision projector (mmproj) for image input, not a chat model by itself.")
+                cells += [_item("—"), note]
             else:
                 f = fit.estimate(o.size, o.quant, n_ctx, available)
                 verdict = _item(f"{f.verdict.value}  ({human_size(f.total)})")

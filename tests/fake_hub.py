@@ -46,6 +46,8 @@ class RangeLog:
 
 
 class FakeHub:
+    token = TOKEN  # the access token the gated repos accept
+
     def __init__(self):
         self.repos: dict[str, FakeRepo] = {}
         self.log: list[RangeLog] = []
@@ -273,7 +275,10 @@ def gguf_bytes(tmp_path_factory) -> dict[str, bytes]:
     d = tmp_path_factory.mktemp("hubfiles")
     small = write_tiny_llama(d / "a.gguf", n_layers=1, seed=1).read_bytes()
     big = write_tiny_llama(d / "b.gguf", n_layers=4, seed=2).read_bytes()
-    return {"small": small, "big": big}
+    (d / "split").mkdir()
+    first = write_tiny_llama(d / "split" / "Split-Q8_0.gguf", seed=3, split_max_tensors=10)
+    parts = {p.name: p.read_bytes() for p in sorted(first.parent.glob("*.gguf"))}
+    return {"small": small, "big": big, "split": parts}
 
 
 @pytest.fixture
@@ -288,6 +293,7 @@ def fake_hub(monkeypatch, gguf_bytes, fresh_home):
     server.add(
         FakeRepo("other/Tiny-Chat-GGUF", {"chat-Q5_K_M.gguf": gguf_bytes["small"]}, downloads=9, likes=40)
     )
+    server.add(FakeRepo("split/Split-GGUF", dict(gguf_bytes["split"])))
     server.add(FakeRepo("locked/Gated-GGUF", {"g-Q4_0.gguf": gguf_bytes["small"]}, gated=True))
     server.add(FakeRepo("bad/Broken-GGUF", {"b-Q4_0.gguf": gguf_bytes["small"]}, wrong_sha={"b-Q4_0.gguf"}))
     server.start()

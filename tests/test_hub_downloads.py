@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import pytest
-from fake_hub import TOKEN
 
 from engine import fit, hub
 from engine.downloads import DownloadManager, State
@@ -93,11 +92,11 @@ def test_wrong_sha256_rejected_nothing_in_library(fake_hub, fresh_home):
 def test_gated_repo_needs_token_which_is_stored_private(fake_hub, fresh_home):
     with pytest.raises(hub.HubError, match="is gated: accept its terms"):
         hub.repo_files("locked/Gated-GGUF")
-    path = hub.save_token(TOKEN)
+    path = hub.save_token(fake_hub.token)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     option = hub.repo_files("locked/Gated-GGUF").pick("Q4_0")
     manager = DownloadManager(token=hub.load_token())
-    assert TOKEN not in repr(manager.__dict__.get("_jobs")) and TOKEN not in repr(manager)
+    assert fake_hub.token not in repr(manager.__dict__.get("_jobs")) and fake_hub.token not in repr(manager)
     job = manager.wait(manager.add("locked/Gated-GGUF", option.files).id, 30)
     assert job.state is State.DONE, job.error
     # a download without the token is refused with the same clear message
@@ -223,3 +222,29 @@ def test_partial_download_survives_restart_as_paused_job(fake_hub, fresh_home):
     later.resume(restored.id)
     assert later.wait(restored.id, 30).state is State.DONE, restored.error
     assert fake_hub.file_requests("tiny-llama.Q8_0.gguf")[-1].range == f"bytes={restored.resumed_from}-"
+
+
+def test_cli_pull_without_quant_takes_the_recommended_one(fake_hub, fresh_home):
+    env = dict(os.environ, HF_ENDPOINT=fake_hub.url, INGLE_HOME=str(fresh_home))
+    r = subprocess.run([sys.executable, "-m", "app.cli", "pull", "tiny/Tiny-Llama-GGUF"], cwd=REPO_ROOT, env=env,
+                       capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "tiny-llama.Q8_0.gguf (Q8_0" in r.stderr  # the largest that fits; the projector is never picked
+    assert [e.name for e in Library().entries()] == ["tiny-llama.Q8_0"]
+
+
+def test_split_model_downloads_as_one_and_loads(fake_hub, fresh_home):
+    from engine.runtime import Runtime
+    from engine.settings import LoadSettings
+
+    files = hub.repo_files("split/Split-GGUF")
+    (option,) = files.models
+    assert option.split and len(option.files) == 3 and option.label == "Split-Q8_0.gguf"
+    manager = DownloadManager()
+    job = manager.wait(manager.add("split/Split-GGUF", option.files, revision=files.revision).id, 30)
+    assert job.state is State.DONE, job.error
+    assert job.entry.name == "Split-Q8_0-00001-of-00003"
+    parts = sorted(p.name for p in (fresh_home / "models").glob("Split-Q8_0-*.gguf"))
+    assert parts == [f"Split-Q8_0-0000{i}-of-00003.gguf" for i in (1, 2, 3)]
+    loaded = list(Runtime().load(job.entry.path, LoadSettings(n_ctx=64)))[-1]
+    assert loaded.info["layers"] == 2
