@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine.errors import IngleError
+from engine.errors import IngleError, ModelFileError
 from engine.hub import HubError, HubFile, describe_hub_error, endpoint
 from engine.library import Entry, Library, atomic_write_bytes
 
@@ -116,8 +116,14 @@ class DownloadManager:
         files = tuple(files)
         if not files:
             raise HubError(f"Nothing to download from {repo_id}.")
+        # a split model keeps its first part's name: llama.cpp finds the other parts by it
+        name = Path(files[0].path).stem if len(files) > 1 else name or _library_name(files[0].path)
+        if any(e.name == name for e in self.library.entries()):
+            raise HubError(
+                f"The library already has '{name}'. Remove it first or download under another name."
+            )
         with self._lock:
-            job = Job(self._next_id, repo_id, revision, files, name or _library_name(files[0].path))
+            job = Job(self._next_id, repo_id, revision, files, name)
             self._next_id += 1
             self._jobs[job.id] = job
         self._notify(job)
@@ -371,18 +377,19 @@ class DownloadManager:
         """Move the verified parts into the library; a split model keeps its part names side by side."""
         first = job.files[0]
         sha = first.sha256
-        if len(job.files) > 1:
-            models = self.library.models_dir
-            models.mkdir(parents=True, exist_ok=True)
-            for f in job.files[1:]:
-                os.replace(self._part(job, f), models / Path(f.path).name)
-            name = Path(first.path).stem
-        else:
-            name = job.name
-        entry = self.library.import_file(self._part(job, first), move=True, name=name,
-                                         source=f"hub:{job.repo_id}", sha256=sha,
-                                         extra={"hub_file": first.path, "revision": job.revision,
-                                                "parts": [Path(f.path).name for f in job.files]})  # fmt: skip
+        try:
+            entry = self.library.import_file(self._part(job, first), move=True, name=job.name,
+                                             source=f"hub:{job.repo_id}", sha256=sha,
+                                             extra={"hub_file": first.path, "revision": job.revision,
+                                                    "parts": [Path(f.path).name for f in job.files]})  # fmt: skip
+        except ModelFileError as err:
+            self._discard(job)
+            raise HubError(
+                f"{first.path} from {job.repo_id} downloaded and verified, but Ingle cannot use it: {err} "
+                "The file was deleted; nothing was added to the library."
+            ) from None
+        for f in job.files[1:]:  # the other parts of a split model go beside the first
+            os.replace(self._part(job, f), entry.file.parent / Path(f.path).name)
         for f in job.files:
             self._part(job, f).with_suffix(".json").unlink(missing_ok=True)
         return entry

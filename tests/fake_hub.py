@@ -33,9 +33,12 @@ class FakeRepo:
     license: str = "apache-2.0"
     wrong_sha: set[str] = field(default_factory=set)  # files whose advertised sha256 does not match the bytes
 
+    _digests: dict[str, str] = field(default_factory=dict, repr=False)
+
     def sha(self, name: str) -> str:
-        digest = hashlib.sha256(self.files[name]).hexdigest()
-        return ("0" * 64) if name in self.wrong_sha else digest
+        if name not in self._digests:  # hashed once: big files would otherwise slow every request
+            self._digests[name] = hashlib.sha256(self.files[name]).hexdigest()
+        return ("0" * 64) if name in self.wrong_sha else self._digests[name]
 
 
 @dataclass
@@ -294,6 +297,7 @@ def fake_hub(monkeypatch, gguf_bytes, fresh_home):
         FakeRepo("other/Tiny-Chat-GGUF", {"chat-Q5_K_M.gguf": gguf_bytes["small"]}, downloads=9, likes=40)
     )
     server.add(FakeRepo("split/Split-GGUF", dict(gguf_bytes["split"])))
+    server.add(FakeRepo("junk/Junk-GGUF", {"junk-Q4_0.gguf": b"GGUF" + bytes(range(256)) * 40}))
     server.add(FakeRepo("locked/Gated-GGUF", {"g-Q4_0.gguf": gguf_bytes["small"]}, gated=True))
     server.add(FakeRepo("bad/Broken-GGUF", {"b-Q4_0.gguf": gguf_bytes["small"]}, wrong_sha={"b-Q4_0.gguf"}))
     server.start()

@@ -248,3 +248,21 @@ def test_split_model_downloads_as_one_and_loads(fake_hub, fresh_home):
     assert parts == [f"Split-Q8_0-0000{i}-of-00003.gguf" for i in (1, 2, 3)]
     loaded = list(Runtime().load(job.entry.path, LoadSettings(n_ctx=64)))[-1]
     assert loaded.info["layers"] == 2
+
+
+def test_verified_file_that_is_not_a_model_is_deleted_with_a_message(fake_hub, fresh_home):
+    option = hub.repo_files("junk/Junk-GGUF").pick("Q4_0")
+    manager = DownloadManager()
+    job = manager.wait(manager.add("junk/Junk-GGUF", option.files).id, 30)
+    assert (
+        job.state is State.FAILED and "Ingle cannot use it" in job.error and "nothing was added" in job.error
+    )
+    assert Library().entries() == [] and not list((fresh_home / "downloads").glob("*.part"))
+
+
+def test_name_already_in_library_is_refused_before_downloading(fake_hub, fresh_home, tiny_model):
+    Library().import_file(tiny_model, name="tiny-llama.Q4_K_M")
+    option = hub.repo_files("tiny/Tiny-Llama-GGUF").pick("Q4_K_M")
+    with pytest.raises(hub.HubError, match="already has 'tiny-llama.Q4_K_M'"):
+        DownloadManager().add("tiny/Tiny-Llama-GGUF", option.files)
+    assert fake_hub.file_requests("tiny-llama.Q4_K_M.gguf") == []
