@@ -403,7 +403,7 @@ class DownloadManagerWindow(QMainWindow):
         state = job.state if job else None
         self.pause_button.setEnabled(state in (State.QUEUED, State.RUNNING))
         self.resume_button.setEnabled(state in (State.PAUSED, State.FAILED))
-        self.cancel_button.setEnabled(state is not None and not state.finished or state is State.FAILED)
+        self.cancel_button.setEnabled(state is not None and (not state.finished or state is State.FAILED))
 
     # ================================================================ library tab
     def _build_library_tab(self) -> QWidget:
@@ -568,6 +568,9 @@ class DownloadManagerWindow(QMainWindow):
             return False
         try:
             self.library.remove(entry.name)
+            if not entry.linked:  # the other parts of a split model lie beside the first
+                for part in entry.extra.get("parts", [])[1:]:
+                    (entry.file.parent / part).unlink(missing_ok=True)
         except IngleError as err:
             self.show_error(str(err))
             return False

@@ -165,8 +165,8 @@ class DownloadManager:
     def _stop(self, job_id: int, how: str) -> None:
         job = self._jobs[job_id]
         with self._lock:
-            if job.state is State.QUEUED or (job.state is State.PAUSED and how == "cancel"):
-                job.state = State.PAUSED if how == "pause" else State.CANCELLED
+            if job.state is State.QUEUED or (job.state in (State.PAUSED, State.FAILED) and how == "cancel"):
+                job.state, job.error = (State.PAUSED if how == "pause" else State.CANCELLED), ""
                 if how == "cancel":
                     self._discard(job)
                 job._finished.set()

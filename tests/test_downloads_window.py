@@ -40,7 +40,7 @@ def _open_repo(qtbot, win, row: int = 0) -> None:
     qtbot.waitUntil(lambda: win.options.rowCount() > 0, timeout=10_000)
 
 
-def _job_state(win, state: State, timeout: float = 15_000):
+def _job_state(win, state: State):
     def check():
         assert win.manager.jobs() and win.manager.jobs()[-1].state is state
 
@@ -146,3 +146,24 @@ def test_library_import_reveal_and_delete_with_confirmation(qtbot, window, tiny_
     _answer_next_dialog(QMessageBox.StandardButton.Yes)
     assert window.delete_selected() is True
     assert window.lib_table.rowCount() == 0 and not Path(entry.path).exists()
+
+
+def test_partial_download_reappears_paused_after_reopening(qtbot, fake_hub, fresh_home):
+    fake_hub.bytes_per_second = 60_000
+    first = DownloadManagerWindow()
+    qtbot.addWidget(first)
+    _search(qtbot, first, "llama")
+    _open_repo(qtbot, first)
+    first.select_option("Q8_0")
+    qtbot.mouseClick(first.download_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: first.manager.jobs()[-1].done_bytes > 30_000, timeout=10_000)
+    first.close()  # the app quits mid-download: the job pauses, its .part stays
+    qtbot.waitUntil(lambda: first.manager.jobs()[-1].state is State.PAUSED, timeout=1_000)
+    fake_hub.bytes_per_second = None
+    again = DownloadManagerWindow()
+    qtbot.addWidget(again)
+    assert again.queue.rowCount() == 1 and again.queue.item(0, 1).text() == "paused"
+    again.queue.selectRow(0)
+    qtbot.mouseClick(again.resume_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: again.lib_table.rowCount() == 1, timeout=15_000)
+    assert fake_hub.file_requests("tiny-llama.Q8_0.gguf")[-1].range.startswith("bytes=")

@@ -266,3 +266,16 @@ def test_name_already_in_library_is_refused_before_downloading(fake_hub, fresh_h
     with pytest.raises(hub.HubError, match="already has 'tiny-llama.Q4_K_M'"):
         DownloadManager().add("tiny/Tiny-Llama-GGUF", option.files)
     assert fake_hub.file_requests("tiny-llama.Q4_K_M.gguf") == []
+
+
+def test_queue_runs_at_most_concurrency_jobs(fake_hub, fresh_home):
+    files = hub.repo_files("tiny/Tiny-Llama-GGUF")
+    fake_hub.bytes_per_second = 400_000
+    manager = DownloadManager(concurrency=1)
+    first = manager.add("tiny/Tiny-Llama-GGUF", files.pick("Q8_0").files)
+    second = manager.add("tiny/Tiny-Llama-GGUF", files.pick("Q4_K_M").files)
+    _wait_for(lambda: first.done_bytes > 0)
+    assert first.state is State.RUNNING and second.state is State.QUEUED
+    assert manager.wait(first.id, 30).state is State.DONE
+    assert manager.wait(second.id, 30).state is State.DONE
+    assert sorted(e.name for e in Library().entries()) == ["tiny-llama.Q4_K_M", "tiny-llama.Q8_0"]
