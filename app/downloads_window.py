@@ -506,22 +506,31 @@ class DownloadManagerWindow(QMainWindow):
         except IngleError as err:
             return "\n".join([*lines, f"Cannot read the file: {err}"])
         s = info.summary()
-        lines.append(
-            f"{s['architecture']} · {human_count(s['parameters'])} parameters · {s['file_type']} · "
-            f"{s['layers']} layers · context {s['context_length']:,} · vocab {s['vocab_size']:,} · "
-            f"chat template: {'yes' if s['chat_template'] else 'no'}"
-        )
         if entry.kind == "model":
+            lines.append(
+                f"{s['architecture']} · {human_count(s['parameters'])} parameters · {s['file_type']} · "
+                f"{s['layers']} layers · context {s['context_length']:,} · vocab {s['vocab_size']:,} · "
+                f"chat template: {'yes' if s['chat_template'] else 'no'}"
+            )
             f = fit.estimate(entry.size, entry.quant, self.ctx.value(), info=info)
             lines.append(f"At {self.ctx.value():,} tokens: {f.describe()}")
             adapters = self.library.adapters_for(entry.sha256) if entry.sha256 else []
             lines.append("Adapters for this model: " + (", ".join(a.name for a in adapters) or "none"))
         else:
+            alpha = info.metadata.get("adapter.lora.alpha", "?")
+            lines.append(
+                f"{s['architecture']} LoRA adapter · {human_count(s['parameters'])} parameters · "
+                f"{len(info.tensors)} tensors · alpha {alpha}"
+            )
             bases = [
                 m.name for m in self.library.entries("model") if m.sha256 and m.sha256 == entry.base_sha256
             ]
-            lines.append("Base model: " + (", ".join(bases) or (entry.base_sha256[:16] + "… (not in library)")
-                                           if entry.base_sha256 else "unknown"))  # fmt: skip
+            if bases:
+                lines.append("Base model: " + ", ".join(bases))
+            elif entry.base_sha256:
+                lines.append(f"Base model: sha256 {entry.base_sha256[:16]}… (not in the library)")
+            else:
+                lines.append("Base model: unknown (the adapter does not name one)")
         return "\n".join(lines)
 
     def import_file(self, path: str | None = None) -> Entry | None:

@@ -167,3 +167,41 @@ def test_partial_download_reappears_paused_after_reopening(qtbot, fake_hub, fres
     qtbot.mouseClick(again.resume_button, Qt.MouseButton.LeftButton)
     qtbot.waitUntil(lambda: again.lib_table.rowCount() == 1, timeout=15_000)
     assert fake_hub.file_requests("tiny-llama.Q8_0.gguf")[-1].range.startswith("bytes=")
+
+
+def _write_adapter(path: Path, base_sha256: str) -> Path:
+    """A minimal LoRA adapter GGUF naming its base model's sha256, as training exports them."""
+    import gguf
+    import numpy as np
+
+    from engine.library import ADAPTER_BASE_SHA_KEY
+
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_type("adapter")
+    w.add_string("adapter.type", "lora")
+    w.add_float32("adapter.lora.alpha", 8.0)
+    w.add_string(ADAPTER_BASE_SHA_KEY, base_sha256)
+    w.add_tensor("blk.0.attn_q.weight.lora_a", np.zeros((4, 64), np.float32))
+    w.add_tensor("blk.0.attn_q.weight.lora_b", np.zeros((64, 4), np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def test_library_shows_which_adapters_belong_to_which_base(qtbot, window, tiny_model, tmp_path):
+    from engine.gguf_info import sha256_file
+
+    sha = sha256_file(tiny_model)
+    window.library.import_file(tiny_model, name="tiny-base", sha256=sha)
+    window.import_file(str(_write_adapter(tmp_path / "style.gguf", sha)))
+    window.import_file(str(_write_adapter(tmp_path / "orphan.gguf", "cd" * 32)))
+    window.tabs.setCurrentIndex(1)
+    rows = {window.lib_table.item(r, 0).text(): window.lib_table.item(r, 7).text() for r in range(3)}
+    assert rows == {"tiny-base": "1 adapter", "style": "base: tiny-base", "orphan": "base not in library"}
+    window.select_entry("tiny-base")
+    assert "Adapters for this model: style" in window.lib_details.toPlainText()
+    window.select_entry("style")
+    assert "Base model: tiny-base" in window.lib_details.toPlainText()
+    window.grab().save(str(SHOTS / "model-library-adapters.png"))
