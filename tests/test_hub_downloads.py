@@ -279,3 +279,15 @@ def test_queue_runs_at_most_concurrency_jobs(fake_hub, fresh_home):
     assert manager.wait(first.id, 30).state is State.DONE
     assert manager.wait(second.id, 30).state is State.DONE
     assert sorted(e.name for e in Library().entries()) == ["tiny-llama.Q4_K_M", "tiny-llama.Q8_0"]
+
+
+def test_cli_gated_pull_with_token_file_never_prints_the_token(fake_hub, fresh_home, tmp_path):
+    env = dict(os.environ, HF_ENDPOINT=fake_hub.url, INGLE_HOME=str(fresh_home))
+    token_file = tmp_path / "token.txt"
+    token_file.write_text(fake_hub.token + "\n")
+    r = subprocess.run([sys.executable, "-m", "app.cli", "-v", "pull", "locked/Gated-GGUF:Q4_0", "--token-file",
+                        str(token_file)], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert fake_hub.token not in r.stdout + r.stderr
+    saved = fresh_home / "hf_token"
+    assert saved.read_text() == fake_hub.token and stat.S_IMODE(saved.stat().st_mode) == 0o600
