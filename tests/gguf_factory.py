@@ -61,6 +61,7 @@ def write_tiny_llama(
     chat_template: str | None = None,
     name: str = "Tiny Llama Test",
     scale: float = 0.08,
+    split_max_tensors: int = 0,
 ) -> Path:
     """Write a random-weight llama model (F32) that llama.cpp loads in milliseconds; returns the path."""
     path = Path(path)
@@ -69,7 +70,8 @@ def write_tiny_llama(
     n_vocab = len(tokens)
     head_dim = n_embd // n_head
 
-    w = gguf.GGUFWriter(str(path), arch)
+    # split_max_tensors > 0 writes `<stem>-0000i-of-0000N.gguf` parts (like llama-gguf-split); the first is returned
+    w = gguf.GGUFWriter(str(path), arch, split_max_tensors=split_max_tensors)
     w.add_name(name)
     if general_type:
         w.add_type(general_type)
@@ -116,7 +118,7 @@ def write_tiny_llama(
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-    return path
+    return w.format_shard_names(path)[0] if split_max_tensors else path
 
 
 def corrupt_variants(good: Path, out_dir: Path) -> dict[str, Path]:

@@ -1,0 +1,105 @@
+"""Will a model fit: weights + KV cache at a context length against this machine's RAM and VRAM."""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+
+# Bits per weight of each quant family, to guess the parameter count from a file size before downloading.
+_BPW = {"F32": 32, "F16": 16, "BF16": 16, "Q8": 8.5, "Q6": 6.6, "Q5": 5.6, "Q4": 4.8, "IQ4": 4.4, "Q3": 3.9,
+        "IQ3": 3.4, "Q2": 3.0, "IQ2": 2.4, "IQ1": 1.8, "TQ1": 1.7, "TQ2": 2.1, "MXFP4": 4.3}  # fmt: skip
+OVERHEAD_BYTES = 300 << 20  # llama.cpp compute buffers and runtime, roughly
+TIGHT_SHARE = 0.8  # above this share of available memory a load is "tight"
+
+
+class Verdict(StrEnum):
+    FITS = "fits"
+    TIGHT = "tight"
+    WONT_FIT = "won't fit"
+
+
+@dataclass(frozen=True)
+class Fit:
+    weights: int
+    kv_cache: int
+    total: int
+    available: int
+    verdict: Verdict
+    exact_kv: bool  # False: the KV cache is estimated from the size (shapes unknown before download)
+
+    def describe(self) -> str:
+        approx = "" if self.exact_kv else "~"
+        return (
+            f"{self.verdict.value}: {_size(self.total)} needed (weights {_size(self.weights)} + KV cache "
+            f"{approx}{_size(self.kv_cache)} + runtime {_size(OVERHEAD_BYTES)}) of {_size(self.available)} available"
+        )
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
+def quant_bits(quant: str) -> float:
+    """Bits per weight of a quant name; unknown names count as 16 (so they are never preferred wrongly)."""
+    q = quant.upper()
+    if q in _BPW:
+        return _BPW[q]
+    m = re.match(r"(IQ\d|TQ\d|Q\d)", q)
+    return _BPW.get(m.group(1), 16.0) if m else 16.0
+
+
+def kv_cache_bytes(n_ctx: int, n_layers: int, n_kv_heads: int, head_dim_k: int, head_dim_v: int,
+                   bytes_per_element: float = 2.0) -> int:  # fmt: skip
+    """K and V for every layer and position, F16 by default."""
+    return int(n_ctx * n_layers * n_kv_heads * (head_dim_k + head_dim_v) * bytes_per_element)
+
+
+def estimated_kv_bytes(weights: int, quant: str, n_ctx: int) -> int:
+    """Without the shapes: KV bytes per token grow about as the square root of the parameter count
+    (Llama 3 8B ~128 KiB/token, Gemma 3 270M ~18 KiB/token, both in F16)."""
+    params = weights * 8 / quant_bits(quant)
+    return int(n_ctx * 1.4 * math.sqrt(max(params, 1.0)))
+
+
+def available_memory(hw=None) -> int:
+    """RAM available now plus free VRAM where llama.cpp can offload."""
+    if hw is None:
+        from engine.hardware import detect
+
+        hw = detect()
+    return hw.ram_available + (hw.vram_free if hw.gpu_offload else 0)
+
+
+def verdict_for(total: int, available: int) -> Verdict:
+    if total <= available * TIGHT_SHARE:
+        return Verdict.FITS
+    return Verdict.TIGHT if total <= available else Verdict.WONT_FIT
+
+
+def estimate(weights: int, quant: str, n_ctx: int, available: int | None = None, info=None) -> Fit:
+    """`info`: a gguf_info.ModelInfo when the file is local (exact KV); else the KV cache is estimated."""
+    available = available_memory() if available is None else available
+    if info is not None and info.n_layers:
+        kv = kv_cache_bytes(n_ctx, info.n_layers, info.n_kv_heads, info.head_dim_k, info.head_dim_v)
+    else:
+        kv = estimated_kv_bytes(weights, quant, n_ctx)
+    total = weights + kv + OVERHEAD_BYTES
+    return Fit(weights, kv, total, available, verdict_for(total, available), info is not None)
+
+
+def recommend(options, n_ctx: int, available: int | None = None):
+    """The largest option that fits, not below 4 bits unless nothing at 4+ bits fits; else the smallest.
+
+    `options` are hub.QuantOption-like (quant, size, projector)."""
+    available = available_memory() if available is None else available
+    models = [o for o in options if not o.projector]
+    if not models:
+        return None
+    fitting = [o for o in models if estimate(o.size, o.quant, n_ctx, available).verdict is Verdict.FITS]
+    good = [o for o in fitting if quant_bits(o.quant) >= 4]
+    pool = good or fitting
+    if pool:
+        return max(pool, key=lambda o: o.size)
+    return min(models, key=lambda o: o.size)
