@@ -118,6 +118,7 @@ class MainWindow(QMainWindow):
         self.stream_prefix = ""  # text of a reply being continued, before the new tokens
         self._last_save = 0.0
         self.editing: int | None = None
+        self.model_manager = None  # the download manager window, made on first use
         self._build()
         self._redraw = QTimer(self, singleShot=True, interval=REDRAW_INTERVAL_MS)
         self._redraw.timeout.connect(self._redraw_stream)
@@ -226,6 +227,9 @@ class MainWindow(QMainWindow):
         add(file_menu, "Export as Markdown…", lambda: self._export("md"))
         add(file_menu, "Export as JSON…", lambda: self._export("json"))
         add(file_menu, "Quit", self.close, "Ctrl+Q")
+        models_menu = self.menuBar().addMenu("&Models")
+        add(models_menu, "Download models…", lambda: self.open_model_manager(0), "Ctrl+Shift+D")
+        add(models_menu, "Library…", lambda: self.open_model_manager(1), "Ctrl+Shift+L")
         edit_menu = self.menuBar().addMenu("&Edit")
         add(edit_menu, "Search chats", lambda: self.search.setFocus(), "Ctrl+F")
         add(edit_menu, "Stop reply", self.stop, "Esc")
@@ -313,6 +317,20 @@ class MainWindow(QMainWindow):
             siblings = [m.id for m in self.store.siblings(msg.id)]
             shown.append((msg, (siblings.index(msg.id) + 1, len(siblings))))
         self.view.show_messages(shown, self._stream_message())
+
+    def open_model_manager(self, tab: int = 0):
+        """The download manager and library window; one per main window, so partial downloads have one owner."""
+        if self.model_manager is None:
+            from app.downloads_window import DownloadManagerWindow
+
+            self.model_manager = DownloadManagerWindow(self)
+            self.model_manager.library_changed.connect(self.model_panel.refresh)
+        tabs = getattr(self.model_manager, "tabs", None)
+        if tabs is not None:
+            tabs.setCurrentIndex(tab)
+        self.model_manager.show()
+        self.model_manager.raise_()
+        return self.model_manager
 
     def _conversation_menu(self, pos) -> None:
         item = self.conv_list.itemAt(pos)

@@ -363,3 +363,17 @@ def test_delete_undo_export_import_and_message_delete(qtbot, db, tmp_path):
     with pytest.raises(Exception, match="Cannot read bad.json"):
         window.import_conversation(tmp_path / "bad.json")
     window.close()
+
+
+def test_models_menu_opens_one_download_manager_and_refreshes_the_picker(qtbot, window, tiny_model):
+    manager = window.open_model_manager(1)
+    assert manager.isVisible() and manager.tabs.currentIndex() == 1
+    assert window.open_model_manager(0) is manager and manager.tabs.currentIndex() == 0
+    from engine.library import Library
+
+    Library().import_file(tiny_model, name="tiny-from-manager", link=True)
+    manager.library_changed.emit()
+    assert any("tiny-from-manager" in window.model_panel.model_box.itemText(i)
+               for i in range(window.model_panel.model_box.count()))  # fmt: skip
+    Library().remove("tiny-from-manager")
+    manager.close()

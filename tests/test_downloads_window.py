@@ -16,7 +16,7 @@ from engine.downloads import State
 
 pytest_plugins = ("fake_hub",)  # the fake Hub server and its tiny GGUF files, as fixtures
 
-# INGLE_SCREENSHOTS=docs/screenshots refreshes the committed pictures; by default they go to a temp folder.
+# INGLE_SCREENSHOTS=assets/screenshots refreshes the committed pictures; by default they go to a temp folder.
 SHOTS = Path(os.environ.get("INGLE_SCREENSHOTS") or Path(tempfile.gettempdir()) / "ingle-screenshots")
 
 
