@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 from PySide6.QtCore import QSettings, Qt, QTimer, Signal
 from PySide6.QtGui import QAction, QColor, QGuiApplication, QKeySequence, QPalette
 from PySide6.QtWidgets import (
@@ -40,7 +41,7 @@ from engine.conversations import ConversationError, ConversationStore, StoredMes
 from engine.errors import EngineDied, IngleError
 from engine.events import LoadProgress, Message, ModelLoaded, ReplyDone, StopReason, Token
 from engine.library import STARTER_NAME, Library, data_dir
-from engine.settings import LoadSettings, OverflowPolicy
+from engine.settings import LoadSettings, OverflowPolicy, SamplingSettings
 
 SAVE_INTERVAL = 0.5  # seconds between saves of a growing reply (a kill -9 loses at most this much)
 REDRAW_INTERVAL_MS = 40  # streamed text is redrawn at most this often
@@ -693,13 +694,19 @@ def _smoke(app: QApplication, window: MainWindow, prompt: str) -> int:
     window.initial_model = Library().ensure_starter().file
     window.last_load = None
 
+    started = psutil.Process().create_time()
+    marks = {"window shown": time.time() - started}
+
     def ready(_ev) -> None:
+        marks["model loaded"] = time.time() - started
         window.new_chat()
+        window.store.set_settings(window.conversation, SamplingSettings(temperature=0, max_tokens=48))
         if not window.send(prompt):
             outcome["error"] = "could not send the prompt"
             app.quit()
 
     def finished(mid: int) -> None:
+        marks["reply finished"] = time.time() - started
         msg = window.store.message(mid)
         if msg.status == "done" and msg.content.strip():
             outcome["reply"] = msg.content
@@ -717,6 +724,10 @@ def _smoke(app: QApplication, window: MainWindow, prompt: str) -> int:
     QTimer.singleShot(300_000, lambda: (outcome.setdefault("error", "timed out after 300 s"), app.quit()))
     app.exec()
     window.close()
+    print(
+        "timing since process start: " + ", ".join(f"{k} {v:.1f} s" for k, v in marks.items()),
+        file=sys.stderr,
+    )
     if "reply" in outcome:
         print(outcome["reply"])
         return 0

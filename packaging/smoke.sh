@@ -18,9 +18,11 @@ reply=$("$bundle/ingle" gui --smoke-prompt "The capital of France is" 2>"$home/s
 end=$(date +%s.%N)
 [ -n "$reply" ] || { echo "smoke: FAIL empty reply" >&2; exit 1; }
 printf 'reply: %s\n' "$reply"
+grep '^timing' "$home/stderr.txt" || true
 printf 'first start to answer (starter model assembled on first run): %.1f s\n' "$(echo "$end - $start" | bc)"
 start=$(date +%s.%N)
-"$bundle/ingle" gui --smoke-prompt "Hello" >/dev/null 2>&1
+"$bundle/ingle" gui --smoke-prompt "Hello" >/dev/null 2>"$home/stderr2.txt"
+grep '^timing' "$home/stderr2.txt" || true
 end=$(date +%s.%N)
 printf 'second start to answer: %.1f s\n' "$(echo "$end - $start" | bc)"
 echo "smoke: OK"
