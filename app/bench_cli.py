@@ -12,8 +12,12 @@ from engine.errors import SettingsError
 def register(subparsers) -> None:
     p = subparsers.add_parser("bench", help="benchmark the engine against a minimal llama.cpp loop")
     p.add_argument("model", nargs="?", help="model path or library name (default: the starter model)")
-    p.add_argument("-t", "--threads", type=int, default=0, help="CPU threads for every mode (default: physical cores)")
-    p.add_argument("--prompt-tokens", type=int, default=256, metavar="N", help="prompt length for prefill (256)")
+    p.add_argument(
+        "-t", "--threads", type=int, default=0, help="CPU threads for every mode (default: physical cores)"
+    )
+    p.add_argument(
+        "--prompt-tokens", type=int, default=256, metavar="N", help="prompt length for prefill (256)"
+    )
     p.add_argument("--gen-tokens", type=int, default=64, metavar="M", help="tokens generated greedily (64)")
     p.add_argument("--reps", type=int, default=5, help="timed repetitions of each mode (5)")
     p.add_argument("--warmup", type=int, default=1, help="untimed repetitions first (1)")
@@ -46,5 +50,7 @@ def cmd_bench(args) -> int:
     result = run_bench(cfg, log=lambda msg: print(f"bench: {msg}", file=sys.stderr, flush=True))
     print(markdown(result))
     if args.json:
-        Path(args.json).write_text(json.dumps(result.to_dict(), indent=2, default=str) + "\n", encoding="utf-8")
+        Path(args.json).write_text(
+            json.dumps(result.to_dict(), indent=2, default=str) + "\n", encoding="utf-8"
+        )
     return 0
