@@ -163,15 +163,15 @@ class Reference:
         t1 = time.perf_counter()
         token = ll.llama_sampler_sample(self.chain, self.ctx, -1)
         out = [token]
-        t2 = time.perf_counter()
+        t2, c2 = time.perf_counter(), time.process_time()
         while len(out) < n_gen:
             one[0] = token
             if ll.llama_decode(self.ctx, ll.llama_batch_get_one(one, 1)) != 0:
                 raise RuntimeError("llama_decode failed while generating")
             token = ll.llama_sampler_sample(self.chain, self.ctx, -1)
             out.append(token)
-        t3 = time.perf_counter()
-        return _rates(len(tokens), t1 - t0, len(out), t3 - t2, out)
+        t3, c3 = time.perf_counter(), time.process_time()
+        return _rates(len(tokens), t1 - t0, len(out), t3 - t2, out, cpu_decode_s=c3 - c2)
 
     def close(self) -> None:
         ll = self.ll
@@ -186,7 +186,14 @@ class Reference:
             self.model = None
 
 
-def _rates(prompt_tokens: int, prefill_s: float, generated: int, decode_s: float, tokens=()) -> dict:
+def _rates(
+    prompt_tokens: int,
+    prefill_s: float,
+    generated: int,
+    decode_s: float,
+    tokens=(),
+    cpu_decode_s: float = 0.0,
+) -> dict:
     # the first generated token comes from the prefill's logits; decode time covers the other generated - 1
     return {
         "prompt_tokens": prompt_tokens,
@@ -196,7 +203,25 @@ def _rates(prompt_tokens: int, prefill_s: float, generated: int, decode_s: float
         "prefill_tok_s": prompt_tokens / prefill_s if prefill_s > 0 else 0.0,
         "decode_tok_s": (generated - 1) / decode_s if generated > 1 and decode_s > 0 else 0.0,
         "tokens": list(tokens),
+        # CPU seconds per decoded token barely move when other processes take the cores: a steadier overhead gauge
+        "cpu_decode_tok_s": (generated - 1) / cpu_decode_s if generated > 1 and cpu_decode_s > 0 else 0.0,
     }
+
+
+def cpu_clock(engine) -> Callable[[], float]:
+    """CPU seconds used so far by the process(es) doing the work: this one, plus the host's child if any."""
+    pid = getattr(engine, "pid", None)
+    if pid is None:
+        return time.process_time
+    import psutil
+
+    child = psutil.Process(pid)
+
+    def clock() -> float:
+        t = child.cpu_times()
+        return time.process_time() + t.user + t.system
+
+    return clock
 
 
 # ----------------------------------------------------------------------------- (2), (3) engine
@@ -207,6 +232,8 @@ def run_engine(engine, prompt: str, tokens: Sequence[int], sampling: SamplingSet
     token_times: list[float] = []
     generated: list[int] = []
     evaluated = done = None
+    clock = cpu_clock(engine)
+    cpu_times: list[float] = []
     t0 = time.perf_counter()
     prefill_s = 0.0
     for event in engine.complete(prompt, sampling):
@@ -215,11 +242,14 @@ def run_engine(engine, prompt: str, tokens: Sequence[int], sampling: SamplingSet
             evaluated, prefill_s = event, now - t0
         elif isinstance(event, Token) and event.token_id >= 0:
             token_times.append(now)
+            if len(token_times) == 1 or len(token_times) == sampling.max_tokens:
+                cpu_times.append(clock())
             generated.append(event.token_id)
         elif isinstance(event, ReplyDone):
             done = event
     decode_s = token_times[-1] - token_times[0] if len(token_times) > 1 else 0.0
-    result = _rates(evaluated.evaluated_tokens, prefill_s, len(generated), decode_s, generated)
+    cpu_decode_s = cpu_times[-1] - cpu_times[0] if len(cpu_times) > 1 else 0.0
+    result = _rates(evaluated.evaluated_tokens, prefill_s, len(generated), decode_s, generated, cpu_decode_s)
     result["reused_tokens"] = evaluated.reused_tokens
     result["engine_prefill_tok_s"] = done.stats.prefill_tok_s  # as measured inside the engine
     result["engine_decode_tok_s"] = done.stats.decode_tok_s
@@ -239,7 +269,7 @@ def bench_sampling(cfg: BenchConfig, banned: Sequence[int]) -> SamplingSettings:
 
 
 def run_timed_modes(cfg: BenchConfig, log: Callable[[str], None]) -> tuple[dict, dict]:
-    """Modes 1-3, interleaved per repetition; returns (modes, load figures)."""
+    """Modes 1-3, interleaved per repetition in a rotating order; returns (modes, load figures)."""
     from engine.host import EngineHost
     from engine.runtime import Runtime
 
@@ -278,7 +308,8 @@ def run_timed_modes(cfg: BenchConfig, log: Callable[[str], None]) -> tuple[dict,
         samples: dict[str, list[dict]] = {m: [] for m in TIMED_MODES}
         for rep in range(cfg.warmup + cfg.reps):
             warm = rep < cfg.warmup
-            for mode in TIMED_MODES:
+            # rotate the order too, so no mode always runs right after the host (its idle threads may still spin)
+            for mode in TIMED_MODES[rep % 3 :] + TIMED_MODES[: rep % 3]:
                 result = runs[mode]()
                 if not warm:
                     samples[mode].append(result)
@@ -315,6 +346,7 @@ def _summarize(samples: list[dict]) -> dict:
         "prefill_tok_s": statistics.median(s["prefill_tok_s"] for s in samples),
         "decode_tok_s": statistics.median(s["decode_tok_s"] for s in samples),
         "prefill": spread([s["prefill_tok_s"] for s in samples]),
+        "cpu_decode_tok_s": statistics.median(s["cpu_decode_tok_s"] for s in samples),
         "decode": spread([s["decode_tok_s"] for s in samples]),
         "prompt_tokens": samples[-1]["prompt_tokens"],
         "generated_tokens": samples[-1]["generated_tokens"],
@@ -561,7 +593,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = lambda _m: None) ->
         "warmup": cfg.warmup,
         "turns": cfg.turns,
         "n_ctx": cfg.load_settings().n_ctx,
-        "interleaved": True,
+        "interleaved": True,  # one rep of each mode in turn, the order rotating by rep
     }
     return BenchResult(config, machine, modes, ratios, chat, streaming, loads, gui, training)
 
@@ -591,6 +623,14 @@ def markdown(result: BenchResult) -> str:
             f"| {ratio['prefill_tok_s']:.3f} ({paired['prefill_tok_s']:.3f}) "
             f"| {ratio['decode_tok_s']:.3f} ({paired['decode_tok_s']:.3f}) |"
         )
+    cpu_ref = m["reference"]["cpu_decode_tok_s"] or 1.0
+    lines.append(
+        "| decode tok per CPU-second (all processes) | "
+        + " / ".join(f"{mode} {m[mode]['cpu_decode_tok_s']:.2f}" for mode in TIMED_MODES)
+        + " | | ratios "
+        + " / ".join(f"{m[mode]['cpu_decode_tok_s'] / cpu_ref:.3f}" for mode in ("engine", "host"))
+        + " | |"
+    )
     agree = m.get("agreement", {})
     lines.append("")
     lines.append(
