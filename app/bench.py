@@ -1,0 +1,683 @@
+"""`ingle bench`: Ingle's engine against a minimal llama.cpp loop, on the same model, threads and settings.
+
+Modes (issue 8): (1) reference loop on llama.cpp's low-level API, (2) the engine in-process, (3) the engine
+through its child-process host, (4) a multi-turn chat (prefix reuse), (5) chat window streaming (hook),
+(6) load time and the GUI's resident memory, (7) LoRA training tokens/s (hook). Modes 1-3 run interleaved,
+one repetition of each in turn, so a shared, noisy machine slows them alike.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib
+import importlib.util
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from engine.events import Message, PromptEvaluated, ReplyDone, Token
+from engine.settings import LoadSettings, SamplingSettings
+
+TIMED_MODES = ("reference", "engine", "host")
+# Words whose " word" form is one token in most vocabularies; the prompt is built from them.
+_WORDS = (
+    "the quick brown fox jumps over a lazy dog while seven old men watch from the river bank and talk about "
+    "rain wind snow sun light time day night water house tree stone road city field bird fish horse "
+    "green blue red white black small great long short new first last good high little own other"
+).split()
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    model: Path
+    threads: int
+    prompt_tokens: int = 256
+    gen_tokens: int = 64
+    reps: int = 5
+    warmup: int = 1
+    turns: int = 4
+
+    def load_settings(self) -> LoadSettings:
+        n_ctx = max(512, 64 * math.ceil((self.prompt_tokens + self.gen_tokens + 16) / 64))
+        n_batch = max(512, self.prompt_tokens)  # one llama_decode for the whole prompt in every mode
+        return LoadSettings(n_ctx=max(n_ctx, 2048), n_threads=self.threads, n_batch=n_batch, n_ubatch=512)
+
+
+def spread(values: Sequence[float]) -> dict:
+    """Median and spread of repeated measurements."""
+    vals = sorted(values)
+    return {
+        "median": statistics.median(vals),
+        "min": vals[0],
+        "max": vals[-1],
+        "stdev": statistics.stdev(vals) if len(vals) > 1 else 0.0,
+        "n": len(vals),
+        "values": vals,
+    }
+
+
+# ----------------------------------------------------------------------------- prompt
+def exact_prompt(tokenize: Callable[[str], list[int]], n_tokens: int) -> tuple[str, list[int]]:
+    """A text that tokenizes (BOS included, as `complete` does it) to exactly `n_tokens` tokens."""
+    words: list[str] = []
+    i = 0
+    text, tokens = "", tokenize("")
+    while len(tokens) < n_tokens:
+        words.append(_WORDS[i % len(_WORDS)])
+        i += 1
+        text = " ".join(words)
+        tokens = tokenize(text)
+    # overshoot: drop the last word and pad with single letters, which are one token in SPM and BPE vocabularies
+    while len(tokens) > n_tokens and words:
+        words.pop()
+        text = " ".join(words)
+        tokens = tokenize(text)
+    for pad in ("a", "I", "o", "x", "y", "z"):
+        while len(tokens) < n_tokens:
+            trial = tokenize(text + " " + pad)
+            if len(trial) > n_tokens or len(trial) == len(tokens):
+                break
+            text, tokens = text + " " + pad, trial
+    if len(tokens) != n_tokens:
+        raise ValueError(f"could not build a prompt of exactly {n_tokens} tokens (got {len(tokens)})")
+    return text, tokens
+
+
+def eog_tokens(vocab, n_vocab: int) -> list[int]:
+    """Every end-of-generation token; banned in all modes so each produces exactly the requested tokens."""
+    import llama_cpp
+
+    return [t for t in range(n_vocab) if llama_cpp.llama_vocab_is_eog(vocab, t)]
+
+
+# ----------------------------------------------------------------------------- (1) reference
+class Reference:
+    """The minimal llama.cpp loop (like llama.cpp's examples/simple): batch prefill, greedy decode, no Python around it."""
+
+    def __init__(self, path: Path, settings: LoadSettings, banned: Sequence[int] = ()):
+        import llama_cpp
+
+        from engine.hardware import cpu_has_amx
+        from engine.runtime import init_backend
+
+        self.ll = ll = llama_cpp
+        init_backend()  # llama_backend_init, with llama.cpp's log quietened as in the engine
+        started = time.perf_counter()
+        mparams = ll.llama_model_default_params()
+        mparams.use_extra_bufts = not cpu_has_amx()  # repacked AMX matmul crashes (DESIGN.md section 4)
+        self.model = ll.llama_model_load_from_file(str(path).encode(), mparams)
+        if not self.model:
+            raise RuntimeError(f"{path}: llama.cpp could not load the model")
+        cparams = ll.llama_context_default_params()
+        cparams.n_ctx = settings.n_ctx
+        cparams.n_batch = settings.n_batch
+        cparams.n_ubatch = settings.n_ubatch
+        cparams.n_threads = settings.n_threads
+        cparams.n_threads_batch = settings.n_threads_batch or settings.n_threads
+        cparams.flash_attn_type = {"auto": -1, "off": 0, "on": 1}[settings.flash_attn.value]
+        cparams.no_perf = True
+        self.ctx = ll.llama_init_from_model(self.model, cparams)
+        self.load_seconds = time.perf_counter() - started
+        self.vocab = ll.llama_model_get_vocab(self.model)
+        self.n_vocab = ll.llama_vocab_n_tokens(self.vocab)
+        self.n_batch = ll.llama_n_batch(self.ctx)
+        self.banned = list(banned)
+        self.chain = ll.llama_sampler_chain_init(ll.llama_sampler_chain_default_params())
+        if self.banned:
+            self._bias = (ll.llama_logit_bias * len(self.banned))()
+            for i, tok in enumerate(self.banned):
+                self._bias[i].token, self._bias[i].bias = tok, -math.inf
+            ll.llama_sampler_chain_add(
+                self.chain, ll.llama_sampler_init_logit_bias(self.n_vocab, len(self.banned), self._bias)
+            )
+        ll.llama_sampler_chain_add(self.chain, ll.llama_sampler_init_greedy())
+
+    def tokenize(self, text: str) -> list[int]:
+        data = text.encode()
+        buf = (self.ll.llama_token * (len(data) + 8))()
+        n = self.ll.llama_tokenize(self.vocab, data, len(data), buf, len(buf), True, False)
+        return list(buf[:n])
+
+    def run(self, tokens: Sequence[int], n_gen: int) -> dict:
+        ll = self.ll
+        ll.llama_memory_clear(ll.llama_get_memory(self.ctx), True)
+        ll.llama_sampler_reset(self.chain)
+        prompt = (ll.llama_token * len(tokens))(*tokens)
+        one = (ll.llama_token * 1)()
+        t0 = time.perf_counter()
+        for start in range(0, len(tokens), self.n_batch):
+            chunk = min(self.n_batch, len(tokens) - start)
+            batch = ll.llama_batch_get_one(
+                ctypes.cast(ctypes.byref(prompt, start * 4), ll.llama_token_p), chunk
+            )
+            if ll.llama_decode(self.ctx, batch) != 0:
+                raise RuntimeError("llama_decode failed on the prompt")
+        t1 = time.perf_counter()
+        token = ll.llama_sampler_sample(self.chain, self.ctx, -1)
+        out = [token]
+        t2, c2 = time.perf_counter(), time.process_time()
+        while len(out) < n_gen:
+            one[0] = token
+            if ll.llama_decode(self.ctx, ll.llama_batch_get_one(one, 1)) != 0:
+                raise RuntimeError("llama_decode failed while generating")
+            token = ll.llama_sampler_sample(self.chain, self.ctx, -1)
+            out.append(token)
+        t3, c3 = time.perf_counter(), time.process_time()
+        return _rates(len(tokens), t1 - t0, len(out), t3 - t2, out, cpu_decode_s=c3 - c2)
+
+    def close(self) -> None:
+        ll = self.ll
+        if self.chain:
+            ll.llama_sampler_free(self.chain)
+            self.chain = None
+        if self.ctx:
+            ll.llama_free(self.ctx)
+            self.ctx = None
+        if self.model:
+            ll.llama_model_free(self.model)
+            self.model = None
+
+
+def _rates(
+    prompt_tokens: int,
+    prefill_s: float,
+    generated: int,
+    decode_s: float,
+    tokens=(),
+    cpu_decode_s: float = 0.0,
+) -> dict:
+    # the first generated token comes from the prefill's logits; decode time covers the other generated - 1
+    return {
+        "prompt_tokens": prompt_tokens,
+        "generated_tokens": generated,
+        "prefill_seconds": prefill_s,
+        "decode_seconds": decode_s,
+        "prefill_tok_s": prompt_tokens / prefill_s if prefill_s > 0 else 0.0,
+        "decode_tok_s": (generated - 1) / decode_s if generated > 1 and decode_s > 0 else 0.0,
+        "tokens": list(tokens),
+        # CPU seconds per decoded token barely move when other processes take the cores: a steadier overhead gauge
+        "cpu_decode_tok_s": (generated - 1) / cpu_decode_s if generated > 1 and cpu_decode_s > 0 else 0.0,
+    }
+
+
+def cpu_clock(engine) -> Callable[[], float]:
+    """CPU seconds used so far by the process(es) doing the work: this one, plus the host's child if any."""
+    pid = getattr(engine, "pid", None)
+    if pid is None:
+        return time.process_time
+    import psutil
+
+    child = psutil.Process(pid)
+
+    def clock() -> float:
+        t = child.cpu_times()
+        return time.process_time() + t.user + t.system
+
+    return clock
+
+
+# ----------------------------------------------------------------------------- (2), (3) engine
+def run_engine(engine, prompt: str, tokens: Sequence[int], sampling: SamplingSettings) -> dict:
+    """One completion through Runtime or EngineHost (same API), timed as the client sees the events arrive."""
+    # Evaluating one token that differs from the prompt's first empties the cache, so the prefill really runs.
+    engine.request("evaluate", [tokens[1] if tokens[0] != tokens[1] else tokens[0] + 1])
+    token_times: list[float] = []
+    generated: list[int] = []
+    evaluated = done = None
+    clock = cpu_clock(engine)
+    cpu_times: list[float] = []
+    t0 = time.perf_counter()
+    prefill_s = 0.0
+    for event in engine.complete(prompt, sampling):
+        now = time.perf_counter()
+        if isinstance(event, PromptEvaluated):
+            evaluated, prefill_s = event, now - t0
+        elif isinstance(event, Token) and event.token_id >= 0:
+            token_times.append(now)
+            if len(token_times) == 1 or len(token_times) == sampling.max_tokens:
+                cpu_times.append(clock())
+            generated.append(event.token_id)
+        elif isinstance(event, ReplyDone):
+            done = event
+    decode_s = token_times[-1] - token_times[0] if len(token_times) > 1 else 0.0
+    cpu_decode_s = cpu_times[-1] - cpu_times[0] if len(cpu_times) > 1 else 0.0
+    result = _rates(evaluated.evaluated_tokens, prefill_s, len(generated), decode_s, generated, cpu_decode_s)
+    result["reused_tokens"] = evaluated.reused_tokens
+    result["engine_prefill_tok_s"] = done.stats.prefill_tok_s  # as measured inside the engine
+    result["engine_decode_tok_s"] = done.stats.decode_tok_s
+    return result
+
+
+def bench_sampling(cfg: BenchConfig, banned: Sequence[int]) -> SamplingSettings:
+    """Greedy, penalties off, end-of-generation banned: the reference loop's settings."""
+    return SamplingSettings(
+        temperature=0.0,
+        repeat_penalty=1.0,
+        penalty_last_n=0,
+        seed=0,
+        max_tokens=cfg.gen_tokens,
+        logit_bias=tuple((t, -math.inf) for t in banned),
+    )
+
+
+def run_timed_modes(cfg: BenchConfig, log: Callable[[str], None]) -> tuple[dict, dict]:
+    """Modes 1-3, interleaved per repetition in a rotating order; returns (modes, load figures)."""
+    from engine.host import EngineHost
+    from engine.runtime import Runtime
+
+    settings = cfg.load_settings()
+    loads: dict = {}
+    # the reference loads first, from a possibly cold page cache; the others then read warm pages
+    reference = Reference(cfg.model, settings)
+    loads["reference_load_seconds"] = reference.load_seconds
+    banned = eog_tokens(reference.vocab, reference.n_vocab)
+    reference.banned = banned
+    reference.close()
+    reference = Reference(cfg.model, settings, banned)
+    loads["reference_reload_seconds"] = reference.load_seconds
+    runtime = Runtime()
+    t = time.perf_counter()
+    for _ in runtime.load(cfg.model, settings):
+        pass
+    loads["engine_load_seconds"] = time.perf_counter() - t
+    t = time.perf_counter()
+    host = EngineHost()
+    loads["host_start_seconds"] = time.perf_counter() - t
+    t = time.perf_counter()
+    for _ in host.load(cfg.model, settings):
+        pass
+    loads["host_load_seconds"] = time.perf_counter() - t
+    try:
+        prompt, tokens = exact_prompt(reference.tokenize, cfg.prompt_tokens)
+        if runtime.tokenize(prompt, add_special=True, parse_special=False) != tokens:
+            raise RuntimeError("the engine tokenizes the benchmark prompt differently from the reference")
+        sampling = bench_sampling(cfg, banned)
+        runs = {
+            "reference": lambda: reference.run(tokens, cfg.gen_tokens),
+            "engine": lambda: run_engine(runtime, prompt, tokens, sampling),
+            "host": lambda: run_engine(host, prompt, tokens, sampling),
+        }
+        samples: dict[str, list[dict]] = {m: [] for m in TIMED_MODES}
+        for rep in range(cfg.warmup + cfg.reps):
+            warm = rep < cfg.warmup
+            # rotate the order too, so no mode always runs right after the host (its idle threads may still spin)
+            for mode in TIMED_MODES[rep % 3 :] + TIMED_MODES[: rep % 3]:
+                result = runs[mode]()
+                if not warm:
+                    samples[mode].append(result)
+            if warm:
+                log(f"warm-up {rep + 1}/{cfg.warmup} done")
+            else:
+                reps = ", ".join(f"{m} {_fmt_rep(samples[m][-1])}" for m in TIMED_MODES)
+                log(f"rep {rep - cfg.warmup + 1}/{cfg.reps} (prefill/decode tok/s): {reps}")
+        modes = {m: _summarize(samples[m]) for m in TIMED_MODES}
+        for m in ("engine", "host"):
+            # each rep's engine run sat right next to its reference run: a ratio per rep shrugs off slow spells
+            modes[m]["paired_ratio"] = {
+                k: statistics.median(
+                    s[k] / r[k] for s, r in zip(samples[m], samples["reference"], strict=True) if r[k]
+                )
+                for k in ("prefill_tok_s", "decode_tok_s")
+            }
+        modes["agreement"] = {
+            m: samples[m][-1]["tokens"] == samples["reference"][-1]["tokens"] for m in ("engine", "host")
+        }
+        return modes, loads
+    finally:
+        host.close()
+        runtime.unload()
+        reference.close()
+
+
+def _fmt_rep(r: dict) -> str:
+    return f"{r['prefill_tok_s']:.0f}/{r['decode_tok_s']:.1f}"
+
+
+def _summarize(samples: list[dict]) -> dict:
+    out = {
+        "prefill_tok_s": statistics.median(s["prefill_tok_s"] for s in samples),
+        "decode_tok_s": statistics.median(s["decode_tok_s"] for s in samples),
+        "prefill": spread([s["prefill_tok_s"] for s in samples]),
+        "cpu_decode_tok_s": statistics.median(s["cpu_decode_tok_s"] for s in samples),
+        "decode": spread([s["decode_tok_s"] for s in samples]),
+        "prompt_tokens": samples[-1]["prompt_tokens"],
+        "generated_tokens": samples[-1]["generated_tokens"],
+    }
+    if "engine_decode_tok_s" in samples[-1]:
+        out["engine_internal"] = {
+            "prefill_tok_s": statistics.median(s["engine_prefill_tok_s"] for s in samples),
+            "decode_tok_s": statistics.median(s["engine_decode_tok_s"] for s in samples),
+        }
+    return out
+
+
+# ----------------------------------------------------------------------------- (4) multi-turn chat
+_CHAT_TURNS = (
+    "Tell me about the river near the old town.",
+    "What birds live there in winter?",
+    "And which fish can you catch in spring?",
+    "Summarise all of that in two sentences.",
+    "Now give the walk a name.",
+    "What should I bring with me?",
+)
+
+
+def run_chat(cfg: BenchConfig) -> dict:
+    """K turns of a chat in one Runtime: per turn, the history's size and the tokens actually evaluated."""
+    from engine.runtime import Runtime
+
+    runtime = Runtime()
+    for _ in runtime.load(cfg.model, cfg.load_settings()):
+        pass
+    try:
+        banned = eog_tokens(runtime.vocab, runtime.n_vocab)
+        sampling = bench_sampling(cfg, banned).replace(max_tokens=min(cfg.gen_tokens, 32))
+        messages: list[Message] = [Message("system", "You are a helpful local guide.")]
+        turns = []
+        prev_history = prev_cached = 0
+        for k in range(cfg.turns):
+            messages.append(Message("user", _CHAT_TURNS[k % len(_CHAT_TURNS)]))
+            done = None
+            for event in runtime.chat(messages, sampling):
+                if isinstance(event, ReplyDone):
+                    done = event
+            s = done.stats
+            turns.append(
+                {
+                    "turn": k + 1,
+                    "history_tokens": s.prompt_tokens,
+                    "reused_tokens": s.reused_tokens,
+                    "evaluated_tokens": s.evaluated_tokens,
+                    # what the cache could not have: the history minus what the last turn left in the cache
+                    "new_tokens": s.prompt_tokens - prev_cached,
+                    "previous_history_tokens": prev_history,
+                    "generated_tokens": s.generated_tokens,
+                    "prefill_seconds": s.prefill_seconds,
+                }
+            )
+            prev_history, prev_cached = s.prompt_tokens, s.n_past
+            messages.append(Message("assistant", done.text))
+        total_history = sum(t["history_tokens"] for t in turns)
+        total_evaluated = sum(t["evaluated_tokens"] for t in turns)
+        return {
+            "turns": turns,
+            "total_history_tokens": total_history,
+            "total_evaluated_tokens": total_evaluated,
+            # turn k >= 2 must not re-evaluate what turn k-1 already had in its prompt
+            "prefix_reuse_ok": all(t["reused_tokens"] >= t["previous_history_tokens"] for t in turns[1:]),
+        }
+    finally:
+        runtime.unload()
+
+
+# ----------------------------------------------------------------------------- (5) chat window streaming
+# Contract for the chat window: a module in STREAM_HOOK_MODULES with
+#   bench_stream(model_path: str, prompt: str, max_tokens: int, threads: int) -> int
+# that streams one reply into the real chat window on the running QApplication and returns the tokens shown.
+# The bench measures the event loop around it with a 1 ms timer (longest gap = longest stall).
+STREAM_HOOK_MODULES = ("app.chat_window", "app.main_window")
+
+_STREAM_SCRIPT = r"""
+import json, sys, time, importlib
+from PySide6.QtCore import QTimer, QElapsedTimer
+from PySide6.QtWidgets import QApplication
+app = QApplication([])
+hook = importlib.import_module(sys.argv[1]).bench_stream
+clock = QElapsedTimer(); clock.start()
+gaps = []; last = [clock.elapsed()]
+def tick():
+    now = clock.elapsed(); gaps.append(now - last[0]); last[0] = now
+timer = QTimer(); timer.setInterval(1); timer.timeout.connect(tick); timer.start()
+t0 = time.perf_counter()
+shown = hook(sys.argv[2], "Tell me a story about a river.", int(sys.argv[3]), int(sys.argv[4]))
+seconds = time.perf_counter() - t0
+print(json.dumps({"tokens_shown": shown, "seconds": seconds, "tokens_shown_per_s": shown / seconds,
+                  "longest_stall_ms": max(gaps, default=0), "ticks": len(gaps)}))
+"""
+
+
+def _hook_module(names: Sequence[str], attr: str) -> str | None:
+    for name in names:
+        try:
+            if importlib.util.find_spec(name) is None:
+                continue
+        except ModuleNotFoundError:
+            continue
+        if hasattr(importlib.import_module(name), attr):
+            return name
+    return None
+
+
+def run_streaming(cfg: BenchConfig) -> dict:
+    module = _hook_module(STREAM_HOOK_MODULES, "bench_stream")
+    if module is None:
+        return {
+            "available": False,
+            "reason": f"no chat window with bench_stream() in {', '.join(STREAM_HOOK_MODULES)}",
+        }
+    out = _run_child(_STREAM_SCRIPT, [module, str(cfg.model), str(cfg.gen_tokens), str(cfg.threads)])
+    out["available"] = True
+    out["stall_target_ms"] = 50
+    return out
+
+
+# ----------------------------------------------------------------------------- (6) GUI memory
+_GUI_SCRIPT = r"""
+import importlib, json, pkgutil, sys, time
+t0 = time.perf_counter()
+from PySide6.QtWidgets import QApplication, QMainWindow
+import psutil
+import app as pkg
+for mod in pkgutil.iter_modules(pkg.__path__):
+    if not mod.name.startswith("bench"):
+        importlib.import_module("app." + mod.name)
+qapp = QApplication([])
+window, source = None, "QMainWindow (no app window class yet)"
+for modname, attr in (("app.main_window", "MainWindow"), ("app.main", "MainWindow"), ("app.main", "create_window")):
+    mod = sys.modules.get(modname)
+    if mod is not None and hasattr(mod, attr):
+        window, source = getattr(mod, attr)(), f"{modname}.{attr}"
+        break
+window = window or QMainWindow()
+window.show()
+for _ in range(5):
+    qapp.processEvents()
+print(json.dumps({"rss_bytes": psutil.Process().memory_info().rss, "startup_seconds": time.perf_counter() - t0,
+                  "window": source, "llama_cpp_loaded": "llama_cpp" in sys.modules}))
+"""
+
+
+def _run_child(script: str, args: Sequence[str] = ()) -> dict:
+    env = dict(os.environ, QT_QPA_PLATFORM=os.environ.get("QT_QPA_PLATFORM", "offscreen"))
+    root = Path(__file__).resolve().parents[1]
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
+    proc = subprocess.run(
+        [sys.executable, "-c", script, *args], capture_output=True, text=True, env=env, cwd=root, timeout=300
+    )
+    if proc.returncode != 0:
+        return {
+            "error": (proc.stderr or proc.stdout).strip().splitlines()[-1:] or [f"exit {proc.returncode}"]
+        }
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def run_gui_memory() -> dict:
+    return _run_child(_GUI_SCRIPT)
+
+
+# ----------------------------------------------------------------------------- (7) LoRA training
+# Contract for training: `training.bench.lora_tokens_per_second(model_path: str, threads: int) -> dict` with at
+# least "tokens_per_s"; it runs a few optimizer steps on the model and returns the measured rate.
+def run_training(cfg: BenchConfig) -> dict:
+    if importlib.util.find_spec("torch") is None:
+        return {"available": False, "reason": "torch is not installed (pip install -e '.[train]')"}
+    try:
+        module = importlib.import_module("training.bench")
+    except ModuleNotFoundError as err:
+        return {"available": False, "reason": f"training has not landed ({err.name} missing)"}
+    if not hasattr(module, "lora_tokens_per_second"):
+        return {"available": False, "reason": "training.bench has no lora_tokens_per_second()"}
+    out = dict(module.lora_tokens_per_second(str(cfg.model), cfg.threads))
+    out["available"] = True
+    return out
+
+
+# ----------------------------------------------------------------------------- the whole run
+@dataclass
+class BenchResult:
+    config: dict
+    machine: dict
+    modes: dict
+    ratios: dict
+    chat: dict = field(default_factory=dict)
+    streaming: dict = field(default_factory=dict)
+    load: dict = field(default_factory=dict)
+    gui: dict = field(default_factory=dict)
+    training: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+def machine_summary() -> dict:
+    from engine.hardware import detect
+
+    hw = detect()
+    import psutil
+
+    return {
+        "description": hw.describe(),
+        "cpu": platform.processor() or platform.machine(),
+        "physical_cores": hw.physical_cores,
+        "amx": hw.has_amx,
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "cpu_percent_before": psutil.cpu_percent(interval=0.5),
+    }
+
+
+def run_bench(cfg: BenchConfig, log: Callable[[str], None] = lambda _m: None) -> BenchResult:
+    from engine.gguf_info import inspect_gguf
+
+    inspect_gguf(cfg.model)  # a clear ModelFileError for a bad file before anything else
+    machine = machine_summary()
+    log("modes 1-3: reference, engine, host (interleaved)")
+    modes, loads = run_timed_modes(cfg, log)
+    ref = modes["reference"]
+    ratios = {
+        m: {k: (modes[m][k] / ref[k] if ref[k] else 0.0) for k in ("prefill_tok_s", "decode_tok_s")}
+        for m in ("engine", "host")
+    }
+    log("mode 4: multi-turn chat")
+    chat = run_chat(cfg)
+    log("mode 5: chat window streaming")
+    streaming = run_streaming(cfg)
+    log("mode 6: GUI memory")
+    gui = run_gui_memory()
+    log("mode 7: LoRA training")
+    training = run_training(cfg)
+    machine["load_average_after"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    config = {
+        "model": str(cfg.model),
+        "threads": cfg.threads,
+        "prompt_tokens": cfg.prompt_tokens,
+        "gen_tokens": cfg.gen_tokens,
+        "reps": cfg.reps,
+        "warmup": cfg.warmup,
+        "turns": cfg.turns,
+        "n_ctx": cfg.load_settings().n_ctx,
+        "interleaved": True,  # one rep of each mode in turn, the order rotating by rep
+    }
+    return BenchResult(config, machine, modes, ratios, chat, streaming, loads, gui, training)
+
+
+# ----------------------------------------------------------------------------- report
+def markdown(result: BenchResult) -> str:
+    c, m = result.config, result.modes
+    lines = [
+        f"Model `{Path(c['model']).name}`, {c['threads']} threads, prompt {c['prompt_tokens']} tokens, "
+        f"{c['gen_tokens']} generated (greedy), {c['reps']} reps after {c['warmup']} warm-up, modes interleaved.",
+        "",
+        "| mode | prefill tok/s (median, min-max) | decode tok/s (median, min-max) | prefill ratio (paired) "
+        "| decode ratio (paired) |",
+        "|---|---|---|---|---|",
+    ]
+    for mode, label in (
+        ("reference", "(1) llama.cpp loop"),
+        ("engine", "(2) engine in-process"),
+        ("host", "(3) engine via host"),
+    ):
+        r = m[mode]
+        ratio = result.ratios.get(mode, {"prefill_tok_s": 1.0, "decode_tok_s": 1.0})
+        paired = r.get("paired_ratio", ratio)
+        lines.append(
+            f"| {label} | {r['prefill_tok_s']:.1f} ({r['prefill']['min']:.1f}-{r['prefill']['max']:.1f}) "
+            f"| {r['decode_tok_s']:.2f} ({r['decode']['min']:.2f}-{r['decode']['max']:.2f}) "
+            f"| {ratio['prefill_tok_s']:.3f} ({paired['prefill_tok_s']:.3f}) "
+            f"| {ratio['decode_tok_s']:.3f} ({paired['decode_tok_s']:.3f}) |"
+        )
+    cpu_ref = m["reference"]["cpu_decode_tok_s"] or 1.0
+    lines.append(
+        "| decode tok per CPU-second (all processes) | "
+        + " / ".join(f"{mode} {m[mode]['cpu_decode_tok_s']:.2f}" for mode in TIMED_MODES)
+        + " | | ratios "
+        + " / ".join(f"{m[mode]['cpu_decode_tok_s'] / cpu_ref:.3f}" for mode in ("engine", "host"))
+        + " | |"
+    )
+    agree = m.get("agreement", {})
+    lines.append("")
+    lines.append(
+        "Same greedy tokens as the reference: "
+        + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in agree.items())
+        + "; targets: ratios >= 0.95. Ratio = median of the mode / median of (1); "
+        "paired = median over reps of the mode / (1) in the same rep."
+    )
+    if result.chat:
+        lines += [
+            "",
+            "| chat turn | history tokens | reused from cache | evaluated | new (not in cache before) |",
+            "|---|---|---|---|---|",
+        ]
+        for t in result.chat["turns"]:
+            lines.append(
+                f"| {t['turn']} | {t['history_tokens']} | {t['reused_tokens']} | {t['evaluated_tokens']} | {t['new_tokens']} |"
+            )
+        lines.append(
+            f"\nChat: {result.chat['total_evaluated_tokens']} tokens evaluated for {result.chat['total_history_tokens']} "
+            f"of history in total; prefix reuse {'ok' if result.chat['prefix_reuse_ok'] else 'BROKEN'}."
+        )
+    ld, gui = result.load, result.gui
+    lines += ["", "| other figure | value |", "|---|---|"]
+    if ld:
+        lines.append(
+            f"| model load, reference (first, cold cache) | {ld['reference_load_seconds'] * 1000:.0f} ms |"
+        )
+        lines.append(f"| model load, engine in-process | {ld['engine_load_seconds'] * 1000:.0f} ms |")
+        lines.append(
+            f"| engine host: start / load | {ld['host_start_seconds'] * 1000:.0f} ms / {ld['host_load_seconds'] * 1000:.0f} ms |"
+        )
+    if "rss_bytes" in gui:
+        lines.append(f"| GUI process RSS, no model ({gui['window']}) | {gui['rss_bytes'] / 2**20:.0f} MiB |")
+        lines.append(f"| GUI process start-up to window shown | {gui['startup_seconds'] * 1000:.0f} ms |")
+    elif gui:
+        lines.append(f"| GUI process RSS | error: {gui.get('error')} |")
+    for name, block in (
+        ("chat window streaming (5)", result.streaming),
+        ("LoRA training (7)", result.training),
+    ):
+        if not block.get("available"):
+            lines.append(f"| {name} | not available: {block.get('reason', block.get('error'))} |")
+        elif "tokens_shown_per_s" in block:
+            lines.append(
+                f"| {name} | {block['tokens_shown_per_s']:.1f} tok/s shown, longest stall {block['longest_stall_ms']} ms |"
+            )
+        else:
+            lines.append(f"| {name} | {block.get('tokens_per_s', 0):.1f} tok/s |")
+    return "\n".join(lines)

@@ -1,0 +1,56 @@
+"""`ingle bench [MODEL]`: Ingle's engine against raw llama.cpp, plus chat, load and GUI figures. Registered by app.cli."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from engine.errors import SettingsError
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("bench", help="benchmark the engine against a minimal llama.cpp loop")
+    p.add_argument("model", nargs="?", help="model path or library name (default: the starter model)")
+    p.add_argument(
+        "-t", "--threads", type=int, default=0, help="CPU threads for every mode (default: physical cores)"
+    )
+    p.add_argument(
+        "--prompt-tokens", type=int, default=256, metavar="N", help="prompt length for prefill (256)"
+    )
+    p.add_argument("--gen-tokens", type=int, default=64, metavar="M", help="tokens generated greedily (64)")
+    p.add_argument("--reps", type=int, default=5, help="timed repetitions of each mode (5)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed repetitions first (1)")
+    p.add_argument("--turns", type=int, default=4, metavar="K", help="turns of the multi-turn chat (4)")
+    p.add_argument("--json", metavar="FILE", help="also write every figure to FILE as JSON")
+    p.set_defaults(func=cmd_bench)
+
+
+def _check(name: str, value: int, low: int, high: int) -> int:
+    if not low <= value <= high:
+        raise SettingsError(name, f"{value} is outside {low}..{high}")
+    return value
+
+
+def cmd_bench(args) -> int:
+    from app.bench import BenchConfig, markdown, run_bench
+    from engine.hardware import default_threads
+    from engine.library import Library
+
+    path = Library().resolve(args.model)
+    cfg = BenchConfig(
+        model=Path(path),
+        threads=_check("threads", args.threads, 0, 512) or default_threads(),
+        prompt_tokens=_check("prompt_tokens", args.prompt_tokens, 2, 8192),
+        gen_tokens=_check("gen_tokens", args.gen_tokens, 2, 8192),
+        reps=_check("reps", args.reps, 1, 1000),
+        warmup=_check("warmup", args.warmup, 0, 100),
+        turns=_check("turns", args.turns, 1, 100),
+    )
+    result = run_bench(cfg, log=lambda msg: print(f"bench: {msg}", file=sys.stderr, flush=True))
+    print(markdown(result))
+    if args.json:
+        Path(args.json).write_text(
+            json.dumps(result.to_dict(), indent=2, default=str) + "\n", encoding="utf-8"
+        )
+    return 0
