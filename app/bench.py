@@ -423,7 +423,7 @@ def run_chat(cfg: BenchConfig) -> dict:
 #   bench_stream(model_path: str, prompt: str, max_tokens: int, threads: int) -> int
 # that streams one reply into the real chat window on the running QApplication and returns the tokens shown.
 # The bench measures the event loop around it with a 1 ms timer (longest gap = longest stall).
-STREAM_HOOK_MODULES = ("app.chat_window", "app.main_window")
+STREAM_HOOK_MODULES = ("app.main", "app.chat_window", "app.main_window")
 
 _STREAM_SCRIPT = r"""
 import json, sys, time, importlib
@@ -440,7 +440,8 @@ t0 = time.perf_counter()
 shown = hook(sys.argv[2], "Tell me a story about a river.", int(sys.argv[3]), int(sys.argv[4]))
 seconds = time.perf_counter() - t0
 print(json.dumps({"tokens_shown": shown, "seconds": seconds, "tokens_shown_per_s": shown / seconds,
-                  "longest_stall_ms": max(gaps, default=0), "ticks": len(gaps)}))
+                  "longest_stall_ms": max(gaps, default=0), "ticks": len(gaps)}), flush=True)
+import os; os._exit(0)  # skip interpreter teardown: PySide6 6.12 can abort in its final GC (bool_dealloc)
 """
 
 
@@ -491,7 +492,9 @@ window.show()
 for _ in range(5):
     qapp.processEvents()
 print(json.dumps({"rss_bytes": psutil.Process().memory_info().rss, "startup_seconds": time.perf_counter() - t0,
-                  "window": source, "llama_cpp_loaded": "llama_cpp" in sys.modules}))
+                  "window": source, "llama_cpp_loaded": "llama_cpp" in sys.modules}), flush=True)
+window.close()  # the main window shuts its engine child down
+import os; os._exit(0)  # skip interpreter teardown: PySide6 6.12 can abort in its final GC (bool_dealloc)
 """
 
 

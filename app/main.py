@@ -733,3 +733,36 @@ def _smoke(app: QApplication, window: MainWindow, prompt: str) -> int:
         return 0
     print(f"ingle: smoke test failed: {outcome.get('error', 'no reply')}", file=sys.stderr)
     return 1
+
+
+def bench_stream(model_path: str, prompt: str, max_tokens: int, threads: int) -> int:
+    """For `ingle bench`: stream one greedy reply into a real main window; returns the tokens shown.
+
+    Runs on the caller's QApplication; the bench measures the event loop around it.
+    """
+    import tempfile
+
+    from PySide6.QtCore import QEventLoop
+
+    def wait(signal) -> None:
+        loop = QEventLoop()
+        signal.connect(loop.quit)
+        loop.exec()
+        signal.disconnect(loop.quit)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        window = MainWindow(store=ConversationStore(Path(tmp) / "bench.sqlite3"), model=model_path)
+        window.show()
+        wait(window.model_ready)
+        window.load_model(model_path, LoadSettings(n_threads=threads))
+        wait(window.model_ready)
+        window.new_chat()
+        window.store.set_settings(window.conversation, SamplingSettings(temperature=0, max_tokens=max_tokens))
+        shown = []
+        window.bridge.event.connect(
+            lambda ev: shown.append(1) if isinstance(ev, Token) and ev.token_id >= 0 else None
+        )
+        window.send(prompt)
+        wait(window.reply_finished)
+        window.close()  # shuts the engine child down
+        return len(shown)
