@@ -11,11 +11,10 @@ import time
 
 import numpy as np
 import pytest
+from gguf_factory import write_tiny_llama
 
-from engine.events import Message
 from engine.gguf_info import inspect_gguf, sha256_file
 from engine.library import ADAPTER_BASE_SHA_KEY
-from gguf_factory import write_tiny_llama
 from training.errors import ExportError, TrainingError
 from training.evaluate import compare, evaluation_items, open_runtime, perplexity, reply
 from training.export import atomic_path, check_quant, export, merge_f16, read_adapter
@@ -24,13 +23,18 @@ torch = pytest.importorskip("torch", reason="training extra not installed (pip i
 from training.lora import TrainSettings, add_lora, load_base, lora_weights, train  # noqa: E402
 
 REPLIES = {"hello": "blue moon cat", "yes": "red sun dog", "good": "green big happy token"}
-FAST = dict(rank=8, alpha=16.0, learning_rate=2e-2, batch_size=3, val_fraction=0.0, scheduler="constant", bf16=False)
+FAST = dict(
+    rank=8, alpha=16.0, learning_rate=2e-2, batch_size=3, val_fraction=0.0, scheduler="constant", bf16=False
+)
 
 
 @pytest.fixture(scope="module")
 def memorize(tmp_path_factory):
     path = tmp_path_factory.mktemp("data") / "memorize.jsonl"
-    lines = [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]} for q, a in REPLIES.items()]
+    lines = [
+        {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
+        for q, a in REPLIES.items()
+    ]
     path.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
     return path
 
@@ -92,7 +96,9 @@ def test_adapter_in_llama_cpp_matches_torch_logits(tiny_model, tmp_path):
         with model.disable_adapter():
             plain = model(torch.tensor([tokens])).logits[0].numpy()
     assert np.abs(ours - plain).max() > 0.5  # the adapter changes the logits a lot...
-    assert np.abs(cpp - ours).max() < 0.01  # ...and llama.cpp applies exactly that change (q/k permutation undone)
+    assert (
+        np.abs(cpp - ours).max() < 0.01
+    )  # ...and llama.cpp applies exactly that change (q/k permutation undone)
     assert (cpp.argmax(-1) == ours.argmax(-1)).all()
 
 
@@ -101,8 +107,7 @@ def test_f16_merge_equals_base_plus_adapter_and_q8_0_answers(trained, tiny_model
     f16 = export(tiny_model, out, tmp_path / "merged-f16.gguf", "F16")
     q8 = export(tiny_model, out, tmp_path / "merged-q8.gguf", "q8_0")
     assert inspect_gguf(q8).quant_mix.get("Q8_0", 0) > 0
-    assert read_adapter.__name__  # the merged files carry provenance:
-    meta = inspect_gguf(f16).metadata
+    meta = inspect_gguf(f16).metadata  # the merged files carry provenance
     assert meta[ADAPTER_BASE_SHA_KEY] == sha256_file(tiny_model) and meta["ingle.export.quant"] == "F16"
     assert json.loads((tmp_path / "merged-q8.gguf.json").read_text())["quant"] == "Q8_0"
     adapted = open_runtime(tiny_model, [(str(out), 1.0)])
@@ -251,5 +256,11 @@ def test_cancel_event_stops_in_process_training_quickly(tiny_model, memorize, tm
             cancel.set()
 
     with pytest.raises(Cancelled, match="at step 2"):
-        train(tiny_model, memorize, tmp_path / "c.gguf", TrainSettings(**FAST, epochs=50), emit=emit, cancel=cancel)
-    _ = Message  # chat messages type used by the engine side of these tests
+        train(
+            tiny_model,
+            memorize,
+            tmp_path / "c.gguf",
+            TrainSettings(**FAST, epochs=50),
+            emit=emit,
+            cancel=cancel,
+        )

@@ -32,7 +32,10 @@ CHAT = {"messages": [{"role": "user", "content": "hello"}, {"role": "assistant",
     [
         (CHAT, DataFormat.CHAT),
         ({"instruction": "say", "input": "hello", "output": "blue"}, DataFormat.ALPACA),
-        ({"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "yes"}]}, DataFormat.SHAREGPT),
+        (
+            {"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "yes"}]},
+            DataFormat.SHAREGPT,
+        ),
         ({"text": "the cat is on the moon"}, DataFormat.TEXT),
     ],
 )
@@ -100,7 +103,7 @@ def test_tokens_match_llama_cpp_chat_and_only_assistant_tokens_carry_loss(rt):
     # the prompt the engine sends for a reply is exactly the prefix of the training example
     prompt = rt.render_tokens(list(messages[:1]))
     assert item.tokens[: len(prompt)] == prompt
-    learned = rt.detokenize([t for t, m in zip(item.tokens, item.loss_mask) if m], special=True)
+    learned = rt.detokenize([t for t, m in zip(item.tokens, item.loss_mask, strict=True) if m], special=True)
     # each reply and its end-of-turn marker (so the model learns to stop), nothing of the user turns
     assert [part.strip() for part in learned.split("<end_of_turn>")] == ["blue moon", "red sun", ""]
     everything = tokenize_example(rt, Example(1, messages), train_on_prompt=True)
@@ -108,7 +111,12 @@ def test_tokens_match_llama_cpp_chat_and_only_assistant_tokens_carry_loss(rt):
 
 
 def test_cutoff_counts_truncated_examples_and_split_is_seeded(tmp_path, rt):
-    long = {"messages": [{"role": "user", "content": "hello " * 40}, {"role": "assistant", "content": "cat " * 40}]}
+    long = {
+        "messages": [
+            {"role": "user", "content": "hello " * 40},
+            {"role": "assistant", "content": "cat " * 40},
+        ]
+    }
     path = _write(tmp_path / "d.jsonl", [CHAT] * 8 + [long] * 2)
     data = prepare(rt, path, cutoff_len=60, val_fraction=0.2, seed=3)
     assert data.stats["truncated"] == 2 and data.stats["max_len"] == 60

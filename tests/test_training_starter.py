@@ -59,8 +59,7 @@ def test_gemma_adapter_in_llama_cpp_matches_torch(starter_model, tmp_path):
 
 def test_gemma_short_run_on_the_sample_dataset(starter_model, tmp_path):
     events = []
-    settings = TrainSettings(max_steps=3, batch_size=2, cutoff_len=48, val_fraction=0.01, learning_rate=5e-4,
-                             threads=2)  # fmt: skip
+    settings = TrainSettings(max_steps=3, batch_size=2, cutoff_len=48, val_fraction=0.01, learning_rate=5e-4)
     out = tmp_path / "gemma-sample.gguf"
     done = train(starter_model, SAMPLE, out, settings, emit=events.append)
     steps = [e for e in events if type(e).__name__ == "TrainStep"]

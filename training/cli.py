@@ -39,7 +39,11 @@ def _settings(args):
 def _given(args, cls) -> dict:
     import dataclasses
 
-    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if getattr(args, f.name, None) is not None}
+    return {
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(cls)
+        if getattr(args, f.name, None) is not None
+    }
 
 
 def _resolve(name: str) -> str:
@@ -88,7 +92,11 @@ def cmd_export(args) -> int:
     outs = {}
     args.quant = args.quant or ["F16"]
     for q in args.quant:
-        out = Path(args.out) if len(args.quant) == 1 else Path(args.out).with_name(f"{Path(args.out).stem}-{q}.gguf")
+        out = (
+            Path(args.out)
+            if len(args.quant) == 1
+            else Path(args.out).with_name(f"{Path(args.out).stem}-{q}.gguf")
+        )
         print(f"exporting {q} -> {out}", file=sys.stderr)
         outs[q.upper()] = export(args.base, args.adapter, out, q, args.scale)
     if args.data:
@@ -136,7 +144,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("data", help="dataset: JSONL (chat messages, Alpaca, ShareGPT, text) or a .txt file")
     p.add_argument("--out", required=True, help="adapter GGUF to write")
     p.add_argument("--config", help="JSON file of training settings (flags override it)")
-    p.add_argument("--format", choices=["chat", "alpaca", "sharegpt", "text"], help="override format detection")
+    p.add_argument(
+        "--format", choices=["chat", "alpaca", "sharegpt", "text"], help="override format detection"
+    )
     p.add_argument("--skip-bad-lines", action="store_true", help="train on the good lines when some are bad")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint beside --out")
     add_settings_flags(p, TrainSettings, "training settings")
@@ -154,7 +164,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_export, quant=None)
 
-    p = sub.add_parser("eval", help="perplexity of a model (optionally with adapters) on a dataset, by llama.cpp")
+    p = sub.add_parser(
+        "eval", help="perplexity of a model (optionally with adapters) on a dataset, by llama.cpp"
+    )
     p.add_argument("model")
     p.add_argument("data")
     p.add_argument("--adapter", action="append", metavar="FILE[:SCALE]")

@@ -7,7 +7,7 @@ import json
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 
 from engine.events import Message
@@ -19,7 +19,7 @@ _SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "
                    "model": "assistant"}  # fmt: skip
 
 
-class DataFormat(str, Enum):
+class DataFormat(StrEnum):
     CHAT = "chat"  # {"messages": [{"role": ..., "content": ...}, ...]}
     ALPACA = "alpaca"  # {"instruction": ..., "input": ..., "output": ...}
     SHAREGPT = "sharegpt"  # {"conversations": [{"from": "human"|"gpt"|"system", "value": ...}, ...]}
@@ -85,7 +85,9 @@ def _chat_messages(turns, role_key: str, content_key: str, role_map: dict[str, s
             raise ValueError(f"turn {i + 1} is not an object")
         role = role_map.get(turn.get(role_key)) if isinstance(turn.get(role_key), str) else None
         if role is None:
-            raise ValueError(f"turn {i + 1} has role {turn.get(role_key)!r}; expected one of {', '.join(role_map)}")
+            raise ValueError(
+                f"turn {i + 1} has role {turn.get(role_key)!r}; expected one of {', '.join(role_map)}"
+            )
         out.append(Message(role, _nonempty_str(turn.get(content_key), f"turn {i + 1} '{content_key}'")))
     if not any(m.role == "assistant" for m in out):
         raise ValueError("no assistant turn to learn from")
@@ -115,7 +117,9 @@ def parse_record(record, fmt: DataFormat, line: int) -> Example:
         if not isinstance(extra, str):
             raise ValueError("'input' must be a string")
         user = prompt + ("\n\n" + extra if extra.strip() else "")
-        return Example(line, (Message("user", user), Message("assistant", _nonempty_str(record["output"], "'output'"))))
+        return Example(
+            line, (Message("user", user), Message("assistant", _nonempty_str(record["output"], "'output'")))
+        )
     if "text" not in record:
         raise ValueError("missing 'text'")
     return Example(line, text=_nonempty_str(record["text"], "'text'"))

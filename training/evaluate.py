@@ -16,7 +16,9 @@ from training.datasets import TokenizedExample, prepare
 
 def open_runtime(model: str | Path, adapters: Sequence[tuple[str, float]] = (), n_ctx: int = 1024) -> Runtime:
     rt = Runtime()
-    for _ in rt.load(model, LoadSettings(n_ctx=n_ctx, n_batch=min(n_ctx, 512), n_ubatch=min(n_ctx, 512)), adapters):
+    for _ in rt.load(
+        model, LoadSettings(n_ctx=n_ctx, n_batch=min(n_ctx, 512), n_ubatch=min(n_ctx, 512)), adapters
+    ):
         pass
     return rt
 
@@ -81,7 +83,9 @@ def reply(rt: Runtime, prompt: str, max_tokens: int = 48) -> str:
     return ""
 
 
-def side_by_side(base: str | Path, adapter: str | Path, prompts: Sequence[str], max_tokens: int = 48) -> list[dict]:
+def side_by_side(
+    base: str | Path, adapter: str | Path, prompts: Sequence[str], max_tokens: int = 48
+) -> list[dict]:
     """Greedy replies of the base and of base + adapter, prompt by prompt."""
     rows = [{"prompt": p} for p in prompts]
     for key, adapters in (("base", ()), ("adapted", ((str(adapter), 1.0),))):
@@ -94,7 +98,9 @@ def side_by_side(base: str | Path, adapter: str | Path, prompts: Sequence[str], 
     return rows
 
 
-def export_report(base: str | Path, adapter: str | Path, exports: dict[str, str | Path], data: str | Path) -> dict:
+def export_report(
+    base: str | Path, adapter: str | Path, exports: dict[str, str | Path], data: str | Path
+) -> dict:
     """Perplexity of base, base + adapter and each export; KL and top-1 of each export vs the F16 merge."""
     report: dict = {}
     rt = open_runtime(base)

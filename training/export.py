@@ -117,7 +117,9 @@ def read_adapter(path: str | Path) -> tuple[float, dict[str, tuple[np.ndarray, n
     parts: dict[str, dict[str, np.ndarray]] = {}
     for t in reader.tensors:
         base, _, kind = t.name.rpartition(".")
-        parts.setdefault(base, {})[kind] = np.asarray(t.data, np.float32).reshape(tuple(reversed(t.shape.tolist())))
+        parts.setdefault(base, {})[kind] = np.asarray(t.data, np.float32).reshape(
+            tuple(reversed(t.shape.tolist()))
+        )
     pairs = {k: (v["lora_a"], v["lora_b"]) for k, v in parts.items() if "lora_a" in v and "lora_b" in v}
     meta = {f.name: f.contents() for f in reader.fields.values() if f.name.startswith("ingle.")}
     return alpha, pairs, meta
@@ -132,7 +134,11 @@ def _dequantized(t) -> np.ndarray:
 
 def _copy_metadata(reader, w, extra: dict[str, str]) -> None:
     for f in reader.fields.values():
-        if f.name.startswith("GGUF.") or f.name in ("general.architecture", "general.file_type") or f.name in extra:
+        if (
+            f.name.startswith("GGUF.")
+            or f.name in ("general.architecture", "general.file_type")
+            or f.name in extra
+        ):
             continue
         vtype = f.types[0]
         sub = f.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None
@@ -151,7 +157,9 @@ def merge_f16(base: str | Path, adapter: str | Path, out: str | Path, scale: flo
     names = {t.name for t in reader.tensors}
     missing = sorted(set(pairs) - names)
     if missing:
-        raise ExportError(f"{adapter}: adapts tensors the base model does not have ({', '.join(missing[:3])}).")
+        raise ExportError(
+            f"{adapter}: adapts tensors the base model does not have ({', '.join(missing[:3])})."
+        )
     with atomic_path(out) as tmp:
         w = gguf.GGUFWriter(str(tmp), arch)
         _copy_metadata(reader, w, {**meta, **(extra or {})})
@@ -204,7 +212,9 @@ def ctypes_ref(obj):
     return ctypes.byref(obj)
 
 
-def export(base: str | Path, adapter: str | Path, out: str | Path, qtype: str = "F16", scale: float = 1.0) -> Path:
+def export(
+    base: str | Path, adapter: str | Path, out: str | Path, qtype: str = "F16", scale: float = 1.0
+) -> Path:
     """Merged model in `qtype` (F16 direct; anything else via a temporary F16 merge), with a sidecar JSON."""
     q = check_quant(qtype)
     out = Path(out)

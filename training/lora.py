@@ -26,25 +26,43 @@ TRAIN_EXTRA_HINT = "Install the training extra: pip install -e .[train]"
 
 @dataclass(frozen=True)
 class TrainSettings(_SettingsBase):
-    rank: int = spec(8, 1, 256, "Rank", "LoRA rank r: size of the low-rank update; more learns more, costs more.")
-    alpha: float = spec(16.0, 0.0, 1024.0, "Alpha", "LoRA scale numerator: the update is multiplied by alpha/r.")
+    rank: int = spec(
+        8, 1, 256, "Rank", "LoRA rank r: size of the low-rank update; more learns more, costs more."
+    )
+    alpha: float = spec(
+        16.0, 0.0, 1024.0, "Alpha", "LoRA scale numerator: the update is multiplied by alpha/r."
+    )
     dropout: float = spec(0.0, 0.0, 0.9, "Dropout", "Dropout on the LoRA input during training.")
-    target_modules: tuple[str, ...] = spec(TARGETS, label="Target modules", help="Linear layers that get adapters.")
-    learning_rate: float = spec(2e-4, 1e-7, 1.0, "Learning rate", "AdamW step size at the top of the schedule.")
-    scheduler: str = spec("cosine", label="Scheduler", help="Learning-rate schedule: constant, linear or cosine.")
+    target_modules: tuple[str, ...] = spec(
+        TARGETS, label="Target modules", help="Linear layers that get adapters."
+    )
+    learning_rate: float = spec(
+        2e-4, 1e-7, 1.0, "Learning rate", "AdamW step size at the top of the schedule."
+    )
+    scheduler: str = spec(
+        "cosine", label="Scheduler", help="Learning-rate schedule: constant, linear or cosine."
+    )
     warmup_steps: int = spec(0, 0, 100000, "Warmup steps", "Steps of linear warmup from 0.")
     epochs: float = spec(1.0, 0.01, 1000.0, "Epochs", "Passes over the training set.")
-    max_steps: int = spec(0, 0, 10_000_000, "Max steps", "Stop after this many optimizer steps (0: no limit).")
+    max_steps: int = spec(
+        0, 0, 10_000_000, "Max steps", "Stop after this many optimizer steps (0: no limit)."
+    )
     batch_size: int = spec(4, 1, 1024, "Batch size", "Examples per forward pass.")
     grad_accum: int = spec(1, 1, 1024, "Gradient accumulation", "Forward passes per optimizer step.")
     cutoff_len: int = spec(256, 8, 65536, "Cutoff length", "Examples are cut to this many tokens.")
-    val_fraction: float = spec(0.1, 0.0, 0.9, "Validation fraction", "Share of examples held out for val loss.")
+    val_fraction: float = spec(
+        0.1, 0.0, 0.9, "Validation fraction", "Share of examples held out for val loss."
+    )
     train_on_prompt: bool = spec(False, label="Train on prompt", help="Also learn the user/system tokens.")
-    eval_every: int = spec(0, 0, 1_000_000, "Eval every", "Validation loss every N steps (0: at the end only).")
-    checkpoint_every: int = spec(0, 0, 1_000_000, "Checkpoint every", "Save a checkpoint every N steps (0: never).")
+    eval_every: int = spec(
+        0, 0, 1_000_000, "Eval every", "Validation loss every N steps (0: at the end only)."
+    )
+    checkpoint_every: int = spec(
+        0, 0, 1_000_000, "Checkpoint every", "Save a checkpoint every N steps (0: never)."
+    )
     seed: int = spec(0, 0, 2**31 - 1, "Seed", "Seed for data order, split, init and dropout.")
     bf16: bool = spec(True, label="bf16 autocast", help="Use bf16 autocast when the CPU supports it.")
-    threads: int = spec(0, 0, 1024, "Threads", "CPU threads for torch (0: torch's default).")
+    threads: int = spec(0, 0, 1024, "Threads", "CPU threads for torch (0: the cores that are idle now).")
 
     def _validate_more(self) -> None:
         if self.scheduler not in SCHEDULERS:
@@ -53,7 +71,9 @@ class TrainSettings(_SettingsBase):
             raise SettingsError("target_modules", "choose at least one module")
         unknown = sorted(set(self.target_modules) - set(TARGETS))
         if unknown:
-            raise SettingsError("target_modules", f"unknown module '{unknown[0]}'; known: {', '.join(TARGETS)}")
+            raise SettingsError(
+                "target_modules", f"unknown module '{unknown[0]}'; known: {', '.join(TARGETS)}"
+            )
 
 
 def check_trainable(base: str | Path) -> None:
@@ -73,6 +93,17 @@ def cpu_bf16() -> bool:
     except OSError:
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def idle_cores() -> int:
+    """Cores not busy right now: oversubscribed OpenMP threads spin on barriers and run ~10x slower (measured:
+    1 thread 1.1 s/step, 2 threads 10-19 s/step on a 2-core machine with load 4)."""
+    cores = os.cpu_count() or 1
+    try:
+        busy = os.getloadavg()[0]
+    except OSError:
+        busy = 0.0
+    return max(1, min(cores, int(cores - busy + 0.5)))
 
 
 def _torch():
@@ -197,8 +228,7 @@ def train(
                            settings.train_on_prompt, skip_bad_lines)  # fmt: skip
     finally:
         rt.close()
-    if settings.threads:
-        torch.set_num_threads(settings.threads)
+    torch.set_num_threads(settings.threads or idle_cores())
     torch.manual_seed(settings.seed)
     model = add_lora(load_base(base), settings)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -286,7 +316,9 @@ def train(
 
     write_sidecar(Path(out), {"kind": "adapter", "base": str(base), "dataset": str(data), "losses": losses,
                               "val_loss": val, "dataset_stats": prepared.stats, **metadata})  # fmt: skip
-    done = TrainDone(str(out), step, losses[-1] if losses else float("nan"), val, time.perf_counter() - started)
+    done = TrainDone(
+        str(out), step, losses[-1] if losses else float("nan"), val, time.perf_counter() - started
+    )
     emit(done)
     return done
 
@@ -332,7 +364,9 @@ def _load_checkpoint(path: Path, model, optimizer, scheduler, settings, data_sha
         raise TrainingError(f"{path}: the checkpoint was made on a different dataset; start a new run.")
     if state["settings"] != settings.to_dict():
         changed = sorted(k for k in state["settings"] if state["settings"][k] != settings.to_dict().get(k))
-        raise TrainingError(f"{path}: the checkpoint used other settings ({', '.join(changed)}); use the same ones.")
+        raise TrainingError(
+            f"{path}: the checkpoint used other settings ({', '.join(changed)}); use the same ones."
+        )
     model.load_state_dict(state["lora"], strict=False)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])

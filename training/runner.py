@@ -48,7 +48,9 @@ class TrainingRun:
         ctx = mp.get_context("spawn")
         self._conn, child_conn = ctx.Pipe()
         kwargs = {"base": str(base), "data": str(data), "out": str(out), "settings": settings, **options}
-        self.process = ctx.Process(target=_child, args=(child_conn, kwargs), name="ingle-training", daemon=True)
+        self.process = ctx.Process(
+            target=_child, args=(child_conn, kwargs), name="ingle-training", daemon=True
+        )
         self.process.start()
         child_conn.close()
 

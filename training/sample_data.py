@@ -61,7 +61,10 @@ def _spell(rng):
 def _count(rng):
     word = rng.choice(["apple", "banana", "letter", "orbit", "moon", "cabbage"])
     vowels = sum(c in "aeiou" for c in word)
-    return f"How many vowels are in the word '{word}'?", f"'{word}' has {vowels} vowel{'s' if vowels != 1 else ''}."
+    return (
+        f"How many vowels are in the word '{word}'?",
+        f"'{word}' has {vowels} vowel{'s' if vowels != 1 else ''}.",
+    )
 
 
 def _greet(rng):
