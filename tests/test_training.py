@@ -19,6 +19,7 @@ from training.errors import ExportError, TrainingError
 from training.evaluate import compare, evaluation_items, open_runtime, perplexity, reply
 from training.export import atomic_path, check_quant, export, merge_f16, read_adapter
 
+pytestmark = pytest.mark.training
 torch = pytest.importorskip("torch", reason="training extra not installed (pip install -e .[train])")
 from training.lora import TrainSettings, add_lora, load_base, lora_weights, train  # noqa: E402
 
@@ -264,3 +265,24 @@ def test_cancel_event_stops_in_process_training_quickly(tiny_model, memorize, tm
             emit=emit,
             cancel=cancel,
         )
+
+
+def test_side_by_side_shows_base_and_adapted_replies(trained, tiny_model):
+    from training.evaluate import side_by_side
+
+    out, _, _ = trained
+    rows = side_by_side(tiny_model, out, ["hello", "good"], max_tokens=12)
+    assert [r["adapted"] for r in rows] == [REPLIES["hello"], REPLIES["good"]]
+    assert rows[0]["base"] != rows[0]["adapted"]
+
+
+def test_closing_a_run_leaves_no_child_process(tiny_model, memorize, tmp_path):
+    import psutil
+
+    from training.runner import TrainingRun
+
+    run = TrainingRun(tiny_model, memorize, tmp_path / "x.gguf", TrainSettings(**FAST, epochs=500))
+    pid = run.pid
+    next(iter(run.events()))  # TrainStarted: the child is working
+    run.close()
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE

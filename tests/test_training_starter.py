@@ -10,6 +10,7 @@ import pytest
 
 from training.evaluate import open_runtime
 
+pytestmark = pytest.mark.training
 torch = pytest.importorskip("torch", reason="training extra not installed (pip install -e .[train])")
 from training.export import merge_f16, read_adapter, write_adapter  # noqa: E402
 from training.lora import TrainSettings, add_lora, load_base, lora_weights, train  # noqa: E402
