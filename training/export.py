@@ -50,6 +50,9 @@ def atomic_path(out: Path) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a finished export gets the usual permissions
         os.replace(tmp, out)
     except OSError as err:
         Path(tmp).unlink(missing_ok=True)
