@@ -413,6 +413,29 @@ class Runtime:
         ptr = llama_cpp.llama_get_logits_ith(self.ctx, -1)
         return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))
 
+    def logits_all(self, tokens: Sequence[int]) -> Iterator[np.ndarray]:
+        """Evaluate `tokens` from an empty cache; yields a copy of the logits of every position, chunk by chunk."""
+        self._require_model()
+        if len(tokens) > self.n_ctx:
+            raise ContextFullError(f"{len(tokens)} tokens do not fit the context of {self.n_ctx}.")
+        self._clear_cache()
+        batch = self._batch
+        for offset in range(0, len(tokens), self.n_batch):
+            chunk = tokens[offset : offset + self.n_batch]
+            batch.n_tokens = len(chunk)
+            for i, tok in enumerate(chunk):
+                batch.token[i], batch.pos[i], batch.n_seq_id[i] = tok, offset + i, 1
+                batch.seq_id[i][0] = 0
+                batch.logits[i] = True
+            rc = llama_cpp.llama_decode(self.ctx, batch)
+            self.evaluations += 1
+            if rc != 0:
+                self._clear_cache()
+                raise EngineError(f"llama_decode failed with code {rc}.")
+            self._cached.extend(chunk)
+            ptr = llama_cpp.llama_get_logits(self.ctx)
+            yield np.ctypeslib.as_array(ptr, shape=(len(chunk), self.n_vocab)).copy()
+
     # ---------------------------------------------------------- generation
     def complete(
         self,

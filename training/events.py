@@ -1,0 +1,50 @@
+"""Events a training run streams to its caller (CLI progress bar, GUI wizard), over a pipe when run in a child."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class TrainStarted:
+    total_steps: int
+    start_step: int
+    train_examples: int
+    val_examples: int
+    dataset_stats: dict = field(default_factory=dict)
+    trainable_params: int = 0
+    bf16: bool = False
+
+
+@dataclass(frozen=True)
+class TrainStep:
+    step: int
+    total_steps: int
+    epoch: float
+    loss: float
+    learning_rate: float
+    tokens_per_second: float
+    eta_seconds: float
+    memory_bytes: int
+
+
+@dataclass(frozen=True)
+class ValLoss:
+    step: int
+    loss: float
+
+
+@dataclass(frozen=True)
+class CheckpointSaved:
+    step: int
+    path: str
+
+
+@dataclass(frozen=True)
+class TrainDone:
+    adapter_path: str
+    steps: int
+    final_loss: float
+    val_loss: float | None
+    seconds: float
+    cancelled: bool = False
