@@ -438,8 +438,14 @@ class MainWindow(QMainWindow):
 
     def regenerate(self, mid: int) -> None:
         msg = self.store.message(mid)
-        if msg.role == "assistant" and msg.parent is not None and not self.bridge.busy and self.loaded:
-            self._generate(msg.parent)
+        if msg.role != "assistant" or msg.parent is None:
+            return
+        if self.bridge.busy or self.loaded is None:
+            self.statusBar().showMessage(
+                "Load a model first." if self.loaded is None else "A reply is running.", 5000
+            )
+            return
+        self._generate(msg.parent)
 
     def continue_reply(self, mid: int) -> None:
         """Let the model go on writing a reply that was stopped or cut off, in the same message."""

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-import psutil
 from PySide6.QtCore import Signal
 from PySide6.QtWidgets import (
     QCheckBox,
@@ -21,42 +18,16 @@ from PySide6.QtWidgets import (
 )
 
 from engine.errors import IngleError
+from engine.fit import Fit, Verdict, estimate
 from engine.gguf_info import ModelInfo, inspect_gguf
 from engine.library import Entry, Library
 from engine.settings import CacheType, FlashAttention, LoadSettings
 
-COMPUTE_OVERHEAD = 1.10  # compute buffers and runtime state, roughly, on top of weights + KV cache
 
-
-@dataclass(frozen=True)
-class MemoryEstimate:
-    weights: int
-    kv_cache: int
-    total: int
-    available: int
-
-    @property
-    def fits(self) -> bool:
-        return self.total <= self.available
-
-    def describe(self) -> str:
-        gib = 1 << 30
-        verdict = "fits in RAM" if self.fits else "does NOT fit in free RAM"
-        return (
-            f"≈ {self.total / gib:.2f} GiB (weights {self.weights / gib:.2f} + KV cache {self.kv_cache / gib:.2f}); "
-            f"{self.available / gib:.1f} GiB free: {verdict}"
-        )
-
-
-def estimate_memory(info: ModelInfo, settings: LoadSettings) -> MemoryEstimate:
-    """Weights as stored plus a KV cache of n_ctx positions per layer, against the RAM free now."""
-    per_position = info.n_kv_heads * (
-        info.head_dim_k * settings.type_k.bytes_per_element
-        + info.head_dim_v * settings.type_v.bytes_per_element
-    )
-    kv = int(info.n_layers * settings.n_ctx * per_position)
-    total = int((info.file_size + kv) * COMPUTE_OVERHEAD)
-    return MemoryEstimate(info.file_size, kv, total, psutil.virtual_memory().available)
+def estimate_memory(info: ModelInfo, settings: LoadSettings) -> Fit:
+    """Weights + the exact KV cache for these load settings + runtime, against free RAM (and VRAM)."""
+    return estimate(info.file_size, info.quant_label, settings.n_ctx, info=info, type_k=settings.type_k,
+                    type_v=settings.type_v)  # fmt: skip
 
 
 def describe_entry(entry: Entry) -> str:
@@ -162,7 +133,7 @@ class ModelPanel(QWidget):
                             type_v=CacheType(self.type_v.currentText()),
                             flash_attn=FlashAttention(self.flash.currentText()))  # fmt: skip
 
-    def current_estimate(self) -> MemoryEstimate | None:
+    def current_estimate(self) -> Fit | None:
         entry = self.entry()
         if entry is None:
             return None
@@ -179,7 +150,9 @@ class ModelPanel(QWidget):
             self.estimate.setText(str(err))
             return
         self.estimate.setText(estimate.describe() if estimate else "")
-        self.estimate.setStyleSheet("" if estimate is None or estimate.fits else "color: #c0392b")
+        self.estimate.setStyleSheet(
+            "" if estimate is None or estimate.verdict is Verdict.FITS else "color: #c0392b"
+        )
 
     def _load(self) -> None:
         entry = self.entry()
@@ -191,7 +164,7 @@ class ModelPanel(QWidget):
         except IngleError as err:
             self.estimate.setText(str(err))
             return
-        if estimate and not estimate.fits and not self.force.isChecked():
+        if estimate and estimate.verdict is Verdict.WONT_FIT and not self.force.isChecked():
             self.estimate.setText(estimate.describe() + ". Lower the context length or tick 'Load even if…'.")
             return
         adapters = ()

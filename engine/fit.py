@@ -7,6 +7,9 @@ import re
 from dataclasses import dataclass
 from enum import StrEnum
 
+from engine.kv import kv_layout
+from engine.settings import CacheType
+
 # Bits per weight of each quant family, to guess the parameter count from a file size before downloading.
 _BPW = {"F32": 32, "F16": 16, "BF16": 16, "Q8": 8.5, "Q6": 6.6, "Q5": 5.6, "Q4": 4.8, "IQ4": 4.4, "Q3": 3.9,
         "IQ3": 3.4, "Q2": 3.0, "IQ2": 2.4, "IQ1": 1.8, "TQ1": 1.7, "TQ2": 2.1, "MXFP4": 4.3}  # fmt: skip
@@ -50,12 +53,6 @@ def quant_bits(quant: str) -> float:
     return _BPW.get(m.group(1), 16.0) if m else 16.0
 
 
-def kv_cache_bytes(n_ctx: int, n_layers: int, n_kv_heads: int, head_dim_k: int, head_dim_v: int,
-                   bytes_per_element: float = 2.0) -> int:  # fmt: skip
-    """K and V for every layer and position, F16 by default."""
-    return int(n_ctx * n_layers * n_kv_heads * (head_dim_k + head_dim_v) * bytes_per_element)
-
-
 def estimated_kv_bytes(weights: int, quant: str, n_ctx: int) -> int:
     """Without the shapes: KV bytes per token grow about as the square root of the parameter count
     (Llama 3 8B ~128 KiB/token, Gemma 3 270M ~18 KiB/token, both in F16)."""
@@ -64,8 +61,18 @@ def estimated_kv_bytes(weights: int, quant: str, n_ctx: int) -> int:
 
 
 def available_memory(hw=None) -> int:
-    """RAM available now plus free VRAM where llama.cpp can offload."""
+    """RAM available now plus free VRAM where llama.cpp can offload.
+
+    Without a Hardware snapshot, and where llama.cpp is not loaded in this process (the GUI never loads it),
+    only RAM is counted: probing GPUs would load llama.cpp here.
+    """
     if hw is None:
+        import sys
+
+        if "llama_cpp" not in sys.modules:
+            import psutil
+
+            return psutil.virtual_memory().available
         from engine.hardware import detect
 
         hw = detect()
@@ -78,11 +85,15 @@ def verdict_for(total: int, available: int) -> Verdict:
     return Verdict.TIGHT if total <= available else Verdict.WONT_FIT
 
 
-def estimate(weights: int, quant: str, n_ctx: int, available: int | None = None, info=None) -> Fit:
-    """`info`: a gguf_info.ModelInfo when the file is local (exact KV); else the KV cache is estimated."""
+def estimate(
+    weights: int, quant: str, n_ctx: int, available: int | None = None, info=None,
+    type_k: CacheType = CacheType.F16, type_v: CacheType = CacheType.F16,
+) -> Fit:  # fmt: skip
+    """`info`: a gguf_info.ModelInfo when the file is local: the KV cache is then exact (llama.cpp's own
+    allocation rule, sliding-window layers included, see engine.inspect.kv_layout); else it is estimated."""
     available = available_memory() if available is None else available
     if info is not None and info.n_layers:
-        kv = kv_cache_bytes(n_ctx, info.n_layers, info.n_kv_heads, info.head_dim_k, info.head_dim_v)
+        kv = kv_layout(info, n_ctx, type_k, type_v).total_bytes
     else:
         kv = estimated_kv_bytes(weights, quant, n_ctx)
     total = weights + kv + OVERHEAD_BYTES

@@ -61,10 +61,14 @@ class Hardware:
 
 
 def llama_library_path() -> Path:
-    """The libllama shared library that llama-cpp-python loads."""
-    import llama_cpp
+    """The libllama shared library that llama-cpp-python loads, found without importing (and so loading) it:
+    the GUI process inspects GGUF files but must never load llama.cpp itself."""
+    import importlib.util
 
-    lib_dir = Path(llama_cpp.__file__).parent / "lib"
+    spec = importlib.util.find_spec("llama_cpp")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("llama-cpp-python is not installed")
+    lib_dir = Path(list(spec.submodule_search_locations)[0]) / "lib"
     for name in ("libllama.so", "libllama.dylib", "llama.dll"):
         if (lib_dir / name).exists():
             return lib_dir / name

@@ -62,3 +62,13 @@ def test_adapter_accepted_when_an_adapter_is_expected(corrupt_files, tiny_model)
     assert inspect_gguf(corrupt_files["adapter"], expect="adapter").kind == "adapter"
     with pytest.raises(ModelFileError, match="is a model, not a LoRA adapter"):
         inspect_gguf(tiny_model, expect="adapter")
+
+
+def test_inspecting_a_model_does_not_load_llama_cpp(tiny_model):
+    """The GUI inspects models in its own process; llama.cpp may only ever be loaded in the engine child."""
+    import subprocess
+    import sys
+
+    code = f"import sys; from engine.gguf_info import inspect_gguf; inspect_gguf({str(tiny_model)!r}); print('llama_cpp' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
