@@ -118,6 +118,7 @@ def test_regenerate_keeps_both_and_edit_branches_survive_a_restart(qtbot, db, ti
     first = send_and_wait(qtbot, window, "Question one")
     with qtbot.waitSignal(window.reply_finished, timeout=60_000) as blocker:
         window.regenerate(first.id)
+    qtbot.waitUntil(lambda: not window.bridge.busy)
     second = window.store.message(blocker.args[0])
     assert [m.id for m in window.store.siblings(first.id)] == [first.id, second.id]
     assert "2/2" in window.view.toPlainText()
