@@ -46,6 +46,20 @@ def send_and_wait(qtbot, window: MainWindow, text: str, timeout: int = 60_000) -
     return window.store.message(blocker.args[0])
 
 
+def after_tokens(window: MainWindow, n: int, action):
+    """Run `action` when the n-th streamed token arrives; returns the connected slot (to disconnect it)."""
+    seen: list[Token] = []
+
+    def on_event(ev):
+        if isinstance(ev, Token):
+            seen.append(ev)
+            if len(seen) == n:
+                action()
+
+    window.bridge.event.connect(on_event)
+    return on_event
+
+
 @pytest.fixture
 def db(tmp_path) -> Path:
     return tmp_path / "chats.sqlite3"
@@ -77,15 +91,7 @@ def test_send_streams_tokens_into_the_view_and_stores_the_reply(qtbot, window):
 
 def test_stop_ends_the_reply_and_keeps_it_marked_stopped(qtbot, window):
     new_chat(window, max_tokens=3000, logit_bias=TINY_EOG)
-    seen = []
-
-    def on_event(ev):
-        if isinstance(ev, Token):
-            seen.append(ev)
-            if len(seen) == 5:
-                window.stop()
-
-    window.bridge.event.connect(on_event)
+    after_tokens(window, 5, window.stop)
     reply = send_and_wait(qtbot, window, "Go on")
     assert reply.status == "stopped"
     assert reply.content and reply.stats["generated"] < 3000
@@ -148,15 +154,7 @@ def test_regenerate_keeps_both_and_edit_branches_survive_a_restart(qtbot, db, ti
 
 def test_engine_killed_mid_reply_shows_banner_keeps_partial_and_restart_answers(qtbot, window):
     new_chat(window, max_tokens=3000, logit_bias=TINY_EOG)
-    seen = []
-
-    def on_event(ev):
-        if isinstance(ev, Token):
-            seen.append(ev)
-            if len(seen) == 20:
-                os.kill(window.bridge.host.pid, signal.SIGKILL)
-
-    window.bridge.event.connect(on_event)
+    on_event = after_tokens(window, 20, lambda: os.kill(window.bridge.host.pid, signal.SIGKILL))
     reply = send_and_wait(qtbot, window, "Talk")
     window.bridge.event.disconnect(on_event)
     assert reply.status == "interrupted" and len(reply.content) > 0

@@ -12,6 +12,7 @@ import time
 import numpy as np
 import pytest
 from gguf_factory import write_tiny_llama
+from lora_helpers import llama_logits, random_lora
 
 from engine.gguf_info import inspect_gguf, sha256_file
 from engine.library import ADAPTER_BASE_SHA_KEY
@@ -21,7 +22,7 @@ from training.export import atomic_path, check_quant, export, merge_f16, read_ad
 
 pytestmark = pytest.mark.training
 torch = pytest.importorskip("torch", reason="training extra not installed (pip install -e .[train])")
-from training.lora import TrainSettings, add_lora, load_base, lora_weights, train  # noqa: E402
+from training.lora import TrainSettings, train  # noqa: E402
 
 REPLIES = {"hello": "blue moon cat", "yes": "red sun dog", "good": "green big happy token"}
 FAST = dict(
@@ -77,20 +78,11 @@ def test_engine_with_adapter_replies_with_the_memorized_answer(trained, tiny_mod
 
 def test_adapter_in_llama_cpp_matches_torch_logits(tiny_model, tmp_path):
     """Tolerance: max |logit difference| < 0.01 on logits of size ~3 (float32 both sides), same argmax."""
-    from training.export import write_adapter
-
-    model = add_lora(load_base(tiny_model), TrainSettings(rank=4, alpha=8.0))
-    torch.manual_seed(1)
-    for name, p in model.named_parameters():
-        if "lora_B" in name:
-            p.data.normal_(0, 0.1)
-    adapter = write_adapter(tmp_path / "random.gguf", tiny_model, lora_weights(model), 8.0)
-    rt = open_runtime(tiny_model, [(str(adapter), 1.0)])
-    try:
-        tokens = rt.tokenize("the cat is on the moon and the dog", add_special=True)
-        cpp = np.concatenate(list(rt.logits_all(tokens)))
-    finally:
-        rt.close()
+    model, adapter = random_lora(tiny_model, tmp_path / "random.gguf", std=0.1)
+    rt = open_runtime(tiny_model)
+    tokens = rt.tokenize("the cat is on the moon and the dog", add_special=True)
+    rt.close()
+    cpp = llama_logits(tiny_model, [(str(adapter), 1.0)], tokens, n_ctx=1024)
     model.eval()
     with torch.no_grad():
         ours = model(torch.tensor([tokens])).logits[0].numpy()

@@ -7,23 +7,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from lora_helpers import llama_logits, random_lora
 
 from training.evaluate import open_runtime
 
 pytestmark = pytest.mark.training
 torch = pytest.importorskip("torch", reason="training extra not installed (pip install -e .[train])")
-from training.export import merge_f16, read_adapter, write_adapter  # noqa: E402
-from training.lora import TrainSettings, add_lora, load_base, lora_weights, train  # noqa: E402
+from training.export import merge_f16, read_adapter  # noqa: E402
+from training.lora import TrainSettings, train  # noqa: E402
 
 SAMPLE = Path(__file__).resolve().parents[1] / "assets" / "sample_chat.jsonl"
-
-
-def _logits(model_path, adapters, tokens):
-    rt = open_runtime(model_path, adapters, 128)
-    try:
-        return np.concatenate(list(rt.logits_all(tokens)))
-    finally:
-        rt.close()
 
 
 def test_gemma_adapter_in_llama_cpp_matches_torch(starter_model, tmp_path):
@@ -31,12 +24,7 @@ def test_gemma_adapter_in_llama_cpp_matches_torch(starter_model, tmp_path):
     logits correlate > 0.9999 with torch's at every position, differ by < 0.5 (they span ~80), and the adapter's
     effect correlates > 0.999. On the Q4_K_M file itself llama.cpp also quantizes activations, so there we ask
     for per-position correlation > 0.99 and the same top-1 token at 90% of positions."""
-    model = add_lora(load_base(starter_model), TrainSettings(rank=4, alpha=8.0))
-    torch.manual_seed(1)
-    for name, p in model.named_parameters():
-        if "lora_B" in name:
-            p.data.normal_(0, 0.02)
-    adapter = write_adapter(tmp_path / "gemma-random.gguf", starter_model, lora_weights(model), 8.0)
+    model, adapter = random_lora(starter_model, tmp_path / "gemma-random.gguf", std=0.02)
     assert len(read_adapter(adapter)[1]) == 7 * 18  # q k v o gate up down in each of the 18 layers
     dequantized = merge_f16(starter_model, adapter, tmp_path / "base-f16.gguf", scale=0.0)
     rt = open_runtime(starter_model, n_ctx=64)
@@ -47,8 +35,8 @@ def test_gemma_adapter_in_llama_cpp_matches_torch(starter_model, tmp_path):
         ours = model(torch.tensor([tokens])).logits[0].numpy()
         with model.disable_adapter():
             plain = model(torch.tensor([tokens])).logits[0].numpy()
-    cpp = _logits(dequantized, [(str(adapter), 1.0)], tokens)
-    cpp0 = _logits(dequantized, (), tokens)
+    cpp = llama_logits(dequantized, [(str(adapter), 1.0)], tokens)
+    cpp0 = llama_logits(dequantized, (), tokens)
     assert np.abs(ours - plain).max() > 1.0
     assert min(np.corrcoef(cpp[i], ours[i])[0, 1] for i in range(len(tokens))) > 0.9999
     centered = (cpp - cpp.mean(-1, keepdims=True)) - (
@@ -56,7 +44,7 @@ def test_gemma_adapter_in_llama_cpp_matches_torch(starter_model, tmp_path):
     )  # softmax ignores shifts
     assert np.abs(centered).max() < 0.5
     assert np.corrcoef((cpp - cpp0).ravel(), (ours - plain).ravel())[0, 1] > 0.999
-    quantized = _logits(starter_model, [(str(adapter), 1.0)], tokens)
+    quantized = llama_logits(starter_model, [(str(adapter), 1.0)], tokens)
     assert min(np.corrcoef(quantized[i], ours[i])[0, 1] for i in range(len(tokens))) > 0.99
     assert (quantized.argmax(-1) == ours.argmax(-1)).mean() >= 0.9
 
