@@ -741,12 +741,14 @@ def _smoke(app: QApplication, window: MainWindow, prompt: str) -> int:
     return 1
 
 
-def bench_stream(model_path: str, prompt: str, max_tokens: int, threads: int) -> int:
-    """For `ingle bench`: stream one greedy reply into a real main window; returns the tokens shown.
+def bench_stream(model_path: str, prompt: str, max_tokens: int, threads: int) -> dict:
+    """For `ingle bench`: stream one greedy reply into a real main window.
 
-    Runs on the caller's QApplication; the bench measures the event loop around it.
+    Returns the tokens shown and the perf_counter times the reply was sent, showed its first token and was
+    stored. Runs on the caller's QApplication; the bench measures the event loop around it.
     """
     import tempfile
+    import time
 
     from PySide6.QtCore import QEventLoop
 
@@ -766,9 +768,14 @@ def bench_stream(model_path: str, prompt: str, max_tokens: int, threads: int) ->
         window.store.set_settings(window.conversation, SamplingSettings(temperature=0, max_tokens=max_tokens))
         shown = []
         window.bridge.event.connect(
-            lambda ev: shown.append(1) if isinstance(ev, Token) and ev.token_id >= 0 else None
+            lambda ev: (
+                shown.append(time.perf_counter()) if isinstance(ev, Token) and ev.token_id >= 0 else None
+            )
         )
+        started = time.perf_counter()
         window.send(prompt)
         wait(window.reply_finished)
+        ended = time.perf_counter()
         window.close()  # shuts the engine child down
-        return len(shown)
+        return {"tokens_shown": len(shown), "stream_started": started, "stream_ended": ended,
+                "first_token": shown[0] if shown else None}  # fmt: skip

@@ -372,7 +372,7 @@ class Runtime:
         return llama_cpp.llama_get_memory(self.ctx)
 
     def _clear_cache(self) -> None:
-        llama_cpp.llama_memory_clear(self._memory(), True)
+        llama_cpp.llama_memory_clear(self._memory(), False)
         self._cached = []
 
     def _reuse_prefix(self, tokens: Sequence[int]) -> int:

@@ -54,6 +54,25 @@ def test_other_figures_are_reported_or_marked_unavailable(bench_json):
         assert block["available"] or block["reason"]
 
 
+def test_training_mode_times_real_optimizer_steps(bench_json):
+    pytest.importorskip("torch", reason="LoRA training needs the training extra (pip install -e '.[train]')")
+    train = bench_json["training"]
+    assert train["available"], train
+    assert train["steps"] >= 1 and train["warmup_steps"] >= 1
+    # every timed step trained on real tokens of the sample chats, in the child process's own memory
+    assert train["tokens_per_step"] > 0 and train["tokens_per_s"] > 0
+    assert train["peak_memory_bytes"] > 0 and train["trainable_params"] > 0
+
+
+def test_markdown_reports_every_mode(bench_json):
+    from app.bench import BenchResult, markdown
+
+    fields = ("config", "machine", "modes", "ratios", "chat", "streaming", "load", "gui", "training")
+    text = markdown(BenchResult(**{k: bench_json[k] for k in fields}))
+    assert "| (1) llama.cpp loop |" in text and "| (3) engine via host |" in text
+    assert "| LoRA training (7) |" in text and "| chat window streaming (5) |" in text
+
+
 def test_prompt_has_exactly_the_requested_token_count(tiny_model):
     runtime = Runtime()
     list(runtime.load(tiny_model))

@@ -26,6 +26,7 @@ class TrainStep:
     tokens_per_second: float
     eta_seconds: float
     memory_bytes: int
+    tokens_done: int = 0  # tokens (prompt and reply, no padding) trained on so far in this run
 
 
 @dataclass(frozen=True)

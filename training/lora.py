@@ -290,7 +290,7 @@ def train(
         rate = tokens_done / elapsed if elapsed else 0.0
         per_step = elapsed / max(1, step - start_step)
         emit(TrainStep(step, total, micro / per_epoch if per_epoch else 0.0, step_loss,
-                       scheduler.get_last_lr()[0], rate, per_step * (total - step), _memory()))  # fmt: skip
+                       scheduler.get_last_lr()[0], rate, per_step * (total - step), _memory(), tokens_done))  # fmt: skip
         if settings.eval_every and step % settings.eval_every == 0 and step < total and prepared.val:
             val = validation_loss(model, prepared.val, settings.batch_size, autocast)
             emit(ValLoss(step, val))
