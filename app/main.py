@@ -119,6 +119,7 @@ class MainWindow(QMainWindow):
         self.stream_prefix = ""  # text of a reply being continued, before the new tokens
         self._last_save = 0.0
         self.editing: int | None = None
+        self._finished_pending: int | None = None  # a stored reply whose request has not ended yet
         self.model_manager = None  # the download manager window, made on first use
         self._build()
         self._redraw = QTimer(self, singleShot=True, interval=REDRAW_INTERVAL_MS)
@@ -192,6 +193,7 @@ class MainWindow(QMainWindow):
         )
         sampling_scroll = QScrollArea()
         sampling_scroll.setWidgetResizable(True)
+        sampling_scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)  # the panel wraps to the width
         sampling_scroll.setWidget(self.sampling_panel)
         self.system_prompt = QPlainTextEdit(placeholderText="System prompt for this conversation")
         self.system_prompt.textChanged.connect(self._system_prompt_changed)
@@ -514,7 +516,17 @@ class MainWindow(QMainWindow):
         self._redraw.stop()
         self.render_conversation()
         self.refresh_conversations()
-        self.reply_finished.emit(mid)
+        if (
+            self.bridge.busy
+        ):  # the ReplyDone event comes before the request ends: say so when the engine is free
+            self._finished_pending = mid
+        else:
+            self.reply_finished.emit(mid)
+
+    def _emit_pending_finished(self) -> None:
+        mid, self._finished_pending = self._finished_pending, None
+        if mid is not None:
+            self.reply_finished.emit(mid)
 
     # ------------------------------------------------------------ engine events
     def _on_event(self, ev) -> None:
@@ -563,6 +575,7 @@ class MainWindow(QMainWindow):
             self.model_ready.emit(self.loaded)  # the engine is free now: ready to send
         elif method == "chat" and self.streaming is not None:  # a stream that ended without ReplyDone
             self._finish_stream("stopped")
+        self._emit_pending_finished()
 
     def _load_initial_model(self) -> None:
         model = self.initial_model or self.gui_settings.value("last_model")
@@ -588,6 +601,7 @@ class MainWindow(QMainWindow):
             self.fault_banner.show_message(f"<b>The engine stopped.</b> {err}{detail}", "Restart engine")
         else:
             self.fault_banner.show_message(str(err))
+        self._emit_pending_finished()
         self.engine_failed.emit(str(err))
 
     def _update_buttons(self, busy: bool) -> None:

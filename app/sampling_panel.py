@@ -96,11 +96,18 @@ class SamplingPanel(QWidget):
         self.fields: dict[str, QWidget] = {}
         self._settings = SamplingSettings()
         layout = QVBoxLayout(self)
-        presets = QHBoxLayout()
+        # Everything here must fit the side panel's width: long texts elide or wrap, never widen the panel.
         self.preset_box = QComboBox()
         self.preset_box.setToolTip("Built-in presets (Precise, Balanced, Creative) and your own")
+        self.preset_box.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
+        self.preset_box.setMinimumContentsLength(8)
         self.preset_box.activated.connect(lambda _i: self.apply_preset(self.preset_box.currentText()))
-        presets.addWidget(self.preset_box, 1)
+        preset_row = QHBoxLayout()
+        preset_row.addWidget(QLabel("Preset"))
+        preset_row.addWidget(self.preset_box, 1)
+        layout.addLayout(preset_row)
+        presets = QHBoxLayout()
+        presets.addStretch(1)
         for text, slot in (
             ("Save as…", self._save_preset),
             ("Rename…", self._rename_preset),
@@ -118,10 +125,14 @@ class SamplingPanel(QWidget):
         form = QFormLayout()
         form.setFieldGrowthPolicy(QFormLayout.AllNonFixedFieldsGrow)
         self.policy_box = QComboBox()
+        self.policy_box.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
+        self.policy_box.setMinimumContentsLength(10)
         for policy, text in POLICY_LABELS.items():
             self.policy_box.addItem(text, policy.value)
         self.policy_box.setToolTip("What happens when the conversation outgrows the model's context")
-        form.addRow(QLabel("When the context is full"), self.policy_box)
+        policy_label = QLabel("Context full")
+        policy_label.setToolTip(self.policy_box.toolTip())
+        form.addRow(policy_label, self.policy_box)
         for f in SamplingSettings.field_specs():
             widget = self._make_field(f)
             self.fields[f.name] = widget
