@@ -28,7 +28,8 @@ class _Worker(QObject):
         try:
             if method == "restart":
                 self.host.restart()
-                result = self.host.pid
+                # the GUI process never loads llama.cpp: GPUs and their free memory come from the engine child
+                result = self.host.request("hardware")
             elif method in STREAMING:
                 for ev in self.host.request(method, *args):
                     self.event.emit(ev)

@@ -566,6 +566,7 @@ class MainWindow(QMainWindow):
 
     def _on_done(self, method: str, result) -> None:
         if method == "restart":
+            self.model_panel.set_hardware(result)
             self.model_label.setText("No model")
             if self.last_load is not None:  # after a crash, bring the same model back
                 self.load_model(*self.last_load)

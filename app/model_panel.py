@@ -18,16 +18,20 @@ from PySide6.QtWidgets import (
 )
 
 from engine.errors import IngleError
-from engine.fit import Fit, Verdict, estimate
+from engine.fit import Fit, Verdict, available_memory, estimate
 from engine.gguf_info import ModelInfo, inspect_gguf
 from engine.library import Entry, Library
 from engine.settings import CacheType, FlashAttention, LoadSettings
 
 
-def estimate_memory(info: ModelInfo, settings: LoadSettings) -> Fit:
-    """Weights + the exact KV cache for these load settings + runtime, against free RAM (and VRAM)."""
-    return estimate(info.file_size, info.quant_label, settings.n_ctx, info=info, type_k=settings.type_k,
-                    type_v=settings.type_v)  # fmt: skip
+def estimate_memory(info: ModelInfo, settings: LoadSettings, hardware=None) -> Fit:
+    """Weights + the exact KV cache for these load settings + runtime, against free RAM, plus free VRAM when
+    layers are offloaded and the engine child reported GPUs (`hardware`: engine.hardware.Hardware, or None)."""
+    available = available_memory()  # RAM, now
+    if hardware is not None and hardware.gpu_offload and settings.n_gpu_layers != 0:
+        available += hardware.vram_free
+    return estimate(info.file_size, info.quant_label, settings.n_ctx, available, info=info,
+                    type_k=settings.type_k, type_v=settings.type_v)  # fmt: skip
 
 
 def describe_entry(entry: Entry) -> str:
@@ -46,6 +50,7 @@ class ModelPanel(QWidget):
         super().__init__()
         self.library = library
         self._infos: dict[str, ModelInfo] = {}
+        self.hardware = None  # engine.hardware.Hardware from the engine child, once it has started
         layout = QVBoxLayout(self)
         self.model_box = QComboBox()
         self.model_box.currentIndexChanged.connect(self._update_estimate)
@@ -139,7 +144,12 @@ class ModelPanel(QWidget):
             return None
         if entry.path not in self._infos:
             self._infos[entry.path] = inspect_gguf(entry.file)
-        return estimate_memory(self._infos[entry.path], self.load_settings())
+        return estimate_memory(self._infos[entry.path], self.load_settings(), self.hardware)
+
+    def set_hardware(self, hardware) -> None:
+        """The engine child's view of RAM and GPUs (engine.hardware.Hardware), for the fit verdict."""
+        self.hardware = hardware
+        self._update_estimate()
 
     def _update_estimate(self, *_args) -> None:
         entry = self.entry()

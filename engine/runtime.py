@@ -663,6 +663,13 @@ class Runtime:
             )
         return float(logits[token] - logz), alternatives
 
+    @staticmethod
+    def hardware():
+        """What llama.cpp can use in this process: CPU features, RAM, GPUs with free memory (for fit verdicts)."""
+        from engine.hardware import detect
+
+        return detect()
+
     # ---------------------------------------------------------- visualizer numbers
     def preview(self, sampling: SamplingSettings, top_n: int = 20) -> list[PreviewStage]:
         """Next-token distribution after each sampler stage, from the logits of the last prompt evaluation.

@@ -235,6 +235,27 @@ def test_model_panel_estimates_memory_and_lists_the_model(qtbot, window, tiny_mo
     assert panel.estimate.text().startswith("fits:") and "KV cache" in panel.estimate.text()
 
 
+def test_fit_verdict_uses_the_engine_childs_view_of_gpus(qtbot, window, tiny_model):
+    import dataclasses
+
+    from app.model_panel import estimate_memory
+    from engine.gguf_info import inspect_gguf
+    from engine.hardware import Device
+    from engine.settings import LoadSettings
+
+    # reported by the engine child when it started (the GUI process never loads llama.cpp: tests/test_bench.py)
+    hw = window.model_panel.hardware
+    assert hw is not None and hw.ram_total > 0 and hw.physical_cores >= 1
+    gpu = Device("CUDA0", "a 24 GiB GPU", "GPU", 20 << 30, 24 << 30)
+    with_gpu = dataclasses.replace(hw, gpu_offload=True, devices=(*hw.devices, gpu))
+    info = inspect_gguf(tiny_model)
+    on_cpu = estimate_memory(info, LoadSettings(n_gpu_layers=0), with_gpu).available
+    offloaded = estimate_memory(info, LoadSettings(n_gpu_layers=-1), with_gpu).available
+    assert offloaded - on_cpu == pytest.approx(
+        with_gpu.vram_free, rel=0.01
+    )  # RAM moves a little between calls
+
+
 def test_event_loop_never_stalls_while_streaming_the_starter(qtbot, db, starter_model):
     window = open_window(qtbot, db, starter_model)
     try:
