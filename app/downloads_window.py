@@ -448,7 +448,7 @@ class DownloadManagerWindow(QMainWindow):
             self.lib_table.insertRow(row)
             params = human_count(e.parameters) if e.parameters else ""
             cells = [_item(e.name, e.name), _item(e.kind), _item(e.architecture), _item(e.quant),
-                     _item(params, align_right=True), _item(human_size(e.size), align_right=True),
+                     _item(params, align_right=True), _item(human_size(e.total_size), align_right=True),
                      _item(e.source + (" (linked)" if e.linked else "")), _item(self._relation(e, entries))]  # fmt: skip
             for col, cell in enumerate(cells):
                 if not e.present:
@@ -512,7 +512,7 @@ class DownloadManagerWindow(QMainWindow):
                 f"{s['layers']} layers · context {s['context_length']:,} · vocab {s['vocab_size']:,} · "
                 f"chat template: {'yes' if s['chat_template'] else 'no'}"
             )
-            f = fit.estimate(entry.size, entry.quant, self.ctx.value(), info=info)
+            f = fit.estimate(entry.total_size, entry.quant, self.ctx.value(), info=info)
             lines.append(f"At {self.ctx.value():,} tokens: {f.describe()}")
             adapters = self.library.adapters_for(entry.sha256) if entry.sha256 else []
             lines.append("Adapters for this model: " + (", ".join(a.name for a in adapters) or "none"))
@@ -567,7 +567,7 @@ class DownloadManagerWindow(QMainWindow):
         what = (
             "forget the link (your file stays)"
             if entry.linked
-            else f"delete {human_size(entry.size)} from disk"
+            else f"delete {human_size(entry.total_size)} from disk"
         )
         answer = QMessageBox.question(
             self, "Delete from library", f"Remove '{entry.name}' from the library and {what}?",

@@ -35,7 +35,7 @@ def estimate_memory(info: ModelInfo, settings: LoadSettings, hardware=None) -> F
 
 
 def describe_entry(entry: Entry) -> str:
-    size = entry.size / (1 << 20)
+    size = entry.total_size / (1 << 20)
     params = f"{entry.parameters / 1e6:.0f}M" if entry.parameters < 1e9 else f"{entry.parameters / 1e9:.1f}B"
     return f"{entry.name}  ·  {entry.architecture} {params}  ·  {entry.quant}  ·  {size:.0f} MB"
 

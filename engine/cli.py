@@ -133,7 +133,7 @@ def cmd_models(args) -> int:
         for e in entries:
             missing = "" if e.present else "  [file missing]"
             print(
-                f"{e.name:<40} {e.kind:<8} {e.architecture:<10} {e.quant:<8} {e.size / 2**20:>9.1f} MiB{missing}"
+                f"{e.name:<40} {e.kind:<8} {e.architecture:<10} {e.quant:<8} {e.total_size / 2**20:>9.1f} MiB{missing}"
             )
     return 0
 

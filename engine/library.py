@@ -72,8 +72,23 @@ class Entry:
         return Path(self.path)
 
     @property
+    def files(self) -> list[Path]:
+        """Every file of the entry: a split model's other parts lie beside its first (downloads keep their names)."""
+        others = [self.file.parent / name for name in self.extra.get("parts", [])[1:]]
+        return [self.file, *others]
+
+    @property
     def present(self) -> bool:
         return self.file.exists()
+
+    @property
+    def disk_bytes(self) -> int:
+        return sum(f.stat().st_size for f in self.files if f.exists())
+
+    @property
+    def total_size(self) -> int:
+        """All parts' bytes (the weights a load reads); the recorded size when the files are gone."""
+        return self.disk_bytes or self.size
 
 
 class Library:
@@ -219,12 +234,14 @@ class Library:
         if entry is None:
             raise LibraryError(f"No model or adapter named '{name}' in the library.")
         if not entry.linked:
-            Path(entry.path).unlink(missing_ok=True)
+            for f in entry.files:
+                f.unlink(missing_ok=True)
+                f.with_name(f.name + ".json").unlink(missing_ok=True)  # a training export's sidecar
         self._save(entries)
         return entry
 
     def disk_usage(self) -> int:
-        return sum(e.size for e in self.entries() if not e.linked and e.present)
+        return sum(e.disk_bytes for e in self.entries() if not e.linked)
 
     # ------------------------------------------------------------ starter
     def ensure_starter(self, progress=None) -> Entry:

@@ -246,8 +246,15 @@ def test_split_model_downloads_as_one_and_loads(fake_hub, fresh_home):
     assert job.entry.name == "Split-Q8_0-00001-of-00003"
     parts = sorted(p.name for p in (fresh_home / "models").glob("Split-Q8_0-*.gguf"))
     assert parts == [f"Split-Q8_0-0000{i}-of-00003.gguf" for i in (1, 2, 3)]
-    loaded = list(Runtime().load(job.entry.path, LoadSettings(n_ctx=64)))[-1]
+    rt = Runtime()
+    loaded = list(rt.load(job.entry.path, LoadSettings(n_ctx=64)))[-1]
     assert loaded.info["layers"] == 2
+    rt.unload()
+    library = Library()
+    on_disk = sum((fresh_home / "models" / name).stat().st_size for name in parts)
+    assert library.get(job.entry.name).disk_bytes == on_disk == library.disk_usage()
+    library.remove(job.entry.name)  # removing the model removes every part
+    assert not list((fresh_home / "models").glob("Split-Q8_0-*"))
 
 
 def test_verified_file_that_is_not_a_model_is_deleted_with_a_message(fake_hub, fresh_home):
