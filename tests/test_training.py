@@ -278,3 +278,37 @@ def test_closing_a_run_leaves_no_child_process(tiny_model, memorize, tmp_path):
     next(iter(run.events()))  # TrainStarted: the child is working
     run.close()
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+def test_a_training_child_that_stops_answering_is_killed_with_a_clear_error(tiny_model, memorize, tmp_path):
+    import signal
+
+    from engine.errors import EngineHung
+    from training.runner import TrainingRun
+
+    run = TrainingRun(
+        tiny_model, memorize, tmp_path / "x.gguf", TrainSettings(**FAST, epochs=500), hang_timeout=4
+    )
+    events = run.events()
+    next(events)  # TrainStarted
+    for _ in range(3):  # steps and heartbeats keep it alive
+        next(events)
+    os.kill(run.pid, signal.SIGSTOP)  # frozen: no steps, no heartbeat
+    started = time.monotonic()
+    with pytest.raises(EngineHung, match="stopped answering for 4 s"):
+        for _ in events:
+            pass
+    assert time.monotonic() - started < 15
+    assert not run.process.is_alive()
+    run.close()
+
+
+def test_a_slow_but_living_child_is_not_taken_for_hung(tiny_model, memorize, tmp_path):
+    from training.runner import TrainingRun
+
+    # importing torch and loading the model in the child takes longer than 3 s without any training event
+    with TrainingRun(
+        tiny_model, memorize, tmp_path / "x.gguf", TrainSettings(**FAST, epochs=2), hang_timeout=3
+    ) as run:
+        kinds = [type(e).__name__ for e in run.events()]
+    assert kinds[0] == "TrainStarted" and kinds[-1] == "TrainDone" and "alive" not in str(kinds)

@@ -4,21 +4,37 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from engine.errors import EngineDied, IngleError
+from engine.errors import EngineDied, EngineHung, IngleError
 from training.events import TrainDone
 
 _POLL_SECONDS = 0.2
+HEARTBEAT_SECONDS = 1.0
+HEARTBEAT = ("alive",)
 
 
 def _child(conn, kwargs: dict) -> None:
     from engine.host import _die_with_parent
-    from training.lora import train
 
     _die_with_parent()
     cancel = threading.Event()
+    finished = threading.Event()
+    send_lock = threading.Lock()
+
+    def send(msg) -> None:
+        with send_lock:
+            conn.send(msg)
+
+    def heartbeat() -> None:
+        # a step can take minutes on a big model; the parent tells "slow" from "stopped" by these
+        while not finished.wait(HEARTBEAT_SECONDS):
+            try:
+                send(HEARTBEAT)
+            except (OSError, ValueError):
+                return
 
     def listen() -> None:
         try:
@@ -29,22 +45,33 @@ def _child(conn, kwargs: dict) -> None:
         cancel.set()
 
     threading.Thread(target=listen, daemon=True).start()
+    threading.Thread(target=heartbeat, daemon=True).start()  # before importing torch, which takes seconds
     try:
-        train(emit=conn.send, cancel=cancel, **kwargs)
+        from training.lora import train
+
+        train(emit=send, cancel=cancel, **kwargs)
     except IngleError as err:
-        conn.send(("error", err))
+        send(("error", err))
     except Exception as err:  # unexpected: report it as a training error with its type
         from training.errors import TrainingError
 
-        conn.send(("error", TrainingError(f"Training failed: {type(err).__name__}: {err}")))
+        send(("error", TrainingError(f"Training failed: {type(err).__name__}: {err}")))
     finally:
-        conn.close()
+        finished.set()
+        with send_lock:
+            conn.close()
 
 
 class TrainingRun:
     """One training run in a child process. Iterate `events()`; the last is TrainDone, or an error is raised."""
 
-    def __init__(self, base: str | Path, data: str | Path, out: str | Path, settings=None, **options):
+    def __init__(
+        self, base: str | Path, data: str | Path, out: str | Path, settings=None, hang_timeout: float = 120.0,
+        **options,
+    ):  # fmt: skip
+        """`hang_timeout`: seconds without any sign of life (the child sends one every second, even mid-step)
+        after which the child is killed and `events()` raises EngineHung."""
+        self.hang_timeout = hang_timeout
         ctx = mp.get_context("spawn")
         self._conn, child_conn = ctx.Pipe()
         kwargs = {"base": str(base), "data": str(data), "out": str(out), "settings": settings, **options}
@@ -59,6 +86,7 @@ class TrainingRun:
         return self.process.pid
 
     def events(self) -> Iterator[object]:
+        last_sign = time.monotonic()
         while True:
             try:
                 ready = self._conn.poll(_POLL_SECONDS)
@@ -67,11 +95,16 @@ class TrainingRun:
             if not ready:
                 if not self.process.is_alive():
                     self._died()
+                if time.monotonic() - last_sign > self.hang_timeout:
+                    self._hung()
                 continue
             try:
                 event = self._conn.recv()
             except (EOFError, OSError):
                 self._died()
+            last_sign = time.monotonic()
+            if event == HEARTBEAT:
+                continue
             if isinstance(event, tuple) and event[:1] == ("error",):
                 self.process.join(10)
                 raise event[1]
@@ -84,6 +117,14 @@ class TrainingRun:
         self.process.join(5)
         raise EngineDied(f"The training process ended unexpectedly (exit code {self.process.exitcode}).",
                          self.process.exitcode)  # fmt: skip
+
+    def _hung(self):
+        self.process.kill()
+        self.process.join(5)
+        raise EngineHung(
+            f"The training process stopped answering for {self.hang_timeout:.0f} s and was stopped. A checkpoint "
+            "saved before then can be resumed (Resume, or `ingle train ... --resume`).", self.process.exitcode,
+        )  # fmt: skip
 
     def cancel(self) -> None:
         try:
