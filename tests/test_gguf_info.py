@@ -72,3 +72,16 @@ def test_inspecting_a_model_does_not_load_llama_cpp(tiny_model):
     code = f"import sys; from engine.gguf_info import inspect_gguf; inspect_gguf({str(tiny_model)!r}); print('llama_cpp' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_a_file_cut_anywhere_in_the_vocabulary_is_truncated_not_misread(tiny_model, tmp_path):
+    """The vocabulary (a long string array) is skipped in a tight loop; a cut anywhere in it is still caught,
+    whether it falls inside a string's 8-byte length or inside its text."""
+    data = tiny_model.read_bytes()
+    start = data.index(b"tokenizer.ggml.tokens")
+    assert inspect_gguf(tiny_model).vocab_size > 256  # long enough to be skipped, not kept
+    cut = tmp_path / "cut.gguf"
+    for offset in range(start + 40, start + 40 + 23 * 17, 17):  # 23 cuts, at every phase of length/text
+        cut.write_bytes(data[:offset])
+        with pytest.raises(ModelFileError, match="truncated"):
+            inspect_gguf(cut)
