@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from PySide6.QtCore import Signal
+from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -13,6 +13,7 @@ from PySide6.QtWidgets import (
     QProgressBar,
     QPushButton,
     QSpinBox,
+    QToolButton,
     QVBoxLayout,
     QWidget,
 )
@@ -31,7 +32,8 @@ def estimate_memory(info: ModelInfo, settings: LoadSettings, hardware=None) -> F
     if hardware is not None and hardware.gpu_offload and settings.n_gpu_layers != 0:
         available += hardware.vram_free
     return estimate(info.file_size, info.quant_label, settings.n_ctx, available, info=info,
-                    type_k=settings.type_k, type_v=settings.type_v)  # fmt: skip
+                    type_k=settings.type_k, type_v=settings.type_v, n_ubatch=settings.n_ubatch,
+                    swa_full=settings.swa_full)  # fmt: skip
 
 
 def describe_entry(entry: Entry) -> str:
@@ -51,6 +53,7 @@ class ModelPanel(QWidget):
         self.library = library
         self._infos: dict[str, ModelInfo] = {}
         self.hardware = None  # engine.hardware.Hardware from the engine child, once it has started
+        self.advanced_fields: dict[str, QWidget] = {}
         layout = QVBoxLayout(self)
         self.model_box = QComboBox()
         self.model_box.currentIndexChanged.connect(self._update_estimate)
@@ -91,6 +94,7 @@ class ModelPanel(QWidget):
         adapter_row.addWidget(self.adapter_scale)
         form.addRow("LoRA adapter", adapter_row)
         layout.addLayout(form)
+        layout.addWidget(self._build_advanced(specs))
         self.estimate = QLabel()
         self.estimate.setWordWrap(True)
         layout.addWidget(self.estimate)
@@ -110,6 +114,53 @@ class ModelPanel(QWidget):
         layout.addWidget(self.force)
         layout.addStretch(1)
         self.refresh()
+
+    def _build_advanced(self, specs: dict) -> QWidget:
+        """The rest of LoadSettings (batch sizes, threads for the prompt, mmap/mlock, SWA cache, repacking),
+        folded away under a toggle: defaults suit almost everyone."""
+        box = QWidget()
+        outer = QVBoxLayout(box)
+        outer.setContentsMargins(0, 0, 0, 0)
+        self.advanced_toggle = QToolButton(text="Advanced load settings", checkable=True)
+        self.advanced_toggle.setToolButtonStyle(Qt.ToolButtonTextBesideIcon)
+        self.advanced_toggle.setArrowType(Qt.RightArrow)
+        self.advanced_toggle.setAutoRaise(True)
+        outer.addWidget(self.advanced_toggle)
+        self.advanced = QWidget()
+        form = QFormLayout(self.advanced)
+        form.setContentsMargins(12, 0, 0, 0)
+        for name in ("n_threads_batch", "n_batch", "n_ubatch", "use_mmap", "use_mlock", "swa_full", "repack"):
+            meta = specs[name].metadata
+            default = specs[name].default
+            if isinstance(default, bool):
+                widget = QCheckBox()
+                widget.setChecked(default)
+                widget.toggled.connect(self._update_estimate)
+            else:
+                widget = QSpinBox()
+                widget.setRange(meta["min"], meta["max"])
+                widget.setValue(default)
+                widget.valueChanged.connect(self._update_estimate)
+            widget.setToolTip(meta["help"])
+            label = QLabel(meta["label"])
+            label.setToolTip(meta["help"])
+            form.addRow(label, widget)
+            self.advanced_fields[name] = widget
+        self.advanced.hide()
+        outer.addWidget(self.advanced)
+
+        def toggle(shown: bool) -> None:
+            self.advanced.setVisible(shown)
+            self.advanced_toggle.setArrowType(Qt.DownArrow if shown else Qt.RightArrow)
+
+        self.advanced_toggle.toggled.connect(toggle)
+        return box
+
+    def _advanced_values(self) -> dict:
+        return {
+            name: (w.isChecked() if isinstance(w, QCheckBox) else w.value())
+            for name, w in self.advanced_fields.items()
+        }
 
     def refresh(self) -> None:
         self.model_box.blockSignals(True)
@@ -136,7 +187,8 @@ class ModelPanel(QWidget):
         return LoadSettings(n_ctx=self.n_ctx.value(), n_gpu_layers=self.gpu_layers.value(),
                             n_threads=self.threads.value(), type_k=CacheType(self.type_k.currentText()),
                             type_v=CacheType(self.type_v.currentText()),
-                            flash_attn=FlashAttention(self.flash.currentText()))  # fmt: skip
+                            flash_attn=FlashAttention(self.flash.currentText()),
+                            **self._advanced_values())  # fmt: skip
 
     def current_estimate(self) -> Fit | None:
         entry = self.entry()

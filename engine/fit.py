@@ -87,13 +87,14 @@ def verdict_for(total: int, available: int) -> Verdict:
 
 def estimate(
     weights: int, quant: str, n_ctx: int, available: int | None = None, info=None,
-    type_k: CacheType = CacheType.F16, type_v: CacheType = CacheType.F16,
+    type_k: CacheType = CacheType.F16, type_v: CacheType = CacheType.F16, n_ubatch: int = 512,
+    swa_full: bool = False,
 ) -> Fit:  # fmt: skip
     """`info`: a gguf_info.ModelInfo when the file is local: the KV cache is then exact (llama.cpp's own
     allocation rule, sliding-window layers included, see engine.inspect.kv_layout); else it is estimated."""
     available = available_memory() if available is None else available
     if info is not None and info.n_layers:
-        kv = kv_layout(info, n_ctx, type_k, type_v).total_bytes
+        kv = kv_layout(info, n_ctx, type_k, type_v, n_ubatch, swa_full).total_bytes
     else:
         kv = estimated_kv_bytes(weights, quant, n_ctx)
     total = weights + kv + OVERHEAD_BYTES

@@ -397,3 +397,29 @@ def test_models_menu_opens_one_download_manager_and_refreshes_the_picker(qtbot, 
                for i in range(window.model_panel.model_box.count()))  # fmt: skip
     Library().remove("tiny-from-manager")
     manager.close()
+
+
+def test_advanced_load_settings_reach_the_load_and_the_estimate(qtbot, window, tiny_model, fresh_home):
+    from engine.library import Library
+
+    window.library = window.model_panel.library = Library()
+    window.library.import_file(tiny_model, link=True, name="tiny")
+    panel = window.model_panel
+    panel.refresh()
+    panel.select("tiny")
+    assert panel.advanced.isHidden()
+    panel.advanced_toggle.click()
+    assert not panel.advanced.isHidden()
+    panel.advanced_fields["n_batch"].setValue(256)
+    panel.advanced_fields["n_ubatch"].setValue(128)
+    panel.advanced_fields["use_mmap"].setChecked(False)
+    settings = panel.load_settings()
+    assert (settings.n_batch, settings.n_ubatch, settings.use_mmap) == (256, 128, False)
+    panel.advanced_fields["n_ubatch"].setValue(512)  # larger than the batch: said, not loaded
+    assert "n_ubatch" in panel.estimate.text() and "larger than n_batch" in panel.estimate.text()
+    with qtbot.assertNotEmitted(panel.load_requested):
+        panel.load_button.click()
+    panel.advanced_fields["n_ubatch"].setValue(128)
+    with qtbot.waitSignal(panel.load_requested) as blocker:
+        panel.load_button.click()
+    assert blocker.args[1].n_ubatch == 128 and blocker.args[1].use_mmap is False
