@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +22,8 @@ def _child(conn, kwargs: dict) -> None:
     from engine.host import _die_with_parent
 
     _die_with_parent()
+    os.environ.setdefault("TQDM_DISABLE", "1")  # transformers' GGUF conversion bar would scribble over ours
+    warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation notes are not the user's
     cancel = threading.Event()
     finished = threading.Event()
     send_lock = threading.Lock()
