@@ -204,6 +204,27 @@ class Library:
         self._save(entries)
         return entry
 
+    def register(self, path: str | os.PathLike, *, source: str, description: str = "", extra=None) -> Entry:
+        """Link a file Ingle produced where the user asked (a trained adapter, a merged export) into the library.
+
+        Training the same output again refreshes its entry; a name taken by another file gets a suffix.
+        """
+        src = Path(path).expanduser().absolute()
+        entries = self._load()
+        for name, entry in entries.items():
+            if Path(entry.path) == src:
+                info = inspect_gguf(src, expect="any")
+                entries[name] = self._entry(name, info, src, linked=entry.linked, source=source,
+                                            description=description, extra=extra or {})  # fmt: skip
+                self._save(entries)
+                return entries[name]
+        name, n = src.stem, 2
+        while name in entries:
+            name, n = f"{src.stem}-{n}", n + 1
+        return self.import_file(
+            src, link=True, name=name, source=source, description=description, extra=extra
+        )
+
     def _place(self, src: Path, dest: Path, move: bool) -> None:
         if dest.exists():
             raise LibraryError(

@@ -62,3 +62,22 @@ def test_damaged_index_is_rebuilt_with_a_message(fresh_home, tiny_model):
     assert [e.name for e in lib.entries()] == ["tiny"]
     assert any(p.name.startswith("index.broken-") for p in fresh_home.iterdir())
     json.loads(lib.index_path.read_text())
+
+
+def test_register_links_an_output_and_refreshes_it_when_written_again(tiny_model, tmp_path, fresh_home):
+    import shutil
+
+    from engine.library import Library
+
+    out = tmp_path / "tiny.gguf"
+    shutil.copy(tiny_model, out)
+    library = Library()
+    first = library.register(out, source="training", description="first")
+    assert first.linked and first.file == out and first.source == "training"
+    again = library.register(out, source="training", description="second")
+    assert again.name == first.name and [e.description for e in library.entries()] == ["second"]
+    other = tmp_path / "other" / "tiny.gguf"  # same stem, different file: a new name, nothing overwritten
+    other.parent.mkdir()
+    shutil.copy(tiny_model, other)
+    assert library.register(other, source="training").name == "tiny-2"
+    assert out.exists() and other.exists()

@@ -212,8 +212,9 @@ def test_merge_refuses_an_adapter_for_other_tensors(trained, tmp_path):
         merge_f16(other, out, tmp_path / "m.gguf")
 
 
-def test_cli_train_export_eval(tiny_model, memorize, tmp_path, capsys):
+def test_cli_train_export_eval(tiny_model, memorize, tmp_path, capsys, fresh_home):
     from app.cli import main
+    from engine.library import Library
 
     config = tmp_path / "cfg.json"
     config.write_text(json.dumps({**FAST, "epochs": 2.0}))
@@ -222,10 +223,17 @@ def test_cli_train_export_eval(tiny_model, memorize, tmp_path, capsys):
                  "--lr", "0.03", "--max-steps", "2"]) == 0  # fmt: skip
     assert json.loads(read_adapter(adapter)[2]["ingle.training.settings"])["learning_rate"] == 0.03
     assert "after 2 steps" in capsys.readouterr().out
+    (entry,) = Library().entries("adapter")  # linked where it was written, for the GUI's adapter picker
+    assert entry.file == adapter and entry.linked and entry.base_sha256 == sha256_file(tiny_model)
+    assert main(["train", str(tiny_model), str(memorize), "--out", str(adapter), "--config", str(config),
+                 "--max-steps", "1"]) == 0  # fmt: skip
+    assert [e.name for e in Library().entries("adapter")] == ["cli"]  # trained again: the same entry
+    capsys.readouterr()
     assert main(["export", str(tiny_model), str(adapter), "--quant", "Q8_0", "--out", str(tmp_path / "m.gguf"),
                  "--data", str(memorize), "--json"]) == 0  # fmt: skip
     report = json.loads(capsys.readouterr().out)
     assert set(report) == {"base", "base+adapter", "F16", "Q8_0"} and "kl_divergence" in report["Q8_0"]
+    assert Library().get("m").quant == "Q8_0" and Library().get("m").kind == "model"
     assert main(["eval", str(tiny_model), str(memorize), "--adapter", f"{adapter}:0.5", "--json"]) == 0
     assert list(json.loads(capsys.readouterr().out).values())[0]["tokens"] == report["base"]["tokens"]
     assert main(["train", str(tiny_model), str(memorize), "--out", str(adapter), "--rank", "0"]) == 2

@@ -78,6 +78,8 @@ def cmd_train(args) -> int:
                     print(f"\nwrote {event.adapter_path} after {event.steps} steps in {event.seconds:.1f}s "
                           f"(train loss {event.final_loss:.4f}"
                           + (f", validation loss {event.val_loss:.4f})" if event.val_loss is not None else ")"))  # fmt: skip
+                    if not args.no_library:
+                        _add_to_library(event.adapter_path, f"LoRA adapter trained on {Path(args.data).name}")
         except KeyboardInterrupt:
             run.cancel()
             raise
@@ -99,6 +101,8 @@ def cmd_export(args) -> int:
         )
         print(f"exporting {q} -> {out}", file=sys.stderr)
         outs[q.upper()] = export(args.base, args.adapter, out, q, args.scale)
+        if not args.no_library:
+            _add_to_library(out, f"{Path(args.base).stem} merged with {Path(args.adapter).stem}, {q.upper()}")
     if args.data:
         if "F16" not in outs:
             outs = {"F16": export(args.base, args.adapter, Path(args.out).with_name(Path(args.out).stem + "-F16.gguf"),
@@ -106,6 +110,14 @@ def cmd_export(args) -> int:
         report = export_report(args.base, args.adapter, outs, args.data)
         _print_report(report, args.json)
     return 0
+
+
+def _add_to_library(path, description: str) -> None:
+    """Link an output into the library (so the GUI's pickers list it), where it was written."""
+    from engine.library import Library
+
+    entry = Library().register(path, source="training", description=description)
+    print(f"in the library as '{entry.name}' (linked, not copied)", file=sys.stderr)
 
 
 def _print_report(report: dict, as_json: bool) -> None:
@@ -149,6 +161,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--skip-bad-lines", action="store_true", help="train on the good lines when some are bad")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint beside --out")
+    p.add_argument("--no-library", action="store_true", help="do not link the adapter into the library")
     add_settings_flags(p, TrainSettings, "training settings")
     p.add_argument("--lr", dest="learning_rate", type=float, default=None, help="same as --learning-rate")
     p.set_defaults(func=cmd_train)
@@ -162,6 +175,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--scale", type=float, default=1.0, help="adapter scale to merge with")
     p.add_argument("--data", help="dataset to measure perplexity, KL and top-1 agreement of each export")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--no-library", action="store_true", help="do not link the exports into the library")
     p.set_defaults(func=cmd_export, quant=None)
 
     p = sub.add_parser(
