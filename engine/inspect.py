@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ctypes
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 
 import llama_cpp
 import numpy as np
@@ -12,26 +11,9 @@ import numpy as np
 from engine.kv import KVLayer, KVLayout, kv_layout, parse_kv_report, sliding_layers  # noqa: F401 (re-exported)
 from engine.sampling import SamplerStages
 from engine.settings import SamplingSettings
-
+from engine.visual import ContextBudget, PreviewStage, PreviewToken, TokenPiece  # noqa: F401 (re-exported)
 
 # ------------------------------------------------------------------ sampling preview
-@dataclass(frozen=True)
-class PreviewToken:
-    token_id: int
-    piece: str
-    p: float
-
-
-@dataclass(frozen=True)
-class PreviewStage:
-    """The distribution after one sampler: how many tokens remain and the most likely of them."""
-
-    name: str
-    kept: int
-    tokens: tuple[PreviewToken, ...]
-    removed: tuple[int, ...] = ()  # token ids (of the model's top list) this stage removed
-
-
 _TOKEN_DATA = np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])
 assert _TOKEN_DATA.itemsize == ctypes.sizeof(llama_cpp.llama_token_data)
 
@@ -143,36 +125,3 @@ def chain_kept(logits: np.ndarray, settings: SamplingSettings, vocab, n_ctx: int
         return ids, softmax(cur)
     finally:
         llama_cpp.llama_sampler_free(chain)
-
-
-# ------------------------------------------------------------------ tokens and context
-@dataclass(frozen=True)
-class TokenPiece:
-    token_id: int
-    data: bytes
-    special: bool
-
-    @property
-    def text(self) -> str:
-        return self.data.decode("utf-8", errors="replace")
-
-
-@dataclass(frozen=True)
-class ContextBudget:
-    """How the context is split before a reply: what the bar shows, and what the overflow policy would drop."""
-
-    n_ctx: int
-    system_tokens: int
-    history_tokens: int
-    draft_tokens: int
-    reserve_tokens: int
-    would_drop_messages: tuple[int, ...] = ()  # indices into the conversation
-    would_drop_tokens: int = 0
-    fits: bool = True
-    spans: tuple[tuple[int, int, int], ...] = field(default=())  # (message index, first token, end token)
-
-    @property
-    def free_tokens(self) -> int:
-        return max(
-            0, self.n_ctx - self.system_tokens - self.history_tokens - self.draft_tokens - self.reserve_tokens
-        )

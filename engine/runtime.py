@@ -734,6 +734,29 @@ class Runtime:
             start = max(start, end)
         return spans
 
+    def inspect(
+        self, messages: Sequence[Message], draft: str, sampling: SamplingSettings, policy: OverflowPolicy,
+        top_n: int = 12,
+    ) -> dict:  # fmt: skip
+        """Everything the visualizers show, in one round trip: the context budget, the next-token preview and
+        the KV cache after evaluating the conversation (+ the draft as a user turn; a conversation ending in a
+        reply is evaluated as that reply, open). Prefix reuse makes this cheap: usually only the draft's tokens
+        are computed, and they are then in the cache when the message is sent."""
+        self._require_model()
+        budget = self.context_budget(messages, draft, sampling, policy)
+        convo = list(messages) + ([Message("user", draft)] if draft else [])
+        preview, note = [], ""
+        if not convo:
+            note = "Nothing to preview yet: type a message."
+        else:
+            tokens = self.render_tokens(convo, continue_last=convo[-1].role == "assistant")
+            if len(tokens) > self.n_ctx:
+                note = f"The conversation ({len(tokens)} tokens) is longer than the context ({self.n_ctx})."
+            else:
+                self.evaluate(tokens)
+                preview = self.preview(sampling, top_n)
+        return {"budget": budget, "preview": preview, "preview_note": note, "kv": self.kv_state()}
+
     def context_budget(
         self, messages: Sequence[Message], draft: str, sampling: SamplingSettings, policy: OverflowPolicy
     ) -> ContextBudget:

@@ -120,3 +120,21 @@ def test_inspect_cli_json(tiny_model):
         assert all({"token_id", "piece", "p"} == set(t) for t in stage)
     assert data["kv_cache"]["n_past"] == data["prompt_tokens"] == len(data["tokens"])
     assert np.isclose(sum(t["p"] for t in data["preview"][names.index("top_k")]), 1.0)
+
+
+def test_inspect_gives_budget_preview_and_cache_in_one_call(starter):
+    from engine.events import Message
+    from engine.settings import OverflowPolicy
+
+    convo = [Message("user", "Name a colour."), Message("assistant", "Blue.")]
+    settings = SamplingSettings(top_k=5)
+    state = starter.inspect(convo, "And another one?", settings, OverflowPolicy.STOP)
+    budget = state["budget"]
+    assert budget.draft_tokens > 0 and budget.fits
+    assert state["kv"]["n_past"] == sum(end - start for _, start, end in budget.spans)
+    assert [s.name for s in state["preview"]][0] == "model" and state["preview"][-1].kept <= 5
+    before = starter.evaluations
+    again = starter.inspect(convo, "And another one?", settings, OverflowPolicy.STOP)  # all from the cache
+    assert starter.evaluations - before == 1 and again["kv"]["evaluated_tokens"] == 1
+    empty = starter.inspect([], "", settings, OverflowPolicy.STOP)
+    assert empty["preview"] == [] and "type a message" in empty["preview_note"]
