@@ -34,6 +34,8 @@ from PySide6.QtWidgets import (
 
 from app.bridge import EngineBridge
 from app.chat_view import ChatView
+from app.inspector import METHODS as INSPECTOR_METHODS
+from app.inspector import Inspector
 from app.model_panel import ModelPanel
 from app.render import DARK, LIGHT, strip_thinking
 from app.sampling_panel import SamplingPanel
@@ -96,6 +98,7 @@ class Composer(QPlainTextEdit):
 
 class MainWindow(QMainWindow):
     reply_finished = Signal(int)  # assistant message id, after it is stored (done, stopped or interrupted)
+    conversation_opened = Signal(object)  # conversation id or None
     model_ready = Signal(object)  # ModelLoaded
     engine_failed = Signal(str)
 
@@ -120,6 +123,7 @@ class MainWindow(QMainWindow):
         self._last_save = 0.0
         self.editing: int | None = None
         self._finished_pending: int | None = None  # a stored reply whose request has not ended yet
+        self.queued_actions: list = []  # user actions that came while a visualizer's request held the engine
         self.model_manager = None  # the download manager window, made on first use
         self._build()
         self._redraw = QTimer(self, singleShot=True, interval=REDRAW_INTERVAL_MS)
@@ -212,6 +216,7 @@ class MainWindow(QMainWindow):
         for label in (self.model_label, self.context_label, self.speed_label):
             label.setContentsMargins(10, 0, 10, 0)
             self.statusBar().addPermanentWidget(label)
+        self.inspector = Inspector(self)
         self._build_menus()
         self._update_buttons(False)
 
@@ -240,6 +245,13 @@ class MainWindow(QMainWindow):
         for name in ("system", "light", "dark"):
             add(view_menu, f"{name.capitalize()} theme", lambda _=False, n=name: self.apply_theme(n))
         add(view_menu, "Toggle side panel", lambda: self.side.setVisible(not self.side.isVisible()), "Ctrl+B")
+        view_menu.addSeparator()
+        for key, shortcut in (("context", "Ctrl+1"), ("tokens", "Ctrl+2"), ("kv", "Ctrl+3"),
+                              ("probabilities", "Ctrl+4"), ("preview", "Ctrl+5"), ("timing", "Ctrl+6"),
+                              ("kv_calculator", "Ctrl+7")):  # fmt: skip
+            action = self.inspector.docks[key].toggleViewAction()
+            action.setShortcut(QKeySequence(shortcut))
+            view_menu.addAction(action)
 
     def _restore_layout(self) -> None:
         geometry = self.gui_settings.value("geometry")
@@ -250,6 +262,9 @@ class MainWindow(QMainWindow):
         state = self.gui_settings.value("splitter")
         if state is not None:
             self.splitter.restoreState(state)
+        docks = self.gui_settings.value("docks")
+        if docks is not None:
+            self.restoreState(docks)  # which visualizers were open, and where
         self.side.setVisible(self.gui_settings.value("side_visible", "true") == "true")
 
     def apply_theme(self, name: str) -> None:
@@ -307,6 +322,7 @@ class MainWindow(QMainWindow):
             self.system_prompt.blockSignals(False)
         self.refresh_conversations()
         self.render_conversation()
+        self.conversation_opened.emit(cid)
 
     def render_conversation(self) -> None:
         if self.conversation is None:
@@ -389,7 +405,17 @@ class MainWindow(QMainWindow):
             return False
 
     # ------------------------------------------------------------ model
+    def _after_inspector(self, action) -> bool:
+        """True when a visualizer's request holds the engine: `action` then runs as soon as it ends (they take
+        milliseconds, so the user's action is delayed, never refused)."""
+        if self.bridge.busy and self.bridge.method in INSPECTOR_METHODS:
+            self.queued_actions.append(action)
+            return True
+        return False
+
     def load_model(self, path: str, settings: LoadSettings | None = None, adapters=()) -> None:
+        if self._after_inspector(lambda: self.load_model(path, settings, adapters)):
+            return
         if self.bridge.busy:
             self.statusBar().showMessage(
                 "Wait for the engine to finish (or press Stop) before loading.", 5000
@@ -401,6 +427,8 @@ class MainWindow(QMainWindow):
         self.bridge.submit("load", *self.last_load, None)
 
     def unload_model(self) -> None:
+        if self._after_inspector(self.unload_model):
+            return
         if not self.bridge.busy:
             self.loaded = None
             self.model_label.setText("No model")
@@ -419,6 +447,8 @@ class MainWindow(QMainWindow):
 
     def send(self, text: str) -> bool:
         """Add a user message (a new branch when editing) and stream the reply. False when it cannot start."""
+        if self.loaded is not None and self._after_inspector(lambda: self.send(text)):
+            return True
         if self.bridge.busy or self.loaded is None:
             self.statusBar().showMessage(
                 "Load a model first." if self.loaded is None else "A reply is running.", 5000
@@ -439,6 +469,8 @@ class MainWindow(QMainWindow):
         return True
 
     def regenerate(self, mid: int) -> None:
+        if self._after_inspector(lambda: self.regenerate(mid)):
+            return
         msg = self.store.message(mid)
         if msg.role != "assistant" or msg.parent is None:
             return
@@ -451,6 +483,8 @@ class MainWindow(QMainWindow):
 
     def continue_reply(self, mid: int) -> None:
         """Let the model go on writing a reply that was stopped or cut off, in the same message."""
+        if self._after_inspector(lambda: self.continue_reply(mid)):
+            return
         msg = self.store.message(mid)
         if msg.role != "assistant":
             return
@@ -470,23 +504,45 @@ class MainWindow(QMainWindow):
         )
         self._start_stream("", continue_last=False)
 
+    def engine_messages(self, skip_last: bool = False) -> list[Message]:
+        """The conversation as the engine gets it: system prompt, then the selected branch's messages."""
+        if self.conversation is None:
+            return []
+        conv = self.store.get(self.conversation)
+        messages = [Message("system", conv.system_prompt)] if conv.system_prompt else []
+        path = self.store.path(self.conversation)
+        streaming_id = self.streaming.id if self.streaming else None
+        for msg in path[:-1] if skip_last else path:
+            # earlier reasoning is not sent back, as reasoning models' chat templates expect
+            content = msg.content
+            if msg.role == "assistant" and msg.id != streaming_id:
+                content = strip_thinking(content)
+            messages.append(Message(msg.role, content))
+        return messages
+
     def _start_stream(self, prefix: str, continue_last: bool) -> None:
         cid = self.conversation
         self.stream_prefix = prefix
         self.stream_text = prefix
         self._last_save = time.monotonic()
         self.render_conversation()
-        conv = self.store.get(cid)
-        messages = [Message("system", conv.system_prompt)] if conv.system_prompt else []
-        path = self.store.path(cid)
-        for msg in path if continue_last else path[:-1]:
-            # earlier reasoning is not sent back, as reasoning models' chat templates expect
-            content = msg.content
-            if msg.role == "assistant" and msg.id != self.streaming.id:
-                content = strip_thinking(content)
-            messages.append(Message(msg.role, content))
-        policy = self.sampling_panel.policy()
-        self.bridge.submit("chat", messages, self.store.settings(cid), policy, continue_last)
+        messages = self.engine_messages(skip_last=not continue_last)
+        settings = self.inspector.stream_settings(self.store.settings(cid))
+        self.bridge.submit("chat", messages, settings, self.sampling_panel.policy(), continue_last)
+
+    def continue_with(self, mid: int, text: str) -> None:
+        """A new branch beside reply `mid` that starts with `text` (its tokens up to one, then another choice
+        there), which the model then goes on writing."""
+        if self._after_inspector(lambda: self.continue_with(mid, text)):
+            return
+        msg = self.store.message(mid)
+        if self.bridge.busy or self.loaded is None or msg.role != "assistant":
+            self.statusBar().showMessage(
+                "Load a model first." if self.loaded is None else "Wait for the engine to finish first.", 5000
+            )
+            return
+        branch = self.store.add_message(msg.conversation, msg.parent, "assistant", text, status="stopped")
+        self.continue_reply(branch.id)
 
     def stop(self) -> None:
         self.bridge.cancel()
@@ -577,6 +633,13 @@ class MainWindow(QMainWindow):
         elif method == "chat" and self.streaming is not None:  # a stream that ended without ReplyDone
             self._finish_stream("stopped")
         self._emit_pending_finished()
+        if method in INSPECTOR_METHODS:
+            self._run_queued()
+
+    def _run_queued(self) -> None:
+        actions, self.queued_actions = self.queued_actions, []
+        for action in actions:
+            QTimer.singleShot(0, action)  # after the inspector's own handler has run
 
     def _load_initial_model(self) -> None:
         model = self.initial_model or self.gui_settings.value("last_model")
@@ -590,6 +653,9 @@ class MainWindow(QMainWindow):
 
     def _on_failed(self, method: str, err) -> None:
         died = isinstance(err, EngineDied)
+        if method in INSPECTOR_METHODS and not died:
+            self._run_queued()
+            return  # the inspector shows its own errors
         if method == "chat" and self.streaming is not None:
             self._finish_stream("interrupted")
         if method == "load":
@@ -685,6 +751,7 @@ class MainWindow(QMainWindow):
     def closeEvent(self, event) -> None:  # noqa: N802 (Qt override)
         self.gui_settings.setValue("geometry", self.saveGeometry())
         self.gui_settings.setValue("splitter", self.splitter.saveState())
+        self.gui_settings.setValue("docks", self.saveState())
         self.gui_settings.setValue("side_visible", "true" if self.side.isVisible() else "false")
         if self.streaming is not None:
             self._save_stream("stopped")

@@ -663,6 +663,10 @@ class Runtime:
             )
         return float(logits[token] - logz), alternatives
 
+    def evaluation_count(self) -> int:
+        """How many llama_decode calls this runtime has made (the visualizers prove sliders run none)."""
+        return self.evaluations
+
     @staticmethod
     def hardware():
         """What llama.cpp can use in this process: CPU features, RAM, GPUs with free memory (for fit verdicts)."""
