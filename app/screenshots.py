@@ -1,4 +1,5 @@
-"""Render the main window offscreen to PNG, light and dark, over a sample conversation (for the README).
+"""Render the main window offscreen to PNG, light and dark, over a sample conversation, and each visualizer with
+real data from the starter model (for the README).
 
 QT_QPA_PLATFORM=offscreen python -m app.screenshots [OUT_DIR]   (default assets/screenshots)
 """
@@ -67,6 +68,61 @@ def render(out_dir: Path) -> list[Path]:
     return written
 
 
+def render_visualizers(out_dir: Path) -> list[Path]:
+    """A real reply from the starter model (engine child), a draft being typed, then each visualizer's dock."""
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    os.environ.setdefault("INGLE_HOME", tempfile.mkdtemp(prefix="ingle-shots-"))
+    from PySide6.QtCore import QEventLoop, QTimer
+    from PySide6.QtWidgets import QApplication
+
+    app = QApplication.instance() or QApplication(sys.argv)
+    from app.main import MainWindow
+    from engine.conversations import ConversationStore
+    from engine.library import Library
+    from engine.settings import SamplingSettings
+
+    def wait(signal=None, ms: int = 60_000) -> None:
+        loop = QEventLoop()
+        if signal is not None:
+            signal.connect(loop.quit)
+        QTimer.singleShot(ms, loop.quit)
+        loop.exec()
+        if signal is not None:
+            signal.disconnect(loop.quit)
+
+    model = Library().ensure_starter().file
+    store = ConversationStore(Path(os.environ["INGLE_HOME"]) / "visualizers.sqlite3")
+    window = MainWindow(store=store, model=str(model))
+    window.resize(1400, 1100)
+    window.show()
+    wait(window.model_ready)
+    for key in window.inspector.docks:
+        window.inspector.show(key)
+    window.new_chat()
+    settings = SamplingSettings(temperature=0.7, top_k=40, top_p=0.9, min_p=0.05, max_tokens=40, seed=7)
+    window.store.set_settings(window.conversation, settings)
+    window.sampling_panel.set_settings(settings)
+    window.send("Write one sentence about the sea.")
+    wait(window.reply_finished)
+    window.composer.setPlainText("And one about mountains, please.")
+    wait(ms=1500)
+    probs = window.inspector.probabilities
+    if len(probs.tokens) > 3:
+        probs.select(3)
+        probs.alternatives.setCurrentRow(1)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for key, dock in window.inspector.docks.items():
+        dock.raise_()
+        wait(ms=200)
+        path = out_dir / f"visualizer-{key.replace('_', '-')}.png"
+        dock.grab().save(str(path))
+        written.append(path)
+    window.close()
+    return written
+
+
 if __name__ == "__main__":
-    for p in render(Path(sys.argv[1] if len(sys.argv) > 1 else "assets/screenshots")):
+    target = Path(sys.argv[1] if len(sys.argv) > 1 else "assets/screenshots")
+    for p in render(target) + render_visualizers(target):
         print(p)
