@@ -125,6 +125,7 @@ class MainWindow(QMainWindow):
         self._finished_pending: int | None = None  # a stored reply whose request has not ended yet
         self.queued_actions: list = []  # user actions that came while a visualizer's request held the engine
         self.model_manager = None  # the download manager window, made on first use
+        self.wizard = None  # the fine-tuning wizard, while open
         self._build()
         self._redraw = QTimer(self, singleShot=True, interval=REDRAW_INTERVAL_MS)
         self._redraw.timeout.connect(self._redraw_stream)
@@ -238,6 +239,8 @@ class MainWindow(QMainWindow):
         models_menu = self.menuBar().addMenu("&Models")
         add(models_menu, "Download models…", lambda: self.open_model_manager(0), "Ctrl+Shift+D")
         add(models_menu, "Library…", lambda: self.open_model_manager(1), "Ctrl+Shift+L")
+        training_menu = self.menuBar().addMenu("&Training")
+        add(training_menu, "Fine-tune a model…", self.open_wizard, "Ctrl+Shift+T")
         edit_menu = self.menuBar().addMenu("&Edit")
         add(edit_menu, "Search chats", lambda: self.search.setFocus(), "Ctrl+F")
         add(edit_menu, "Stop reply", self.stop, "Esc")
@@ -350,6 +353,29 @@ class MainWindow(QMainWindow):
         self.model_manager.show()
         self.model_manager.raise_()
         return self.model_manager
+
+    def open_wizard(self):
+        """The fine-tuning wizard (one at a time); 'Chat with it' comes back here."""
+        from app.wizard import FineTuneWizard
+
+        if self.wizard is None:
+            self.wizard = FineTuneWizard(self.library, self)
+            self.wizard.chat_requested.connect(self.chat_with_adapter)
+            self.wizard.finished.connect(self._wizard_closed)
+        self.wizard.show()
+        self.wizard.raise_()
+        return self.wizard
+
+    def _wizard_closed(self, _result: int) -> None:
+        self.wizard.deleteLater()
+        self.wizard = None
+        self.model_panel.refresh()  # trained adapters and exports are in the library now
+
+    def chat_with_adapter(self, base: str, adapter: str, scale: float) -> None:
+        """A new conversation with `base` + `adapter` loaded (from the wizard's last page)."""
+        self.model_panel.refresh()
+        self.new_chat()
+        self.load_model(base, self.model_panel.load_settings(), ((adapter, scale),))
 
     def _conversation_menu(self, pos) -> None:
         item = self.conv_list.itemAt(pos)
@@ -749,6 +775,19 @@ class MainWindow(QMainWindow):
 
     # ------------------------------------------------------------ shutdown
     def closeEvent(self, event) -> None:  # noqa: N802 (Qt override)
+        if self.wizard is not None and self.wizard.training_active():
+            answer = QMessageBox.question(
+                self, "Training is running",
+                "A fine-tuning run is still training. Stop it now (a checkpoint is saved; resume it later from "
+                "the wizard or with `ingle train --resume`), or keep the app open until it finishes?",
+                QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No, QMessageBox.StandardButton.No,
+            )  # fmt: skip
+            if answer != QMessageBox.StandardButton.Yes:  # No: keep training
+                event.ignore()
+                return
+            self.wizard.train_page.stop_for_exit()
+        if self.wizard is not None:
+            self.wizard.done(0)
         self.gui_settings.setValue("geometry", self.saveGeometry())
         self.gui_settings.setValue("splitter", self.splitter.saveState())
         self.gui_settings.setValue("docks", self.saveState())

@@ -75,7 +75,7 @@ def render_visualizers(out_dir: Path) -> list[Path]:
     from PySide6.QtCore import QEventLoop, QTimer
     from PySide6.QtWidgets import QApplication
 
-    app = QApplication.instance() or QApplication(sys.argv)
+    qapp = QApplication.instance() or QApplication(sys.argv)
     from app.main import MainWindow
     from engine.conversations import ConversationStore
     from engine.library import Library
@@ -95,6 +95,7 @@ def render_visualizers(out_dir: Path) -> list[Path]:
     window = MainWindow(store=store, model=str(model))
     window.resize(1400, 1100)
     window.show()
+    qapp.processEvents()
     wait(window.model_ready)
     for key in window.inspector.docks:
         window.inspector.show(key)

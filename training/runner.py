@@ -76,6 +76,8 @@ class TrainingRun:
         """`hang_timeout`: seconds without any sign of life (the child sends one every second, even mid-step)
         after which the child is killed and `events()` raises EngineHung."""
         self.hang_timeout = hang_timeout
+        self._last_sign = time.monotonic()
+        self.finished = False  # TrainDone or an error has come
         ctx = mp.get_context("spawn")
         self._conn, child_conn = ctx.Pipe()
         kwargs = {"base": str(base), "data": str(data), "out": str(out), "settings": settings, **options}
@@ -90,32 +92,52 @@ class TrainingRun:
         return self.process.pid
 
     def events(self) -> Iterator[object]:
-        last_sign = time.monotonic()
+        """Every event until TrainDone (blocking); errors, a dead or a silent child raise."""
         while True:
-            try:
-                ready = self._conn.poll(_POLL_SECONDS)
-            except (EOFError, OSError):
-                ready = True
+            ready, event = self._next(_POLL_SECONDS)
+            if event is not None:
+                yield event
+                if isinstance(event, TrainDone):
+                    return
+
+    def poll(self) -> list[object]:
+        """The events that have arrived, without waiting (for a GUI timer); raises like events()."""
+        out: list[object] = []
+        while not self.finished:
+            ready, event = self._next(0)
             if not ready:
-                if not self.process.is_alive():
-                    self._died()
-                if time.monotonic() - last_sign > self.hang_timeout:
-                    self._hung()
-                continue
-            try:
-                event = self._conn.recv()
-            except (EOFError, OSError):
+                break
+            if event is not None:
+                out.append(event)
+        return out
+
+    def _next(self, timeout: float) -> tuple[bool, object | None]:
+        """(whether a message came within `timeout`, the event it carried or None for a heartbeat)."""
+        try:
+            ready = self._conn.poll(timeout)
+        except (EOFError, OSError):
+            ready = True
+        if not ready:
+            if not self.process.is_alive():
                 self._died()
-            last_sign = time.monotonic()
-            if event == HEARTBEAT:
-                continue
-            if isinstance(event, tuple) and event[:1] == ("error",):
-                self.process.join(10)
-                raise event[1]
-            yield event
-            if isinstance(event, TrainDone):
-                self.process.join(30)
-                return
+            if time.monotonic() - self._last_sign > self.hang_timeout:
+                self._hung()
+            return False, None
+        try:
+            event = self._conn.recv()
+        except (EOFError, OSError):
+            self._died()
+        self._last_sign = time.monotonic()
+        if event == HEARTBEAT:
+            return True, None
+        if isinstance(event, tuple) and event[:1] == ("error",):
+            self.finished = True
+            self.process.join(10)
+            raise event[1]
+        if isinstance(event, TrainDone):
+            self.finished = True
+            self.process.join(30)
+        return True, event
 
     def _died(self):
         self.process.join(5)
