@@ -2,6 +2,7 @@
 real data from the starter model (for the README).
 
 QT_QPA_PLATFORM=offscreen python -m app.screenshots [OUT_DIR]   (default assets/screenshots)
+QT_QPA_PLATFORM=offscreen python -m app.screenshots --wizard    (the whole fine-tuning wizard on the starter: minutes)
 """
 
 from __future__ import annotations
@@ -123,7 +124,75 @@ def render_visualizers(out_dir: Path) -> list[Path]:
     return written
 
 
+def render_wizard(out_dir: Path) -> list[Path]:
+    """The whole wizard on the starter model and the bundled sample (Quick preset): each step's PNG, the time
+    it took and the replies of base and adapted model, printed. Trains for real: minutes on a 2-core CPU."""
+    import time
+
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    os.environ.setdefault("INGLE_HOME", tempfile.mkdtemp(prefix="ingle-shots-"))
+    from PySide6.QtCore import QEventLoop, QTimer
+    from PySide6.QtWidgets import QApplication
+
+    qapp = QApplication.instance() or QApplication(sys.argv)
+    from app.wizard import FineTuneWizard
+    from engine.library import Library
+
+    def until(check, limit: float = 1800) -> None:
+        started = time.monotonic()
+        while not check() and time.monotonic() - started < limit:
+            loop = QEventLoop()
+            QTimer.singleShot(200, loop.quit)
+            loop.exec()
+
+    library = Library()
+    library.ensure_starter()
+    wizard = FineTuneWizard(library)
+    wizard.resize(1000, 780)
+    wizard.show()
+    qapp.processEvents()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written, started = [], time.monotonic()
+
+    def shot(name: str) -> None:
+        qapp.processEvents()
+        path = out_dir / f"wizard-{name}.png"
+        wizard.grab().save(str(path))
+        written.append(path)
+        print(f"{time.monotonic() - started:7.1f} s  {name}", flush=True)
+
+    shot("1-base")
+    wizard.next()
+    until(lambda: wizard.data_page.report is not None)
+    shot("2-dataset")
+    wizard.next()
+    shot("3-settings")
+    wizard.next()
+    until(lambda: wizard.train_page.state in ("done", "failed", "cancelled"))
+    shot("4-train")
+    print(wizard.train_page.log.toPlainText().splitlines()[-1])
+    wizard.next()
+    until(lambda: wizard.evaluate_page.result is not None or "rror" in wizard.evaluate_page.status.text())
+    shot("5-evaluate")
+    result = wizard.evaluate_page.result or {}
+    for name, row in result.get("perplexity", {}).items():
+        print(f"perplexity {name}: {row['perplexity']:.3f} over {row['tokens']} tokens")
+    for row in result.get("replies", []):
+        print(f"prompt: {row['prompt']!r}\nbase: {row['base']!r}\nadapted: {row['adapted']!r}")
+    wizard.next()
+    wizard.export_page.export()
+    until(lambda: wizard.export_page.report is not None or "rror" in wizard.export_page.status.text())
+    shot("6-export")
+    for name, row in (wizard.export_page.report or {}).items():
+        print(name, {k: v for k, v in row.items() if k != "path"})
+    print(f"whole wizard: {time.monotonic() - started:.0f} s")
+    wizard.done(0)
+    return written
+
+
 if __name__ == "__main__":
-    target = Path(sys.argv[1] if len(sys.argv) > 1 else "assets/screenshots")
-    for p in render(target) + render_visualizers(target):
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    target = Path(args[0] if args else "assets/screenshots")
+    shots = render_wizard(target) if "--wizard" in sys.argv else render(target) + render_visualizers(target)
+    for p in shots:
         print(p)

@@ -702,6 +702,7 @@ class EvaluatePage(QWizardPage):
         self.table = QTableWidget(0, 3)
         self.table.setHorizontalHeaderLabels(["model", "perplexity (lower is better)", "tokens measured"])
         self.table.horizontalHeader().setStretchLastSection(True)
+        self.table.verticalHeader().hide()
         self.table.setMaximumHeight(110)
         layout.addWidget(self.table)
         row = QHBoxLayout()
@@ -748,6 +749,7 @@ class EvaluatePage(QWizardPage):
         for i, (name, row) in enumerate(table.items()):
             for j, value in enumerate((name, f"{row['perplexity']:.3f}", str(row["tokens"]))):
                 self.table.setItem(i, j, QTableWidgetItem(value))
+        self.table.resizeColumnsToContents()
         base, adapted = table["base"]["perplexity"], table["base + adapter"]["perplexity"]
         change = (adapted - base) / base
         self.status.setStyleSheet("")
@@ -805,6 +807,7 @@ class ExportPage(QWizardPage):
         self.table = QTableWidget(0, 5)
         self.table.setHorizontalHeaderLabels(["file", "size", "perplexity", "KL vs F16", "top-1 agreement"])
         self.table.horizontalHeader().setStretchLastSection(True)
+        self.table.verticalHeader().hide()
         layout.addWidget(self.table, 1)
         self.chat_button = QPushButton("Chat with it")
         self.chat_button.setDefault(True)
@@ -857,6 +860,9 @@ class ExportPage(QWizardPage):
                 entry = self.w.library.register(row["path"], source="training",
                                                 description=f"{self.w.base.stem} + {self.w.adapter.stem}, {name}")  # fmt: skip
                 added.append(entry.name)
+            else:  # the F16 merge was only the yardstick: do not leave its gigabytes behind
+                Path(row["path"]).unlink(missing_ok=True)
+                self.table.setItem(i, 0, QTableWidgetItem(f"{Path(row['path']).name} (reference, not kept)"))
         self.table.resizeColumnsToContents()
         self.status.setText(f"Added to the library: {', '.join(added)}. KL divergence and top-1 agreement compare "
                             "each quantized merge with the F16 merge on held-out examples.")  # fmt: skip

@@ -129,6 +129,7 @@ def test_the_wizard_goes_from_examples_to_a_chat_with_the_adapter(qtbot, window,
     qtbot.waitUntil(lambda: export.report is not None or "rror" in export.status.text(), timeout=120_000)
     assert set(export.report) == {"F16", "Q8_0"} and "kl_divergence" in export.report["Q8_0"]
     assert any(e.quant == "Q8_0" for e in Library().entries("model"))
+    assert not Path(export.report["F16"]["path"]).exists()  # the unticked F16 yardstick is not left behind
     shot(wizard, tmp_path / "wizard-6-export.png")
     conversations = len(window.store.conversations())
     with qtbot.waitSignal(window.model_ready, timeout=60_000):
@@ -195,3 +196,32 @@ def test_a_missing_dataset_file_is_said_plainly(qtbot, window, tmp_path):
     qtbot.waitUntil(lambda: "no such dataset file" in data.status.text(), timeout=60_000)
     assert str(tmp_path / "nowhere.jsonl") in data.status.text() and not data.isComplete()
     wizard.reject()
+
+
+def test_closing_the_app_while_training_asks_and_stops_with_a_checkpoint(
+    qtbot, window, tmp_path, monkeypatch
+):
+    from PySide6.QtWidgets import QMessageBox
+
+    wizard = window.open_wizard()
+    wizard.next()
+    data = wizard.data_page
+    qtbot.waitUntil(lambda: data.report is not None, timeout=60_000)
+    data.path.setText(str(write_chats(tmp_path / "chats.jsonl")))
+    data.own.setChecked(True)
+    qtbot.waitUntil(
+        lambda: data.report is not None and data.report["stats"]["examples"] < 100, timeout=60_000
+    )
+    wizard.next()
+    settings_for_test(wizard, batch_size=1, epochs=500.0, val_fraction=0.0)
+    wizard.next()
+    train = wizard.train_page
+    qtbot.waitUntil(lambda: len(train.chart.train) >= 2, timeout=60_000)
+    answers = []
+    monkeypatch.setattr(QMessageBox, "question", lambda *a, **k: answers.pop(0))
+    answers.append(QMessageBox.StandardButton.No)  # keep training: the window stays
+    assert not window.close() and window.isVisible() and train.training_active()
+    answers.append(QMessageBox.StandardButton.Yes)  # stop: a checkpoint is saved, then the app closes
+    assert window.close()
+    assert (wizard.adapter.parent / (wizard.adapter.name + ".checkpoint")).is_dir()
+    assert "checkpoint" in train.log.toPlainText() and not train.training_active()
