@@ -28,7 +28,7 @@ STREAMING = frozenset({"load", "chat", "complete"})
 STDERR_TAIL_BYTES = 4000
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """Linux: the kernel kills us when the parent dies, even by SIGKILL (no orphans)."""
     if sys.platform.startswith("linux"):
         import ctypes
@@ -48,7 +48,7 @@ def engine_command() -> list[str]:
 
 def child_main(address: str) -> None:
     """Entry point of the engine child: serve requests until shutdown or until the parent goes away."""
-    _die_with_parent()
+    die_with_parent()
     conn = Client(address, authkey=bytes.fromhex(os.environ.pop("INGLE_HOST_AUTHKEY")))
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(name)s: %(message)s")
     from engine.runtime import Runtime
