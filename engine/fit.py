@@ -91,7 +91,7 @@ def estimate(
     swa_full: bool = False,
 ) -> Fit:  # fmt: skip
     """`info`: a gguf_info.ModelInfo when the file is local: the KV cache is then exact (llama.cpp's own
-    allocation rule, sliding-window layers included, see engine.inspect.kv_layout); else it is estimated."""
+    allocation rule, sliding-window layers included, see engine.kv.kv_layout); else it is estimated."""
     available = available_memory() if available is None else available
     if info is not None and info.n_layers:
         kv = kv_layout(info, n_ctx, type_k, type_v, n_ubatch, swa_full).total_bytes

@@ -35,16 +35,16 @@ def cmd_inspect(args) -> int:
         print(json.dumps({
             "tokens": pieces,
             "prompt_tokens": evaluation.prompt_tokens,
-            "kv_cache": kv,
+            "kv_cache": kv.to_dict(),
             "preview_stages": [{"name": s.name, "kept": s.kept, "removed": list(s.removed)} for s in stages],
             "preview": [[{"token_id": t.token_id, "piece": t.piece, "p": t.p} for t in s.tokens] for s in stages],
         }, indent=2))  # fmt: skip
         return 0
     print(f"Prompt: {len(pieces)} tokens")
     print("  " + " | ".join(f"{p['piece']!r}:{p['token_id']}" for p in pieces))
-    layout = kv["layout"]
-    print(f"\nKV cache: {kv['n_past']} of {layout['n_ctx']} cells used; {layout['formula']}")
-    for group in layout["groups"]:
+    layout = kv.layout
+    print(f"\nKV cache: {kv.n_past} of {layout.n_ctx} cells used; {layout.formula()}")
+    for group in layout.groups():
         print(f"  {group['cache']:<15} {group['layers']:>3} layers x {group['cells']} cells  "
               f"K {group['bytes_k'] / 2**20:.2f} MiB  V {group['bytes_v'] / 2**20:.2f} MiB")  # fmt: skip
     print("\nNext-token distribution after each sampler stage:")

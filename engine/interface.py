@@ -32,6 +32,14 @@ class KVState:
     evaluated_tokens: int
     llama_reports: tuple[dict, ...] = ()  # llama.cpp's own report of the caches it allocated
 
+    def to_dict(self) -> dict:
+        """JSON-ready, with the layout's totals, groups and formula."""
+        return {
+            "layout": self.layout.to_dict(), "n_past": self.n_past, "pos_min": self.pos_min,
+            "pos_max": self.pos_max, "reused_tokens": self.reused_tokens,
+            "evaluated_tokens": self.evaluated_tokens, "llama_reports": list(self.llama_reports),
+        }  # fmt: skip
+
 
 @dataclass(frozen=True)
 class Inspection:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import llama_cpp
 
-from engine.hardware import cpu_has_amx
+from engine.llama_params import context_params, model_params
 from engine.runtime import init_backend
 from engine.settings import LoadSettings
 
@@ -30,24 +30,11 @@ class Reference:
         self.ll = ll = llama_cpp
         init_backend()  # llama_backend_init, with llama.cpp's log quietened as in the engine
         started = time.perf_counter()
-        mparams = ll.llama_model_default_params()
-        mparams.use_extra_bufts = not cpu_has_amx()  # repacked AMX matmul crashes (DESIGN.md section 4)
+        mparams = model_params(settings)
         self.model = ll.llama_model_load_from_file(str(path).encode(), mparams)
         if not self.model:
             raise RuntimeError(f"{path}: llama.cpp could not load the model")
-        cparams = ll.llama_context_default_params()
-        cparams.n_ctx = settings.n_ctx
-        cparams.n_batch = settings.n_batch
-        cparams.n_ubatch = settings.n_ubatch
-        cparams.n_threads = settings.n_threads
-        cparams.n_threads_batch = settings.n_threads_batch or settings.n_threads
-        cparams.flash_attn_type = {"auto": -1, "off": 0, "on": 1}[settings.flash_attn.value]
-        # the engine's cache settings too: llama.cpp's default is a full-size sliding-window cache, the engine's
-        # is the window only (Gemma 3), and a different cache is a different workload
-        cparams.swa_full = settings.swa_full
-        cparams.type_k = getattr(ll, f"GGML_TYPE_{settings.type_k.name}")
-        cparams.type_v = getattr(ll, f"GGML_TYPE_{settings.type_v.name}")
-        cparams.no_perf = True
+        cparams = context_params(settings)  # the engine's own translation: the same workload
         self.ctx = ll.llama_init_from_model(self.model, cparams)
         self.load_seconds = time.perf_counter() - started
         self.vocab = ll.llama_model_get_vocab(self.model)
