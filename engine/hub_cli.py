@@ -62,7 +62,7 @@ def cmd_search(args) -> int:
 def _bar(job) -> str:
     width = 30
     filled = int(job.fraction * width)
-    eta = f"{job.eta:.0f}s" if job.eta is not None else "--"
+    eta = units.duration(job.eta) if job.eta is not None else "--"
     speed = f"{units.mib(job.speed, 1)}/s" if job.speed else "--"
     return (f"\r[{'#' * filled}{'.' * (width - filled)}] {job.fraction * 100:5.1f}% "
             f"{units.size(job.done_bytes)}/{units.size(job.total_bytes)} {speed} ETA {eta} ")  # fmt: skip
