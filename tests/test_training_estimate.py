@@ -23,8 +23,8 @@ def info(tiny_model):
     ("n_train", "values", "steps"),
     [
         (90, dict(batch_size=4), 23),  # ceil(90 / 4) batches, one epoch
-        (90, dict(batch_size=4, epochs=2.0), 45),
-        (90, dict(batch_size=4, epochs=2.0, grad_accum=2), 23),  # 45 batches, 2 a step
+        (90, dict(batch_size=4, epochs=2.0), 46),  # 23 batches an epoch (the last one short)
+        (90, dict(batch_size=4, epochs=2.0, grad_accum=2), 23),  # 46 batches, 2 a step
         (90, dict(batch_size=4, epochs=0.5), 12),  # ceil(23 * 0.5)
         (90, dict(batch_size=4, epochs=2.0, max_steps=10), 10),  # the cap
         (90, dict(batch_size=4, max_steps=100), 23),  # a cap above the run changes nothing

@@ -14,7 +14,8 @@ from app.wizard.evaluate_page import EvaluatePage
 from app.wizard.export_page import ExportPage
 from app.wizard.settings_page import SettingsPage
 from app.wizard.train_page import TrainPage
-from engine.library import Library, data_dir
+from engine.gguf_info import ModelInfo
+from engine.library import Entry, Library, data_dir
 from training.presets import preset
 
 
@@ -34,13 +35,13 @@ class FineTuneWizard(QWizard):
         self.output_dir = output_dir or data_dir() / "training"
         self.jobs = ChildJobs(self)
         self.base: Path | None = None
-        self.base_info = None
+        self.base_info: ModelInfo | None = None
         self.data: str | None = None
         self.data_format: str | None = None
         self.stats: dict | None = None
         self.settings = preset("Quick")
         self.adapter: Path | None = None
-        self.adapter_entry = None
+        self.adapter_entry: Entry | None = None
         self.base_page = BasePage(self)
         self.data_page = DataPage(self)
         self.settings_page = SettingsPage(self)
