@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from engine import units
 from engine.events import Message, PromptEvaluated, ReplyDone, Token
 from engine.reference import Reference, eog_tokens, rates
 from engine.settings import LoadSettings, SamplingSettings
@@ -556,7 +557,7 @@ def markdown(result: BenchResult) -> str:
             f"| engine host: start / load | {ld['host_start_seconds'] * 1000:.0f} ms / {ld['host_load_seconds'] * 1000:.0f} ms |"
         )
     if "rss_bytes" in gui:
-        lines.append(f"| GUI process RSS, no model ({gui['window']}) | {gui['rss_bytes'] / 2**20:.0f} MiB |")
+        lines.append(f"| GUI process RSS, no model ({gui['window']}) | {units.mib(gui['rss_bytes'])} |")
         lines.append(f"| GUI process start-up to window shown | {gui['startup_seconds'] * 1000:.0f} ms |")
     elif gui:
         lines.append(f"| GUI process RSS | error: {gui.get('error')} |")
@@ -579,6 +580,6 @@ def markdown(result: BenchResult) -> str:
                 f"{block['warmup_steps']} warm-up, batch {block['settings']['batch_size']}, rank "
                 f"{block['settings']['rank']}, {block['threads']} threads; step {block['step_seconds']:.2f} s "
                 f"({lo:.2f}-{hi:.2f}), {block['tokens_per_step']:.0f} tokens/step, peak "
-                f"{block['peak_memory_bytes'] / 2**20:.0f} MiB) |"
+                f"{units.mib(block['peak_memory_bytes'])}) |"
             )
     return "\n".join(lines)

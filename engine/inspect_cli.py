@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from engine import units
 from engine.cli import add_settings_flags, settings_from_args
 from engine.settings import LoadSettings, SamplingSettings
 
@@ -46,7 +47,7 @@ def cmd_inspect(args) -> int:
     print(f"\nKV cache: {kv.n_past} of {layout.n_ctx} cells used; {layout.formula()}")
     for group in layout.groups():
         print(f"  {group['cache']:<15} {group['layers']:>3} layers x {group['cells']} cells  "
-              f"K {group['bytes_k'] / 2**20:.2f} MiB  V {group['bytes_v'] / 2**20:.2f} MiB")  # fmt: skip
+              f"K {units.mib(group['bytes_k'], 2)}  V {units.mib(group['bytes_v'], 2)}")  # fmt: skip
     print("\nNext-token distribution after each sampler stage:")
     for stage in stages:
         top = ", ".join(f"{t.piece!r} {t.p:.3f}" for t in stage.tokens[:8])
