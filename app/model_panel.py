@@ -37,7 +37,7 @@ def estimate_memory(info: ModelInfo, settings: LoadSettings, hardware=None) -> F
                     swa_full=settings.swa_full)  # fmt: skip
 
 
-def describe_entry(entry: Entry) -> str:
+def entry_label(entry: Entry) -> str:
     size = entry.total_size / (1 << 20)
     params = f"{entry.parameters / 1e6:.0f}M" if entry.parameters < 1e9 else f"{entry.parameters / 1e9:.1f}B"
     return f"{entry.name}  ·  {entry.architecture} {params}  ·  {entry.quant}  ·  {size:.0f} MB"
@@ -167,7 +167,7 @@ class ModelPanel(QWidget):
         self.model_box.blockSignals(True)
         self.model_box.clear()
         for entry in self.library.entries("model"):
-            self.model_box.addItem(describe_entry(entry), entry.name)
+            self.model_box.addItem(entry_label(entry), entry.name)
         self.model_box.blockSignals(False)
         self.adapter_box.clear()
         self.adapter_box.addItem("none", "")

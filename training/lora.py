@@ -15,10 +15,10 @@ from engine.errors import Cancelled, SettingsError
 from engine.gguf_info import inspect_gguf, sha256_file
 from engine.hardware import cpu_flags
 from engine.library import ADAPTER_BASE_SHA_KEY
-from engine.settings import LoadSettings, _SettingsBase, spec
+from engine.settings import LoadSettings, SettingsBase, spec
 from training.errors import TrainingError
 from training.events import CheckpointSaved, TrainDone, TrainStarted, TrainStep, ValLoss
-from training.export import DATASET_SHA_KEY, SETTINGS_KEY, TRAINABLE, write_adapter
+from training.export import DATASET_SHA_KEY, SETTINGS_KEY, TRAINABLE_ARCHS, write_adapter
 
 SCHEDULERS = ("constant", "linear", "cosine")
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -26,7 +26,7 @@ TRAIN_EXTRA_HINT = "Install the training extra: pip install -e .[train]"
 
 
 @dataclass(frozen=True)
-class TrainSettings(_SettingsBase):
+class TrainSettings(SettingsBase):
     rank: int = spec(
         8, 1, 256, "Rank", "LoRA rank r: size of the low-rank update; more learns more, costs more."
     )
@@ -80,10 +80,10 @@ class TrainSettings(_SettingsBase):
 def check_trainable(base: str | Path) -> None:
     """Refuse, before any work, a base model this route cannot train, with the reason."""
     info = inspect_gguf(base)
-    if info.architecture not in TRAINABLE:
+    if info.architecture not in TRAINABLE_ARCHS:
         raise TrainingError(
             f"{base}: '{info.architecture}' models cannot be trained here; LoRA training supports "
-            f"{', '.join(sorted(TRAINABLE))} (architectures transformers loads from GGUF and whose adapters "
+            f"{', '.join(sorted(TRAINABLE_ARCHS))} (architectures transformers loads from GGUF and whose adapters "
             "Ingle writes back)."
         )
 
