@@ -8,6 +8,7 @@ from pathlib import Path
 
 from engine import fit, hub
 from engine.errors import Cancelled, IngleError
+from engine.text import printable
 
 
 def register(sub) -> None:
@@ -27,6 +28,12 @@ def register(sub) -> None:
     p.add_argument(
         "--token-file", type=Path, help="read a Hub access token from this file and save it (0600)"
     )
+    p.add_argument(
+        "--allow-unverified",
+        action="store_true",
+        help="accept a file the Hub gives no sha256 or git hash for (its size is still checked); "
+        "its library entry is marked 'not verified'",
+    )
     p.set_defaults(func=cmd_pull)
 
 
@@ -38,24 +45,29 @@ def print_options(files: hub.RepoFiles, ctx: int) -> hub.QuantOption | None:
     best = fit.recommend(files.options, ctx)
     for o in files.options:
         if o.projector:
-            print(f"    {o.quant:<8} {_gib(o.size):>11}  {o.label}  [projector for images, not a chat model]")
+            print(
+                f"    {o.quant:<8} {_gib(o.size):>11}  {printable(o.label)}  [projector for images, not a chat model]"
+            )
             continue
         f = fit.estimate(o.size, o.quant, ctx)
         mark = "*" if o is best else " "
         split = f" ({len(o.files)} parts)" if o.split else ""
-        print(f"  {mark} {o.quant:<8} {_gib(o.size):>11}  {f.verdict.value:<9}  {o.label}{split}")
+        print(f"  {mark} {o.quant:<8} {_gib(o.size):>11}  {f.verdict.value:<9}  {printable(o.label)}{split}")
     return best
 
 
 def cmd_search(args) -> int:
     found = hub.search(args.query, sort=args.sort, limit=args.limit)
     if not found:
-        print(f"No GGUF models match '{args.query}'.")
+        print(f"No GGUF models match '{printable(args.query)}'.")
         return 0
     for r in found:
         updated = r.last_modified.date().isoformat() if r.last_modified else "?"
         gated = "  gated" if r.gated else ""
-        print(f"{r.repo_id:<50} {r.downloads:>9} dl {r.likes:>6} likes  {updated}  {r.license or '?'}{gated}")
+        license_ = printable(r.license or "?")
+        print(
+            f"{printable(r.repo_id):<50} {r.downloads:>9} dl {r.likes:>6} likes  {updated}  {license_}{gated}"
+        )
         if args.files:
             print_options(hub.repo_files(r.repo_id), args.ctx)
     return 0
@@ -87,7 +99,7 @@ def cmd_pull(args) -> int:
         raise hub.HubError(
             f"{option.label} is a vision projector (mmproj), not a chat model; pick a model file."
         )
-    print(f"{repo_id}: {option.label} ({option.quant}, {_gib(option.size)})", file=sys.stderr)
+    print(f"{repo_id}: {printable(option.label)} ({option.quant}, {_gib(option.size)})", file=sys.stderr)
     tty = sys.stderr.isatty()
     last = [0.0]
 
@@ -101,7 +113,9 @@ def cmd_pull(args) -> int:
     resumable = manager.partial_bytes(repo_id, option.files)
     if resumable:
         print(f"resuming from {_gib(resumable)} already downloaded", file=sys.stderr)
-    job = manager.add(repo_id, option.files, revision=files.revision, name=args.name)
+    job = manager.add(
+        repo_id, option.files, revision=files.revision, name=args.name, allow_unverified=args.allow_unverified
+    )
     try:
         while not manager.wait(job.id, 0.2)._finished.is_set():
             pass
@@ -114,5 +128,10 @@ def cmd_pull(args) -> int:
     print(file=sys.stderr)
     if job.state is not State.DONE:
         raise hub.HubError(job.error or f"Download {job.state.value}.")
-    print(f"added '{job.entry.name}' to the library: {job.entry.path} (sha256 verified)")
+    how = {
+        "sha256": "sha256 verified",
+        "git-sha1": "verified by its git hash",
+        "size": "NOT verified: the Hub gave no hash, only its size was checked",
+    }[job.check]
+    print(f"added '{job.entry.name}' to the library: {printable(job.entry.path)} ({how})")
     return 0
