@@ -515,7 +515,7 @@ class DownloadManager:
         if length is not None and length.isdigit() and not encoded and int(length) != expected.size:
             raise DownloadRejected(
                 f"{what}: the server sends {int(length)} bytes but the Hub announced {expected.size}. "
-                "Nothing was added to the library."
+                "The download was deleted; nothing was added to the library."
             )
 
     def _stream(self, job: Job, response, part: Path, append: bool, expected: Expected, what: str) -> None:

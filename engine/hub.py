@@ -133,10 +133,11 @@ def headers_for(url: str, token: str | None, extra: dict[str, str] | None = None
 
 @contextmanager
 def open_url(method: str, url: str, *, token: str | None, params=None, headers: dict[str, str] | None = None,
-             timeout: float = API_TIMEOUT, stay_on_hub: bool = False) -> Iterator:  # fmt: skip
+             timeout: float = API_TIMEOUT, stay_on_hub: bool = False, stop=None) -> Iterator:  # fmt: skip
     """One streamed request, its redirects followed here (never by the HTTP client) so each hop gets its own
     headers: the token goes only to the Hub's origin. `stay_on_hub`: stop at a redirect that leaves the Hub and
-    return that response (a file's HEAD: its metadata is on the redirect). One attempt; no retries."""
+    return that response; `stop(response)`: return the first redirect it accepts (a file's HEAD: its metadata
+    is on the Hub's redirect). One attempt; no retries."""
     import httpx2
     from huggingface_hub.utils import get_session
 
@@ -150,7 +151,7 @@ def open_url(method: str, url: str, *, token: str | None, params=None, headers: 
         if not location:
             break
         target = urljoin(str(response.url), location)
-        if stay_on_hub and not token_allowed(target):
+        if (stay_on_hub and not token_allowed(target)) or (stop is not None and stop(response)):
             break
         response.close()
         if response.status_code == 303 and method != "HEAD":
@@ -221,7 +222,12 @@ def file_metadata(repo_id: str, path: str, revision: str, token: str | None) -> 
     from huggingface_hub import hf_hub_url
 
     url = hf_hub_url(repo_id, path, revision=revision, endpoint=endpoint())
-    with open_url("HEAD", url, token=token, headers={"Accept-Encoding": "identity"}, stay_on_hub=True) as r:
+
+    def linked(response) -> bool:  # the Hub's answer about an LFS file, wherever the redirect goes next
+        return "X-Linked-Size" in response.headers or "X-Linked-Etag" in response.headers
+
+    with open_url("HEAD", url, token=token, headers={"Accept-Encoding": "identity"}, stay_on_hub=True,
+                  stop=linked) as r:  # fmt: skip
         raise_for_status(r)
         etag = r.headers.get("X-Linked-Etag") or r.headers.get("ETag") or ""
         moved = r.headers.get("Location") if r.is_redirect else None
@@ -503,7 +509,7 @@ def _hub_file(sibling) -> HubFile:
 def check_repo_id(repo_id: str, spec: str | None = None) -> str:
     """A Hub repo id is 'owner/name' in the Hub's characters; anything else never reaches a URL."""
     if not isinstance(repo_id, str) or not REPO_ID_RE.fullmatch(repo_id) or ".." in repo_id:
-        raise HubError(
+        raise HubRefused(
             f"'{printable(spec or repo_id)}' is not a Hub model: write owner/name "
             "(letters, digits, '-', '_', '.'), optionally :QUANT or :FILE."
         )

@@ -69,7 +69,14 @@ def cmd_search(args) -> int:
             f"{printable(r.repo_id):<50} {r.downloads:>9} dl {r.likes:>6} likes  {updated}  {license_}{gated}"
         )
         if args.files:
-            print_options(hub.repo_files(r.repo_id), args.ctx)
+            try:
+                files = hub.repo_files(r.repo_id)
+            except (
+                hub.HubRefused
+            ) as err:  # one repo the Hub will not list (gated, gone, a bad name): say so, go on
+                print(f"    (files not listed: {err})")
+                continue
+            print_options(files, args.ctx)
     return 0
 
 
