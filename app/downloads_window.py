@@ -413,9 +413,10 @@ class DownloadManagerWindow(QMainWindow):
         box.setDefaultButton(QMessageBox.StandardButton.No)
 
         def answered(button) -> None:
+            self.unverified_box = None
+            box.deleteLater()
             if box.buttonRole(button) == QMessageBox.ButtonRole.AcceptRole:
                 self.manager.resume(job.id, allow_unverified=True)
-            box.deleteLater()
 
         box.buttonClicked.connect(answered)
         self.unverified_box = box
