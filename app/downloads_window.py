@@ -127,8 +127,13 @@ class DownloadManagerWindow(QMainWindow):
         self._calls: set[_Call] = set()
         self._bridge = _JobBridge(self)
         self._bridge.changed.connect(self._on_job_changed)
+        token_problem = ""
+        try:
+            token = hub.load_token()
+        except IngleError as err:  # a damaged token file or HF_TOKEN: say so, open without it
+            token, token_problem = None, str(err)
         self.manager = DownloadManager(
-            self.library, concurrency=concurrency, token=hub.load_token(), on_update=self._bridge.changed.emit
+            self.library, concurrency=concurrency, token=token, on_update=self._bridge.changed.emit
         )
         self._repo_files: hub.RepoFiles | None = None
         self._asked: set[int] = set()  # jobs whose "download unverified?" question was shown
@@ -142,6 +147,8 @@ class DownloadManagerWindow(QMainWindow):
         self.resize(1100, 720)
         self.manager.restore()
         self.refresh_library()
+        if token_problem:
+            self.show_error(token_problem)
 
     # ================================================================ find tab
     def _build_find_tab(self) -> QWidget:
@@ -345,13 +352,16 @@ class DownloadManagerWindow(QMainWindow):
     @Slot()
     def save_token(self) -> None:
         text = self.token.text().strip()
-        if not text:
-            hub.clear_token()
-            self.show_info("Access token removed.")
-        else:
-            path = hub.save_token(text)
-            self.show_info(f"Access token saved to {path} (readable by you only).")
-        self.manager.set_token(hub.load_token())
+        try:
+            if not text:
+                hub.clear_token()
+                self.show_info("Access token removed.")
+            else:
+                path = hub.save_token(text)
+                self.show_info(f"Access token saved to {path} (readable by you only).")
+            self.manager.set_token(hub.load_token())
+        except IngleError as err:
+            self.show_error(str(err))
 
     # ---------------------------------------------------------------- queue
     def _queue_row(self, job: Job) -> int:

@@ -215,11 +215,15 @@ class DownloadManager:
         files = tuple(files)
         if not files:
             raise HubError(f"Nothing to download from {printable(repo_id)}.")
-        if (
-            len(files) > 1
-        ):  # in part order: a split model keeps its first part's name (llama.cpp finds the rest)
+        if len(files) > 1:
+            # in part order: a split model keeps its first part's name (llama.cpp finds the others by it)
             files = tuple(sorted(files, key=_part_number))
-        name, part_names = library_names(files, name if len(files) == 1 else None)
+            if name:
+                raise HubError(
+                    "A split model keeps the names of its parts (llama.cpp finds the parts by them); "
+                    "download it without a new name."
+                )
+        name, part_names = library_names(files, name)
         if any(e.name == name for e in self.library.entries()):
             raise HubError(
                 f"The library already has '{name}'. Remove it first or download under another name."

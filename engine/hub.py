@@ -72,14 +72,39 @@ def token_path() -> Path:
     return data_dir() / "hf_token"
 
 
+TOKEN_RE = re.compile(r"[\x21-\x7e]{1,1000}")  # visible ASCII: it goes into an HTTP header
+
+
+def check_token(token: str, where: str) -> str:
+    """A token is one word of visible ASCII (Hub tokens look like hf_...); anything else is refused before it can
+    reach an HTTP header or a file. The message never repeats the token."""
+    token = token.strip()
+    if not TOKEN_RE.fullmatch(token):
+        raise HubError(
+            f"{where} does not hold a Hub access token (one word of letters and digits, like hf_...); "
+            "copy the token from the Hub's settings page again."
+        )
+    return token
+
+
 def save_token(token: str) -> Path:
-    """Store the access token readable by this user only (0600); it is never logged or printed."""
+    """Store the access token readable by this user only (0600, written whole then renamed); never logged or shown."""
+    import tempfile
+
+    token = check_token(token, "The token given")
     path = token_path()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(token.strip())
-    os.chmod(path, 0o600)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".hf_token.", suffix=".tmp")  # created 0600
+    try:
+        with os.fdopen(fd, "w", encoding="ascii") as fh:
+            fh.write(token)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return path
 
 
@@ -87,10 +112,16 @@ def load_token() -> str | None:
     """The saved token, else HF_TOKEN from the environment, else None."""
     path = token_path()
     if path.exists():
-        text = path.read_text().strip()
+        try:
+            text = path.read_text("ascii").strip()
+        except (OSError, ValueError) as err:
+            raise HubError(
+                f"Cannot read the saved Hub token {path}: {printable(err)}. Save it again."
+            ) from None
         if text:
-            return text
-    return os.environ.get("HF_TOKEN") or None
+            return check_token(text, f"The saved token file {path}")
+    env = os.environ.get("HF_TOKEN", "").strip()
+    return check_token(env, "HF_TOKEN") if env else None
 
 
 def clear_token() -> None:
@@ -98,7 +129,7 @@ def clear_token() -> None:
 
 
 def _token(token: str | None) -> str | None:
-    return token if token is not None else load_token()
+    return check_token(token, "The token given") if token is not None else load_token()
 
 
 # ------------------------------------------------------------------ HTTP

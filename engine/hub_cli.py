@@ -94,9 +94,11 @@ def cmd_pull(args) -> int:
 
     if args.token_file:
         try:
-            hub.save_token(args.token_file.read_text())
-        except OSError as err:
-            raise IngleError(f"Cannot read the token file {args.token_file}: {err.strerror}.") from None
+            text = args.token_file.read_text("utf-8")
+        except (OSError, ValueError) as err:
+            reason = getattr(err, "strerror", None) or "it is not text"
+            raise IngleError(f"Cannot read the token file {printable(args.token_file)}: {reason}.") from None
+        hub.save_token(text)
     repo_id, want = hub.parse_spec(args.spec)
     files = hub.repo_files(repo_id, revision=args.revision)
     option = files.pick(want) if want else fit.recommend(files.options, args.ctx)

@@ -338,3 +338,33 @@ def test_unreachable_hub_fails_at_once_with_one_line(fresh_home, args):
     assert r.returncode == 2 and len(lines) == 1 and "could not reach" in lines[0], r.stderr
     assert "Retry" not in r.stderr and "Traceback" not in r.stderr
     assert elapsed < 30, f"took {elapsed:.1f}s"  # it took 40 s with huggingface_hub's retries
+
+
+# ------------------------------------------------------------------ more of the same kind
+def test_a_token_that_is_not_a_token_is_refused_in_one_line(fake_hub, fresh_home, tmp_path, monkeypatch):
+    secret = "hf_abc\r\nX-Injected: 1"
+    with pytest.raises(hub.HubError, match="does not hold a Hub access token") as err:
+        hub.save_token(secret)
+    assert "X-Injected" not in str(err.value) and not hub.token_path().exists()
+    env = _env(fake_hub, fresh_home)
+    binary = tmp_path / "token.bin"
+    binary.write_bytes(b"\xff\xfe\x00hf")
+    r = _cli(env, "pull", "locked/Gated-GGUF:Q4_0", "--token-file", str(binary))
+    assert r.returncode == 2 and "Cannot read the token file" in r.stderr and "Traceback" not in r.stderr, (
+        r.stderr
+    )
+    r = _cli(dict(env, HF_TOKEN="hf_caf\u00e9"), "search", "tiny")
+    assert r.returncode == 2 and "HF_TOKEN does not hold" in r.stderr and "Traceback" not in r.stderr, (
+        r.stderr
+    )
+    assert "caf" not in r.stderr  # the message never repeats the token
+    assert fake_hub.authorized_requests() == []
+
+
+def test_split_model_cannot_be_renamed_and_its_parts_must_be_complete(fake_hub, fresh_home):
+    (option,) = hub.repo_files("split/Split-GGUF").models
+    with pytest.raises(hub.HubError, match="keeps the names of its parts"):
+        DownloadManager().add("split/Split-GGUF", option.files, name="renamed")
+    with pytest.raises(hub.HubError, match="incomplete or out of order"):
+        DownloadManager().add("split/Split-GGUF", option.files[:2])
+    assert fake_hub.file_requests("Split-Q8_0-00001-of-00003.gguf") == []
