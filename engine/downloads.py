@@ -357,6 +357,13 @@ class DownloadManager:
         held: list = []
         try:
             held = self._acquire(job)
+            if any(
+                e.name == job.name for e in self.library.entries()
+            ):  # finished by another process meanwhile
+                raise HubRefused(
+                    f"The library already has '{job.name}' (another Ingle process finished it, or a model was "
+                    "added under that name); this download was dropped."
+                )
             self._check_disk(job)
             for f in job.files:
                 self._fetch_with_retries(job, f)

@@ -368,3 +368,19 @@ def test_split_model_cannot_be_renamed_and_its_parts_must_be_complete(fake_hub, 
     with pytest.raises(hub.HubError, match="incomplete or out of order"):
         DownloadManager().add("split/Split-GGUF", option.files[:2])
     assert fake_hub.file_requests("Split-Q8_0-00001-of-00003.gguf") == []
+
+
+def test_paused_copy_of_a_download_another_process_finished_is_dropped(fake_hub, fresh_home, gguf_bytes):
+    option = hub.repo_files("tiny/Tiny-Llama-GGUF").pick("Q8_0")
+    fake_hub.bytes_per_second = 60_000
+    first = DownloadManager()
+    job = first.add("tiny/Tiny-Llama-GGUF", option.files)
+    _wait_for(lambda: job.done_bytes > 20_000)
+    window = DownloadManager()  # another window opened meanwhile shows the partial download as paused
+    (ghost,) = window.restore()
+    fake_hub.bytes_per_second = None
+    assert first.wait(job.id, 60).state is State.DONE, job.error
+    window.resume(ghost.id)
+    assert window.wait(ghost.id, 60).state is State.FAILED and "already has 'tiny-llama.Q8_0'" in ghost.error
+    assert _leftovers(fresh_home) == [] and DownloadManager().restore() == []
+    assert Path(Library().get("tiny-llama.Q8_0").path).read_bytes() == gguf_bytes["big"]
