@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -40,7 +41,8 @@ SHA1_RE = re.compile(r"[0-9a-f]{40}")
 MAX_REDIRECTS = 10
 MAX_API_BYTES = 32 << 20  # a model_info of a repo with thousands of files is a few MiB
 MAX_ERROR_BYTES = 64 << 10
-API_TIMEOUT = 30.0
+API_TIMEOUT = 30.0  # seconds without a byte
+API_DEADLINE = 120.0  # seconds for a whole API answer
 CONNECT_TIMEOUT = 10.0
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
@@ -220,7 +222,9 @@ def raise_for_status(response) -> None:
 
 
 def get_json(url: str, *, token: str | None, params=None, what: str):
-    """GET a JSON answer of at most MAX_API_BYTES."""
+    """GET a JSON answer of at most MAX_API_BYTES, read within API_DEADLINE seconds (a server trickling bytes
+    cannot hold a search forever)."""
+    deadline = time.monotonic() + API_DEADLINE
     with open_url("GET", url, token=token, params=params) as response:
         raise_for_status(response)
         body = bytearray()
@@ -230,6 +234,10 @@ def get_json(url: str, *, token: str | None, params=None, what: str):
                 raise HubError(
                     f"{what}: the Hub's answer is larger than {MAX_API_BYTES >> 20} MiB; "
                     f"{endpoint()} is not behaving like the Hub."
+                )
+            if time.monotonic() > deadline:
+                raise HubError(
+                    f"{what}: {endpoint()} took more than {API_DEADLINE:.0f} s to answer; try again later."
                 )
     try:
         return json.loads(bytes(body))

@@ -384,3 +384,9 @@ def test_paused_copy_of_a_download_another_process_finished_is_dropped(fake_hub,
     assert window.wait(ghost.id, 60).state is State.FAILED and "already has 'tiny-llama.Q8_0'" in ghost.error
     assert _leftovers(fresh_home) == [] and DownloadManager().restore() == []
     assert Path(Library().get("tiny-llama.Q8_0").path).read_bytes() == gguf_bytes["big"]
+
+
+def test_api_answers_are_bounded(fake_hub, monkeypatch):
+    monkeypatch.setattr(hub, "MAX_API_BYTES", 500)  # the model listing below is over 1 KB
+    with pytest.raises(hub.HubError, match="answer is larger than"):
+        hub.repo_files("tiny/Tiny-Llama-GGUF")
