@@ -9,6 +9,7 @@ bounded answers.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import time
@@ -135,6 +136,26 @@ def _token(token: str | None) -> str | None:
 
 
 # ------------------------------------------------------------------ HTTP
+class _RedactQueries(logging.Filter):
+    """httpx2 logs each request's full URL at INFO (`ingle -v`): the query of a CDN's signed URL is a short-lived
+    download credential, so it is cut from the line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(_redact_query(a) for a in record.args)
+        return True
+
+
+def _redact_query(value):
+    text = str(value)
+    if "?" in text and text.lower().startswith(("http://", "https://")):
+        return text.split("?", 1)[0] + "?<redacted>"
+    return value
+
+
+_REDACT = _RedactQueries()
+
+
 def origin(url: str) -> tuple[str, str, int]:
     """(scheme, host, port) of a URL, with the scheme's default port filled in."""
     parts = urlsplit(url)
@@ -174,6 +195,9 @@ def open_url(method: str, url: str, *, token: str | None, params=None, headers: 
     import httpx2
     from huggingface_hub.utils import get_session
 
+    for name in ("httpx2", "httpcore2", "httpx", "httpcore"):
+        if _REDACT not in logging.getLogger(name).filters:
+            logging.getLogger(name).addFilter(_REDACT)
     session = get_session()
     limits = httpx2.Timeout(timeout, connect=min(timeout, CONNECT_TIMEOUT))
     for _ in range(MAX_REDIRECTS + 1):

@@ -390,3 +390,14 @@ def test_api_answers_are_bounded(fake_hub, monkeypatch):
     monkeypatch.setattr(hub, "MAX_API_BYTES", 500)  # the model listing below is over 1 KB
     with pytest.raises(hub.HubError, match="answer is larger than"):
         hub.repo_files("tiny/Tiny-Llama-GGUF")
+
+
+def test_verbose_pull_logs_no_token_and_no_signed_url(fake_hub, other_host, fresh_home, tmp_path):
+    fake_hub.cdn = other_host
+    token_file = tmp_path / "token.txt"
+    token_file.write_text(fake_hub.token)
+    r = _cli(_env(fake_hub, fresh_home), "-v", "pull", "locked/Gated-GGUF:Q4_0", "--token-file", str(token_file))
+    assert r.returncode == 0, r.stderr
+    assert other_host.url in r.stderr  # the CDN request is logged ...
+    assert "sig=" not in r.stderr and fake_hub.token not in r.stdout + r.stderr  # ... without its signature
+    assert other_host.authorized_requests() == []
