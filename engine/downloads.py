@@ -499,6 +499,11 @@ class DownloadManager:
         sha256 = sha256 or (etag if SHA256_RE.fullmatch(etag) else "")
         git_sha1 = git_sha1 or (etag if SHA1_RE.fullmatch(etag) else "")
         expected = Expected(f.size or meta.size, sha256, git_sha1)
+        if expected.size is None:  # nothing would bound what a server streams into the part
+            raise DownloadRejected(
+                f"{what}: the Hub announces no size for this file, so the download could be neither bounded nor "
+                "checked. Nothing was downloaded; use the Hub itself or another mirror."
+            )
         if expected.check == "size" and not job.allow_unverified:
             raise NeedsConsent(
                 f"{what} cannot be verified: the Hub gives no sha256 or git hash for it (only its size can be "

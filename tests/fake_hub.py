@@ -40,7 +40,7 @@ class FakeRepo:
     wrong_sha: set[str] = field(default_factory=set)  # files whose advertised sha256 does not match the bytes
     # how a file is described: "lfs" (LFS sha256 + size; resolve redirects to the CDN), "git" (a small file: no LFS,
     # blobId and ETag are its git blob sha1, served directly), "etag256" (no LFS metadata; the ETag is its sha256),
-    # "none" (no hash at all: an opaque ETag, as some mirrors give)
+    # "none" (no hash at all: an opaque ETag, as some mirrors give), "bare" (no hash and no size anywhere)
     meta: dict[str, str] = field(default_factory=dict)
     served: dict[str, bytes] = field(default_factory=dict)  # bytes actually sent, when not the announced ones
     no_length: set[str] = field(default_factory=set)  # bodies sent without Content-Length, ended by closing
@@ -57,7 +57,7 @@ class FakeRepo:
         return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
     def etag(self, name: str) -> str:
-        return {"git": self.git_sha1(name), "none": "1f2e-5d6c7b"}.get(
+        return {"git": self.git_sha1(name), "none": "1f2e-5d6c7b", "bare": "1f2e-5d6c7b"}.get(
             self.meta.get(name, "lfs"), self.sha(name)
         )
 
@@ -248,7 +248,8 @@ class _Handler(BaseHTTPRequestHandler):
             item = {"rfilename": name}
             kind = repo.meta.get(name, "lfs")
             if blobs:
-                item.update(size=len(data))
+                if kind != "bare":
+                    item.update(size=len(data))
                 if kind in ("lfs", "git"):  # an LFS file's blobId is its pointer's; a small file's is its own
                     item["blobId"] = (
                         repo.git_sha1(name) if kind == "git" else hashlib.sha1(name.encode()).hexdigest()
@@ -281,9 +282,10 @@ class _Handler(BaseHTTPRequestHandler):
             "X-Linked-Size": str(len(announced)),
             "ETag": f'"{repo.etag(name)}"',
         }
-        if (
-            not direct and not small
-        ):  # like the real Hub: LFS files redirect to the CDN with the linked headers
+        if repo.meta.get(name) == "bare":
+            del linked["X-Linked-Size"]
+        # like the real Hub: LFS files redirect to the CDN with the linked headers
+        if not direct and not small:
             if self.fake.cdn is not None:
                 target = f"{self.fake.cdn.url}/cdn/{repo_id}/{quote(name)}?sig={signature(repo_id, name)}"
             else:

@@ -121,7 +121,7 @@ def _pull(env: dict, spec: str) -> subprocess.Popen:
 
 def test_second_process_pulling_the_same_file_is_told_and_changes_nothing(fake_hub, fresh_home, gguf_bytes):
     env = _env(fake_hub, fresh_home)
-    fake_hub.bytes_per_second = 30_000  # ~30 s for the file: the first pull is still running below
+    fake_hub.bytes_per_second = 10_000  # ~90 s for the file: the first pull is still running below
     first = _pull(env, "tiny/Tiny-Llama-GGUF:Q8_0")
     try:
         parts = fresh_home / "downloads"
@@ -142,7 +142,7 @@ def test_second_process_pulling_the_same_file_is_told_and_changes_nothing(fake_h
 
 def test_window_process_cannot_cancel_away_another_process_download(fake_hub, fresh_home, gguf_bytes):
     env = _env(fake_hub, fresh_home)
-    fake_hub.bytes_per_second = 30_000
+    fake_hub.bytes_per_second = 10_000
     pull = _pull(env, "tiny/Tiny-Llama-GGUF:Q8_0")
     try:
         _wait_for(lambda: any(p.stat().st_size > 20_000 for p in (fresh_home / "downloads").glob("*.part")))
@@ -396,8 +396,17 @@ def test_verbose_pull_logs_no_token_and_no_signed_url(fake_hub, other_host, fres
     fake_hub.cdn = other_host
     token_file = tmp_path / "token.txt"
     token_file.write_text(fake_hub.token)
-    r = _cli(_env(fake_hub, fresh_home), "-v", "pull", "locked/Gated-GGUF:Q4_0", "--token-file", str(token_file))
+    r = _cli(
+        _env(fake_hub, fresh_home), "-v", "pull", "locked/Gated-GGUF:Q4_0", "--token-file", str(token_file)
+    )
     assert r.returncode == 0, r.stderr
     assert other_host.url in r.stderr  # the CDN request is logged ...
     assert "sig=" not in r.stderr and fake_hub.token not in r.stdout + r.stderr  # ... without its signature
     assert other_host.authorized_requests() == []
+
+
+def test_file_without_any_announced_size_is_refused_before_a_byte(fake_hub, fresh_home, gguf_bytes):
+    _mirror(fake_hub, "mirror/Bare-GGUF", {"b-Q4_0.gguf": gguf_bytes["small"]}, meta={"b-Q4_0.gguf": "bare"})
+    job = _download("mirror/Bare-GGUF", "Q4_0", allow_unverified=True)
+    assert job.state is State.FAILED and "announces no size" in job.error, job.error
+    assert fake_hub.file_requests("b-Q4_0.gguf") == [] and _leftovers(fresh_home) == []
