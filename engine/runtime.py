@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import codecs
+import collections
 import ctypes
 import logging
 import os
@@ -43,6 +44,7 @@ from engine.inspect import (
 )
 from engine.sampling import SamplerChain
 from engine.settings import FlashAttention, LoadSettings, OverflowPolicy, SamplingSettings
+from engine.text import printable
 
 log = logging.getLogger("ingle.engine")
 _FLASH = {FlashAttention.AUTO: -1, FlashAttention.OFF: 0, FlashAttention.ON: 1}
@@ -50,6 +52,8 @@ _TEMPLATE_MARKERS = ("<start_of_turn>", "<|start_header_id|>", "[INST]", "<|im_s
 
 
 _kv_reports: list[dict] = []  # llama.cpp's own reports of the KV caches it allocated (see engine.inspect)
+# llama.cpp's latest error lines: a failed load says why in the error itself, not only in a log
+_recent_errors: collections.deque[str] = collections.deque(maxlen=8)
 
 
 @llama_cpp.llama_log_callback
@@ -59,6 +63,8 @@ def _llama_log(level: int, text: bytes, _user) -> None:
     line = text.decode(errors="replace")
     if "llama_kv_cache: size" in line and (report := parse_kv_report(line)):
         _kv_reports.append(report)
+    if level == 4 and line.strip():
+        _recent_errors.append(line.strip())
     if level in (3, 4) or os.environ.get("INGLE_LLAMA_LOG"):
         log.warning("llama.cpp: %s", line.rstrip())
 
@@ -72,6 +78,16 @@ def init_backend() -> None:
         llama_cpp.llama_log_set(_llama_log, None)
         llama_cpp.llama_backend_init()
         _backend_ready = True
+
+
+def _load_failure_reason() -> str:
+    """llama.cpp's own words for why the last load failed (one line, control characters made visible)."""
+    lines = [line for line in _recent_errors if "error loading model" in line] or list(_recent_errors)
+    _recent_errors.clear()
+    if not lines:
+        return "it gave no reason (run with -v to see its log)."
+    reason = lines[-1].split("error loading model:", 1)[-1].strip()
+    return printable(reason)[:300] + "."
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -163,6 +179,7 @@ class Runtime:
                 )
         self.unload()
         self._cancel.clear()
+        _recent_errors.clear()
         started = time.perf_counter()
         progress: queue.Queue = queue.Queue()
         result: dict = {}
@@ -198,7 +215,7 @@ class Runtime:
                 llama_cpp.llama_model_free(model)
             raise Cancelled("Loading was cancelled.")
         if not model:
-            raise EngineError(f"{path}: llama.cpp could not load this model (see the log for why).")
+            raise EngineError(f"{path}: llama.cpp could not load this model: {_load_failure_reason()}")
         self.model = model
         self.info = info
         self.vocab = llama_cpp.llama_model_get_vocab(model)
