@@ -59,6 +59,10 @@ def settings_from_args(args: argparse.Namespace, cls):
             value = [_parse_bias(item) for item in value]
         elif f.name in ("grammar", "json_schema") and value.startswith("@"):
             value = _read_text(value[1:], f.name)
+        elif isinstance(value, str):
+            value = _valid_text(value, _flag(f.name))
+        elif isinstance(value, list) and all(isinstance(v, str) for v in value):
+            value = [_valid_text(v, _flag(f.name)) for v in value]
         values[f.name] = value
     return cls.from_dict(values)
 

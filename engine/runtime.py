@@ -201,7 +201,7 @@ class Runtime:
         }[(settings.use_mmap, settings.use_mlock)]
 
         def worker() -> None:
-            result["model"] = llama_cpp.llama_model_load_from_file(str(path).encode(), mparams)
+            result["model"] = llama_cpp.llama_model_load_from_file(os.fsencode(path), mparams)
             progress.put(None)
 
         thread = threading.Thread(target=worker, name="ingle-load", daemon=True)
@@ -270,7 +270,7 @@ class Runtime:
             return
         handles = []
         for ainfo, _scale in adapter_infos:
-            handle = llama_cpp.llama_adapter_lora_init(self.model, str(ainfo.path).encode())
+            handle = llama_cpp.llama_adapter_lora_init(self.model, os.fsencode(ainfo.path))
             if not handle:
                 raise ModelFileError(f"{ainfo.path}: llama.cpp could not apply this adapter to the model.")
             handles.append(handle)

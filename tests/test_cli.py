@@ -197,6 +197,20 @@ def test_a_prompt_that_is_not_utf8_is_replaced_and_said(tiny_model):
     assert "not valid UTF-8" in stderr and "Traceback" not in stderr
 
 
+def test_a_model_path_that_is_not_utf8_loads_and_a_stop_string_is_said(tiny_model, tmp_path):
+    import shutil
+
+    odd = os.fsencode(tmp_path) + b"/tiny-\xff.gguf"
+    shutil.copy(tiny_model, odd)
+    result = subprocess.run(
+        [sys.executable.encode(), b"-m", b"app.cli", b"run", odd, b"the cat", b"-n", b"4", b"--stop", b"\xfe"],
+        capture_output=True, cwd=REPO, timeout=300,
+    )  # fmt: skip
+    stderr = result.stderr.decode("utf-8", "replace")
+    assert result.returncode == 0, stderr
+    assert "--stop is not valid UTF-8" in stderr and "Traceback" not in stderr
+
+
 def test_a_grammar_file_that_is_not_text_is_one_line(tiny_model, tmp_path):
     binary = tmp_path / "grammar.bin"
     binary.write_bytes(b"root ::= \xff\xfe\x00\x01")
