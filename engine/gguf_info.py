@@ -25,6 +25,14 @@ MAX_DIMS = 4
 MAX_LAYERS = 512
 MAX_EXPERTS = 1024
 ROPE_SCALING_TYPES = ("none", "linear", "yarn", "longrope")
+# Keys llama.cpp reads with getters that abort on any other stored type (gguf_get_val_* asserts): the LoRA
+# adapter loader reads these unchecked, so the stored type must be exactly this.
+EXACT_TYPES = {
+    "general.architecture": gguf.GGUFValueType.STRING,
+    "general.type": gguf.GGUFValueType.STRING,
+    "adapter.type": gguf.GGUFValueType.STRING,
+    "adapter.lora.alpha": gguf.GGUFValueType.FLOAT32,
+}
 _INT64_MAX = (1 << 63) - 1
 # Arrays longer than this are not kept in memory (token lists, scores); only their length is.
 MAX_KEPT_ARRAY = 256
@@ -259,6 +267,11 @@ def read_gguf(path: str | Path) -> tuple[int, dict[str, Any], list[TensorInfo], 
             metadata[key] = cur.value(vtype, key)
             if key == gguf.Keys.General.ALIGNMENT:
                 alignment = _alignment(metadata[key], vtype, path)
+            elif key in EXACT_TYPES and vtype != EXACT_TYPES[key]:
+                raise ModelFileError(
+                    f"{path}: '{key}' is stored as {_type_name(vtype)}, not as the "
+                    f"{_type_name(EXACT_TYPES[key])} llama.cpp needs; the file is corrupt."
+                )
         tensors = _read_tensor_infos(cur, n_tensors, alignment, size, path)
         return version, metadata, tensors, size
     finally:

@@ -246,6 +246,9 @@ def hostile_files(out_dir: Path) -> dict[str, tuple[Path, str]]:
         name: (write_tiny_llama(out_dir / f"{name}.gguf", kv=kv), phrase)
         for name, (kv, phrase) in by_key.items()
     }
+    for name, alpha in {"adapter_alpha_as_string": ("8", string), "adapter_alpha_as_float64": (8.0, _T.FLOAT64),
+                        "adapter_alpha_as_int": (8, u32)}.items():  # fmt: skip
+        files[name] = (write_lora_adapter(out_dir / f"{name}.gguf", alpha=alpha), "adapter.lora.alpha")
     arch = kv_str("general.architecture", "llama")
     f32 = int(gguf.GGMLQuantizationType.F32)
     two = [("a.weight", (32,), f32), ("b.weight", (32,), f32)]
@@ -267,6 +270,23 @@ def hostile_files(out_dir: Path) -> dict[str, tuple[Path, str]]:
             phrase,
         )
     return files
+
+
+def write_lora_adapter(
+    path: Path, *, n_embd: int = 64, rank: int = 4, alpha: tuple[Any, gguf.GGUFValueType] = (8.0, _T.FLOAT32)
+) -> Path:
+    """A LoRA adapter for write_tiny_llama's model (on blk.0.attn_q), as llama.cpp's converter writes one."""
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_type("adapter")
+    w.add_string("adapter.type", "lora")
+    w.add_key_value("adapter.lora.alpha", alpha[0], alpha[1])
+    w.add_tensor("blk.0.attn_q.weight.lora_a", np.zeros((rank, n_embd), np.float32))
+    w.add_tensor("blk.0.attn_q.weight.lora_b", np.zeros((n_embd, rank), np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
 
 
 def valid_raw_gguf(path: Path) -> Path:

@@ -133,6 +133,14 @@ def test_hostile_model_files_give_one_line_errors(hostile, case, tmp_path):
         assert_no_crash_output(result)
 
 
+def test_a_hostile_adapter_gives_a_one_line_error(hostile, tiny_model, tmp_path):
+    path, phrase = hostile["adapter_alpha_as_float64"]  # llama.cpp's adapter loader aborts on it
+    result = ingle("run", tiny_model, "hello", "-n", "4", "--adapter", path)
+    assert_one_line_error(result, phrase)
+    assert_no_crash_output(result)
+    assert_one_line_error(ingle("models", "import", path, home=tmp_path / "home"), phrase)
+
+
 def test_in_process_run_is_still_protected_by_the_checks(hostile):
     path, phrase = hostile["block_count_huge"]
     result = ingle("run", path, "hello", "--in-process")

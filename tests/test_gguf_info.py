@@ -96,6 +96,7 @@ HOSTILE_NAMES = sorted([
     "alignment_as_string", "alignment_as_array", "tokens_as_number", "chat_template_as_int", "block_count_as_array",
     "nested_array_50000", "five_dimensions", "eight_dimensions", "overlapping_tensors", "misaligned_tensor",
     "alignment_zero", "alignment_three", "duplicate_tensor", "duplicate_key", "negative_dimension",
+    "adapter_alpha_as_string", "adapter_alpha_as_float64", "adapter_alpha_as_int",
 ])  # fmt: skip
 
 
@@ -112,7 +113,7 @@ def test_the_catalogue_covers_every_hostile_file(hostile):
 def test_hostile_files_are_refused_with_one_line(hostile, case):
     path, phrase = hostile[case]
     with pytest.raises(ModelFileError) as err:
-        inspect_gguf(path)
+        inspect_gguf(path, expect="adapter" if case.startswith("adapter_") else "model")
     message = str(err.value)
     assert phrase in message and str(path) in message
     assert "\n" not in message
@@ -121,6 +122,9 @@ def test_hostile_files_are_refused_with_one_line(hostile, case):
 def test_the_raw_builder_makes_valid_files_without_a_defect(tmp_path):
     info = inspect_gguf(valid_raw_gguf(tmp_path / "ok.gguf"))
     assert [t.offset for t in info.tensors] == [0, 128] and info.parameter_count == 64
+    from gguf_factory import write_lora_adapter
+
+    assert inspect_gguf(write_lora_adapter(tmp_path / "lora.gguf"), expect="adapter").kind == "adapter"
 
 
 def test_names_from_the_file_are_printed_inert(tmp_path):
