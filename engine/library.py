@@ -131,8 +131,8 @@ class Library:
         try:
             raw = json.loads(data.decode("utf-8"))
             entries = {name: self._checked_entry(name, item) for name, item in raw.get("entries", {}).items()}
-        except (ValueError, TypeError, AttributeError, LibraryError) as err:
-            # ValueError covers damaged JSON and invalid UTF-8. Keep the damaged index for the user; rebuild
+        except (ValueError, TypeError, AttributeError, RecursionError, LibraryError) as err:
+            # ValueError covers damaged JSON and invalid UTF-8; RecursionError a forged, deeply nested one. Keep the damaged index for the user; rebuild
             # from the files we hold.
             backup = self.index_path.with_suffix(f".broken-{int(time.time())}.json")
             try:
@@ -236,7 +236,9 @@ class Library:
         entries = self._load()
         if name not in entries:
             known = ", ".join(sorted(entries)) or "none yet"
-            raise LibraryError(f"No model or adapter named '{name}' in the library (it has: {known}).")
+            raise LibraryError(
+                f"No model or adapter named '{printable(name)}' in the library (it has: {printable(known)})."
+            )
         return entries[name]
 
     def resolve(self, name_or_path: str | os.PathLike | None) -> Path:
@@ -342,7 +344,7 @@ class Library:
         entries = self._load()
         entry = entries.pop(name, None)
         if entry is None:
-            raise LibraryError(f"No model or adapter named '{name}' in the library.")
+            raise LibraryError(f"No model or adapter named '{printable(name)}' in the library.")
         if not entry.linked:
             for f in entry.files:
                 if not self._inside(f):  # never delete outside the library, whatever the index says

@@ -164,6 +164,15 @@ def test_a_forged_index_entry_sets_the_index_aside(fresh_home, forged):
     assert any(p.name.startswith("index.broken-") for p in fresh_home.iterdir())
 
 
+def test_a_deeply_nested_index_is_set_aside_not_a_crash(fresh_home):
+    lib = Library()
+    lib.index_path.parent.mkdir(parents=True)
+    lib.index_path.write_text('{"version": 1, "entries": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    with pytest.raises(LibraryError, match="damaged"):
+        lib.entries()
+    assert lib.entries() == []
+
+
 def test_an_index_with_invalid_utf8_is_set_aside_with_a_message(fresh_home, tiny_model):
     lib = Library()
     lib.import_file(tiny_model, name="tiny")
