@@ -229,11 +229,9 @@ def _crashed(engine, err: EngineDied, when: str, advice: str = "try again") -> E
 
 
 def _how_it_died(err: EngineDied) -> str:
-    import signal as signals
-
     if err.signal:
         try:
-            return f"signal {signals.Signals(err.signal).name}"
+            return f"signal {signal.Signals(err.signal).name}"
         except ValueError:
             return f"signal {err.signal}"
     return f"exit code {err.exitcode}"
