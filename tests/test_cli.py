@@ -141,6 +141,26 @@ def test_a_hostile_adapter_gives_a_one_line_error(hostile, tiny_model, tmp_path)
     assert_one_line_error(ingle("models", "import", path, home=tmp_path / "home"), phrase)
 
 
+def test_a_file_that_aborts_llama_cpp_past_the_checks_ends_the_child_not_the_command(tmp_path):
+    """A BERT tokenizer type over a SentencePiece vocabulary passes Ingle's checks, and this llama.cpp aborts on
+    it ("fatal error" in its vocabulary code): the engine child dies and the command says so in one line."""
+    import gguf
+    from gguf_factory import write_tiny_llama
+
+    path = write_tiny_llama(
+        tmp_path / "bert-vocab.gguf", kv={"tokenizer.ggml.model": ("bert", gguf.GGUFValueType.STRING)}
+    )
+    home = tmp_path / "home"
+    result = ingle("run", path, "hello", "-n", "4", home=home)
+    assert_one_line_error(result)
+    assert_no_crash_output(result)
+    assert "fatal error" not in result.stderr
+    if "crashed" in result.stderr:  # (a later llama.cpp may refuse the file instead: also one line)
+        (log,) = (home / "logs").glob("ingle-engine-crash-*.log")
+        assert str(log) in result.stderr and "fatal error" in log.read_text()
+    assert_one_line_error(ingle("inspect", path, "hello", home=home))
+
+
 def test_in_process_run_is_still_protected_by_the_checks(hostile):
     path, phrase = hostile["block_count_huge"]
     result = ingle("run", path, "hello", "--in-process")
