@@ -8,7 +8,6 @@ one repetition of each in turn, so a shared, noisy machine slows them alike.
 
 from __future__ import annotations
 
-import ctypes
 import importlib
 import importlib.util
 import json
@@ -23,7 +22,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from engine import units
 from engine.events import Message, PromptEvaluated, ReplyDone, Token
+from engine.reference import Reference, eog_tokens, rates
 from engine.settings import LoadSettings, SamplingSettings
 
 TIMED_MODES = ("reference", "engine", "host")
@@ -91,128 +92,6 @@ def exact_prompt(tokenize: Callable[[str], list[int]], n_tokens: int) -> tuple[s
     return text, tokens
 
 
-def eog_tokens(vocab, n_vocab: int) -> list[int]:
-    """Every end-of-generation token; banned in all modes so each produces exactly the requested tokens."""
-    import llama_cpp
-
-    return [t for t in range(n_vocab) if llama_cpp.llama_vocab_is_eog(vocab, t)]
-
-
-# ----------------------------------------------------------------------------- (1) reference
-class Reference:
-    """The minimal llama.cpp loop (like llama.cpp's examples/simple): batch prefill, greedy decode, no Python around it."""
-
-    def __init__(self, path: Path, settings: LoadSettings, banned: Sequence[int] = ()):
-        import llama_cpp
-
-        from engine.hardware import cpu_has_amx
-        from engine.runtime import init_backend
-
-        self.ll = ll = llama_cpp
-        init_backend()  # llama_backend_init, with llama.cpp's log quietened as in the engine
-        started = time.perf_counter()
-        mparams = ll.llama_model_default_params()
-        mparams.use_extra_bufts = not cpu_has_amx()  # repacked AMX matmul crashes (DESIGN.md section 4)
-        self.model = ll.llama_model_load_from_file(str(path).encode(), mparams)
-        if not self.model:
-            raise RuntimeError(f"{path}: llama.cpp could not load the model")
-        cparams = ll.llama_context_default_params()
-        cparams.n_ctx = settings.n_ctx
-        cparams.n_batch = settings.n_batch
-        cparams.n_ubatch = settings.n_ubatch
-        cparams.n_threads = settings.n_threads
-        cparams.n_threads_batch = settings.n_threads_batch or settings.n_threads
-        cparams.flash_attn_type = {"auto": -1, "off": 0, "on": 1}[settings.flash_attn.value]
-        # the engine's cache settings too: llama.cpp's default is a full-size sliding-window cache, the engine's
-        # is the window only (Gemma 3), and a different cache is a different workload
-        cparams.swa_full = settings.swa_full
-        cparams.type_k = getattr(ll, f"GGML_TYPE_{settings.type_k.name}")
-        cparams.type_v = getattr(ll, f"GGML_TYPE_{settings.type_v.name}")
-        cparams.no_perf = True
-        self.ctx = ll.llama_init_from_model(self.model, cparams)
-        self.load_seconds = time.perf_counter() - started
-        self.vocab = ll.llama_model_get_vocab(self.model)
-        self.n_vocab = ll.llama_vocab_n_tokens(self.vocab)
-        self.n_batch = ll.llama_n_batch(self.ctx)
-        self.banned = list(banned)
-        self.chain = ll.llama_sampler_chain_init(ll.llama_sampler_chain_default_params())
-        if self.banned:
-            self._bias = (ll.llama_logit_bias * len(self.banned))()
-            for i, tok in enumerate(self.banned):
-                self._bias[i].token, self._bias[i].bias = tok, -math.inf
-            ll.llama_sampler_chain_add(
-                self.chain, ll.llama_sampler_init_logit_bias(self.n_vocab, len(self.banned), self._bias)
-            )
-        ll.llama_sampler_chain_add(self.chain, ll.llama_sampler_init_greedy())
-
-    def tokenize(self, text: str) -> list[int]:
-        data = text.encode()
-        buf = (self.ll.llama_token * (len(data) + 8))()
-        n = self.ll.llama_tokenize(self.vocab, data, len(data), buf, len(buf), True, False)
-        return list(buf[:n])
-
-    def run(self, tokens: Sequence[int], n_gen: int) -> dict:
-        ll = self.ll
-        ll.llama_memory_clear(ll.llama_get_memory(self.ctx), True)
-        ll.llama_sampler_reset(self.chain)
-        prompt = (ll.llama_token * len(tokens))(*tokens)
-        one = (ll.llama_token * 1)()
-        t0 = time.perf_counter()
-        for start in range(0, len(tokens), self.n_batch):
-            chunk = min(self.n_batch, len(tokens) - start)
-            batch = ll.llama_batch_get_one(
-                ctypes.cast(ctypes.byref(prompt, start * 4), ll.llama_token_p), chunk
-            )
-            if ll.llama_decode(self.ctx, batch) != 0:
-                raise RuntimeError("llama_decode failed on the prompt")
-        t1 = time.perf_counter()
-        token = ll.llama_sampler_sample(self.chain, self.ctx, -1)
-        out = [token]
-        t2, c2 = time.perf_counter(), time.process_time()
-        while len(out) < n_gen:
-            one[0] = token
-            if ll.llama_decode(self.ctx, ll.llama_batch_get_one(one, 1)) != 0:
-                raise RuntimeError("llama_decode failed while generating")
-            token = ll.llama_sampler_sample(self.chain, self.ctx, -1)
-            out.append(token)
-        t3, c3 = time.perf_counter(), time.process_time()
-        return _rates(len(tokens), t1 - t0, len(out), t3 - t2, out, cpu_decode_s=c3 - c2)
-
-    def close(self) -> None:
-        ll = self.ll
-        if self.chain:
-            ll.llama_sampler_free(self.chain)
-            self.chain = None
-        if self.ctx:
-            ll.llama_free(self.ctx)
-            self.ctx = None
-        if self.model:
-            ll.llama_model_free(self.model)
-            self.model = None
-
-
-def _rates(
-    prompt_tokens: int,
-    prefill_s: float,
-    generated: int,
-    decode_s: float,
-    tokens=(),
-    cpu_decode_s: float = 0.0,
-) -> dict:
-    # the first generated token comes from the prefill's logits; decode time covers the other generated - 1
-    return {
-        "prompt_tokens": prompt_tokens,
-        "generated_tokens": generated,
-        "prefill_seconds": prefill_s,
-        "decode_seconds": decode_s,
-        "prefill_tok_s": prompt_tokens / prefill_s if prefill_s > 0 else 0.0,
-        "decode_tok_s": (generated - 1) / decode_s if generated > 1 and decode_s > 0 else 0.0,
-        "tokens": list(tokens),
-        # CPU seconds per decoded token barely move when other processes take the cores: a steadier overhead gauge
-        "cpu_decode_tok_s": (generated - 1) / cpu_decode_s if generated > 1 and cpu_decode_s > 0 else 0.0,
-    }
-
-
 def cpu_clock(engine) -> Callable[[], float]:
     """CPU seconds used so far by the process(es) doing the work: this one, plus the host's child if any."""
     pid = getattr(engine, "pid", None)
@@ -254,7 +133,7 @@ def run_engine(engine, prompt: str, tokens: Sequence[int], sampling: SamplingSet
             done = event
     decode_s = token_times[-1] - token_times[0] if len(token_times) > 1 else 0.0
     cpu_decode_s = cpu_times[-1] - cpu_times[0] if len(cpu_times) > 1 else 0.0
-    result = _rates(evaluated.evaluated_tokens, prefill_s, len(generated), decode_s, generated, cpu_decode_s)
+    result = rates(evaluated.evaluated_tokens, prefill_s, len(generated), decode_s, generated, cpu_decode_s)
     result["reused_tokens"] = evaluated.reused_tokens
     result["engine_prefill_tok_s"] = done.stats.prefill_tok_s  # as measured inside the engine
     result["engine_decode_tok_s"] = done.stats.decode_tok_s
@@ -678,7 +557,7 @@ def markdown(result: BenchResult) -> str:
             f"| engine host: start / load | {ld['host_start_seconds'] * 1000:.0f} ms / {ld['host_load_seconds'] * 1000:.0f} ms |"
         )
     if "rss_bytes" in gui:
-        lines.append(f"| GUI process RSS, no model ({gui['window']}) | {gui['rss_bytes'] / 2**20:.0f} MiB |")
+        lines.append(f"| GUI process RSS, no model ({gui['window']}) | {units.mib(gui['rss_bytes'])} |")
         lines.append(f"| GUI process start-up to window shown | {gui['startup_seconds'] * 1000:.0f} ms |")
     elif gui:
         lines.append(f"| GUI process RSS | error: {gui.get('error')} |")
@@ -701,6 +580,6 @@ def markdown(result: BenchResult) -> str:
                 f"{block['warmup_steps']} warm-up, batch {block['settings']['batch_size']}, rank "
                 f"{block['settings']['rank']}, {block['threads']} threads; step {block['step_seconds']:.2f} s "
                 f"({lo:.2f}-{hi:.2f}), {block['tokens_per_step']:.0f} tokens/step, peak "
-                f"{block['peak_memory_bytes'] / 2**20:.0f} MiB) |"
+                f"{units.mib(block['peak_memory_bytes'])}) |"
             )
     return "\n".join(lines)

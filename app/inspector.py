@@ -159,10 +159,10 @@ class Inspector(QObject):
         if self.has_draft:
             roles[-1] = "draft"
         if method == "inspect":
-            budget = result["budget"]
+            budget = result.budget
             self.context_bar.set_budget(budget, roles, self.has_draft)
-            self.kv_map.set_state(result["kv"], budget.spans, roles, *self.last_turn)
-            self.preview.set_stages(result["preview"], result["preview_note"])
+            self.kv_map.set_state(result.kv, budget.spans, roles, *self.last_turn)
+            self.preview.set_stages(list(result.preview), result.preview_note)
             labels = [f"{i + 1}. {m.role}: {m.content[:40]!r}" for i, m in enumerate(self.messages)]
             if labels:
                 pinned = self.token_pinned and 0 <= self.token_message < len(labels)

@@ -15,9 +15,9 @@ POLL_MS = 100
 
 
 def _child(conn, fn: Callable, args: tuple) -> None:
-    from engine.host import _die_with_parent
+    from engine.host import die_with_parent
 
-    _die_with_parent()
+    die_with_parent()
     try:
         conn.send(("done", fn(*args)))
     except IngleError as err:

@@ -18,6 +18,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from app.forms import ERROR_STYLE
 from engine.errors import IngleError
 from engine.fit import Fit, Verdict, available_memory, estimate
 from engine.gguf_info import ModelInfo, inspect_gguf
@@ -213,7 +214,7 @@ class ModelPanel(QWidget):
             return
         self.estimate.setText(estimate.describe() if estimate else "")
         self.estimate.setStyleSheet(
-            "" if estimate is None or estimate.verdict is Verdict.FITS else "color: #c0392b"
+            "" if estimate is None or estimate.verdict is Verdict.FITS else ERROR_STYLE
         )
 
     def _load(self) -> None:

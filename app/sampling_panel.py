@@ -22,6 +22,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from app.forms import HELP_STYLE, MessageLabel, add_field_rows
 from engine.conversations import ConversationStore
 from engine.errors import SettingsError
 from engine.settings import PRESETS, OverflowPolicy, SamplingSettings
@@ -117,10 +118,7 @@ class SamplingPanel(QWidget):
             button.clicked.connect(slot)
             presets.addWidget(button)
         layout.addLayout(presets)
-        self.error = QLabel()
-        self.error.setStyleSheet("color: #c0392b")
-        self.error.setWordWrap(True)
-        self.error.hide()
+        self.error = MessageLabel(hide_when_empty=True, selectable=False)
         layout.addWidget(self.error)
         form = QFormLayout()
         form.setFieldGrowthPolicy(QFormLayout.AllNonFixedFieldsGrow)
@@ -133,19 +131,9 @@ class SamplingPanel(QWidget):
         policy_label = QLabel("Context full")
         policy_label.setToolTip(self.policy_box.toolTip())
         form.addRow(policy_label, self.policy_box)
-        for f in SamplingSettings.field_specs():
-            widget = self._make_field(f)
-            self.fields[f.name] = widget
-            help_label = QLabel(f.metadata["help"])
-            help_label.setWordWrap(True)
-            help_label.setStyleSheet("color: palette(mid); font-size: small")
-            box = QVBoxLayout()
-            box.setSpacing(0)
-            box.addWidget(widget)
-            box.addWidget(help_label)
-            label = QLabel(f.metadata["label"])
-            label.setToolTip(f.metadata["help"])
-            form.addRow(label, box)
+        self.fields = add_field_rows(
+            form, SamplingSettings.field_specs(), self._make_field, f"{HELP_STYLE}; font-size: small"
+        )
         layout.addLayout(form)
         layout.addStretch(1)
         self.reload_presets()
@@ -190,7 +178,7 @@ class SamplingPanel(QWidget):
                     if isinstance(value, tuple)
                     else value
                 )
-        self.error.hide()
+        self.error.clear()
         match = [name for name, preset in self.store.presets().items() if preset == settings]
         self.preset_box.setCurrentText(match[0] if match else "")
         if not match:
@@ -220,10 +208,9 @@ class SamplingPanel(QWidget):
         try:
             settings = self._read()
         except SettingsError as err:
-            self.error.setText(str(err))
-            self.error.show()
+            self.error.show_error(str(err))
             return
-        self.error.hide()
+        self.error.clear()
         if settings != self._settings:
             self._settings = settings
             self.preset_box.setCurrentIndex(-1)

@@ -29,6 +29,7 @@ from PySide6.QtWidgets import (
 
 from engine.errors import IngleError
 from engine.events import Token
+from engine.interface import KVState
 from engine.visual import ContextBudget, PreviewStage, TokenPiece
 
 ROLE_COLORS = {"system": "#8e6fc1", "user": "#3f83cc", "assistant": "#3a9d5d", "draft": "#e09a2b"}
@@ -358,12 +359,12 @@ class KVCacheMap(QWidget):
         self.note = "No model loaded."
         self.setMinimumHeight(260)
 
-    def set_state(self, kv: dict, spans: Sequence[tuple[int, int, int]], roles: Sequence[str],
+    def set_state(self, kv: KVState, spans: Sequence[tuple[int, int, int]], roles: Sequence[str],
                   reused: int, evaluated: int) -> None:  # fmt: skip
         """`kv`: Runtime.kv_state(); `spans`: (message, first, end) per message; `reused`/`evaluated`: the last
         turn's split (from its PromptEvaluated event)."""
-        self.layout_info = kv["layout"]
-        self.n_past = kv["n_past"]
+        self.layout_info = kv.layout.to_dict()
+        self.n_past = kv.n_past
         owner: list[str] = []
         for index, start, end in spans:
             role = roles[index] if index < len(roles) else "draft"

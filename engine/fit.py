@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass
 from enum import StrEnum
 
+from engine import units
 from engine.kv import kv_layout
 from engine.settings import CacheType
 
@@ -35,13 +36,9 @@ class Fit:
     def describe(self) -> str:
         approx = "" if self.exact_kv else "~"
         return (
-            f"{self.verdict.value}: {_size(self.total)} needed (weights {_size(self.weights)} + KV cache "
-            f"{approx}{_size(self.kv_cache)} + runtime {_size(OVERHEAD_BYTES)}) of {_size(self.available)} available"
+            f"{self.verdict.value}: {units.size(self.total)} needed (weights {units.size(self.weights)} + KV cache "
+            f"{approx}{units.size(self.kv_cache)} + runtime {units.size(OVERHEAD_BYTES)}) of {units.size(self.available)} available"
         )
-
-
-def _size(n: int) -> str:
-    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
 
 def quant_bits(quant: str) -> float:
@@ -91,7 +88,7 @@ def estimate(
     swa_full: bool = False,
 ) -> Fit:  # fmt: skip
     """`info`: a gguf_info.ModelInfo when the file is local: the KV cache is then exact (llama.cpp's own
-    allocation rule, sliding-window layers included, see engine.inspect.kv_layout); else it is estimated."""
+    allocation rule, sliding-window layers included, see engine.kv.kv_layout); else it is estimated."""
     available = available_memory() if available is None else available
     if info is not None and info.n_layers:
         kv = kv_layout(info, n_ctx, type_k, type_v, n_ubatch, swa_full).total_bytes

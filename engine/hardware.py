@@ -10,6 +10,8 @@ from pathlib import Path
 
 import psutil
 
+from engine import units
+
 # ggml_backend_dev_type values (ggml-backend.h)
 _DEV_TYPES = {0: "CPU", 1: "GPU", 2: "IGPU", 3: "ACCEL"}
 
@@ -50,11 +52,11 @@ class Hardware:
         return sum(d.memory_free for d in self.gpus)
 
     def describe(self) -> str:
-        gpus = ", ".join(f"{d.description} ({d.memory_total / 2**30:.1f} GiB)" for d in self.gpus) or "none"
+        gpus = ", ".join(f"{d.description} ({units.gib(d.memory_total)})" for d in self.gpus) or "none"
         feats = " ".join(k for k, v in self.cpu_features.items() if v)
         return (
             f"CPU: {self.physical_cores} cores ({self.logical_cores} threads), {feats}\n"
-            f"RAM: {self.ram_available / 2**30:.1f} GiB free of {self.ram_total / 2**30:.1f} GiB\n"
+            f"RAM: {units.gib(self.ram_available)} free of {units.gib(self.ram_total)}\n"
             f"llama.cpp backends: {', '.join(self.backends)}; GPU offload: {'yes' if self.gpu_offload else 'no'}\n"
             f"GPUs: {gpus}"
         )
@@ -75,13 +77,27 @@ def llama_library_path() -> Path:
     raise FileNotFoundError(f"libllama not found in {lib_dir}")
 
 
+def parse_cpu_flags(cpuinfo: str) -> frozenset[str]:
+    """The feature flags of the first CPU in /proc/cpuinfo text (its `flags` line; not `vmx flags` or `bugs`)."""
+    for line in cpuinfo.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip() == "flags":
+            return frozenset(value.split())
+    return frozenset()
+
+
+@cache
+def cpu_flags() -> frozenset[str]:
+    """This CPU's feature flags (avx2, avx512_bf16, amx_tile, ...); empty where there is no /proc/cpuinfo."""
+    try:
+        return parse_cpu_flags(Path("/proc/cpuinfo").read_text())
+    except OSError:
+        return frozenset()
+
+
 def cpu_has_amx() -> bool:
     """AMX CPUs crash llama.cpp's repacked matmul (DESIGN.md section 4); we then load with use_extra_bufts off."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return " amx_int8" in flags or " amx_tile" in flags
+    return bool({"amx_int8", "amx_tile"} & cpu_flags())
 
 
 def _parse_system_info(text: str) -> dict[str, bool]:

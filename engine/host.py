@@ -93,7 +93,7 @@ def clean_stale_logs(folder: Path) -> list[Path]:
     return removed
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """Linux: the kernel kills us when the parent dies, even by SIGKILL (no orphans)."""
     if sys.platform.startswith("linux"):
         import ctypes
@@ -113,7 +113,7 @@ def engine_command() -> list[str]:
 
 def child_main(address: str) -> None:
     """Entry point of the engine child: serve requests until shutdown or until the parent goes away."""
-    _die_with_parent()
+    die_with_parent()
     # Ctrl+C in a terminal reaches the whole process group; the parent turns it into a cancel request
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     conn = Client(address, authkey=bytes.fromhex(os.environ.pop("INGLE_HOST_AUTHKEY")))

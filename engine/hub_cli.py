@@ -6,7 +6,7 @@ import sys
 import time
 from pathlib import Path
 
-from engine import fit, hub
+from engine import fit, hub, units
 from engine.errors import Cancelled, IngleError
 
 
@@ -30,20 +30,18 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_pull)
 
 
-def _gib(n: int) -> str:
-    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
-
-
 def print_options(files: hub.RepoFiles, ctx: int) -> hub.QuantOption | None:
     best = fit.recommend(files.options, ctx)
     for o in files.options:
         if o.projector:
-            print(f"    {o.quant:<8} {_gib(o.size):>11}  {o.label}  [projector for images, not a chat model]")
+            print(
+                f"    {o.quant:<8} {units.size(o.size):>11}  {o.label}  [projector for images, not a chat model]"
+            )
             continue
         f = fit.estimate(o.size, o.quant, ctx)
         mark = "*" if o is best else " "
         split = f" ({len(o.files)} parts)" if o.split else ""
-        print(f"  {mark} {o.quant:<8} {_gib(o.size):>11}  {f.verdict.value:<9}  {o.label}{split}")
+        print(f"  {mark} {o.quant:<8} {units.size(o.size):>11}  {f.verdict.value:<9}  {o.label}{split}")
     return best
 
 
@@ -64,10 +62,10 @@ def cmd_search(args) -> int:
 def _bar(job) -> str:
     width = 30
     filled = int(job.fraction * width)
-    eta = f"{job.eta:.0f}s" if job.eta is not None else "--"
-    speed = f"{job.speed / 2**20:.1f} MiB/s" if job.speed else "--"
+    eta = units.duration(job.eta) if job.eta is not None else "--"
+    speed = f"{units.mib(job.speed, 1)}/s" if job.speed else "--"
     return (f"\r[{'#' * filled}{'.' * (width - filled)}] {job.fraction * 100:5.1f}% "
-            f"{_gib(job.done_bytes)}/{_gib(job.total_bytes)} {speed} ETA {eta} ")  # fmt: skip
+            f"{units.size(job.done_bytes)}/{units.size(job.total_bytes)} {speed} ETA {eta} ")  # fmt: skip
 
 
 def cmd_pull(args) -> int:
@@ -87,7 +85,7 @@ def cmd_pull(args) -> int:
         raise hub.HubError(
             f"{option.label} is a vision projector (mmproj), not a chat model; pick a model file."
         )
-    print(f"{repo_id}: {option.label} ({option.quant}, {_gib(option.size)})", file=sys.stderr)
+    print(f"{repo_id}: {option.label} ({option.quant}, {units.size(option.size)})", file=sys.stderr)
     tty = sys.stderr.isatty()
     last = [0.0]
 
@@ -100,7 +98,7 @@ def cmd_pull(args) -> int:
     manager = DownloadManager(concurrency=1, token=hub.load_token(), on_update=progress)
     resumable = manager.partial_bytes(repo_id, option.files)
     if resumable:
-        print(f"resuming from {_gib(resumable)} already downloaded", file=sys.stderr)
+        print(f"resuming from {units.size(resumable)} already downloaded", file=sys.stderr)
     job = manager.add(repo_id, option.files, revision=files.revision, name=args.name)
     try:
         while not manager.wait(job.id, 0.2)._finished.is_set():

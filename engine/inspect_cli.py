@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from engine import units
 from engine.cli import (
     _valid_text,
     add_engine_flags,
@@ -31,9 +32,8 @@ def cmd_inspect(args) -> int:
     sampling = settings_from_args(args, SamplingSettings)
     path = Library().resolve(model)
     load = settings_from_args(args, LoadSettings)
-    engine = open_engine(
-        in_process=args.in_process
-    )  # the engine child by default: a bad file cannot abort us
+    # the engine child by default: a file that makes llama.cpp abort cannot take this command down
+    engine = open_engine(in_process=args.in_process)
     try:
         load_model(engine, path, load)
         evaluation = engine.request("evaluate_text", prompt, args.chat)
@@ -54,18 +54,18 @@ def cmd_inspect(args) -> int:
         print(json.dumps({
             "tokens": pieces,
             "prompt_tokens": evaluation.prompt_tokens,
-            "kv_cache": kv,
+            "kv_cache": kv.to_dict(),
             "preview_stages": [{"name": s.name, "kept": s.kept, "removed": list(s.removed)} for s in stages],
             "preview": [[{"token_id": t.token_id, "piece": t.piece, "p": t.p} for t in s.tokens] for s in stages],
         }, indent=2))  # fmt: skip
         return 0
     print(f"Prompt: {len(pieces)} tokens")
     print("  " + " | ".join(f"{p['piece']!r}:{p['token_id']}" for p in pieces))
-    layout = kv["layout"]
-    print(f"\nKV cache: {kv['n_past']} of {layout['n_ctx']} cells used; {layout['formula']}")
-    for group in layout["groups"]:
+    layout = kv.layout
+    print(f"\nKV cache: {kv.n_past} of {layout.n_ctx} cells used; {layout.formula()}")
+    for group in layout.groups():
         print(f"  {group['cache']:<15} {group['layers']:>3} layers x {group['cells']} cells  "
-              f"K {group['bytes_k'] / 2**20:.2f} MiB  V {group['bytes_v'] / 2**20:.2f} MiB")  # fmt: skip
+              f"K {units.mib(group['bytes_k'], 2)}  V {units.mib(group['bytes_v'], 2)}")  # fmt: skip
     print("\nNext-token distribution after each sampler stage:")
     for stage in stages:
         top = ", ".join(f"{t.piece!r} {t.p:.3f}" for t in stage.tokens[:8])

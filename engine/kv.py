@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 
 import gguf
 
+from engine import units
 from engine.gguf_info import ModelInfo
 from engine.settings import CacheType
 
@@ -61,7 +62,7 @@ class KVLayout:
                 f"{g['layers']} layers x {g['cells']} cells x {self.n_kv_heads} KV heads x "
                 f"({self.head_dim_k} x {self.type_k} + {self.head_dim_v} x {self.type_v})"
             )
-        return " + ".join(parts) + f" = {self.total_bytes / 2**20:.2f} MiB"
+        return " + ".join(parts) + f" = {units.mib(self.total_bytes, 2)}"
 
     def to_dict(self) -> dict:
         return {

@@ -1,8 +1,13 @@
-"""The in-process llama.cpp runtime: load a model, keep its KV cache across turns, stream sampled tokens."""
+"""The in-process llama.cpp runtime: load a model, keep its KV cache across turns, stream sampled tokens.
+
+Over 500 lines on purpose: loading, tokens, evaluation and the sampling loop share the model and context handles
+and the list of cached tokens, which no other module may touch. What does not need them lives beside it:
+engine.inspection (visualizer numbers), engine.overflow (overflow policies), engine.llama_params (settings as
+llama.cpp parameters), engine.textstream (UTF-8 and stop strings), engine.preview (sampling math).
+"""
 
 from __future__ import annotations
 
-import codecs
 import collections
 import ctypes
 import logging
@@ -16,6 +21,7 @@ from pathlib import Path
 import llama_cpp
 import numpy as np
 
+from engine import inspection
 from engine.chat_template import ChatTemplate, template_for
 from engine.errors import Cancelled, ContextFullError, EngineError, ModelFileError
 from engine.events import (
@@ -29,29 +35,25 @@ from engine.events import (
     ReplyStats,
     StopReason,
     Token,
-    TokenAlternative,
 )
 from engine.gguf_info import ModelInfo, inspect_gguf
-from engine.hardware import cpu_has_amx, default_threads
-from engine.inspect import (
-    ContextBudget,
-    KVLayout,
-    PreviewStage,
-    TokenPiece,
-    kv_layout,
-    parse_kv_report,
-    sampling_preview,
-)
+from engine.interface import Inspection, KVState
+from engine.kv import KVLayout, parse_kv_report
+from engine.llama_params import context_params, model_params
+from engine.overflow import drop_oldest, fit_prompt, system_tokens
+from engine.preview import token_logprobs
 from engine.sampling import SamplerChain
-from engine.settings import FlashAttention, LoadSettings, OverflowPolicy, SamplingSettings
+from engine.settings import LoadSettings, OverflowPolicy, SamplingSettings
 from engine.text import printable
+from engine.textstream import TextStream, common_prefix
+from engine.visual import ContextBudget, PreviewStage, TokenPiece
 
 log = logging.getLogger("ingle.engine")
-_FLASH = {FlashAttention.AUTO: -1, FlashAttention.OFF: 0, FlashAttention.ON: 1}
 _TEMPLATE_MARKERS = ("<start_of_turn>", "<|start_header_id|>", "[INST]", "<|im_start|>")
 
 
-_kv_reports: list[dict] = []  # llama.cpp's own reports of the KV caches it allocated (see engine.inspect)
+# llama.cpp's own reports of the KV caches it allocated (see engine.kv.parse_kv_report)
+_kv_reports: list[dict] = []
 # llama.cpp's latest error lines: a failed load says why in the error itself, not only in a log
 _recent_errors: collections.deque[str] = collections.deque(maxlen=8)
 
@@ -90,52 +92,6 @@ def _load_failure_reason() -> str:
     return printable(reason)[:300] + "."
 
 
-def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
-
-
-class TextStream:
-    """Turns token bytes into safe text: holds back partial UTF-8 and any tail that may start a stop string."""
-
-    def __init__(self, stop: Sequence[str]):
-        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self._stop = tuple(stop)
-        self._pending = ""
-        self.text = ""  # everything released so far
-        self.stopped = False
-
-    def push(self, data: bytes) -> str:
-        self._pending += self._decoder.decode(data)
-        if self._stop:
-            hits = [(i, s) for s in self._stop if (i := self._pending.find(s)) >= 0]
-            if hits:
-                cut = min(i for i, _ in hits)
-                out = self._pending[:cut]
-                self._pending = ""
-                self.stopped = True
-                self.text += out
-                return out
-            hold = max(
-                (k for s in self._stop for k in range(1, len(s)) if self._pending.endswith(s[:k])), default=0
-            )
-        else:
-            hold = 0
-        out = self._pending[: len(self._pending) - hold]
-        self._pending = self._pending[len(out) :]
-        self.text += out
-        return out
-
-    def flush(self) -> str:
-        out = self._pending + self._decoder.decode(b"", final=True) if not self.stopped else ""
-        self._pending = ""
-        self.text += out
-        return out
-
-
 class Runtime:
     """One loaded model and one context (sequence 0). Not thread-safe except `cancel()`."""
 
@@ -158,7 +114,7 @@ class Runtime:
         self.heartbeat = None  # called after every llama_decode; the host uses it to prove it is alive
         self.kv_reports: list[dict] = []
         self.last_evaluation: PromptEvaluated | None = None
-        self._logits_snapshot: np.ndarray | None = None  # next-token logits after the last prompt evaluation
+        self.logits_snapshot: np.ndarray | None = None  # next-token logits after the last prompt evaluation
 
     # ---------------------------------------------------------------- loading
     def load(
@@ -189,16 +145,8 @@ class Runtime:
             progress.put(fraction)
             return not self._cancel.is_set()
 
-        mparams = llama_cpp.llama_model_default_params()
-        mparams.n_gpu_layers = settings.n_gpu_layers if settings.n_gpu_layers >= 0 else 999
+        mparams = model_params(settings)
         mparams.progress_callback = on_progress
-        mparams.use_extra_bufts = settings.repack and not cpu_has_amx()
-        mparams.load_mode = {
-            (True, False): llama_cpp.LLAMA_LOAD_MODE_MMAP,
-            (True, True): llama_cpp.LLAMA_LOAD_MODE_MMAP_MLOCK,
-            (False, True): llama_cpp.LLAMA_LOAD_MODE_MLOCK,
-            (False, False): llama_cpp.LLAMA_LOAD_MODE_NONE,
-        }[(settings.use_mmap, settings.use_mlock)]
 
         def worker() -> None:
             result["model"] = llama_cpp.llama_model_load_from_file(os.fsencode(path), mparams)
@@ -239,18 +187,7 @@ class Runtime:
         )
 
     def _create_context(self, settings: LoadSettings) -> None:
-        cparams = llama_cpp.llama_context_default_params()
-        cparams.n_ctx = settings.n_ctx
-        cparams.n_batch = settings.n_batch
-        cparams.n_ubatch = settings.n_ubatch
-        threads = settings.n_threads or default_threads()
-        cparams.n_threads = threads
-        cparams.n_threads_batch = settings.n_threads_batch or threads
-        cparams.flash_attn_type = _FLASH[settings.flash_attn]
-        cparams.type_k = getattr(llama_cpp, f"GGML_TYPE_{settings.type_k.name}")
-        cparams.type_v = getattr(llama_cpp, f"GGML_TYPE_{settings.type_v.name}")
-        cparams.swa_full = settings.swa_full
-        cparams.no_perf = True
+        cparams = context_params(settings)
         _kv_reports.clear()
         ctx = llama_cpp.llama_init_from_model(self.model, cparams)
         self.kv_reports = list(_kv_reports)
@@ -313,7 +250,7 @@ class Runtime:
     def loaded(self) -> bool:
         return self.ctx is not None
 
-    def _require_model(self) -> None:
+    def require_model(self) -> None:
         if not self.loaded:
             raise EngineError("No model is loaded. Load a model first.")
 
@@ -345,6 +282,9 @@ class Runtime:
             n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, -n, 0, special)
         return buf.raw[:n]
 
+    def token_text(self, token: int) -> str:
+        return self.token_bytes(token).decode("utf-8", errors="replace")
+
     def special_text(self, token: int) -> str:
         return "" if token < 0 else self.token_bytes(token, special=True).decode("utf-8", errors="replace")
 
@@ -357,6 +297,18 @@ class Runtime:
     @property
     def cached_tokens(self) -> list[int]:
         return list(self._cached)
+
+    def piece(self, token: int) -> str:
+        """A token as text, special tokens included (for the visualizers)."""
+        return self.token_bytes(token, special=True).decode("utf-8", errors="replace")
+
+    def is_control(self, token: int) -> bool:
+        return bool(llama_cpp.llama_vocab_is_control(self.vocab, token))
+
+    def positions(self) -> tuple[int, int]:
+        """(first, last) KV cache position of the sequence (-1, -1 when empty)."""
+        mem = self._memory()
+        return llama_cpp.llama_memory_seq_pos_min(mem, 0), llama_cpp.llama_memory_seq_pos_max(mem, 0)
 
     # ---------------------------------------------------------- evaluation
     def _decode(self, tokens: Sequence[int], start_pos: int, want_logits_last: bool = True) -> None:
@@ -411,7 +363,7 @@ class Runtime:
 
     def evaluate(self, tokens: Sequence[int]) -> PromptEvaluated:
         """Bring the cache to exactly `tokens` (reusing the common prefix); logits of the last token are ready."""
-        self._require_model()
+        self.require_model()
         if not tokens:
             raise EngineError("Nothing to evaluate: the prompt is empty.")
         if len(tokens) > self.n_ctx:
@@ -419,7 +371,7 @@ class Runtime:
         started = time.perf_counter()
         reused = self._reuse_prefix(tokens)
         self._decode(tokens[reused:], reused)
-        self._logits_snapshot = self.last_logits().copy()
+        self.logits_snapshot = self.last_logits().copy()
         self.last_evaluation = PromptEvaluated(
             len(tokens), reused, len(tokens) - reused, time.perf_counter() - started
         )
@@ -432,7 +384,7 @@ class Runtime:
 
     def logits_all(self, tokens: Sequence[int]) -> Iterator[np.ndarray]:
         """Evaluate `tokens` from an empty cache; yields a copy of the logits of every position, chunk by chunk."""
-        self._require_model()
+        self.require_model()
         if len(tokens) > self.n_ctx:
             raise ContextFullError(f"{len(tokens)} tokens do not fit the context of {self.n_ctx}.")
         self._clear_cache()
@@ -461,7 +413,7 @@ class Runtime:
         policy: OverflowPolicy = OverflowPolicy.STOP,
     ) -> Iterator[Event]:
         """Raw completion of `prompt` (BOS added as the model wants)."""
-        self._require_model()
+        self.require_model()
         tokens = self.tokenize(prompt, add_special=True, parse_special=False)
         if not tokens:
             raise EngineError("The prompt is empty.")
@@ -480,7 +432,7 @@ class Runtime:
         With `continue_last`, the conversation ends with a cut-off assistant message and the model goes on
         writing it (ReplyDone.text is then only the new part).
         """
-        self._require_model()
+        self.require_model()
         sampling = sampling or SamplingSettings()
         expected = ("assistant",) if continue_last else ("user", "system")
         if not messages or messages[-1].role not in expected:
@@ -491,11 +443,11 @@ class Runtime:
             )
         messages = list(messages)
         tokens = self.render_tokens(messages, continue_last=continue_last)
-        reserve = self._reserve(sampling)
+        reserve = self.reply_reserve(sampling)
         if len(tokens) + reserve > self.n_ctx and policy == OverflowPolicy.DROP_OLDEST:
-            messages, tokens, event = self._drop_oldest(messages, tokens, reserve, continue_last)
+            messages, tokens, event = drop_oldest(self, messages, tokens, reserve, continue_last)
             yield event
-        keep = self._system_tokens(messages, tokens)
+        keep = system_tokens(self, messages, tokens)
         yield from self._generate(tokens, sampling, policy, keep)
 
     def render_tokens(
@@ -508,65 +460,8 @@ class Runtime:
         add_bos = not (self.template.bos_token and text.startswith(self.template.bos_token))
         return self.tokenize(text, add_special=add_bos, parse_special=True)
 
-    def _reserve(self, sampling: SamplingSettings) -> int:
+    def reply_reserve(self, sampling: SamplingSettings) -> int:
         return min(sampling.max_tokens, self.n_ctx // 4)
-
-    def _drop_oldest(
-        self, messages: list[Message], tokens: list[int], reserve: int, continue_last: bool = False
-    ):
-        """Drop whole turns after the system prompt until prompt + reply reserve fits."""
-        first = 1 if messages[0].role == "system" else 0
-        dropped, before = 0, len(tokens)
-        last_turn = 2 if continue_last else 1  # never drop the message being answered (or continued)
-        while len(tokens) + reserve > self.n_ctx and len(messages) - first > last_turn:
-            del messages[first]
-            dropped += 1
-            # drop up to the next user message, so the conversation still starts with a user turn
-            while len(messages) - first > last_turn and messages[first].role != "user":
-                del messages[first]
-                dropped += 1
-            tokens = self.render_tokens(messages, continue_last=continue_last)
-        if len(tokens) + reserve > self.n_ctx:
-            raise ContextFullError(
-                f"The last message alone needs {len(tokens)} tokens plus {reserve} for the reply, "
-                f"but the context holds {self.n_ctx}. Shorten it or load the model with a longer context."
-            )
-        event = ContextTrimmed(
-            OverflowPolicy.DROP_OLDEST.value, dropped, before - len(tokens),
-            f"Dropped the {dropped} oldest message(s) ({before - len(tokens)} tokens) to fit the context.",
-        )  # fmt: skip
-        return messages, tokens, event
-
-    def _system_tokens(self, messages: Sequence[Message], tokens: Sequence[int]) -> int:
-        """How many leading prompt tokens hold BOS and the system prompt (kept by the sliding window)."""
-        base = 1 if tokens and tokens[0] == llama_cpp.llama_vocab_bos(self.vocab) else 0
-        if not messages or messages[0].role != "system":
-            return base
-        marker = "\u2063\u2063"  # invisible separators, never in a real message
-        probe = self.template.render([messages[0], Message("user", marker)], False)
-        head = probe.split(marker)[0]
-        add_bos = not (self.template.bos_token and head.startswith(self.template.bos_token))
-        return max(base, common_prefix(tokens, self.tokenize(head, add_special=add_bos, parse_special=True)))
-
-    def _fit_prompt(self, tokens: list[int], reserve: int, policy: OverflowPolicy, keep: int):
-        if len(tokens) + reserve <= self.n_ctx:
-            return tokens, None
-        if policy == OverflowPolicy.SLIDING_WINDOW:
-            excess = len(tokens) + reserve - self.n_ctx
-            if keep + excess >= len(tokens) - 1:
-                raise ContextFullError(
-                    f"The prompt needs {len(tokens)} tokens plus {reserve} for the reply, but the context holds "
-                    f"{self.n_ctx} and the system prompt alone takes {keep}."
-                )
-            trimmed = tokens[:keep] + tokens[keep + excess :]
-            return trimmed, ContextTrimmed(
-                policy.value, 0, excess, f"Slid the window: dropped {excess} tokens after the system prompt."
-            )
-        raise ContextFullError(
-            f"The conversation needs {len(tokens)} tokens plus {reserve} for the reply, but the context holds "
-            f"{self.n_ctx}. Start a new chat, load the model with a longer context, or choose the 'drop oldest' "
-            "or 'sliding window' overflow policy."
-        )
 
     def _shift_context(self, keep: int) -> ContextTrimmed:
         """Discard half of the tokens after `keep` to make room mid-reply (llama.cpp's context shift)."""
@@ -593,7 +488,7 @@ class Runtime:
     ) -> Iterator[Event]:
         self._cancel.clear()
         started = time.perf_counter()
-        tokens, trimmed = self._fit_prompt(tokens, self._reserve(sampling), policy, keep)
+        tokens, trimmed = fit_prompt(self.n_ctx, tokens, self.reply_reserve(sampling), policy, keep)
         if trimmed:
             yield trimmed
         chain = SamplerChain(self.vocab, self.n_vocab, sampling, self.n_ctx)
@@ -628,7 +523,9 @@ class Runtime:
                 break
             generated.append(token)
             logprob, alternatives = (
-                self._logprobs(token, sampling.top_logprobs) if want_logprobs else (None, ())
+                token_logprobs(self.last_logits(), token, sampling.top_logprobs, self.token_text)
+                if want_logprobs
+                else (None, ())
             )
             text = stream.push(self.token_bytes(token))
             yield Token(token, text, logprob, alternatives)
@@ -662,24 +559,6 @@ class Runtime:
         )
         yield ReplyDone(stream.text, stats, tuple(generated))
 
-    def _logprobs(self, token: int, top_n: int) -> tuple[float, tuple[TokenAlternative, ...]]:
-        logits = self.last_logits().astype(np.float64)
-        peak = logits.max()
-        logz = peak + np.log(np.exp(logits - peak).sum())
-        alternatives: tuple[TokenAlternative, ...] = ()
-        if top_n:
-            idx = np.argpartition(-logits, top_n)[:top_n]
-            idx = idx[np.argsort(-logits[idx])]
-            alternatives = tuple(
-                TokenAlternative(
-                    int(i),
-                    self.token_bytes(int(i)).decode("utf-8", errors="replace"),
-                    float(logits[i] - logz),
-                )
-                for i in idx
-            )
-        return float(logits[token] - logz), alternatives
-
     def evaluation_count(self) -> int:
         """How many llama_decode calls this runtime has made (the visualizers prove sliders run none)."""
         return self.evaluations
@@ -691,118 +570,29 @@ class Runtime:
 
         return detect()
 
-    # ---------------------------------------------------------- visualizer numbers
+    # ---------------------------------------------------------- visualizer numbers (engine.inspection)
     def preview(self, sampling: SamplingSettings, top_n: int = 20) -> list[PreviewStage]:
-        """Next-token distribution after each sampler stage, from the logits of the last prompt evaluation.
-
-        Runs no model evaluation: moving a slider only re-applies the samplers.
-        """
-        if self._logits_snapshot is None:
-            raise EngineError(
-                "Nothing evaluated yet: evaluate a prompt before asking for the sampling preview."
-            )
-        history = self._cached[-sampling.penalty_last_n :] if sampling.penalty_last_n > 0 else self._cached
-        piece = lambda tok: self.token_bytes(tok, special=True).decode("utf-8", errors="replace")  # noqa: E731
-        return sampling_preview(
-            self._logits_snapshot, sampling, self.vocab, self.n_ctx, history, piece, top_n
-        )
+        return inspection.preview(self, sampling, top_n)
 
     def evaluate_text(self, text: str, chat: bool = False) -> PromptEvaluated:
-        """Evaluate a raw prompt, or one user message through the chat template, for inspection."""
-        self._require_model()
-        tokens = (
-            self.render_tokens([Message("user", text)]) if chat else self.tokenize(text, add_special=True)
-        )
-        return self.evaluate(tokens)
+        return inspection.evaluate_text(self, text, chat)
 
     def kv_layout(self) -> KVLayout:
-        self._require_model()
-        s = self.load_settings
-        return kv_layout(self.info, self.n_ctx, s.type_k, s.type_v, s.n_ubatch, s.swa_full)
+        return inspection.layout(self)
 
-    def kv_state(self) -> dict:
-        """What the KV cache holds now: the layout, positions in use and the last turn's reused/fresh split."""
-        layout = self.kv_layout()
-        mem = self._memory()
-        last = self.last_evaluation
-        return {
-            "layout": layout.to_dict(),
-            "n_past": len(self._cached),
-            "pos_min": llama_cpp.llama_memory_seq_pos_min(mem, 0),
-            "pos_max": llama_cpp.llama_memory_seq_pos_max(mem, 0),
-            "reused_tokens": last.reused_tokens if last else 0,
-            "evaluated_tokens": last.evaluated_tokens if last else 0,
-            "llama_reports": list(self.kv_reports),
-        }
+    def kv_state(self) -> KVState:
+        return inspection.kv_state(self)
 
     def token_pieces(self, text: str, parse_special: bool = True) -> list[TokenPiece]:
-        """A text as its tokens with their exact bytes (special tokens as their text)."""
-        self._require_model()
-        pieces = []
-        for tok in self.tokenize(text, add_special=False, parse_special=parse_special):
-            special = bool(llama_cpp.llama_vocab_is_control(self.vocab, tok))
-            pieces.append(TokenPiece(tok, self.token_bytes(tok, special=True), special))
-        return pieces
-
-    def message_spans(self, messages: Sequence[Message]) -> list[tuple[int, int, int]]:
-        """(message index, first token, end token) of each message in the rendered prompt."""
-        spans, start = [], 0
-        full = self.render_tokens(messages)
-        for i in range(len(messages)):
-            prefix = self.render_tokens(messages[: i + 1], add_generation_prompt=False)
-            end = common_prefix(prefix, full) if i < len(messages) - 1 else len(full)
-            spans.append((i, start, max(start, end)))
-            start = max(start, end)
-        return spans
+        return inspection.token_pieces(self, text, parse_special)
 
     def inspect(
         self, messages: Sequence[Message], draft: str, sampling: SamplingSettings, policy: OverflowPolicy,
         top_n: int = 12,
-    ) -> dict:  # fmt: skip
-        """Everything the visualizers show, in one round trip: the context budget, the next-token preview and
-        the KV cache after evaluating the conversation (+ the draft as a user turn; a conversation ending in a
-        reply is evaluated as that reply, open). Prefix reuse makes this cheap: usually only the draft's tokens
-        are computed, and they are then in the cache when the message is sent."""
-        self._require_model()
-        budget = self.context_budget(messages, draft, sampling, policy)
-        convo = list(messages) + ([Message("user", draft)] if draft else [])
-        preview, note = [], ""
-        if not convo:
-            note = "Nothing to preview yet: type a message."
-        else:
-            tokens = self.render_tokens(convo, continue_last=convo[-1].role == "assistant")
-            if len(tokens) > self.n_ctx:
-                note = f"The conversation ({len(tokens)} tokens) is longer than the context ({self.n_ctx})."
-            else:
-                self.evaluate(tokens)
-                preview = self.preview(sampling, top_n)
-        return {"budget": budget, "preview": preview, "preview_note": note, "kv": self.kv_state()}
+    ) -> Inspection:  # fmt: skip
+        return inspection.inspect(self, messages, draft, sampling, policy, top_n)
 
     def context_budget(
         self, messages: Sequence[Message], draft: str, sampling: SamplingSettings, policy: OverflowPolicy
     ) -> ContextBudget:
-        """How system prompt, earlier turns, the draft and the reply reserve fill the context, and what would go."""
-        self._require_model()
-        convo = list(messages) + ([Message("user", draft)] if draft else [])
-        if not convo:
-            return ContextBudget(self.n_ctx, 0, 0, 0, self._reserve(sampling))
-        spans = self.message_spans(convo)
-        total = spans[-1][2]
-        system = spans[0][2] if convo[0].role == "system" else (1 if total else 0)
-        draft_tokens = spans[-1][2] - spans[-1][1] if draft else 0
-        reserve = self._reserve(sampling)
-        drop: list[int] = []
-        dropped_tokens = 0
-        overflow = total + reserve - self.n_ctx
-        if overflow > 0 and policy != OverflowPolicy.STOP:
-            first = 1 if convo[0].role == "system" else 0
-            for index, start, end in spans[first:-1]:
-                if dropped_tokens >= overflow:
-                    break
-                drop.append(index)
-                dropped_tokens += end - start
-        fits = overflow <= 0 or (policy != OverflowPolicy.STOP and dropped_tokens >= overflow)
-        return ContextBudget(
-            self.n_ctx, system, total - system - draft_tokens, draft_tokens, reserve,
-            tuple(drop), dropped_tokens, fits, tuple(spans),
-        )  # fmt: skip
+        return inspection.context_budget(self, messages, draft, sampling, policy)

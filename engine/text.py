@@ -21,7 +21,9 @@ def printable(text: object) -> str:
         if ch == " " or not unicodedata.category(ch).startswith(("C", "Z")):
             out.append(ch)
         else:
-            out.append(ch.encode("unicode_escape").decode("ascii") if ord(ch) < 0x10000 else f"\\U{ord(ch):08x}")
+            out.append(
+                ch.encode("unicode_escape").decode("ascii") if ord(ch) < 0x10000 else f"\\U{ord(ch):08x}"
+            )
     return "".join(out)
 
 

@@ -1,5 +1,5 @@
 """Plain data the visualizers show: preview stages, token pieces, the context budget. No llama.cpp import, so the
-GUI process can unpickle what the engine child sends (engine.inspect computes them)."""
+GUI process can unpickle what the engine child sends (engine.inspection and engine.preview compute them)."""
 
 from __future__ import annotations
 

@@ -7,7 +7,8 @@ import sys
 import numpy as np
 import pytest
 
-from engine.inspect import chain_kept, kv_layout
+from engine.kv import kv_layout
+from engine.preview import chain_kept
 from engine.runtime import Runtime
 from engine.settings import CacheType, FlashAttention, LoadSettings, SamplingSettings
 
@@ -43,7 +44,7 @@ def test_preview_keeps_what_llama_cpps_chain_keeps(starter, settings):
     stages = starter.preview(settings, top_n=10**6)
     final = stages[-1]
     history = starter.cached_tokens
-    ids, probs = chain_kept(starter._logits_snapshot, settings, starter.vocab, starter.n_ctx, history)
+    ids, probs = chain_kept(starter.logits_snapshot, settings, starter.vocab, starter.n_ctx, history)
     assert final.kept == len(ids)
     ours = {t.token_id: t.p for t in final.tokens}
     assert set(ours) == set(ids.tolist())
@@ -129,12 +130,12 @@ def test_inspect_gives_budget_preview_and_cache_in_one_call(starter):
     convo = [Message("user", "Name a colour."), Message("assistant", "Blue.")]
     settings = SamplingSettings(top_k=5)
     state = starter.inspect(convo, "And another one?", settings, OverflowPolicy.STOP)
-    budget = state["budget"]
+    budget = state.budget
     assert budget.draft_tokens > 0 and budget.fits
-    assert state["kv"]["n_past"] == sum(end - start for _, start, end in budget.spans)
-    assert [s.name for s in state["preview"]][0] == "model" and state["preview"][-1].kept <= 5
+    assert state.kv.n_past == sum(end - start for _, start, end in budget.spans)
+    assert [s.name for s in state.preview][0] == "model" and state.preview[-1].kept <= 5
     before = starter.evaluations
     again = starter.inspect(convo, "And another one?", settings, OverflowPolicy.STOP)  # all from the cache
-    assert starter.evaluations - before == 1 and again["kv"]["evaluated_tokens"] == 1
+    assert starter.evaluations - before == 1 and again.kv.evaluated_tokens == 1
     empty = starter.inspect([], "", settings, OverflowPolicy.STOP)
-    assert empty["preview"] == [] and "type a message" in empty["preview_note"]
+    assert empty.preview == () and "type a message" in empty.preview_note

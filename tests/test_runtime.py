@@ -8,8 +8,9 @@ import pytest
 
 from engine.errors import ContextFullError, EngineError, ModelFileError, SettingsError
 from engine.events import ContextTrimmed, Message, ReplyDone, StopReason, Token
-from engine.runtime import Runtime, common_prefix
+from engine.runtime import Runtime
 from engine.settings import LoadSettings, OverflowPolicy, SamplingSettings
+from engine.textstream import common_prefix
 
 GREEDY = SamplingSettings(temperature=0, max_tokens=24)
 NO_EOS = ((2, float("-inf")), (4, float("-inf")))  # </s> and <end_of_turn> of the tiny vocab

@@ -17,7 +17,7 @@ from lora_helpers import llama_logits, random_lora
 from engine.gguf_info import inspect_gguf, sha256_file
 from engine.library import ADAPTER_BASE_SHA_KEY
 from training.errors import ExportError, TrainingError
-from training.evaluate import compare, evaluation_items, open_runtime, perplexity, reply
+from training.evaluate import compare, evaluation_items, measure_exports, open_runtime, perplexity, reply
 from training.export import atomic_path, check_quant, export, merge_f16, read_adapter
 
 pytestmark = pytest.mark.training
@@ -116,6 +116,26 @@ def test_f16_merge_equals_base_plus_adapter_and_q8_0_answers(trained, tiny_model
     finally:
         for rt in (adapted, merged, quant):
             rt.close()
+
+
+def test_measure_exports_compares_each_export_with_the_f16_one(trained, tiny_model, memorize, tmp_path):
+    out, _, _ = trained
+    exports = {q: str(export(tiny_model, out, tmp_path / f"m-{q}.gguf", q)) for q in ("F16", "Q8_0")}
+    reference = open_runtime(exports["F16"])
+    try:
+        items = evaluation_items(reference, memorize)
+        f16 = perplexity(reference, items)
+        given = measure_exports(exports, items, reference)
+    finally:
+        reference.close()
+    opened = measure_exports(exports, items)
+    for report in (given, opened):
+        assert list(report) == ["F16", "Q8_0"] and "kl_divergence" not in report["F16"]
+        assert report["F16"]["perplexity"] == pytest.approx(f16["perplexity"], rel=1e-6)
+        assert 0 <= report["Q8_0"]["kl_divergence"] < 0.01 and report["Q8_0"]["top1_agreement"] == 1.0
+    assert opened["Q8_0"]["kl_divergence"] == pytest.approx(given["Q8_0"]["kl_divergence"], rel=1e-6)
+    without_reference = measure_exports({"Q8_0": exports["Q8_0"]}, items)
+    assert "kl_divergence" not in without_reference["Q8_0"]
 
 
 def test_same_seed_and_data_give_the_same_losses(tiny_model, memorize, tmp_path):

@@ -91,7 +91,7 @@ def test_every_visualizer_shows_real_data_and_renders(qtbot, window, tmp_path):
     assert budget.draft_tokens > 0 and budget.history_tokens > 0 and budget.fits
     assert ins.context_bar.segments[-1].label == "reserved for the reply"
     # the map holds exactly what the engine's cache holds, coloured by message
-    assert ins.kv_map.n_past == state["kv"]["n_past"] == sum(e - s for _, s, e in budget.spans)
+    assert ins.kv_map.n_past == state.kv.n_past == sum(e - s for _, s, e in budget.spans)
     assert ins.kv_map.owner.count("draft") == budget.draft_tokens
     assert [s.name for s in ins.preview.stages] == ["model", "greedy"] and ins.preview.rows()  # temperature 0
     reply = window.store.message(mid)
@@ -172,7 +172,7 @@ def test_kv_map_bytes_and_cells_equal_llama_cpps_report(qtbot, tmp_path, starter
     window = open_window(qtbot, tmp_path, starter_model, settings)
     try:
         state = chat(qtbot, window, "Hello") and window.bridge.host.request("kv_state")
-        reports = state["llama_reports"][-2:]  # the global and the sliding-window cache of this load
+        reports = list(state.llama_reports[-2:])  # the global and the sliding-window cache of this load
         kv = window.inspector.kv_map
         assert kv.layout_info["type_k"] == cache.value
         assert kv.total_bytes / 2**20 == pytest.approx(sum(r["mib"] for r in reports), abs=0.02)

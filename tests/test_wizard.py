@@ -107,6 +107,7 @@ def test_the_wizard_goes_from_examples_to_a_chat_with_the_adapter(qtbot, window,
     assert train.state == "done", train.log.toPlainText()
     assert len(train.chart.train) == 12 and train.chart.val
     assert train.chart.train[-1][1] < train.chart.train[0][1]
+    assert f"Estimate: {train.chart.total_steps} steps," in settings.estimate.text()  # the loop's own count
     adapter = Path(train.done.adapter_path)
     assert adapter.exists() and Library().entries("adapter")[0].file == adapter
     shot(wizard, tmp_path / "wizard-4-train.png")

@@ -11,7 +11,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from engine.events import Message
-from engine.runtime import common_prefix
+from engine.textstream import common_prefix
 from training.errors import DatasetError, DatasetProblem
 
 ROLES = ("system", "user", "assistant")

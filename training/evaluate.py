@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -114,17 +114,33 @@ def export_report(
         report["base+adapter"] = perplexity(rt, items)
     finally:
         rt.close()
-    reference = open_runtime(exports["F16"]) if "F16" in exports else None
+    report.update(measure_exports(exports, items))
+    return report
+
+
+def measure_exports(
+    exports: Mapping[str, str | Path], items: Sequence[TokenizedExample], reference: Runtime | None = None
+) -> dict[str, dict]:
+    """Perplexity of each export on `items`, and KL divergence and top-1 agreement of each against the "F16"
+    export (the reference, when there is one), in the order of `exports`. `reference`: the F16 export already
+    open (its caller closes it); otherwise it is opened here."""
+    report: dict[str, dict] = {}
+    own = reference is None and "F16" in exports
+    if own:
+        reference = open_runtime(exports["F16"])
     try:
         for name, path in exports.items():
+            if name == "F16" and reference is not None:
+                report[name] = perplexity(reference, items)
+                continue
             rt = open_runtime(path)
             try:
                 report[name] = perplexity(rt, items)
-                if reference is not None and name != "F16":
+                if reference is not None:
                     report[name].update(compare(reference, rt, items))
             finally:
                 rt.close()
     finally:
-        if reference is not None:
+        if own:
             reference.close()
     return report

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from engine.errors import Cancelled, SettingsError
 from engine.gguf_info import inspect_gguf, sha256_file
+from engine.hardware import cpu_flags
 from engine.library import ADAPTER_BASE_SHA_KEY
 from engine.settings import LoadSettings, _SettingsBase, spec
 from training.errors import TrainingError
@@ -88,11 +89,7 @@ def check_trainable(base: str | Path) -> None:
 
 
 def cpu_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
 
 
 def idle_cores() -> int:
@@ -182,6 +179,15 @@ def lr_factor(step: int, total: int, settings: TrainSettings) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
+def total_steps(n_train: int, settings: TrainSettings) -> int:
+    """Optimizer steps of a run on `n_train` examples: epochs of batches, grad_accum batches a step, at most
+    max_steps (when set). The wizard's estimate and the training loop both count with this."""
+    per_epoch = math.ceil(n_train / settings.batch_size)
+    n_micro = max(1, math.ceil(per_epoch * settings.epochs))
+    total = math.ceil(n_micro / settings.grad_accum)
+    return min(total, settings.max_steps) if settings.max_steps else total
+
+
 def checkpoint_dir(out: str | Path) -> Path:
     out = Path(out)
     return out.with_name(out.name + ".checkpoint")
@@ -237,9 +243,7 @@ def train(
     train_set = prepared.train
     per_epoch = math.ceil(len(train_set) / settings.batch_size)
     n_micro = max(1, math.ceil(per_epoch * settings.epochs))
-    total = math.ceil(n_micro / settings.grad_accum)
-    if settings.max_steps:
-        total = min(total, settings.max_steps)
+    total = total_steps(len(train_set), settings)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total, settings))
 
     ckpt = checkpoint_dir(out) / "state.pt"

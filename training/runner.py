@@ -19,9 +19,9 @@ HEARTBEAT = ("alive",)
 
 
 def _child(conn, kwargs: dict) -> None:
-    from engine.host import _die_with_parent
+    from engine.host import die_with_parent
 
-    _die_with_parent()
+    die_with_parent()
     os.environ.setdefault("TQDM_DISABLE", "1")  # transformers' GGUF conversion bar would scribble over ours
     warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation notes are not the user's
     cancel = threading.Event()

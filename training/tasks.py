@@ -84,7 +84,7 @@ def export_models(
 ) -> dict:  # fmt: skip
     """Merged models in each quant type (F16 always, as the reference), with what each costs against it:
     perplexity, KL divergence and top-1 agreement on held-out examples."""
-    from training.evaluate import compare, open_runtime, perplexity
+    from training.evaluate import measure_exports, open_runtime
     from training.export import export
 
     out = Path(out_dir)
@@ -94,16 +94,7 @@ def export_models(
             paths[q.upper()] = str(export(base, adapter, out / f"{stem}-{q.upper()}.gguf", q))
     reference = open_runtime(paths["F16"])
     try:
-        items = _items(reference, data, val_fraction, seed)
-        report = {"F16": perplexity(reference, items)}
-        for name, path in paths.items():
-            if name == "F16":
-                continue
-            rt = open_runtime(path)
-            try:
-                report[name] = {**perplexity(rt, items), **compare(reference, rt, items)}
-            finally:
-                rt.close()
+        report = measure_exports(paths, _items(reference, data, val_fraction, seed), reference)
     finally:
         reference.close()
     for name in report:

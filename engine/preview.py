@@ -1,4 +1,5 @@
-"""The numbers behind the visualizers: sampling preview per stage, token view, context budget (KV: engine.kv)."""
+"""Sampling math on a fixed set of logits: the preview per sampler stage (llama.cpp's own samplers), what the
+whole chain keeps, and a token's log-probability with its top alternatives."""
 
 from __future__ import annotations
 
@@ -8,10 +9,10 @@ from collections.abc import Callable, Sequence
 import llama_cpp
 import numpy as np
 
-from engine.kv import KVLayer, KVLayout, kv_layout, parse_kv_report, sliding_layers  # noqa: F401 (re-exported)
+from engine.events import TokenAlternative
 from engine.sampling import SamplerStages
 from engine.settings import SamplingSettings
-from engine.visual import ContextBudget, PreviewStage, PreviewToken, TokenPiece  # noqa: F401 (re-exported)
+from engine.visual import PreviewStage, PreviewToken
 
 # ------------------------------------------------------------------ sampling preview
 _TOKEN_DATA = np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])
@@ -125,3 +126,18 @@ def chain_kept(logits: np.ndarray, settings: SamplingSettings, vocab, n_ctx: int
         return ids, softmax(cur)
     finally:
         llama_cpp.llama_sampler_free(chain)
+
+
+def token_logprobs(
+    logits: np.ndarray, token: int, top_n: int, piece: Callable[[int], str]
+) -> tuple[float, tuple[TokenAlternative, ...]]:
+    """log p(token) under `logits`, and the `top_n` most likely tokens with theirs."""
+    logits = logits.astype(np.float64)
+    peak = logits.max()
+    logz = peak + np.log(np.exp(logits - peak).sum())
+    alternatives: tuple[TokenAlternative, ...] = ()
+    if top_n:
+        idx = np.argpartition(-logits, top_n)[:top_n]
+        idx = idx[np.argsort(-logits[idx])]
+        alternatives = tuple(TokenAlternative(int(i), piece(int(i)), float(logits[i] - logz)) for i in idx)
+    return float(logits[token] - logz), alternatives

@@ -1,0 +1,134 @@
+"""The one engine interface: what the app, the CLI and (later) the API server may ask of an engine.
+
+Implemented by the in-process `engine.runtime.Runtime` and by `engine.host.EngineHost` (the same runtime in a
+child process); a remote (OpenAI-compatible HTTP) engine is the third. Calls are typed methods with dataclass
+results; streaming calls yield the events of `engine.events`. Nothing here imports llama.cpp, so the GUI
+process can type against it and unpickle its results.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+from engine.events import Event, Message, PromptEvaluated
+from engine.hardware import Hardware
+from engine.kv import KVLayout
+from engine.settings import LoadSettings, OverflowPolicy, SamplingSettings
+from engine.visual import ContextBudget, PreviewStage, TokenPiece
+
+
+@dataclass(frozen=True)
+class KVState:
+    """What the KV cache holds now: its layout, the positions in use, and the last turn's reused/fresh split."""
+
+    layout: KVLayout
+    n_past: int
+    pos_min: int
+    pos_max: int
+    reused_tokens: int
+    evaluated_tokens: int
+    llama_reports: tuple[dict, ...] = ()  # llama.cpp's own report of the caches it allocated
+
+    def to_dict(self) -> dict:
+        """JSON-ready, with the layout's totals, groups and formula."""
+        return {
+            "layout": self.layout.to_dict(), "n_past": self.n_past, "pos_min": self.pos_min,
+            "pos_max": self.pos_max, "reused_tokens": self.reused_tokens,
+            "evaluated_tokens": self.evaluated_tokens, "llama_reports": list(self.llama_reports),
+        }  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Inspection:
+    """Everything the visualizers show after one evaluation: budget, next-token preview, KV cache."""
+
+    budget: ContextBudget
+    preview: tuple[PreviewStage, ...]
+    preview_note: str  # why there is no preview, when there is none
+    kv: KVState
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """One loaded model and the requests it serves. One request at a time; `cancel()` from any thread."""
+
+    def load(
+        self,
+        path: str | Path,
+        settings: LoadSettings | None = None,
+        adapters: Sequence[tuple[str, float]] = (),
+        chat_template: str | None = None,
+    ) -> Iterator[Event]:
+        """Validate and load a model: LoadProgress events, then ModelLoaded."""
+        ...
+
+    def unload(self) -> None: ...
+
+    def chat(
+        self,
+        messages: Sequence[Message],
+        sampling: SamplingSettings | None = None,
+        policy: OverflowPolicy = OverflowPolicy.STOP,
+        continue_last: bool = False,
+    ) -> Iterator[Event]:
+        """Reply to a conversation (or go on writing its last, cut-off reply)."""
+        ...
+
+    def complete(
+        self,
+        prompt: str,
+        sampling: SamplingSettings | None = None,
+        policy: OverflowPolicy = OverflowPolicy.STOP,
+    ) -> Iterator[Event]:
+        """Continue a raw prompt."""
+        ...
+
+    def cancel(self) -> None:
+        """Stop the running request before its next token (safe from any thread)."""
+        ...
+
+    def tokenize(self, text: str, add_special: bool = False, parse_special: bool = True) -> list[int]: ...
+
+    def detokenize(self, tokens: Sequence[int], special: bool = False) -> str: ...
+
+    def evaluate(self, tokens: Sequence[int]) -> PromptEvaluated:
+        """Bring the KV cache to exactly `tokens`, reusing the common prefix."""
+        ...
+
+    def inspect(
+        self,
+        messages: Sequence[Message],
+        draft: str,
+        sampling: SamplingSettings,
+        policy: OverflowPolicy,
+        top_n: int = 12,
+    ) -> Inspection:
+        """Budget, preview and KV state for the conversation plus the draft, in one round trip."""
+        ...
+
+    def preview(self, sampling: SamplingSettings, top_n: int = 20) -> list[PreviewStage]:
+        """The next-token distribution after each sampler stage; runs no model evaluation."""
+        ...
+
+    def kv_state(self) -> KVState: ...
+
+    def token_pieces(self, text: str, parse_special: bool = True) -> list[TokenPiece]: ...
+
+    def context_budget(
+        self, messages: Sequence[Message], draft: str, sampling: SamplingSettings, policy: OverflowPolicy
+    ) -> ContextBudget: ...
+
+    def hardware(self) -> Hardware:
+        """What the engine's process can run on (CPU, RAM, GPUs with free memory)."""
+        ...
+
+
+# The methods that stream events; every other Engine method returns one value.
+STREAMING = frozenset({"load", "chat", "complete"})
+# Every method an engine serves, by name: the host's wire protocol accepts these and nothing else.
+METHODS = frozenset(
+    name for name in Engine.__dict__ if not name.startswith("_") and callable(getattr(Engine, name))
+)

@@ -1,0 +1,44 @@
+"""LoadSettings as llama.cpp's model and context parameters: one translation for the engine and the benchmark's
+reference loop, so both measure the same workload."""
+
+from __future__ import annotations
+
+import llama_cpp
+
+from engine.hardware import cpu_has_amx, default_threads
+from engine.settings import FlashAttention, LoadSettings
+
+_FLASH = {FlashAttention.AUTO: -1, FlashAttention.OFF: 0, FlashAttention.ON: 1}
+_LOAD_MODE = {
+    (True, False): llama_cpp.LLAMA_LOAD_MODE_MMAP,
+    (True, True): llama_cpp.LLAMA_LOAD_MODE_MMAP_MLOCK,
+    (False, True): llama_cpp.LLAMA_LOAD_MODE_MLOCK,
+    (False, False): llama_cpp.LLAMA_LOAD_MODE_NONE,
+}
+
+
+def model_params(settings: LoadSettings):
+    """llama_model_params for `settings`. Weight repacking is off on AMX CPUs, where it crashes (DESIGN.md 4)."""
+    params = llama_cpp.llama_model_default_params()
+    params.n_gpu_layers = settings.n_gpu_layers if settings.n_gpu_layers >= 0 else 999
+    params.use_extra_bufts = settings.repack and not cpu_has_amx()
+    params.load_mode = _LOAD_MODE[(settings.use_mmap, settings.use_mlock)]
+    return params
+
+
+def context_params(settings: LoadSettings):
+    """llama_context_params for `settings` (threads default to the physical cores)."""
+    params = llama_cpp.llama_context_default_params()
+    params.n_ctx = settings.n_ctx
+    params.n_batch = settings.n_batch
+    params.n_ubatch = settings.n_ubatch
+    threads = settings.n_threads or default_threads()
+    params.n_threads = threads
+    params.n_threads_batch = settings.n_threads_batch or threads
+    params.flash_attn_type = _FLASH[settings.flash_attn]
+    params.type_k = getattr(llama_cpp, f"GGML_TYPE_{settings.type_k.name}")
+    params.type_v = getattr(llama_cpp, f"GGML_TYPE_{settings.type_v.name}")
+    # the sliding-window cache holds the window only unless asked for full size (Gemma 3)
+    params.swa_full = settings.swa_full
+    params.no_perf = True
+    return params

@@ -1,0 +1,30 @@
+"""Bytes and durations as people read them ("1.50 GiB", "12.3 MiB", "4 min"): one formatter for the app and CLIs."""
+
+from __future__ import annotations
+
+MIB = 1 << 20
+GIB = 1 << 30
+
+
+def mib(n: float, digits: int = 0) -> str:
+    """`n` bytes in MiB, thousands grouped: mib(3 << 20) == "3 MiB", mib(5000 << 20) == "5,000 MiB"."""
+    return f"{n / MIB:,.{digits}f} MiB"
+
+
+def gib(n: float, digits: int = 1) -> str:
+    """`n` bytes in GiB: gib(3 << 30) == "3.0 GiB"."""
+    return f"{n / GIB:,.{digits}f} GiB"
+
+
+def size(n: float) -> str:
+    """`n` bytes in GiB from 1 GiB up (2 decimals), in MiB below (1 decimal)."""
+    return gib(n, 2) if n >= GIB else mib(n, 1)
+
+
+def duration(seconds: float) -> str:
+    """Seconds up to 90 s, minutes up to 90 min, hours beyond: "45 s", "12 min", "2.5 h"."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
