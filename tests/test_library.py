@@ -1,6 +1,7 @@
 """The library holds models and adapters with an index; the starter model is assembled offline and verified."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -81,3 +82,116 @@ def test_register_links_an_output_and_refreshes_it_when_written_again(tiny_model
     shutil.copy(tiny_model, other)
     assert library.register(other, source="training").name == "tiny-2"
     assert out.exists() and other.exists()
+
+
+# ------------------------------------------------------------ names are names (issue 14, item 5)
+@pytest.mark.parametrize(
+    "name", ["../evil", "../../evil", "/tmp/abs-evil", "a/b", "..", ".hidden", "a\\b", "x y"]
+)
+def test_import_refuses_a_name_that_is_a_path(fresh_home, tiny_model, tmp_path, name):
+    lib = Library()
+    before = sorted(p.name for p in tmp_path.rglob("*") if p.is_file())
+    with pytest.raises(LibraryError, match="not allowed"):
+        lib.import_file(tiny_model, name=name)
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == before  # nothing written anywhere
+    assert not Path("/tmp/abs-evil.gguf").exists()
+    assert lib.entries() == []
+
+
+def test_a_name_from_a_file_name_is_made_safe(fresh_home, tiny_model, tmp_path):
+    import shutil
+
+    odd = tmp_path / "my model (v2)\n.gguf"
+    shutil.copy(tiny_model, odd)
+    entry = Library().import_file(odd)
+    assert entry.name == "my-model-v2" and entry.file == fresh_home / "models" / "my-model-v2.gguf"
+    registered = Library().register(odd, source="training")
+    assert registered.name == "my-model-v2-2" and registered.linked
+
+
+def _forge_index(lib: Library, **entries) -> None:
+    lib.index_path.parent.mkdir(parents=True, exist_ok=True)
+    lib.index_path.write_text(json.dumps({"version": 1, "entries": entries}))
+
+
+def _entry(name: str, path, linked: bool = False, **extra) -> dict:
+    return {"name": name, "kind": "model", "path": str(path), "linked": linked, "size": 1, **extra}
+
+
+def test_rm_never_deletes_a_file_outside_the_library_whatever_the_index_says(fresh_home, tmp_path):
+    victim = tmp_path / "precious.txt"
+    victim.write_text("keep me")
+    lib = Library()
+    _forge_index(lib, copied=_entry("copied", victim), linked=_entry("linked", victim, linked=True))
+    assert lib.get("copied").linked  # a copy outside the library is treated as a link: never deleted
+    lib.remove("copied")
+    lib.remove("linked")
+    assert victim.read_text() == "keep me"
+    assert lib.entries() == []
+
+
+def test_rm_does_not_follow_a_forged_part_name_out_of_the_library(fresh_home, tiny_model, tmp_path):
+    lib = Library()
+    entry = lib.import_file(tiny_model, name="tiny")
+    victim = fresh_home / "precious.gguf"
+    victim.write_text("keep me")
+    forged = _entry("tiny", entry.path, extra={"parts": ["tiny.gguf", "../precious.gguf"]})
+    _forge_index(lib, tiny=forged)
+    with pytest.raises(LibraryError, match="damaged"):
+        lib.entries()  # set aside and rebuilt from the files the library holds
+    assert [e.name for e in lib.entries()] == ["tiny"]
+    lib.remove("tiny")
+    assert victim.read_text() == "keep me" and not entry.file.exists()
+
+
+@pytest.mark.parametrize(
+    "forged",
+    [
+        {"../evil": _entry("../evil", "/tmp/x.gguf")},
+        {"a": _entry("a", "/tmp/x.gguf", linked="yes")},
+        {"a": _entry("b", "/tmp/x.gguf")},
+        {"a": {**_entry("a", "/tmp/x.gguf"), "surprise": 1}},
+        {"a": [1, 2]},
+    ],
+    ids=["path-name", "wrong-type", "renamed", "unknown-field", "not-an-object"],
+)
+def test_a_forged_index_entry_sets_the_index_aside(fresh_home, forged):
+    lib = Library()
+    _forge_index(lib, **forged)
+    with pytest.raises(LibraryError, match="damaged"):
+        lib.entries()
+    assert lib.entries() == []
+    assert any(p.name.startswith("index.broken-") for p in fresh_home.iterdir())
+
+
+def test_a_deeply_nested_index_is_set_aside_not_a_crash(fresh_home):
+    lib = Library()
+    lib.index_path.parent.mkdir(parents=True)
+    lib.index_path.write_text('{"version": 1, "entries": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    with pytest.raises(LibraryError, match="damaged"):
+        lib.entries()
+    assert lib.entries() == []
+
+
+def test_an_index_with_invalid_utf8_is_set_aside_with_a_message(fresh_home, tiny_model):
+    lib = Library()
+    lib.import_file(tiny_model, name="tiny")
+    lib.index_path.write_bytes(b'{"version": 1, "entries": {"\xff\xfe": {}}}')
+    with pytest.raises(LibraryError, match="damaged") as err:
+        lib.entries()
+    assert "\n" not in str(err.value)
+    assert [e.name for e in lib.entries()] == ["tiny"]
+    backups = [p for p in fresh_home.iterdir() if p.name.startswith("index.broken-")]
+    assert len(backups) == 1 and backups[0].read_bytes().startswith(b'{"version": 1, "entries": {"\xff')
+
+
+def test_an_unusable_home_is_one_clear_error(tmp_path, monkeypatch, tiny_model):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    lib = Library(blocker / "home")  # root can write anywhere; a file in the way stops everyone
+    with pytest.raises(LibraryError, match="INGLE_HOME") as err:
+        lib.import_file(tiny_model, name="tiny")
+    assert str(blocker / "home") in str(err.value)
+    with pytest.raises(LibraryError, match="INGLE_HOME"):
+        lib.ensure_starter()
+    assert lib.entries() == []  # reading an absent index is fine
