@@ -29,6 +29,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from app.wording import count
 from engine import fit, hub
 from engine.downloads import DownloadManager, Job, State
 from engine.errors import IngleError
@@ -456,7 +457,7 @@ class DownloadManagerWindow(QMainWindow):
                     cell.setToolTip(f"missing: {e.path}")
                 self.lib_table.setItem(row, col, cell)
         self.disk_label.setText(
-            f"{len(entries)} items · {human_size(self.library.disk_usage())} on disk in {self.library.root}"
+            f"{count(len(entries), 'item')} · {human_size(self.library.disk_usage())} on disk in {self.library.root}"
         )
         self._library_selected()
 
