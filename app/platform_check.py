@@ -6,8 +6,9 @@ import ctypes
 import sys
 from collections.abc import Callable, Mapping
 
-# What Qt's xcb plugin (libqxcb.so -> libQt6XcbQpa.so) loads from the system, and the Debian/Ubuntu package of
-# each. PySide6's wheels bring Qt itself, not these; a stock Debian 12 lacks the first three.
+# What Qt's xcb plugin loads from the system (ldd of PySide6's plugins/platforms/libqxcb.so and
+# lib/libQt6XcbQpa.so.6), and the Debian/Ubuntu package of each. PySide6's wheels bring Qt itself, not these;
+# a stock Debian 12 lacks the first three.
 XCB_LIBRARIES = (
     ("libxcb-cursor.so.0", "libxcb-cursor0"),
     ("libxcb-icccm.so.4", "libxcb-icccm4"),
@@ -19,6 +20,13 @@ XCB_LIBRARIES = (
     ("libxcb-xkb.so.1", "libxcb-xkb1"),
     ("libxkbcommon-x11.so.0", "libxkbcommon-x11-0"),
     ("libxcb.so.1", "libxcb1"),
+    ("libX11-xcb.so.1", "libx11-xcb1"),
+    ("libxcb-render.so.0", "libxcb-render0"),
+    ("libxcb-shm.so.0", "libxcb-shm0"),
+    ("libxcb-sync.so.1", "libxcb-sync1"),
+    ("libxcb-util.so.1", "libxcb-util1"),
+    ("libxcb-xfixes.so.0", "libxcb-xfixes0"),
+    ("libxkbcommon.so.0", "libxkbcommon0"),
 )
 
 

@@ -91,7 +91,10 @@ class StoredMessage:
 MAX_IMPORT_BYTES = 256 * 2**20  # a conversation file larger than this is refused before it is read
 MAX_MESSAGES = 100_000
 MAX_TEXT = 16 * 2**20  # characters in one message, title or system prompt
-MAX_DEPTH = 16  # nesting of JSON values inside a message's stats
+MAX_DEPTH = 16
+MAX_KEPT_WAL = (
+    64 * 2**20
+)  # a write-ahead log up to this size is kept byte for byte when the store is damaged  # nesting of JSON values inside a message's stats
 
 
 def _json_depth_ok(value: Any, depth: int = 0) -> bool:
@@ -204,11 +207,19 @@ class Recovery:
 def open_store(path: Path | str | None = None) -> tuple[ConversationStore, Recovery | None]:
     """The conversation store; a damaged file is moved aside (never overwritten), what SQLite can still read is
     copied into a fresh file, and the Recovery says so. OSError when the folder cannot be written."""
+    db = Path(path) if path else default_path()
+    wal = Path(f"{db}-wal")
+    # Opening a damaged file can make SQLite drop its write-ahead log; keep its bytes until the file proved sound.
+    # A clean exit leaves no log, so this costs nothing on an ordinary start.
     try:
-        return ConversationStore(path), None
+        saved_wal = wal.read_bytes() if wal.is_file() and 0 < wal.stat().st_size <= MAX_KEPT_WAL else None
+    except OSError:
+        saved_wal = None
+    try:
+        return ConversationStore(db), None
     except sqlite3.DatabaseError as err:
-        recovery = recover_store(Path(path) if path else default_path(), str(err))
-        return ConversationStore(path), recovery
+        recovery = recover_store(db, str(err), saved_wal)
+        return ConversationStore(db), recovery
 
 
 def _aside_name(path: Path) -> Path:
@@ -221,8 +232,9 @@ def _aside_name(path: Path) -> Path:
     raise ConversationError(f"Cannot find a free name beside {path} to keep the damaged file.")
 
 
-def recover_store(path: Path, reason: str) -> Recovery:
-    """Move `path` (and its -wal/-shm) aside and write a new store at `path` from the rows SQLite can read."""
+def recover_store(path: Path, reason: str, saved_wal: bytes | None = None) -> Recovery:
+    """Move `path` (and its -wal/-shm) aside and write a new store at `path` from the rows SQLite can read.
+    `saved_wal`: the log's bytes from before SQLite first opened the file, kept beside it if SQLite dropped it."""
     aside = _aside_name(path)
     for x in ("", "-wal", "-shm"):  # same base name: SQLite still finds the WAL beside the kept copy
         src = Path(f"{path}{x}")
@@ -234,6 +246,10 @@ def recover_store(path: Path, reason: str) -> Recovery:
                 raise
             except OSError:  # a file system without hard links; the name was checked free just now
                 os.rename(src, f"{aside}{x}")
+    kept_wal = Path(f"{aside}-wal")
+    if saved_wal is not None and not kept_wal.exists():
+        with open(kept_wal, "xb") as fh:  # x: never over an existing file
+            fh.write(saved_wal)
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=".recover-") as tmp:
         work = Path(tmp) / "damaged.sqlite3"  # read a copy: opening the kept file could rewrite its WAL
         for x in ("", "-wal", "-shm"):
