@@ -7,7 +7,13 @@ import sqlite3
 
 import pytest
 
-from engine.conversations import EXPORT_FORMAT, ConversationError, ConversationStore, open_store
+from engine.conversations import (
+    EXPORT_FORMAT,
+    MAX_IMPORT_BYTES,
+    ConversationError,
+    ConversationStore,
+    open_store,
+)
 from engine.errors import SettingsError
 from engine.settings import SamplingSettings
 
@@ -200,13 +206,18 @@ def test_a_good_import_keeps_its_stats_and_a_store_with_bad_rows_still_reads(sto
 
 def test_import_file_refuses_deep_nesting_bad_encoding_and_huge_files(store, tmp_path):
     deep = tmp_path / "deep.json"
-    deep.write_text('{"format": "%s", "messages": %s}' % (EXPORT_FORMAT, "[" * 200_000 + "]" * 200_000))
+    deep.write_text(f'{{"format": "{EXPORT_FORMAT}", "messages": {"[" * 200_000 + "]" * 200_000}}}')
     with pytest.raises(ConversationError, match="deep.json.*nested too deeply"):
         store.import_file(deep)
     latin = tmp_path / "latin.json"
     latin.write_bytes(b'{"title": "caf\xe9"}')
     with pytest.raises(ConversationError, match="Cannot read latin.json"):
         store.import_file(latin)
+    huge = tmp_path / "huge.json"
+    with open(huge, "wb") as fh:
+        fh.truncate(MAX_IMPORT_BYTES + 1)  # sparse: refused by its size, before anything is read
+    with pytest.raises(ConversationError, match="huge.json: it is 256 MiB"):
+        store.import_file(huge)
     good = tmp_path / "good.json"
     good.write_text(json.dumps(_export(GOOD, leaf=11)))
     assert store.import_file(good).title == "Imported"
