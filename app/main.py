@@ -361,7 +361,6 @@ class MainWindow(QMainWindow):
         except Exception as err:  # noqa: BLE001 (one bad conversation must never take the window down)
             log.exception("conversation %s could not be opened", cid)
             title = self._title_or_id(cid)
-            self.fault_banner.show_message(f"The conversation “{title}” could not be opened: {err}")
             fallbacks = [previous] + [c.id for c in self._conversations_or_none()]
             for other in fallbacks:
                 if other is not None and other != cid and other not in self._unopenable:
@@ -374,6 +373,10 @@ class MainWindow(QMainWindow):
             else:
                 self._show_conversation(None)
             self._unopenable.add(cid)
+            self.fault_banner.show_message(
+                f"The conversation “{title}” could not be opened ({str(err).rstrip('.')}). Its messages are kept in the store; "
+                "the other conversations work as before."
+            )
             return False
         return True
 
@@ -390,7 +393,20 @@ class MainWindow(QMainWindow):
             return []
 
     def _show_conversation(self, cid: int | None) -> None:
-        settings = self.store.settings(cid) if cid is not None else None
+        settings = None
+        if cid is not None:
+            try:
+                settings = self.store.settings(cid)
+            except (
+                IngleError,
+                ValueError,
+                TypeError,
+            ) as err:  # damaged settings: the chat itself still opens
+                settings = SamplingSettings()
+                self.fault_banner.show_message(
+                    f"The sampling settings of “{self._title_or_id(cid)}” could not be read ({err}); the defaults "
+                    "are used, and saved when you change one."
+                )
         system_prompt = self.store.get(cid).system_prompt if cid is not None else ""
         self.conversation = cid
         self.editing = None
@@ -789,7 +805,9 @@ class MainWindow(QMainWindow):
 
     def _load_initial_model(self) -> None:
         model = self.initial_model or self.gui_settings.value("last_model")
-        if not model or not Path(model).exists():
+        if (
+            not isinstance(model, (str, Path)) or not model or not Path(model).exists()
+        ):  # gui.ini may be edited
             try:
                 model = self.library.ensure_starter().file
             except IngleError as err:
@@ -947,16 +965,23 @@ def run(smoke_prompt: str | None = None) -> int:
     problem = home_problem()
     if problem:
         return fail(problem)
+    notes = []
     try:
         store, recovery = open_store()
-        Library().ensure_starter()  # first start: assemble the bundled model before the window opens
-    except (IngleError, OSError, sqlite3.Error) as err:
+        if recovery is not None:
+            notes.append(("Ingle: conversations recovered", recovery.describe()))
+        try:
+            Library().ensure_starter()  # first start: assemble the bundled model before the window opens
+        except IngleError as err:  # e.g. a damaged library index, rebuilt as it was reported: try once more
+            Library().ensure_starter()
+            notes.append(("Ingle: model library", str(err)))
+        window = MainWindow(store=store)
+    except (IngleError, OSError, ValueError, sqlite3.Error) as err:
         return fail(str(err))
-    if recovery is not None:
-        box = QMessageBox(QMessageBox.Warning, "Ingle: conversations recovered", recovery.describe())
+    for title, text in notes:
+        box = QMessageBox(QMessageBox.Warning, title, text)
         box.setTextFormat(Qt.PlainText)
         box.exec()
-    window = MainWindow(store=store)
     window.show()
     if smoke_prompt is None:
         return app.exec()

@@ -218,16 +218,24 @@ def test_visualizer_shortcuts_bring_their_dock_to_the_front(qtbot, make_window):
 def test_a_bad_conversation_does_not_stop_the_window(qtbot, store, make_window, tmp_path):
     good = store.create("Good")
     store.add_message(good.id, None, "user", "fine")
-    bad = store.create("Broken settings")
+    odd = store.create("Broken settings")
+    store.add_message(odd.id, None, "user", "still readable")
+    bad = store.create("Broken branch")
     store.add_message(bad.id, None, "user", "text")
-    # what an older version's import let in: settings the app cannot use, stats that are not an object
-    store._db.execute('UPDATE conversations SET settings=\'{"temperature": "hot"}\' WHERE id=?', (bad.id,))
+    # what an older version's import let in, or a damaged file: settings the app cannot use, stats that are not
+    # an object, a current message that does not exist
+    store._db.execute('UPDATE conversations SET settings=\'{"temperature": "hot"}\' WHERE id=?', (odd.id,))
     store._db.execute("UPDATE messages SET stats='\"oops\"' WHERE conversation=?", (good.id,))
-    window = make_window()  # the broken one is the newest: it is tried first
-    assert window.conversation == good.id and "fine" in window.view.toPlainText()
-    assert window.fault_banner.isVisibleTo(window) and "Broken settings" in window.fault_banner.label.text()
-    assert window.open_conversation(bad.id) is False and window.conversation == good.id
+    store._db.execute("UPDATE conversations SET leaf=9999 WHERE id=?", (bad.id,))
+    window = make_window()  # the broken one is the newest: it is tried first, then the next one opens
+    assert window.conversation == odd.id and "still readable" in window.view.toPlainText()
+    banner = window.fault_banner.label.text()
+    assert "Broken branch" in banner and "could not be opened" in banner
     window.grab().save(str(tmp_path / "bad_conversation.png"))
+    assert window.open_conversation(good.id) and "fine" in window.view.toPlainText()
+    assert window.open_conversation(odd.id)  # damaged settings: opened with the defaults, and said so
+    assert "defaults" in window.fault_banner.label.text()
+    assert window.open_conversation(bad.id) is False and window.conversation == odd.id
 
 
 def test_importing_a_damaged_file_adds_nothing_and_says_why(qtbot, store, make_window, tmp_path):

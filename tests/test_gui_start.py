@@ -87,13 +87,15 @@ def test_ingle_on_x11_without_qts_libraries_names_the_packages():
         assert "cannot connect to the X display ':97'" in done.stderr
 
 
-def _read_dialogs(seen: list[tuple[str, str, object]]):
-    """Accept each message box as it appears, keeping its title, text and text format."""
+def _read_dialogs(seen: list[tuple[str, str, object]], shots: Path | None = None):
+    """Accept each message box as it appears, keeping its title, text and text format (and a picture)."""
 
     def poll():
         box = QApplication.activeModalWidget()
         if isinstance(box, QMessageBox):
             seen.append((box.windowTitle(), box.text(), box.textFormat()))
+            if shots is not None:
+                box.grab().save(str(shots / f"dialog-{len(seen)}.png"))
             box.accept()
         timer.start()
 
@@ -108,7 +110,7 @@ def test_an_unwritable_home_shows_a_dialog_and_exits_cleanly(qtbot, tmp_path, mo
     home.write_text("a file where the data folder should be")
     monkeypatch.setenv("INGLE_HOME", str(home))
     seen: list = []
-    timer = _read_dialogs(seen)
+    timer = _read_dialogs(seen, tmp_path)
     assert app_main.run() == 2
     timer.stop()
     assert len(seen) == 1 and seen[0][0] == "Ingle cannot start"
@@ -132,14 +134,17 @@ def test_an_unwritable_subfolder_of_home_is_reported_too(qtbot, tmp_path, monkey
         home.chmod(0o700)
 
 
-def test_a_damaged_store_starts_the_app_with_a_message(qtbot, tmp_path, monkeypatch, starter_model):
+def test_a_damaged_store_and_library_index_start_the_app_with_messages(
+    qtbot, tmp_path, monkeypatch, starter_model
+):
     home = tmp_path / "home"
     Library(home).import_file(starter_model, link=True, name=STARTER_NAME)
+    (home / "index.json").write_text('{"entries": {"x": {"bogus": 1}}}')  # rebuilt (and reported) on start
     db = home / "conversations.sqlite3"
     db.write_bytes(b"\x00garbage, not a database" * 200)
     monkeypatch.setenv("INGLE_HOME", str(home))
     seen: list = []
-    timer = _read_dialogs(seen)
+    timer = _read_dialogs(seen, tmp_path)
     windows: list[MainWindow] = []
 
     def close_when_shown():
@@ -156,6 +161,7 @@ def test_a_damaged_store_starts_the_app_with_a_message(qtbot, tmp_path, monkeypa
     assert app_main.run() == 0
     timer.stop()
     assert windows and windows[0].store.conversations() == []
-    assert len(seen) == 1 and "damaged" in seen[0][1] and "kept, unchanged" in seen[0][1]
+    assert len(seen) == 2 and "damaged" in seen[0][1] and "kept, unchanged" in seen[0][1]
+    assert "library index" in seen[1][1] and "rebuilt" in seen[1][1]
     kept = [p for p in home.iterdir() if ".damaged-" in p.name]
     assert len(kept) == 1 and kept[0].read_bytes() == b"\x00garbage, not a database" * 200
