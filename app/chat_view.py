@@ -10,6 +10,7 @@ from PySide6.QtWidgets import QTextBrowser
 
 from app.actions import NEUTRAL_SCHEME, SCHEME, ActionLinks
 from app.render import LIGHT, MarkdownRenderer, Theme, split_thinking
+from app.wording import count
 from engine.conversations import StoredMessage
 
 ROLE_NAMES = {"user": "You", "assistant": "Model", "system": "System"}
@@ -115,7 +116,9 @@ class ChatView(SafeBrowser):
             shown = streaming or msg.id in self.expanded_thinking
             arrow = "▾" if shown else "▸"
             label = (
-                "Thinking…" if thinking_open and streaming else f"Reasoning ({len(reasoning.split())} words)"
+                "Thinking…"
+                if thinking_open and streaming
+                else f"Reasoning ({count(len(reasoning.split()), 'word')})"
             )
             body += f'<p style="color:{t.muted}"><a href="{self.actions.href("think", msg.id)}">{arrow} {label}</a></p>'
             if shown:
@@ -166,9 +169,9 @@ class ChatView(SafeBrowser):
             cursor.movePosition(QTextCursor.End, QTextCursor.KeepAnchor)
             cursor.removeSelectedText()
         self.actions.forget(self._stream_links)  # the previous frame's links are gone from the document
-        before = set(self.actions.tokens())
+        issued = len(self.actions)
         cursor.insertHtml(self.message_html(msg, streaming=True))
-        self._stream_links = [f"ingle:{t}" for t in self.actions.tokens() if t not in before]
+        self._stream_links = [f"{SCHEME}:{t}" for t in self.actions.tokens()[issued:]]  # in issue order
         if at_bottom:
             bar.setValue(bar.maximum())
 

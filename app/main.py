@@ -46,7 +46,7 @@ from app.sampling_panel import SamplingPanel
 from engine.conversations import ConversationError, ConversationStore, StoredMessage, open_store
 from engine.errors import EngineDied, IngleError
 from engine.events import LoadProgress, Message, ModelLoaded, ReplyDone, StopReason, Token
-from engine.library import STARTER_NAME, Library, data_dir
+from engine.library import STARTER_NAME, Library, atomic_write_bytes, data_dir
 from engine.settings import LoadSettings, OverflowPolicy, SamplingSettings
 
 log = logging.getLogger(__name__)
@@ -889,14 +889,20 @@ class MainWindow(QMainWindow):
             return
         path, _ = QFileDialog.getSaveFileName(self, "Export conversation", f"conversation.{fmt}")
         if path:
-            self.export_conversation(Path(path), fmt)
+            self._guard(lambda: self.export_conversation(Path(path), fmt))
 
     def export_conversation(self, path: Path, fmt: str) -> None:
+        """Written whole or not at all (a temporary file renamed into place); ConversationError when it cannot."""
         if fmt == "json":
             text = json.dumps(self.store.export_json(self.conversation), indent=2, ensure_ascii=False)
         else:
             text = self.store.export_markdown(self.conversation)
-        path.write_text(text, encoding="utf-8")
+        try:
+            atomic_write_bytes(path, text.encode("utf-8"))
+        except OSError as err:
+            raise ConversationError(
+                f"Cannot write {path}: {err.strerror or err}. Choose another place."
+            ) from None
 
     def _import_json(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Import conversation", "", "JSON (*.json)")

@@ -10,8 +10,9 @@ from PySide6.QtCore import QTimer, QUrl
 from PySide6.QtGui import QGuiApplication
 from PySide6.QtWidgets import QApplication, QMessageBox, QTabBar
 
+from app.chat_view import ChatView
 from app.main import MainWindow
-from engine.conversations import ConversationStore
+from engine.conversations import ConversationStore, StoredMessage
 from engine.errors import IngleError
 
 HOSTILE_TITLE = '<a href="ingle:delete/1">x</a><b>bold</b>'
@@ -249,3 +250,53 @@ def test_importing_a_damaged_file_adds_nothing_and_says_why(qtbot, store, make_w
     with pytest.raises(IngleError, match="message 2: 'stats'"):
         window.import_conversation(path)
     assert window.conv_list.count() == 0 and store.conversations() == []
+
+
+def test_export_is_written_whole_or_refused_with_a_message(qtbot, store, make_window, tmp_path):
+    conv = store.create("Export me")
+    store.add_message(conv.id, None, "user", "hello")
+    window = make_window()
+    window.open_conversation(conv.id)
+    target = tmp_path / "out.md"
+    window.export_conversation(target, "md")
+    assert target.read_text(encoding="utf-8").startswith("# Export me")
+    blocked = tmp_path / "a-file" / "out.json"  # its folder is a file: cannot be written
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(IngleError, match="Cannot write .*out.json"):
+        window.export_conversation(blocked, "json")
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temp file left
+
+
+def test_streamed_frames_keep_only_the_latest_frames_links(qtbot):
+    view = ChatView()
+    qtbot.addWidget(view)
+    view.show_messages([(StoredMessage(1, 1, None, "user", "hi", "done", {}, 0.0), (1, 1))], None)
+    base = len(view.actions)
+    assert base == 3  # copy, edit, delete
+    for i in range(50):
+        view.update_stream(StoredMessage(2, 1, 1, "assistant", f"<think>step {i}", "streaming", {}, 0.0))
+    assert len(view.actions) == base + 1  # the current frame's "Thinking…" link, not fifty
+    toggled = []
+    view.action.connect(lambda verb, mid, arg: toggled.append((verb, mid)))
+    think = [h for h, t in ANCHOR_RE.findall(view.toHtml()) if "Thinking" in t]
+    view.anchorClicked.emit(QUrl(think[-1]))
+    assert toggled == [("think", 2)]
+
+
+def test_counts_agree_with_their_nouns(qtbot, fresh_home, tiny_model):
+    view = ChatView()
+    qtbot.addWidget(view)
+    thought = StoredMessage(1, 1, None, "assistant", "<think>hmm</think>ok", "done", {}, 0.0)
+    view.show_messages([(thought, (1, 1))], None)
+    assert "Reasoning (1 word)" in view.toPlainText()
+    from app.downloads_window import DownloadManagerWindow
+    from engine.library import Library
+
+    Library().import_file(tiny_model, link=True, name="only-one")
+    manager = DownloadManagerWindow()
+    qtbot.addWidget(manager)
+    try:
+        manager.refresh_library()
+        assert manager.disk_label.text().startswith("1 item · ")  # was "1 items"
+    finally:
+        manager.manager.shutdown()
