@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import psutil
-from PySide6.QtCore import QSettings, Qt, QTimer, Signal
+from PySide6.QtCore import QByteArray, QSettings, Qt, QTimer, Signal
 from PySide6.QtGui import QAction, QActionGroup, QColor, QGuiApplication, QKeySequence, QPalette
 from PySide6.QtWidgets import (
     QApplication,
@@ -212,8 +212,11 @@ class MainWindow(QMainWindow):
         self.sampling_panel = SamplingPanel(self.store)
         self.sampling_panel.settings_changed.connect(self._settings_changed)
         saved_policy = self.gui_settings.value("overflow_policy", OverflowPolicy.STOP.value)
-        self.sampling_panel.set_policy(
-            OverflowPolicy(saved_policy) if saved_policy in set(OverflowPolicy) else OverflowPolicy.STOP
+        known = {p.value for p in OverflowPolicy}
+        self.sampling_panel.set_policy(  # gui.ini is a text file: anything may be in it
+            OverflowPolicy(saved_policy)
+            if isinstance(saved_policy, str) and saved_policy in known
+            else OverflowPolicy.STOP
         )
         self.sampling_panel.policy_box.currentIndexChanged.connect(
             lambda _i: self.gui_settings.setValue("overflow_policy", self.sampling_panel.policy().value)
@@ -291,22 +294,21 @@ class MainWindow(QMainWindow):
             view_menu.addAction(action)
 
     def _restore_layout(self) -> None:
+        # gui.ini is a text file: a value that is not what this version wrote is ignored, never fatal
         geometry = self.gui_settings.value("geometry")
-        if geometry is not None:
-            self.restoreGeometry(geometry)
-        else:
+        if not isinstance(geometry, QByteArray) or not self.restoreGeometry(geometry):
             self.resize(1280, 800)
         state = self.gui_settings.value("splitter")
-        if state is not None:
+        if isinstance(state, QByteArray):
             self.splitter.restoreState(state)
         docks = self.gui_settings.value("docks")
-        if docks is not None:
+        if isinstance(docks, QByteArray):
             self.restoreState(docks)  # which visualizers were open, and where
         self.side.setVisible(self.gui_settings.value("side_visible", "true") == "true")
 
     def apply_theme(self, name: str) -> None:
         """Light, dark, or follow the system's colour scheme."""
-        if name not in self.theme_actions:  # a hand-edited or old settings file
+        if not isinstance(name, str) or name not in self.theme_actions:  # a hand-edited or old settings file
             name = "system"
         self.theme_actions[name].setChecked(True)
         self.gui_settings.setValue("theme", name)

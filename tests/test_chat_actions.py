@@ -300,3 +300,17 @@ def test_counts_agree_with_their_nouns(qtbot, fresh_home, tiny_model):
         assert manager.disk_label.text().startswith("1 item · ")  # was "1 items"
     finally:
         manager.manager.shutdown()
+
+
+def test_a_garbled_gui_ini_does_not_stop_the_window(qtbot, fresh_home, store):
+    fresh_home.mkdir(parents=True, exist_ok=True)
+    (fresh_home / "gui.ini").write_text(
+        "[General]\ntheme=a, b\noverflow_policy=x, y\ngeometry=notbytes\nsplitter=1, 2\ndocks=3\n"
+        "side_visible=maybe\nlast_model=a, b\n"
+    )
+    window = MainWindow(store=store, start_engine=False)
+    qtbot.addWidget(window)
+    window.show()
+    assert [n for n, a in window.theme_actions.items() if a.isChecked()] == ["system"]
+    window._load_initial_model  # noqa: B018 (exists; with a list as last_model it falls back to the starter)
+    window.close()
