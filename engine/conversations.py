@@ -184,6 +184,15 @@ def default_path() -> Path:
     return data_dir() / "conversations.sqlite3"
 
 
+# SQLite's own verdicts that the file's content is damaged (as opposed to locked, unreadable or a full disk)
+DAMAGE_CODES = frozenset({"SQLITE_CORRUPT", "SQLITE_NOTADB", "SQLITE_CORRUPT_INDEX", "SQLITE_CORRUPT_SEQUENCE",
+                          "SQLITE_CORRUPT_VTAB"})  # fmt: skip
+
+
+class StoreDamaged(sqlite3.DatabaseError):
+    """The conversations file is damaged: `open_store` keeps it aside and recovers what it can."""
+
+
 @dataclass(frozen=True)
 class Recovery:
     """What happened when a damaged store was replaced at start-up."""
@@ -217,7 +226,7 @@ def open_store(path: Path | str | None = None) -> tuple[ConversationStore, Recov
         saved_wal = None
     try:
         return ConversationStore(db), None
-    except sqlite3.DatabaseError as err:
+    except StoreDamaged as err:
         recovery = recover_store(db, str(err), saved_wal)
         return ConversationStore(db), recovery
 
@@ -328,20 +337,27 @@ class ConversationStore:
     """All reads and writes of chats. Every write commits at once, so a killed app loses nothing committed."""
 
     def __init__(self, path: Path | str | None = None):
-        """sqlite3.DatabaseError when the file is damaged (see `open_store`)."""
+        """StoreDamaged when the file is damaged (see `open_store`); ConversationError when it cannot be opened
+        for another reason (locked, unreadable)."""
         self.db_path = Path(path) if path else default_path()
         self.db_path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(self.db_path, isolation_level=None)
         try:
             self._open()
-        except sqlite3.DatabaseError:
+        except sqlite3.DatabaseError as err:
             self._db.close()
-            raise
+            if isinstance(err, StoreDamaged) or getattr(err, "sqlite_errorname", "") in DAMAGE_CODES:
+                raise StoreDamaged(str(err)) from None
+            # locked by another program, unreadable, a full disk...: the file may be fine, so it is left alone
+            raise ConversationError(
+                f"Cannot open the conversations file {self.db_path}: {err}. If another Ingle is running, close it "
+                "and try again."
+            ) from None
 
     def _open(self) -> None:
         check = self._db.execute("PRAGMA quick_check").fetchall()
         if [tuple(r) for r in check] != [("ok",)]:
-            raise sqlite3.DatabaseError(f"integrity check: {'; '.join(str(r[0]) for r in check[:3])}")
+            raise StoreDamaged(f"integrity check: {'; '.join(str(r[0]) for r in check[:3])}")
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable against app crashes

@@ -12,6 +12,7 @@ from engine.conversations import (
     MAX_IMPORT_BYTES,
     ConversationError,
     ConversationStore,
+    StoreDamaged,
     open_store,
 )
 from engine.errors import SettingsError
@@ -284,7 +285,7 @@ def test_a_corrupt_store_is_kept_aside_and_what_can_be_read_is_recovered(tmp_pat
     assert len(data) > 12 * page
     data[8 * page : 9 * page] = bytes(range(256)) * 16  # one page of garbage in the middle
     db.write_bytes(bytes(data))
-    with pytest.raises(sqlite3.DatabaseError):
+    with pytest.raises(StoreDamaged):
         ConversationStore(db)
     store, recovery = open_store(db)
     assert recovery is not None and recovery.damaged.exists()
@@ -314,3 +315,20 @@ def test_a_store_that_is_not_a_database_starts_empty_and_is_never_overwritten(tm
         db.write_bytes(b"damaged again" * 100)
     assert stores[0] != stores[1] and stores[0].read_bytes() == b"this is not sqlite at all" * 100
     assert (tmp_path / f"{stores[0].name}-wal").read_bytes() == b"junk wal"
+
+
+def test_a_locked_store_is_reported_and_left_alone(tmp_path):
+    db = tmp_path / "conversations.sqlite3"
+    _filled_store(db, 2)
+    before = db.read_bytes()
+    holder = sqlite3.connect(db, isolation_level=None, timeout=0)
+    holder.execute("PRAGMA journal_mode=DELETE")  # out of WAL mode, so a writer's lock keeps readers out
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(ConversationError, match="another Ingle is running"):
+            open_store(db)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert not [p for p in tmp_path.iterdir() if ".damaged-" in p.name]
+    assert db.read_bytes() == before or len(ConversationStore(db).conversations()) == 2
