@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
-from PySide6.QtCore import QTimer, QUrl
+from PySide6.QtCore import Qt, QTimer, QUrl
 from PySide6.QtGui import QGuiApplication
 from PySide6.QtWidgets import QApplication, QMessageBox, QTabBar
 
@@ -313,4 +313,26 @@ def test_a_garbled_gui_ini_does_not_stop_the_window(qtbot, fresh_home, store):
     window.show()
     assert [n for n, a in window.theme_actions.items() if a.isChecked()] == ["system"]
     window._load_initial_model  # noqa: B018 (exists; with a list as last_model it falls back to the starter)
+    window.close()
+
+
+def test_model_descriptions_and_errors_in_the_model_panel_are_text(
+    qtbot, fresh_home, store, tiny_model, tmp_path
+):
+    from engine.library import Library
+
+    library = Library()
+    library.import_file(
+        tiny_model, link=True, name="tiny", description=f"adapter trained on {HOSTILE_TITLE}.jsonl"
+    )
+    window = MainWindow(store=store, library=library, start_engine=False)
+    qtbot.addWidget(window)
+    window.show()
+    panel = window.model_panel
+    panel.refresh()
+    panel.select("tiny")
+    assert HOSTILE_TITLE in panel.description.text()
+    for label in (panel.description, panel.estimate, window.model_label):
+        assert label.textFormat() == Qt.PlainText  # Qt would otherwise guess rich text from the "<a "
+    window.grab().save(str(tmp_path / "model_panel_description.png"))
     window.close()
