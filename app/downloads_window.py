@@ -29,6 +29,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from app.dialogs import show_error
 from app.wording import count
 from engine import fit, hub
 from engine.downloads import DownloadManager, Job, State
@@ -173,6 +174,7 @@ class DownloadManagerWindow(QMainWindow):
         self.download_button = QPushButton("Download")
         self.download_button.clicked.connect(self.download_selected)
         self.fit_note = QLabel(wordWrap=True)
+        self.fit_note.setTextFormat(Qt.TextFormat.PlainText)  # it quotes file names from the Hub
         right = QWidget()
         rl = QVBoxLayout(right)
         rl.setContentsMargins(0, 0, 0, 0)
@@ -200,6 +202,7 @@ class DownloadManagerWindow(QMainWindow):
         for b in (self.pause_button, self.resume_button, self.cancel_button):
             buttons.addWidget(b)
         self.status = QLabel(wordWrap=True)
+        self.status.setTextFormat(Qt.TextFormat.PlainText)  # it quotes repo names and server errors
         self.status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
 
         page = QWidget()
@@ -545,7 +548,7 @@ class DownloadManagerWindow(QMainWindow):
             entry = self.library.import_file(path)
         except IngleError as err:
             self.show_error(str(err))
-            QMessageBox.warning(self, "Import failed", str(err))
+            show_error(self, str(err), "Import failed")
             return None
         self.refresh_library()
         self.select_entry(entry.name)

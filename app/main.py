@@ -38,6 +38,7 @@ from PySide6.QtWidgets import (
 
 from app.bridge import EngineBridge
 from app.chat_view import ChatView
+from app.dialogs import show_error
 from app.inspector import METHODS as INSPECTOR_METHODS
 from app.inspector import Inspector
 from app.model_panel import ModelPanel
@@ -91,14 +92,6 @@ class Banner(QFrame):
         self.button.setText(button)
         self.button.setVisible(bool(button))
         self.show()
-
-
-def show_error(parent: QWidget | None, text: str, title: str = "Ingle") -> QMessageBox:
-    """A warning dialog whose text is plain: error messages quote file names, titles and server replies."""
-    box = QMessageBox(QMessageBox.Warning, title, text, QMessageBox.Ok, parent)
-    box.setTextFormat(Qt.PlainText)
-    box.exec()
-    return box
 
 
 class Composer(QPlainTextEdit):

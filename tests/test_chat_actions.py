@@ -298,6 +298,8 @@ def test_counts_agree_with_their_nouns(qtbot, fresh_home, tiny_model):
     try:
         manager.refresh_library()
         assert manager.disk_label.text().startswith("1 item · ")  # was "1 items"
+        manager.show_error(f"cannot read {HOSTILE_TITLE}")  # Hub names and server errors: text, not markup
+        assert manager.status.textFormat() == Qt.PlainText and manager.fit_note.textFormat() == Qt.PlainText
     finally:
         manager.manager.shutdown()
 
