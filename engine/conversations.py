@@ -180,6 +180,18 @@ def _check_export(data: Any) -> dict[str, Any]:
             "messages": out, "leaf": leaf}  # fmt: skip
 
 
+def _as_text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return "" if value is None else str(value)
+
+
+def _as_number(value: Any) -> float:
+    return float(value) if _number(value) else 0.0
+
+
 def default_path() -> Path:
     return data_dir() / "conversations.sqlite3"
 
@@ -387,8 +399,11 @@ class ConversationStore:
         row = self._db.execute("SELECT * FROM conversations WHERE id=?", (cid,)).fetchone()
         if row is None:
             raise ConversationError(f"Conversation {cid} does not exist.")
-        return Conversation(row["id"], row["title"], row["created"], row["updated"], bool(row["pinned"]),
-                            row["system_prompt"], row["model"])  # fmt: skip
+        # SQLite keeps whatever type was written: a hand-edited or recovered file can hold a number or bytes where
+        # text belongs, and the list of conversations must still show
+        return Conversation(row["id"], _as_text(row["title"]) or "Untitled", _as_number(row["created"]),
+                            _as_number(row["updated"]), bool(row["pinned"]), _as_text(row["system_prompt"]),
+                            _as_text(row["model"]))  # fmt: skip
 
     def conversations(self, search: str = "") -> list[Conversation]:
         """Pinned first, then the most recently updated; `search` matches titles and message text."""
@@ -488,10 +503,9 @@ class ConversationStore:
             stats = {}
         if not isinstance(stats, dict):
             stats = {}
-        content = row["content"] if isinstance(row["content"], str) else str(row["content"] or "")
         status = row["status"] if row["status"] in STATUSES else "done"
-        return StoredMessage(row["id"], row["conversation"], row["parent"], row["role"], content, status, stats,
-                             row["created"] if isinstance(row["created"], (int, float)) else 0.0)  # fmt: skip
+        return StoredMessage(row["id"], row["conversation"], row["parent"], _as_text(row["role"]),
+                             _as_text(row["content"]), status, stats, _as_number(row["created"]))  # fmt: skip
 
     def message(self, mid: int) -> StoredMessage:
         row = self._db.execute("SELECT * FROM messages WHERE id=? AND deleted=0", (mid,)).fetchone()

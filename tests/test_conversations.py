@@ -332,3 +332,16 @@ def test_a_locked_store_is_reported_and_left_alone(tmp_path):
         holder.close()
     assert not [p for p in tmp_path.iterdir() if ".damaged-" in p.name]
     assert db.read_bytes() == before or len(ConversationStore(db).conversations()) == 2
+
+
+def test_values_of_the_wrong_type_in_the_file_still_read(store):
+    conv = store.create("fine")
+    msg = store.add_message(conv.id, None, "user", "hello")
+    # SQLite keeps any type in any column: what a hand edit or a recovered page can leave behind
+    store._db.execute(
+        "UPDATE conversations SET title=42, system_prompt=X'C3A9', created='x' WHERE id=?", (conv.id,)
+    )
+    store._db.execute("UPDATE messages SET content=7, created='soon' WHERE id=?", (msg.id,))
+    [got] = store.conversations()
+    assert (got.title, got.system_prompt, got.created) == ("42", "é", 0.0)
+    assert store.message(msg.id).content == "7" and store.message(msg.id).created == 0.0
