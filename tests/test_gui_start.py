@@ -155,11 +155,16 @@ def test_a_damaged_store_and_library_index_start_the_app_with_messages(
         windows.extend(shown)
         shown[0].grab().save(str(tmp_path / "recovered_start.png"))
         shown[0].close()
-        QApplication.instance().quit()
+        QApplication.exit(0)  # at once: a posted quit would outlive this loop and end the next test's loops
 
+    app = QApplication.instance()
+    app.setQuitOnLastWindowClosed(False)  # closing the window must not post a second quit
     QTimer.singleShot(100, close_when_shown)
-    assert app_main.run() == 0
-    timer.stop()
+    try:
+        assert app_main.run() == 0
+    finally:
+        app.setQuitOnLastWindowClosed(True)
+        timer.stop()
     assert windows and windows[0].store.conversations() == []
     assert len(seen) == 2 and "damaged" in seen[0][1] and "kept, unchanged" in seen[0][1]
     assert "library index" in seen[1][1] and "rebuilt" in seen[1][1]
