@@ -70,10 +70,10 @@ def display_problem(
     chosen = environ.get("QT_QPA_PLATFORM", "").strip()
     if chosen and not chosen.startswith("xcb"):
         return None  # offscreen, wayland, vnc...: Qt's own choice
+    if not chosen and environ.get("WAYLAND_DISPLAY"):
+        return None  # a Wayland session: Qt prefers its Wayland plugin, which needs none of the X11 libraries
     display = environ.get("DISPLAY", "")
     if not display:
-        if not chosen and environ.get("WAYLAND_DISPLAY"):
-            return None  # Qt takes the Wayland plugin
         return (
             "no display to open the window on (DISPLAY and WAYLAND_DISPLAY are not set): start Ingle from a "
             "desktop session, or use the command line (ingle --help)"

@@ -41,7 +41,7 @@ def test_display_problem_only_speaks_for_x11_on_linux():
     )
     nothing = lambda lib: False  # noqa: E731
     for env in ({"QT_QPA_PLATFORM": "offscreen"}, {"QT_QPA_PLATFORM": "wayland", "DISPLAY": ":0"},
-                {"WAYLAND_DISPLAY": "wayland-0"}):  # fmt: skip
+                {"WAYLAND_DISPLAY": "wayland-0"}, {"WAYLAND_DISPLAY": "wayland-0", "DISPLAY": ":0"}):  # fmt: skip
         assert display_problem(env, "linux", nothing, lambda d: False) is None
     assert display_problem({}, "darwin", nothing) is None and display_problem({}, "win32", nothing) is None
     assert "no display" in display_problem({}, "linux", nothing)
