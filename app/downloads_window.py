@@ -29,6 +29,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from app.dialogs import show_error
+from app.wording import count
 from engine import fit, hub
 from engine.downloads import DownloadManager, Job, State
 from engine.errors import IngleError
@@ -182,6 +184,7 @@ class DownloadManagerWindow(QMainWindow):
         self.download_button = QPushButton("Download")
         self.download_button.clicked.connect(self.download_selected)
         self.fit_note = QLabel(wordWrap=True)
+        self.fit_note.setTextFormat(Qt.TextFormat.PlainText)  # it quotes file names from the Hub
         right = QWidget()
         rl = QVBoxLayout(right)
         rl.setContentsMargins(0, 0, 0, 0)
@@ -209,6 +212,7 @@ class DownloadManagerWindow(QMainWindow):
         for b in (self.pause_button, self.resume_button, self.cancel_button):
             buttons.addWidget(b)
         self.status = QLabel(wordWrap=True)
+        self.status.setTextFormat(Qt.TextFormat.PlainText)  # it quotes repo names and server errors
         self.status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
 
         page = QWidget()
@@ -504,7 +508,7 @@ class DownloadManagerWindow(QMainWindow):
                     cell.setToolTip(f"missing: {e.path}")
                 self.lib_table.setItem(row, col, cell)
         self.disk_label.setText(
-            f"{len(entries)} items · {human_size(self.library.disk_usage())} on disk in {self.library.root}"
+            f"{count(len(entries), 'item')} · {human_size(self.library.disk_usage())} on disk in {self.library.root}"
         )
         self._library_selected()
 
@@ -596,7 +600,7 @@ class DownloadManagerWindow(QMainWindow):
             entry = self.library.import_file(path)
         except IngleError as err:
             self.show_error(str(err))
-            QMessageBox.warning(self, "Import failed", str(err))
+            show_error(self, str(err), "Import failed")
             return None
         self.refresh_library()
         self.select_entry(entry.name)

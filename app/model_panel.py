@@ -60,6 +60,7 @@ class ModelPanel(QWidget):
         self.model_box.currentIndexChanged.connect(self._update_estimate)
         layout.addWidget(self.model_box)
         self.description = QLabel()
+        self.description.setTextFormat(Qt.PlainText)  # descriptions quote file names (a dataset's, a model's)
         self.description.setWordWrap(True)
         layout.addWidget(self.description)
         form = QFormLayout()
@@ -97,6 +98,7 @@ class ModelPanel(QWidget):
         layout.addLayout(form)
         layout.addWidget(self._build_advanced(specs))
         self.estimate = QLabel()
+        self.estimate.setTextFormat(Qt.PlainText)  # error messages quote file names
         self.estimate.setWordWrap(True)
         layout.addWidget(self.estimate)
         self.progress = QProgressBar()

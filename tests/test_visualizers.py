@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -237,3 +238,31 @@ def test_a_message_sent_while_a_visualizer_request_runs_is_sent_right_after(qtbo
         assert window.composer.toPlainText() == ""  # taken, not refused
     assert window.store.message(blocker.args[0]).content
     assert [m.role for m in window.store.path(window.conversation)] == ["user", "assistant"]
+
+
+def _figures(text: str) -> list[int]:
+    return [int(n.replace(",", "")) for n in re.findall(r"\d[\d,]*", text)]
+
+
+def test_typing_in_a_new_chat_never_shows_negative_turns(qtbot, window, tmp_path):
+    window.new_chat()
+    qtbot.waitUntil(lambda: not window.bridge.busy and not window.inspector.queue, timeout=30_000)
+    window.composer.setPlainText("Hello there, how are you?")
+    bar = window.inspector.context_bar
+    qtbot.waitUntil(lambda: bar.budget is not None and bar.budget.draft_tokens > 0, timeout=30_000)
+    note = bar.note.splitlines()[0]
+    assert "-" not in note, note  # was "turns -1": the start-of-text token counted as system and as typing
+    used, _n_ctx, system, turns, typing = _figures(note)[:5]
+    assert turns == 0 and typing > 0 and system + turns + typing == used
+    assert used == sum(s.tokens for s in bar.segments if s.label != "reserved for the reply")
+    saved_png(window.inspector.docks["context"], tmp_path / "context-typing.png")
+
+
+def test_the_status_bar_and_the_context_view_count_the_same_tokens(qtbot, window):
+    chat(qtbot, window, "Name three colours.")
+    bar = window.inspector.context_bar
+    status = _figures(window.context_label.text())
+    assert status == [bar.used, bar.budget.n_ctx], (window.context_label.text(), bar.note)
+    window.composer.setPlainText("And three more?")
+    qtbot.waitUntil(lambda: bar.budget.draft_tokens > 0, timeout=30_000)
+    assert _figures(window.context_label.text()) == [bar.used, bar.budget.n_ctx]
