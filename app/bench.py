@@ -112,7 +112,7 @@ def cpu_clock(engine) -> Callable[[], float]:
 def run_engine(engine, prompt: str, tokens: Sequence[int], sampling: SamplingSettings) -> dict:
     """One completion through Runtime or EngineHost (same API), timed as the client sees the events arrive."""
     # Evaluating one token that differs from the prompt's first empties the cache, so the prefill really runs.
-    engine.request("evaluate", [tokens[1] if tokens[0] != tokens[1] else tokens[0] + 1])
+    engine.evaluate([tokens[1] if tokens[0] != tokens[1] else tokens[0] + 1])
     token_times: list[float] = []
     generated: list[int] = []
     evaluated = done = None

@@ -48,7 +48,9 @@ def print_options(files: hub.RepoFiles, ctx: int) -> hub.QuantOption | None:
         f = fit.estimate(o.size, o.quant, ctx)
         mark = "*" if o is best else " "
         split = f" ({len(o.files)} parts)" if o.split else ""
-        print(f"  {mark} {o.quant:<8} {units.size(o.size):>11}  {f.verdict.value:<9}  {printable(o.label)}{split}")
+        print(
+            f"  {mark} {o.quant:<8} {units.size(o.size):>11}  {f.verdict.value:<9}  {printable(o.label)}{split}"
+        )
     return best
 
 
@@ -104,7 +106,9 @@ def cmd_pull(args) -> int:
         raise hub.HubError(
             f"{option.label} is a vision projector (mmproj), not a chat model; pick a model file."
         )
-    print(f"{repo_id}: {printable(option.label)} ({option.quant}, {units.size(option.size)})", file=sys.stderr)
+    print(
+        f"{repo_id}: {printable(option.label)} ({option.quant}, {units.size(option.size)})", file=sys.stderr
+    )
     tty = sys.stderr.isatty()
     last = [0.0]
 

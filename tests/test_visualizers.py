@@ -121,11 +121,11 @@ def test_moving_a_sampling_slider_updates_the_preview_without_running_the_model(
     chat(qtbot, window, "Name three colours.", SamplingSettings(temperature=0.8, seed=1, max_tokens=16))
     ins = window.inspector
     before_stages = ins.preview.stages
-    evaluations = window.bridge.host.request("evaluation_count")
+    evaluations = window.bridge.host.evaluation_count()
     with qtbot.waitSignal(window.bridge.done, timeout=10_000, check_params_cb=lambda m, _r: m == "preview"):
         window.sampling_panel.fields["top_k"].set_value(2)
     qtbot.waitUntil(lambda: not window.bridge.busy)
-    assert window.bridge.host.request("evaluation_count") == evaluations  # no llama_decode for a slider
+    assert window.bridge.host.evaluation_count() == evaluations  # no llama_decode for a slider
     top_k = next(s for s in ins.preview.stages if s.name == "top_k")
     assert top_k.kept == 2 and ins.preview.stages != before_stages
     removed = [r for r in ins.preview.rows() if r["removed_by"] == "top_k"]
@@ -172,7 +172,7 @@ def test_kv_map_bytes_and_cells_equal_llama_cpps_report(qtbot, tmp_path, starter
     settings = LoadSettings(n_ctx=2048, type_k=cache, type_v=cache, flash_attn=FlashAttention.ON)
     window = open_window(qtbot, tmp_path, starter_model, settings)
     try:
-        state = chat(qtbot, window, "Hello") and window.bridge.host.request("kv_state")
+        state = chat(qtbot, window, "Hello") and window.bridge.host.kv_state()
         reports = list(state.llama_reports[-2:])  # the global and the sliding-window cache of this load
         kv = window.inspector.kv_map
         assert kv.layout_info["type_k"] == cache.value
