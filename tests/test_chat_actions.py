@@ -40,7 +40,9 @@ def store(tmp_path) -> ConversationStore:
 
 
 @pytest.fixture
-def make_window(qtbot, store):
+def make_window(qtbot, store, fresh_home):
+    """Windows with a home of their own: the docks and theme they change are saved in its gui.ini, not in the
+    session's (where later tests' windows would find them)."""
     made = []
 
     def make() -> MainWindow:
