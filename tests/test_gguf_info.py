@@ -135,3 +135,31 @@ def test_names_from_the_file_are_printed_inert(tmp_path):
     with pytest.raises(ModelFileError) as err:
         inspect_gguf(path)
     assert "\x1b" not in str(err.value) and "\n" not in str(err.value) and "\\x1b" in str(err.value)
+
+
+LLAMA_REFUSES_TOO = ["nested_array_50000", "five_dimensions", "eight_dimensions", "overlapping_tensors",
+                     "misaligned_tensor", "alignment_zero", "alignment_three", "alignment_as_string",
+                     "alignment_as_array", "duplicate_tensor", "duplicate_key", "negative_dimension",
+                     "block_count_past_tensors", "context_as_string"]  # fmt: skip
+
+
+def test_llama_cpp_refuses_the_files_ingle_refuses(hostile):
+    """Ingle's checks follow llama.cpp's: each of these files is one llama.cpp itself will not load (so refusing
+    it early costs the user nothing). Run in a child: llama.cpp is not loaded by inspection's process."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, llama_cpp\n"
+        "from engine.runtime import init_backend\n"
+        "init_backend()\n"
+        "p = llama_cpp.llama_model_default_params()\n"
+        "p.use_extra_bufts = False\n"
+        "for path in sys.argv[1:]:\n"
+        "    m = llama_cpp.llama_model_load_from_file(path.encode(), p)\n"
+        "    print('loaded' if m else 'refused', flush=True)\n"
+    )
+    paths = [str(hostile[name][0]) for name in LLAMA_REFUSES_TOO]
+    out = subprocess.run([sys.executable, "-c", code, *paths], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["refused"] * len(paths)
