@@ -55,6 +55,7 @@ def parse_modes(text: str) -> tuple[str, ...]:
         raise SettingsError("modes", "choose at least one mode (e.g. --modes reference,engine,host)")
     return tuple(m for m in MODES if m in chosen)
 
+
 # Words whose " word" form is one token in most vocabularies; the prompt is built from them.
 _WORDS = (
     "the quick brown fox jumps over a lazy dog while seven old men watch from the river bank and talk about "
@@ -381,7 +382,9 @@ def run_timed_modes(
                     )
                     for k in ("prefill_tok_s", "decode_tok_s")
                 }
-            modes["agreement"] = {m: samples[m][-1]["tokens"] == samples["reference"][-1]["tokens"] for m in others}
+            modes["agreement"] = {
+                m: samples[m][-1]["tokens"] == samples["reference"][-1]["tokens"] for m in others
+            }
         return modes, loads
     finally:
         if host is not None:
@@ -666,7 +669,9 @@ def run_bench(
         announce("gui", "mode (6) GUI memory")
         gui = run_gui_memory()
     if "training" in cfg.modes:
-        announce("training", "mode (7) LoRA training (starts a training process; about a minute on the starter)")
+        announce(
+            "training", "mode (7) LoRA training (starts a training process; about a minute on the starter)"
+        )
         training = run_training(cfg)
     machine["load_average_after"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     config = {
@@ -700,7 +705,11 @@ def markdown(result: BenchResult) -> str:
             "| decode ratio (paired) |",
             "|---|---|---|---|---|",
         ]
-    labels = {"reference": "(1) llama.cpp loop", "engine": "(2) engine in-process", "host": "(3) engine via host"}
+    labels = {
+        "reference": "(1) llama.cpp loop",
+        "engine": "(2) engine in-process",
+        "host": "(3) engine via host",
+    }
     for mode in timed:
         r = m[mode]
         if "reference" in m:

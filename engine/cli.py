@@ -233,7 +233,7 @@ def cmd_run(args) -> int:
     sampling = settings_from_args(args, SamplingSettings)
     policy = OverflowPolicy(args.policy)
     engine, loaded = _open_engine(args)
-    for line in _loaded_lines(loaded)[1:]:  # run prints only its reply on stdout; adapters and warnings go to stderr
+    for line in _loaded_lines(loaded)[1:]:  # adapters and warnings; stdout holds only the reply
         print(line, file=sys.stderr)
     use_chat = args.chat if args.chat is not None else loaded.template_source == "gguf"
     with _CancelOnInterrupt(engine) as interrupt:
@@ -291,6 +291,10 @@ def _save_conversation(history: list[Message], target: str) -> str:
     if not target:
         raise SettingsError("save", "give a file: /save FILE")
     path = Path(target).expanduser()
+    if not path.parent.is_dir():  # a typo in the folder must not create a tree of folders
+        raise SettingsError("save", f"cannot write {path}: the folder {path.parent} does not exist")
+    if path.is_dir():
+        raise SettingsError("save", f"cannot write {path}: it is a folder; give a file name")
     record = {"messages": [{"role": m.role, "content": m.content} for m in history]}
     try:
         atomic_write_bytes(path, (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
@@ -310,14 +314,20 @@ def chat_command(line: str, history: list[Message]) -> tuple[str, list[Message]]
     if name in ("/help", "/?"):
         return CHAT_HELP, history
     if name == "/reset":
-        return "conversation reset" + (" (system prompt kept)" if system else ""), history[:1] if system else []
+        if system is None:
+            return "conversation reset", []
+        return "conversation reset (system prompt kept)", history[:1]
     if name == "/system":
-        if not rest:
-            return (f"system prompt: {system}" if system else "no system prompt; set one with /system TEXT"), history
-        return "system prompt set", [Message("system", rest), *body]
+        if rest:
+            return "system prompt set", [Message("system", rest), *body]
+        return (
+            f"system prompt: {system}" if system else "no system prompt; set one with /system TEXT",
+            history,
+        )
     if name == "/save":
         return f"saved {len(history)} messages to {_save_conversation(history, rest)}", history
-    return f"unknown command {name}: /help lists the commands (start with // to send a line beginning with /)", history
+    hint = "/help lists the commands (start with // to send a line beginning with /)"
+    return f"unknown command {name}: {hint}", history
 
 
 def cmd_chat(args) -> int:

@@ -201,7 +201,8 @@ def test_chat_save_to_an_unwritable_place_is_one_line_and_chat_goes_on(tiny_mode
     script = f"/save {tmp_path}/no/such/dir/x.json\n/save\n/exit\n"
     result = ingle("chat", tiny_model, "-c", "512", input=script)
     assert result.returncode == 0
-    assert "ingle: save: cannot write" in result.stderr and "give a file: /save FILE" in result.stderr
+    assert "ingle: save: cannot write" in result.stderr and "does not exist" in result.stderr
+    assert "give a file: /save FILE" in result.stderr and not (tmp_path / "no").exists()
     assert "Traceback" not in result.stderr
 
 

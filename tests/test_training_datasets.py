@@ -134,7 +134,7 @@ def test_a_line_that_is_not_utf8_is_one_bad_line_with_its_number_and_can_be_skip
     path.write_bytes(b"\n".join([good] * 6 + [bad, good]) + b"\n")
     examples, _, problems = read_dataset(path)
     assert len(examples) == 7
-    assert [str(p) for p in problems] == ["line 7: not valid UTF-8 (byte 0xff at column 13)"]
+    assert [str(p) for p in problems] == ["line 7: not valid UTF-8 (byte 0xff at column 14)"]
     with pytest.raises(DatasetError) as err:
         prepare(rt, path)
     assert "line 7: not valid UTF-8" in str(err.value) and "--skip-bad-lines" in str(err.value)

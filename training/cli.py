@@ -9,6 +9,7 @@ from pathlib import Path
 
 from engine.errors import SettingsError
 
+
 def _settings(args):
     from training.lora import TrainSettings
 
@@ -128,12 +129,16 @@ def cmd_export(args) -> int:
                 if len(args.quant) == 1
                 else Path(args.out).with_name(f"{Path(args.out).stem}-{q}.gguf")
             )
-            how = "merging the adapter in F16" + ("" if q.upper() == "F16" else f", then quantizing to {q.upper()}")
+            how = "merging the adapter in F16"
+            if q.upper() != "F16":
+                how += f", then quantizing to {q.upper()}"
             progress.note(f"{q.upper()} ({done + 1}/{len(args.quant)}): {how} -> {out}")
             outs[q.upper()] = export(args.base, args.adapter, out, q, args.scale)
             progress.update(done + 1, f"{q.upper()} written")
             if not args.no_library:
-                _add_to_library(out, f"{Path(args.base).stem} merged with {Path(args.adapter).stem}, {q.upper()}")
+                _add_to_library(
+                    out, f"{Path(args.base).stem} merged with {Path(args.adapter).stem}, {q.upper()}"
+                )
     if args.data:
         if "F16" not in outs:
             print("export: F16 merge as the reference for KL", file=sys.stderr)
@@ -172,7 +177,8 @@ def cmd_eval(args) -> int:
 
     adapters = [parse_adapter(spec) for spec in args.adapter or []]
     model = _resolve(args.model)
-    say("eval", f"loading {printable(Path(model).name)}" + (f" with {len(adapters)} adapter(s)" if adapters else ""))
+    with_adapters = f" with {len(adapters)} adapter(s)" if adapters else ""
+    say("eval", f"loading {printable(Path(model).name)}{with_adapters}")
     rt = open_runtime(model, adapters, n_ctx=args.n_ctx)
     try:
         items = evaluation_items(rt, args.data, args.n_ctx, args.skip_bad_lines,
