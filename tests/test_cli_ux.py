@@ -245,3 +245,31 @@ def test_hashing_a_big_file_shows_progress(tmp_path, capsys):
     digest = sha256_file(big, _hash_progress(big))
     err = capsys.readouterr().err
     assert len(digest) == 64 and "sha256: 8/300 MiB" in err and "sha256: 300/300 MiB (100%)" in err
+
+
+def _interrupt_group(argv, ready) -> subprocess.CompletedProcess:
+    """Start `ingle ARGV` in its own process group, wait until `ready(proc)` returns, press Ctrl+C (SIGINT to
+    the whole group, as a terminal does), and collect the result."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", *map(str, argv)], cwd=REPO, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        ready(proc)
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+
+
+def test_ctrl_c_during_a_reply_in_the_engine_child_cancels_it_and_exits_130(tiny_model):
+    # token 2 (end of text) banned: the reply would go on for 100,000 tokens
+    argv = ["run", tiny_model, "the cat", "--host", "-c", "512", "-n", "100000", "--logit-bias", "2=-100",
+            "--policy", "sliding_window"]  # fmt: skip
+    result = _interrupt_group(argv, lambda proc: proc.stdout.read(1))
+    # before: the engine child died of the terminal's SIGINT ("The engine process was killed by signal SIGINT")
+    assert result.returncode == 130, result.stderr
+    assert "killed" not in result.stderr and "Traceback" not in result.stderr

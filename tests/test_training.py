@@ -261,6 +261,32 @@ def test_max_steps_is_the_total_and_cycles_epochs_with_progress_lines(tiny_model
     assert err.index("dequantizing") < err.index("train: 1/7 steps") < err.index("train: 7/7 steps")
 
 
+def test_ctrl_c_in_cli_training_saves_a_checkpoint_and_exits_130(tiny_model, memorize, tmp_path):
+    """A terminal's Ctrl+C reaches the training child too: it must not die of it (before: a KeyboardInterrupt
+    traceback from the child, no checkpoint); the run ends its step, saves, and says how to resume."""
+    import signal
+
+    out = tmp_path / "stopped.gguf"
+    argv = [sys.executable, "-m", "app.cli", "train", str(tiny_model), str(memorize), "--out", str(out),
+            "--max-steps", "1000000", "--batch-size", "1", "--no-library", "--val-fraction", "0"]  # fmt: skip
+    proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, start_new_session=True, cwd=os.getcwd(),
+                            env={**os.environ, "PYTHONPATH": os.getcwd()})  # fmt: skip
+    try:
+        while "steps (0%)" not in (line := proc.stderr.readline()):
+            assert line, "training ended before its first step"
+        time.sleep(1.0)
+        os.killpg(proc.pid, signal.SIGINT)
+        err = proc.communicate(timeout=300)[1]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    assert (tmp_path / "stopped.gguf.checkpoint" / "state.pt").exists()
+    assert "run the same command with --resume" in err and not out.exists()
+
+
 def test_importing_the_cli_does_not_import_torch():
     code = "import sys, training.cli, app.cli; app.cli.build_parser(); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=os.getcwd(),

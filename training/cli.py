@@ -106,12 +106,34 @@ def cmd_train(args) -> int:
                     if not args.no_library:
                         _add_to_library(event.adapter_path, f"LoRA adapter trained on {Path(args.data).name}")
         except KeyboardInterrupt:
-            run.cancel()
-            raise
+            if steps is not None:
+                steps.close()
+            return _stop(run)
         finally:
             if steps is not None:
                 steps.close()
     return 0
+
+
+def _stop(run) -> int:
+    """Ctrl+C: the child finishes its step and saves a checkpoint to resume from; a second Ctrl+C stops at once."""
+    from engine.errors import Cancelled
+    from engine.progress import say
+    from training.events import CheckpointSaved
+
+    run.cancel()
+    say("train", "stopping after this step and saving a checkpoint (Ctrl+C again stops at once, losing it)")
+    saved = False
+    try:
+        for event in run.events():
+            if isinstance(event, CheckpointSaved):
+                saved = True
+                say("train", f"checkpoint at step {event.step}: {event.path}")
+    except Cancelled as err:
+        print(f"ingle: {err}", file=sys.stderr)
+    if saved:
+        say("train", "to go on, run the same command with --resume")
+    return 130
 
 
 def cmd_export(args) -> int:

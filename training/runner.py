@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import signal
 import threading
 import time
 import warnings
@@ -22,6 +23,9 @@ def _child(conn, kwargs: dict) -> None:
     from engine.host import _die_with_parent
 
     _die_with_parent()
+    # Ctrl+C in a terminal reaches the whole process group: the parent turns it into a cancel, which saves a
+    # checkpoint; a KeyboardInterrupt here would lose the run and print a traceback
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.environ.setdefault("TQDM_DISABLE", "1")  # transformers' GGUF conversion bar would scribble over ours
     warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation notes are not the user's
     cancel = threading.Event()
