@@ -70,7 +70,11 @@ def cmd_bench(args) -> int:
             bar.close()
     print(markdown(result))
     if args.json:
-        Path(args.json).write_text(
-            json.dumps(result.to_dict(), indent=2, default=str) + "\n", encoding="utf-8"
-        )
+        from engine.library import atomic_write_bytes
+
+        text = json.dumps(result.to_dict(), indent=2, default=str) + "\n"
+        try:
+            atomic_write_bytes(Path(args.json), text.encode("utf-8"))
+        except OSError as err:
+            raise SettingsError("json", f"cannot write {args.json}: {err.strerror or err}") from None
     return 0

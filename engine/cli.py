@@ -330,6 +330,15 @@ def chat_command(line: str, history: list[Message]) -> tuple[str, list[Message]]
     return f"unknown command {name}: {hint}", history
 
 
+def _not_utf8(line: str) -> int | None:
+    """The first byte that was not UTF-8 in a line read from stdin (Python carries such bytes as lone
+    surrogates, which nothing downstream can encode), or None."""
+    for ch in line:
+        if "\udc80" <= ch <= "\udcff":
+            return ord(ch) - 0xDC00
+    return None
+
+
 def cmd_chat(args) -> int:
     sampling = settings_from_args(args, SamplingSettings)
     policy = OverflowPolicy(args.policy)
@@ -338,6 +347,8 @@ def cmd_chat(args) -> int:
         print(line, file=sys.stderr)
     print("Type /help for commands, /exit to leave.", file=sys.stderr)
     history: list[Message] = [Message("system", args.system)] if args.system else []
+    if hasattr(sys.stdin, "reconfigure"):  # a line that is not UTF-8 is refused alone (see _not_utf8)
+        sys.stdin.reconfigure(errors="surrogateescape")
     try:
         while True:
             try:
@@ -346,6 +357,12 @@ def cmd_chat(args) -> int:
                 print(file=sys.stderr)
                 break
             if not line.strip():
+                continue
+            bad = _not_utf8(line)
+            if bad is not None:
+                print(
+                    f"ingle: that line is not valid UTF-8 (byte 0x{bad:02x}); type it again", file=sys.stderr
+                )
                 continue
             if line.startswith("//"):
                 line = line[1:]

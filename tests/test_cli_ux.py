@@ -273,3 +273,22 @@ def test_ctrl_c_during_a_reply_in_the_engine_child_cancels_it_and_exits_130(tiny
     # before: the engine child died of the terminal's SIGINT ("The engine process was killed by signal SIGINT")
     assert result.returncode == 130, result.stderr
     assert "killed" not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_chat_line_that_is_not_utf8_is_refused_alone(tiny_model):
+    for env in ({"PYTHONUTF8": "0", "LC_ALL": "C.UTF-8"}, {"PYTHONUTF8": "1"}):
+        proc = subprocess.run(
+            [sys.executable, "-m", "app.cli", "chat", str(tiny_model), "-c", "512", "-n", "2", "--temp", "0"],
+            input=b"\xff\xfe oops\nhello\n/exit\n", capture_output=True, cwd=REPO, env={**os.environ, **env},
+            timeout=300,
+        )  # fmt: skip
+        err = proc.stderr.decode()
+        assert proc.returncode == 0 and "Traceback" not in err, err
+        assert "that line is not valid UTF-8 (byte 0xff); type it again" in err
+        assert proc.stdout.decode().count("> ") == 3  # the bad line, hello (answered), /exit
+
+
+def test_eval_adapter_scale_that_is_not_a_number_is_one_line(tiny_model, dataset, adapter):
+    result = ingle("eval", tiny_model, dataset, "--adapter", f"{adapter}:half")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("ingle: error: ")
