@@ -80,6 +80,11 @@ class Progress:
             self._printed_at, self._printed_tenth = now, tenth
             self._line(self._text(detail, eta, bar=False))
 
+    def tick(self, detail: str = "") -> None:
+        """Nothing new is done, but time went by: redraw the time so far (on a terminal; plain lines keep their
+        interval)."""
+        self.update(self.done, detail)
+
     def advance(self, n: int = 1, detail: str = "", eta: float | None = None) -> None:
         self.update(self.done + n, detail, eta)
 
@@ -125,9 +130,11 @@ class Progress:
             if bar:
                 filled = int(_BAR * share)
                 count = "[" + "#" * filled + "." * (_BAR - filled) + "] " + count
-        else:
+        elif self.done or unit:
             count = f"{self.done}{unit}"
-        parts = [count]
+        else:
+            count = ""  # a phase without a count: its time so far says it is alive
+        parts = [count] if count else []
         if detail:
             parts.append(detail)
         if self.total and self.done >= self.total:

@@ -82,6 +82,12 @@ def test_progress_without_a_total_counts_and_times():
     out = io.StringIO()
     Progress("scan", unit="files", stream=out).update(3)
     assert out.getvalue() == "scan: 3 files, 0s so far\n"
+    out = io.StringIO()
+    phase = Progress("loading", stream=out, tty=True)
+    phase.tick()
+    time.sleep(1.1)
+    phase.tick()  # a phase without a count shows the time going by
+    assert out.getvalue().startswith("\rloading: 0s so far") and "\rloading: 1s so far" in out.getvalue()
     assert [duration(s) for s in (5, 65, 3725)] == ["5s", "1m05s", "1h02m"]
 
 

@@ -175,3 +175,14 @@ def test_tokenizing_reports_progress_to_the_last_example(tmp_path, rt):
     prepare(rt, path, val_fraction=0, progress=lambda done, total: seen.append((done, total)))
     assert seen[0] == (0, 5) and seen[-1] == (5, 5)
     assert [d for d, _ in seen] == sorted(d for d, _ in seen)
+
+
+def test_the_wizard_report_lists_a_non_utf8_line_as_a_skippable_bad_line(tmp_path, tiny_model):
+    from training.tasks import dataset_report
+
+    path = tmp_path / "wizard.jsonl"
+    path.write_bytes(json.dumps(CHAT).encode() + b"\n\xfe\n" + json.dumps(CHAT).encode() + b"\n")
+    report = dataset_report(str(tiny_model), str(path), None, 256, 0.0, 0, False)
+    # the wizard lists these and offers "skip the bad ones"; before, the whole file was refused
+    assert report["problems"] == [(2, "not valid UTF-8 (byte 0xfe at column 1)")]
+    assert report["stats"]["examples"] == 2 and report["stats"]["skipped_lines"] == 1

@@ -71,16 +71,28 @@ def cmd_train(args) -> int:
     settings = _settings(args)
     options = {"resume": args.resume, "data_format": args.format, "skip_bad_lines": args.skip_bad_lines}
     base = _resolve(args.base)
-    say("train", "starting the training process (importing torch takes a few seconds)")
     steps = tokenizing = None
+    phase = Progress(
+        "train: starting the training process (importing torch takes a few seconds)", interval=30.0
+    )
+    phase.tick()
     with TrainingRun(base, args.data, args.out, settings, **options) as run:
         try:
-            for event in run.events():
+            for event in run.events(heartbeats=True):
+                if event is None:  # the child is alive: a long phase shows its time so far
+                    if phase is not None:
+                        phase.tick()
+                    continue
+                if phase is not None:
+                    phase.close()
+                    phase = None
                 if isinstance(event, TrainPhase) and event.total:
                     tokenizing = tokenizing or Progress("train: tokenizing", unit="examples")
                     _callback(tokenizing)(event.done, event.total)
                 elif isinstance(event, TrainPhase):
-                    say("train", event.text)
+                    # loading and dequantizing a big model takes minutes: its time so far, every 30 s in a log
+                    phase = Progress(f"train: {event.text}", interval=30.0)
+                    phase.tick()
                 elif isinstance(event, TrainStarted):
                     s = event.dataset_stats
                     say("train", f"{event.trainable_params:,} LoRA parameters on {event.train_examples} examples "
@@ -106,12 +118,14 @@ def cmd_train(args) -> int:
                     if not args.no_library:
                         _add_to_library(event.adapter_path, f"LoRA adapter trained on {Path(args.data).name}")
         except KeyboardInterrupt:
-            if steps is not None:
-                steps.close()
+            for bar in (phase, steps):
+                if bar is not None:
+                    bar.close()
             return _stop(run)
         finally:
-            if steps is not None:
-                steps.close()
+            for bar in (phase, tokenizing, steps):
+                if bar is not None:
+                    bar.close()
     return 0
 
 

@@ -95,10 +95,13 @@ class TrainingRun:
     def pid(self) -> int | None:
         return self.process.pid
 
-    def events(self) -> Iterator[object]:
-        """Every event until TrainDone (blocking); errors, a dead or a silent child raise."""
+    def events(self, heartbeats: bool = False) -> Iterator[object]:
+        """Every event until TrainDone (blocking); errors, a dead or a silent child raise. `heartbeats`: also
+        yield None for each sign of life (about every second), so a caller can show time passing in long phases."""
         while True:
             ready, event = self._next(_POLL_SECONDS)
+            if event is None and ready and heartbeats:
+                yield None
             if event is not None:
                 yield event
                 if isinstance(event, TrainDone):
