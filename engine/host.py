@@ -116,7 +116,8 @@ def engine_command() -> list[str]:
 def child_main(address: str) -> None:
     """Entry point of the engine child: serve requests until shutdown or until the parent goes away."""
     die_with_parent()
-    # Ctrl+C in a terminal reaches the whole process group; the parent turns it into a cancel request
+    # Ctrl+C in a terminal reaches the whole process group: the parent turns it into a cancel; killed by it here,
+    # the child would take the loaded model with it
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     conn = Client(address, authkey=bytes.fromhex(os.environ.pop("INGLE_HOST_AUTHKEY")))
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(name)s: %(message)s")
