@@ -37,7 +37,7 @@ from app.chat_view import ChatView
 from app.inspector import METHODS as INSPECTOR_METHODS
 from app.inspector import Inspector
 from app.model_panel import ModelPanel
-from app.render import DARK, LIGHT, strip_thinking
+from app.render import DARK, LIGHT
 from app.sampling_panel import SamplingPanel
 from engine.conversations import ConversationError, ConversationStore, StoredMessage
 from engine.errors import EngineDied, IngleError
@@ -450,7 +450,7 @@ class MainWindow(QMainWindow):
         self.last_load = (str(path), settings or self.model_panel.load_settings(), tuple(adapters))
         self.model_panel.set_loading(0.0)
         self.model_label.setText(f"Loading {Path(path).name}…")
-        self.bridge.submit("load", *self.last_load, None)
+        self.bridge.submit("load", *self.last_load, self.model_panel.chat_template())
 
     def unload_model(self) -> None:
         if self._after_inspector(self.unload_model):
@@ -537,13 +537,9 @@ class MainWindow(QMainWindow):
         conv = self.store.get(self.conversation)
         messages = [Message("system", conv.system_prompt)] if conv.system_prompt else []
         path = self.store.path(self.conversation)
-        streaming_id = self.streaming.id if self.streaming else None
         for msg in path[:-1] if skip_last else path:
-            # earlier reasoning is not sent back, as reasoning models' chat templates expect
-            content = msg.content
-            if msg.role == "assistant" and msg.id != streaming_id:
-                content = strip_thinking(content)
-            messages.append(Message(msg.role, content))
+            # replies go whole: the engine's chat template keeps or drops earlier reasoning as the model expects
+            messages.append(Message(msg.role, msg.content))
         return messages
 
     def _start_stream(self, prefix: str, continue_last: bool) -> None:
@@ -641,7 +637,9 @@ class MainWindow(QMainWindow):
         self.model_label.setText(f"{name} · {ev.info.get('architecture', '')} {ev.info.get('file_type', '')}")
         self.context_label.setText(f"Context 0 / {ev.n_ctx:,}")
         self.gui_settings.setValue("last_model", ev.path)
-        if name == STARTER_NAME:
+        if ev.template_warning:
+            self.info_banner.show_message(ev.template_warning)
+        elif name == STARTER_NAME:
             self.info_banner.show_message(STARTER_NOTE)
         else:
             self.info_banner.hide()

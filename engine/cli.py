@@ -13,6 +13,7 @@ from pathlib import Path
 from engine.errors import IngleError, SettingsError
 from engine.events import ContextTrimmed, LoadProgress, Message, ReplyDone, Token
 from engine.settings import LoadSettings, OverflowPolicy, SamplingSettings
+from engine.text import printable
 
 # Short aliases users know from llama.cpp's own tools.
 _ALIASES = {"n_ctx": ["-c", "--ctx-size"], "n_threads": ["-t", "--threads"], "n_gpu_layers": ["-ngl", "--gpu-layers"],
@@ -183,6 +184,8 @@ def _open_engine(args):
             print(f"\rloading {event.fraction:4.0%}", end="", file=sys.stderr, flush=True)
     if sys.stderr.isatty():
         print("\r" + " " * 20 + "\r", end="", file=sys.stderr, flush=True)
+    if event.template_warning:
+        print(f"ingle: warning: {printable(event.template_warning)}", file=sys.stderr)
     return engine, event
 
 
@@ -212,7 +215,9 @@ def cmd_run(args) -> int:
     sampling = settings_from_args(args, SamplingSettings)
     policy = OverflowPolicy(args.policy)
     engine, loaded = _open_engine(args)
-    use_chat = args.chat if args.chat is not None else loaded.template_source == "gguf"
+    # chat when the model has a template of its own (even a broken one we replaced) or one was chosen
+    own = loaded.template_source == "gguf" or bool(loaded.template_warning) or bool(args.template)
+    use_chat = args.chat if args.chat is not None else own
     with _CancelOnInterrupt(engine):
         if use_chat:
             messages = ([Message("system", args.system)] if args.system else []) + [Message("user", prompt)]
@@ -268,7 +273,9 @@ def _add_generation_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--adapter", action="append", metavar="FILE[:SCALE]", help="apply a LoRA adapter (repeatable)"
     )
-    p.add_argument("--template", help="use a built-in chat template (gemma, chatml, llama3, mistral)")
+    p.add_argument(
+        "--template", help="chat template: a built-in (gemma, chatml, llama3, mistral) or .jinja file"
+    )
     p.add_argument("--system", help="system prompt")
     p.add_argument("--host", action="store_true", help="run llama.cpp in a child process, as the GUI does")
     add_settings_flags(p, LoadSettings, "model loading")

@@ -207,6 +207,7 @@ class Runtime:
             self._create_context(settings)
             self._apply_adapters(adapter_infos)
             self.template = self._make_template(chat_template)
+            self.template.cancel = None  # from now on only a running chat's render listens to Stop
         except Exception:
             self.unload()
             raise
@@ -219,6 +220,7 @@ class Runtime:
             load_seconds=time.perf_counter() - started,
             adapters=tuple((str(a.path), s) for a, s in adapter_infos),
             template_source=self.template.source,
+            template_warning=self.template.warning,
         )
 
     def _create_context(self, settings: LoadSettings) -> None:
@@ -272,6 +274,7 @@ class Runtime:
             bos_token=self.special_text(llama_cpp.llama_vocab_bos(self.vocab)),
             eos_token=self.special_text(llama_cpp.llama_vocab_eos(self.vocab)),
             override=override,
+            cancel=self._cancel,  # cancelling the load also stops a slow test render of the template
         )
 
     def unload(self) -> None:
@@ -445,6 +448,7 @@ class Runtime:
     ) -> Iterator[Event]:
         """Raw completion of `prompt` (BOS added as the model wants)."""
         self._require_model()
+        self._cancel.clear()
         tokens = self.tokenize(prompt, add_special=True, parse_special=False)
         if not tokens:
             raise EngineError("The prompt is empty.")
@@ -464,6 +468,7 @@ class Runtime:
         writing it (ReplyDone.text is then only the new part).
         """
         self._require_model()
+        self._cancel.clear()  # a Stop from before this request is not for it
         sampling = sampling or SamplingSettings()
         expected = ("assistant",) if continue_last else ("user", "system")
         if not messages or messages[-1].role not in expected:
@@ -473,12 +478,18 @@ class Runtime:
                 else "The conversation must end with a user message to get a reply."
             )
         messages = list(messages)
-        tokens = self.render_tokens(messages, continue_last=continue_last)
-        reserve = self._reserve(sampling)
-        if len(tokens) + reserve > self.n_ctx and policy == OverflowPolicy.DROP_OLDEST:
-            messages, tokens, event = self._drop_oldest(messages, tokens, reserve, continue_last)
+        self.template.cancel = self._cancel  # Stop also ends a slow template render
+        try:
+            tokens = self.render_tokens(messages, continue_last=continue_last)
+            reserve = self._reserve(sampling)
+            event = None
+            if len(tokens) + reserve > self.n_ctx and policy == OverflowPolicy.DROP_OLDEST:
+                messages, tokens, event = self._drop_oldest(messages, tokens, reserve, continue_last)
+            keep = self._system_tokens(messages, tokens)
+        finally:
+            self.template.cancel = None
+        if event is not None:
             yield event
-        keep = self._system_tokens(messages, tokens)
         yield from self._generate(tokens, sampling, policy, keep)
 
     def render_tokens(
@@ -574,7 +585,6 @@ class Runtime:
     def _generate(
         self, tokens: list[int], sampling: SamplingSettings, policy: OverflowPolicy, keep: int
     ) -> Iterator[Event]:
-        self._cancel.clear()
         started = time.perf_counter()
         tokens, trimmed = self._fit_prompt(tokens, self._reserve(sampling), policy, keep)
         if trimmed:
