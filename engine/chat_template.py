@@ -136,7 +136,8 @@ class ChatTemplate:
 
     def render(self, messages: Sequence[Message], add_generation_prompt: bool = True) -> str:
         """The prompt text, as transformers' apply_chat_template(tokenize=False) makes it with this template,
-        the model's BOS/EOS text, tools=None and documents=None."""
+        the model's BOS/EOS text, tools=None and documents=None. A template that refuses a system message
+        (Gemma 2, early Mistral) gets it at the top of the first user message, as Gemma 3's own does."""
         strip = not self.handles_reasoning
         chat = [
             {
@@ -145,6 +146,20 @@ class ChatTemplate:
             }
             for m in messages
         ]
+        try:
+            return self._render(chat, add_generation_prompt)
+        except jinja2.TemplateError as err:
+            refusal = err
+        folded = _fold_system(chat)
+        if folded is not None:
+            try:
+                return self._render(folded, add_generation_prompt)
+            except jinja2.TemplateError as err:
+                refusal = err  # what is wrong once the system message is out of the way
+        raise EngineError(f"The chat template ({self.source}) refused these messages: {refusal}")
+
+    def _render(self, chat: list[dict], add_generation_prompt: bool) -> str:
+        """Render; every failure but the template's own refusal (jinja2.TemplateError) becomes an EngineError."""
         variables = {
             "messages": chat,
             "tools": None,
@@ -160,10 +175,8 @@ class ChatTemplate:
             raise EngineError(
                 f"The chat template ({self.source}) {err.what}; it may be hostile; use --template to override."
             ) from None
-        except Cancelled:
+        except (Cancelled, jinja2.TemplateError):
             raise
-        except jinja2.TemplateError as err:
-            raise EngineError(f"The chat template ({self.source}) refused these messages: {err}") from None
         except Exception as err:  # a template is code from the model file; contain whatever it raises
             raise EngineError(
                 f"The chat template ({self.source}) failed: {type(err).__name__}: {err}"
@@ -172,6 +185,14 @@ class ChatTemplate:
     def check(self) -> None:
         """Render a one-message conversation: a template that cannot do that cannot chat."""
         self.render([Message("user", "Hello")], True)
+
+
+def _fold_system(chat: list[dict]) -> list[dict] | None:
+    """The conversation with its system message moved into the first user message, or None if it has none."""
+    if len(chat) < 2 or chat[0]["role"] != "system" or chat[1]["role"] != "user":
+        return None
+    first = {"role": "user", "content": f"{chat[0]['content']}\n\n{chat[1]['content']}"}
+    return [first, *chat[2:]]
 
 
 def read_template_file(path: str | Path) -> str:
