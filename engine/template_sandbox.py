@@ -58,6 +58,7 @@ class _Budget:
         self.max_emitted = 4 * max_chars  # text printed inside macros and {% set %} blocks is counted again
         self.emitted = 0
         self.cancel = cancel
+        self.weights: dict[int, tuple[Any, int]] = {}  # see _weight
 
     def tick(self) -> None:
         if self.cancel is not None and self.cancel.is_set():
@@ -98,10 +99,15 @@ def _too_big(estimate: float) -> None:
         raise LimitExceeded(f"produced more than {_mb(limit)} MB")
 
 
-def _weight(value: Any, limit: int) -> int:
+def _weight(value: Any) -> int:
     """About how many characters str() or JSON would print for `value`, counting a list that holds the same
-    string many times as many copies (that is what printing it costs). Stops counting once past `limit`."""
-    seen: dict[int, int] = {}
+    string many times as many copies (that is what printing it costs). Stops counting far past the budget.
+    Lists and dicts cannot change inside the immutable sandbox, so a render measures each one once."""
+    budget = _BUDGET.get()
+    limit = budget.max_emitted if budget else 4 * MAX_OUTPUT_CHARS
+    seen: dict[int, tuple[Any, int]] = (
+        budget.weights if budget else {}
+    )  # id -> (the object, kept alive; weight)
 
     def walk(v: Any) -> int:
         if isinstance(v, str):
@@ -112,19 +118,24 @@ def _weight(value: Any, limit: int) -> int:
             return 5
         if isinstance(v, int):
             return v.bit_length() // 3 + 2
-        if isinstance(v, (list, tuple, set, frozenset, dict, Namespace)):
-            key = id(v)
-            if key in seen:
-                return seen[key]
+        if isinstance(v, Namespace):  # its attributes can be reassigned: measured anew each time
+            return walk(dict(v._Namespace__attrs))  # type: ignore[attr-defined]
+        if isinstance(v, (list, tuple, set, frozenset, dict)):
+            known = seen.get(id(v))
+            if known is not None:
+                return known[1]
             total = 2
-            items = v.items() if isinstance(v, dict) else v
-            if isinstance(v, Namespace):
-                items = v._Namespace__attrs.items()  # type: ignore[attr-defined]
-            for item in items:
-                total += walk(item) + 2
-                if total > limit:
-                    break
-            seen[key] = total
+            if isinstance(v, dict):
+                for key, item in v.items():
+                    total += walk(key) + walk(item) + 4
+                    if total > limit:
+                        break
+            else:
+                for item in v:
+                    total += walk(item) + 2
+                    if total > limit:
+                        break
+            seen[id(v)] = (v, total)
             return total
         return 24
 
@@ -145,7 +156,7 @@ def _check_value(value: Any) -> Any:
     elif isinstance(value, (list, tuple, dict, set, frozenset, bytes)):
         if len(value) > _MAX_ITEMS:
             raise LimitExceeded(f"made a list of more than {_MAX_ITEMS:,} items")
-        _too_big(_weight(value, limit))
+        _too_big(_weight(value))
     return value
 
 
@@ -171,13 +182,12 @@ def _flat_args(args: Any) -> list:
 
 
 def _check_binop(operator: str, left: Any, right: Any) -> None:
-    limit = _limit()
     if operator == "*":
         for seq, n in ((left, right), (right, left)):
             if isinstance(seq, (str, list, tuple, bytes)) and isinstance(n, int):
                 if len(seq) * max(n, 0) > _MAX_ITEMS and not isinstance(seq, (str, bytes)):
                     raise LimitExceeded(f"made a list of more than {_MAX_ITEMS:,} items")
-                _too_big(_weight(seq, limit) * max(n, 0))
+                _too_big(_weight(seq) * max(n, 0))
         if isinstance(left, int) and isinstance(right, int):
             if left.bit_length() + right.bit_length() > _MAX_INT_BITS:
                 raise LimitExceeded(f"made a number of more than {_MAX_INT_BITS} bits")
@@ -187,7 +197,7 @@ def _check_binop(operator: str, left: Any, right: Any) -> None:
                 raise LimitExceeded(f"made a number of more than {_MAX_INT_BITS} bits")
     elif operator == "%" and isinstance(left, str):
         _check_format_string(left, _flat_args(right))
-        _too_big(len(left) + _weight(right, limit))
+        _too_big(len(left) + _weight(right))
 
 
 def _check_method(obj: Any, args: tuple, kwargs: dict) -> None:
@@ -195,7 +205,6 @@ def _check_method(obj: Any, args: tuple, kwargs: dict) -> None:
     target = getattr(obj, "__wrapped__", obj)  # str.format comes wrapped by the sandbox
     owner = getattr(target, "__self__", None)
     name = getattr(target, "__name__", "")
-    limit = _limit()
     if isinstance(owner, (str, bytes)):
         size = len(owner)
         if name in ("center", "ljust", "rjust", "zfill") and args and isinstance(args[0], int):
@@ -222,7 +231,7 @@ def _check_method(obj: Any, args: tuple, kwargs: dict) -> None:
         length = args[0] if args else kwargs.get("length", 1)
         if isinstance(length, int):
             _too_big(length)
-    _too_big(sum(_weight(a, limit) for a in (*args, *kwargs.values())))
+    _too_big(sum(_weight(a) for a in (*args, *kwargs.values())))
 
 
 class _Guarded:
@@ -256,7 +265,7 @@ def _count_text(_context, n: int) -> str:
 @pass_context
 def _concat(context, items: list) -> str:
     """The `~` operator, counted: it turns lists into text without passing any other check."""
-    _too_big(sum(_weight(i, _limit()) for i in items))
+    _too_big(sum(_weight(i) for i in items))
     return (markup_join if context.eval_ctx.autoescape else str_join)(items)
 
 
@@ -265,7 +274,7 @@ def _finalize(_context, value: Any) -> Any:
     """Every {{ ... }} passes here before it is printed: count what it prints."""
     budget = _BUDGET.get()
     if budget is not None:
-        budget.emit(len(value) if isinstance(value, str) else _weight(value, budget.max_emitted))
+        budget.emit(len(value) if isinstance(value, str) else _weight(value))
     return value
 
 
@@ -324,13 +333,12 @@ def _guard_filter(name: str, func: Any) -> Any:
 
 def _check_filter(name: str, bound: inspect.BoundArguments) -> tuple[tuple, dict]:
     a = bound.arguments
-    limit = _limit()
     value = a.get("value", a.get("s", a.get("x")))
     if name == "join" and value is not None and not isinstance(value, (str, list, tuple, dict)):
         a["value"] = value = list(value)  # a generator: materialize it to measure it
     for key, arg in a.items():
         if key not in ("eval_ctx", "environment", "context"):
-            _too_big(_weight(arg, limit))
+            _too_big(_weight(arg))
     text = value if isinstance(value, str) else None
     if name == "center" and isinstance(a.get("width"), int):
         _too_big(max(len(text or ""), a["width"]))
@@ -348,7 +356,7 @@ def _check_filter(name: str, bound: inspect.BoundArguments) -> tuple[tuple, dict
             hits = min(hits, count)
         _too_big(len(text) + hits * max(0, len(new) - len(old)))
     elif name == "join" and isinstance(value, (list, tuple)):
-        _too_big(_weight(value, limit) + len(value) * len(str(a.get("d", ""))))
+        _too_big(_weight(value) + len(value) * len(str(a.get("d", ""))))
     elif name == "format" and text is not None:
         _check_format_string(text, list(a.get("args", ())) + list(a.get("kwargs", {}).values()))
     elif name in ("batch", "slice"):
