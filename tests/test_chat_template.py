@@ -360,7 +360,7 @@ def test_stop_reaches_a_render_in_the_engine_child(tmp_path):
 @pytest.mark.parametrize(
     "own, why",
     [("{% for %}", "does not compile"), ("{{ 'x' * 10**9 }}", "may be hostile"),
-     ("{{ raise_exception('no') }}", "refused"), (12, "not text")],
+     ("{{ raise_exception('no') }}", "refused"), (12, "not text"), ("{{ 'a' }}" * 30000, "characters long")],
 )  # fmt: skip
 def test_a_failing_model_template_falls_back_to_a_builtin_with_a_warning(own, why):
     t = template_for(own, "llama", ["<|im_start|>"], "<s>", "</s>")
