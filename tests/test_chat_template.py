@@ -356,6 +356,45 @@ def test_stop_reaches_a_render_in_the_engine_child(tmp_path):
         host.close()
 
 
+def test_ctrl_c_in_the_terminal_chat_stops_a_slow_render(tmp_path):
+    import queue
+    import signal
+
+    path = write_tiny_llama(tmp_path / "slow.gguf", chat_template=SLOW_ON_REPLY)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "chat", str(path), "--system", "x", "-n", "2", "--ctx-size", "256"],
+        cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in proc.stderr], daemon=True).start()
+
+    def wait_for(phrase: str, seconds: float = 120) -> str:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            try:
+                line = lines.get(timeout=1)
+            except queue.Empty:
+                continue
+            if phrase in line:
+                return line
+        raise AssertionError(f"no line with {phrase!r} within {seconds} s")
+
+    try:
+        wait_for("template: gguf")  # loaded; the prompt is waiting
+        proc.stdin.write("hi\n")
+        proc.stdin.flush()
+        time.sleep(3)  # rendering now: the system message makes the template loop
+        started = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        assert "Rendering the chat template was cancelled" in wait_for("cancelled", 60)
+        assert time.monotonic() - started < 60
+        proc.stdin.write("/exit\n")
+        proc.stdin.flush()
+        assert proc.wait(timeout=60) == 0
+    finally:
+        proc.kill()
+
+
 # ------------------------------------------------------------------ fallbacks and overrides
 @pytest.mark.parametrize(
     "own, why",
