@@ -544,15 +544,20 @@ class MainWindow(QMainWindow):
             return True
         return False
 
-    def load_model(self, path: str, settings: LoadSettings | None = None, adapters=()) -> None:
+    def load_model(
+        self, path: str, settings: LoadSettings | None = None, adapters=(), template: str | None = None
+    ) -> None:
+        """Load a model (with LoRA adapters; `template`: a chat template override, else the panel's choice)."""
         if self._refuse_while_busy("loading"):
             return
-        self.last_load = (str(path), settings or self.model_panel.load_settings(), tuple(adapters))
-        path, load, adapters = self.last_load
+        if template is None:
+            template = self.model_panel.chat_template()
+        self.last_load = (str(path), settings or self.model_panel.load_settings(), tuple(adapters), template)
+        path, load, adapters, template = self.last_load
         self.model_panel.set_loading(0.0)
         self.model_label.setText(f"Loading {Path(path).name}…")
         self.bridge.stream(
-            lambda engine: engine.load(path, load, adapters, None),
+            lambda engine: engine.load(path, load, adapters, template),
             event=self._on_load_event, done=self._load_done, failed=self._load_failed,
         )  # fmt: skip
 
@@ -600,7 +605,9 @@ class MainWindow(QMainWindow):
         self.model_label.setText(f"{name} · {ev.info.get('architecture', '')} {ev.info.get('file_type', '')}")
         self.context_label.setText(f"Context 0 / {ev.n_ctx:,}")
         self.gui_settings.setValue("last_model", ev.path)
-        if name == STARTER_NAME:
+        if ev.template_warning:
+            self.info_banner.show_message(ev.template_warning)
+        elif name == STARTER_NAME:
             self.info_banner.show_html(STARTER_NOTE)
         else:
             self.info_banner.hide()

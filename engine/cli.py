@@ -278,6 +278,8 @@ def _open_engine(args):
     finally:
         if sys.stderr.isatty():
             print("\r" + " " * 20 + "\r", end="", file=sys.stderr, flush=True)
+    if event.template_warning:
+        print(f"ingle: warning: {printable(event.template_warning)}", file=sys.stderr)
     return engine, event
 
 
@@ -312,7 +314,9 @@ def cmd_run(args) -> int:
     engine, loaded = _open_engine(args)
     for line in _loaded_lines(loaded)[1:]:  # adapters and warnings; stdout holds only the reply
         print(line, file=sys.stderr)
-    use_chat = args.chat if args.chat is not None else loaded.template_source == "gguf"
+    # chat when the model has a template of its own (even a broken one we replaced) or one was chosen
+    own = loaded.template_source == "gguf" or bool(loaded.template_warning) or bool(args.template)
+    use_chat = args.chat if args.chat is not None else own
     with _CancelOnInterrupt(engine) as interrupt:
         if use_chat:
             messages = ([Message("system", args.system)] if args.system else []) + [Message("user", prompt)]
@@ -487,7 +491,9 @@ def _add_generation_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--adapter", action="append", metavar="FILE[:SCALE]", help="apply a LoRA adapter (repeatable)"
     )
-    p.add_argument("--template", help="use a built-in chat template (gemma, chatml, llama3, mistral)")
+    p.add_argument(
+        "--template", help="chat template: a built-in (gemma, chatml, llama3, mistral) or .jinja file"
+    )
     p.add_argument("--system", help="system prompt")
     add_engine_flags(p)
     add_settings_flags(p, LoadSettings, "model loading")
