@@ -115,6 +115,7 @@ def test_export_shows_each_type_and_the_measurements(tiny_model, adapter, datase
     assert "export: F16 (1/2): merging the adapter in F16 -> " in err
     assert "export: Q8_0 (2/2): merging the adapter in F16, then quantizing to Q8_0 -> " in err
     assert "export: 2/2 files (100%), Q8_0 written" in err
+    assert "export: F16 merge: 21/21 tensors (100%)" in err and "export: Q8_0 merge: 21/21 tensors (100%)" in err
     for what in ("base", "base+adapter", "F16", "Q8_0", "Q8_0 vs F16"):
         assert f"export: measuring {what}: 4/4 examples (100%)" in err, err
     assert (tmp_path / "merged-Q8_0.gguf").exists()
