@@ -47,7 +47,7 @@ from engine.library import Library, data_dir
 from training import tasks
 from training.events import CheckpointSaved, TrainDone, TrainStarted, TrainStep, ValLoss
 from training.export import TRAINABLE
-from training.lora import SCHEDULERS, TARGETS, TRAIN_EXTRA_HINT, TrainSettings
+from training.lora import SCHEDULERS, TARGETS, TRAIN_EXTRA_HINT, TrainSettings, plan_steps
 from training.sample_data import OUT as SAMPLE_DATA
 
 ERROR_STYLE = "color: #c0392b"
@@ -90,9 +90,9 @@ def training_estimate(info, settings: TrainSettings, stats: dict | None) -> tupl
     if not stats:
         return memory, None
     tokens = stats["tokens"] * stats["train_examples"] / max(1, stats["examples"]) * settings.epochs
-    if settings.max_steps:
+    if settings.max_steps:  # the total number of steps, overriding epochs (training cycles the data)
         per_step = stats["tokens"] / max(1, stats["examples"]) * settings.batch_size * settings.grad_accum
-        tokens = min(tokens, per_step * settings.max_steps)
+        tokens = per_step * settings.max_steps
     threads = settings.threads or max(1, (os.cpu_count() or 2))
     start = 5.0 + params / 1e7
     return memory, start + tokens * 6 * compute / (FLOPS_PER_THREAD * threads)
@@ -517,8 +517,7 @@ class SettingsPage(QWizardPage):
             steps = ""
             if self.w.stats:
                 per_epoch = math.ceil(self.w.stats["train_examples"] / settings.batch_size)
-                total = math.ceil(math.ceil(per_epoch * settings.epochs) / settings.grad_accum)
-                steps = f"{min(total, settings.max_steps) if settings.max_steps else total} steps, "
+                steps = f"{plan_steps(per_epoch, settings)[0]} steps, "
             when = _duration(seconds) if seconds is not None else "?"
             self.estimate.setText(f"Estimate: {steps}about {when}, {memory / 2**30:.1f} GiB of RAM.")
         self.completeChanged.emit()

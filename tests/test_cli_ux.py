@@ -115,7 +115,9 @@ def test_export_shows_each_type_and_the_measurements(tiny_model, adapter, datase
     assert "export: F16 (1/2): merging the adapter in F16 -> " in err
     assert "export: Q8_0 (2/2): merging the adapter in F16, then quantizing to Q8_0 -> " in err
     assert "export: 2/2 files (100%), Q8_0 written" in err
-    assert "export: F16 merge: 21/21 tensors (100%)" in err and "export: Q8_0 merge: 21/21 tensors (100%)" in err
+    assert (
+        "export: F16 merge: 21/21 tensors (100%)" in err and "export: Q8_0 merge: 21/21 tensors (100%)" in err
+    )
     for what in ("base", "base+adapter", "F16", "Q8_0", "Q8_0 vs F16"):
         assert f"export: measuring {what}: 4/4 examples (100%)" in err, err
     assert (tmp_path / "merged-Q8_0.gguf").exists()
@@ -299,3 +301,17 @@ def test_eval_adapter_scale_that_is_not_a_number_is_one_line(tiny_model, dataset
     result = ingle("eval", tiny_model, dataset, "--adapter", f"{adapter}:half")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("ingle: error: ")
+
+
+def test_the_wizard_estimates_max_steps_as_the_total(tiny_model):
+    from app.wizard import training_estimate
+    from engine.gguf_info import inspect_gguf
+    from training.lora import TrainSettings
+
+    info = inspect_gguf(tiny_model)
+    stats = {"tokens": 600, "examples": 6, "train_examples": 6, "max_len": 100}
+    one_epoch = training_estimate(info, TrainSettings(batch_size=1), stats)[1]
+    forty_steps = training_estimate(info, TrainSettings(batch_size=1, max_steps=40), stats)[1]
+    start = 5.0 + info.parameter_count / 1e7  # the fixed part: the child's start and dequantizing
+    # 6 steps per epoch: 40 steps train 40/6 times the tokens of one epoch (before: capped at one epoch)
+    assert forty_steps - start == pytest.approx((one_epoch - start) * 40 / 6)
