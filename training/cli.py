@@ -91,6 +91,8 @@ def cmd_train(args) -> int:
                     _callback(tokenizing)(event.done, event.total)
                 elif isinstance(event, TrainPhase):
                     # loading and dequantizing a big model takes minutes: its time so far, every 30 s in a log
+                    if steps is not None:
+                        steps.close()  # the steps are done: the phase after them gets its own line
                     phase = Progress(f"train: {event.text}", interval=30.0)
                     phase.tick()
                 elif isinstance(event, TrainStarted):
