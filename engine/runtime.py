@@ -42,10 +42,12 @@ from engine.inspect import (
     sampling_preview,
 )
 from engine.sampling import SamplerChain
-from engine.settings import FlashAttention, LoadSettings, OverflowPolicy, SamplingSettings
+from engine.settings import FlashAttention, LoadSettings, OverflowPolicy, RopeScaling, SamplingSettings
 
 log = logging.getLogger("ingle.engine")
 _FLASH = {FlashAttention.AUTO: -1, FlashAttention.OFF: 0, FlashAttention.ON: 1}
+_ROPE = {RopeScaling.NONE: llama_cpp.LLAMA_ROPE_SCALING_TYPE_NONE, RopeScaling.LINEAR: llama_cpp.LLAMA_ROPE_SCALING_TYPE_LINEAR,
+         RopeScaling.YARN: llama_cpp.LLAMA_ROPE_SCALING_TYPE_YARN}  # fmt: skip
 _TEMPLATE_MARKERS = ("<start_of_turn>", "<|start_header_id|>", "[INST]", "<|im_start|>")
 
 
@@ -233,6 +235,13 @@ class Runtime:
         cparams.type_k = getattr(llama_cpp, f"GGML_TYPE_{settings.type_k.name}")
         cparams.type_v = getattr(llama_cpp, f"GGML_TYPE_{settings.type_v.name}")
         cparams.swa_full = settings.swa_full
+        if settings.rope_scaling != RopeScaling.MODEL:
+            cparams.rope_scaling_type = _ROPE[settings.rope_scaling]
+            trained = llama_cpp.llama_model_n_ctx_train(self.model)
+            # 0: stretch the trained length over the whole context (never squeeze a shorter one)
+            scale = settings.rope_freq_scale or min(1.0, trained / max(1, settings.n_ctx))
+            if settings.rope_scaling != RopeScaling.NONE:
+                cparams.rope_freq_scale = scale
         cparams.no_perf = True
         _kv_reports.clear()
         ctx = llama_cpp.llama_init_from_model(self.model, cparams)

@@ -179,9 +179,34 @@ def test_a_context_past_the_trained_length_is_warned_once(tiny_model):
     long = ingle("run", tiny_model, "the cat", "-n", "2", "--temp", "0", "--ctx-size", "16384")
     assert long.returncode == 0, long.stderr
     warning = [line for line in long.stderr.splitlines() if line.startswith("warning: context")]
-    assert len(warning) == 1 and "32x the 512 tokens" in warning[0] and "RoPE scaling" in warning[0]
+    assert len(warning) == 1 and "32x the 512 tokens" in warning[0] and "--rope-scaling yarn" in warning[0]
     fits = ingle("run", tiny_model, "the cat", "-n", "2", "--temp", "0", "--ctx-size", "512")
     assert fits.returncode == 0 and "warning" not in fits.stderr
+    stretched = ingle(
+        "run", tiny_model, "the cat", "-n", "2", "--ctx-size", "16384", "--rope-scaling", "yarn"
+    )
+    assert stretched.returncode == 0 and "warning" not in stretched.stderr, stretched.stderr
+
+
+def test_rope_scaling_settings_reach_llama_cpp(tiny_model):
+    from engine.runtime import Runtime
+    from engine.settings import LoadSettings
+
+    def logits(**rope) -> np.ndarray:
+        rt = Runtime()
+        list(rt.load(tiny_model, LoadSettings(n_ctx=2048, **rope)))
+        try:
+            tokens = rt.tokenize("the cat sat on the mat and the dog sat on the log", add_special=True)
+            return np.concatenate(list(rt.logits_all(tokens)))
+        finally:
+            rt.unload()
+
+    plain = logits()
+    assert np.allclose(logits(rope_scaling="none"), plain)  # the tiny model's file asks for no scaling
+    linear = logits(rope_scaling="linear")  # 0: 512 trained / 2048 -> positions squeezed 4x
+    assert np.allclose(linear[0], plain[0], atol=1e-4)  # position 0 does not rotate
+    assert np.abs(linear[1:] - plain[1:]).max() > 1e-3
+    assert not np.allclose(logits(rope_scaling="linear", rope_freq_scale=0.5), linear)
 
 
 def test_chat_says_the_adapter_is_on(tiny_model, adapter):
