@@ -190,7 +190,7 @@ class Runtime:
         )
 
     def _create_context(self, settings: LoadSettings) -> None:
-        cparams = context_params(settings)
+        cparams = context_params(settings, llama_cpp.llama_model_n_ctx_train(self.model))
         _kv_reports.clear()
         ctx = llama_cpp.llama_init_from_model(self.model, cparams)
         self.kv_reports = list(_kv_reports)

@@ -91,6 +91,8 @@ def cmd_train(args) -> int:
                     _callback(tokenizing)(event.done, event.total)
                 elif isinstance(event, TrainPhase):
                     # loading and dequantizing a big model takes minutes: its time so far, every 30 s in a log
+                    if steps is not None:
+                        steps.close()  # the steps are done: the phase after them gets its own line
                     phase = Progress(f"train: {event.text}", interval=30.0)
                     phase.tick()
                 elif isinstance(event, TrainStarted):
@@ -151,7 +153,7 @@ def _stop(run) -> int:
 
 
 def cmd_export(args) -> int:
-    from engine.progress import Progress
+    from engine.progress import Progress, say
     from training.evaluate import export_report
     from training.export import export
 
@@ -169,29 +171,36 @@ def cmd_export(args) -> int:
             if q.upper() != "F16":
                 how += f", then quantizing to {q.upper()}"
             progress.note(f"{q.upper()} ({done + 1}/{len(args.quant)}): {how} -> {out}")
-            outs[q.upper()] = export(args.base, args.adapter, out, q, args.scale)
-            progress.update(done + 1, f"{q.upper()} written")
+            tensors = _callback(Progress(f"export: {q.upper()} merge", unit="tensors"))
+            outs[q.upper()] = export(args.base, args.adapter, out, q, args.scale, tensors)
             if not args.no_library:
-                _add_to_library(
-                    out, f"{Path(args.base).stem} merged with {Path(args.adapter).stem}, {q.upper()}"
-                )
+                description = f"{Path(args.base).stem} merged with {Path(args.adapter).stem}, {q.upper()}"
+                _add_to_library(out, description, progress.note)
+            progress.update(done + 1, f"{q.upper()} written")
     if args.data:
         if "F16" not in outs:
-            print("export: F16 merge as the reference for KL", file=sys.stderr)
-            outs = {"F16": export(args.base, args.adapter, Path(args.out).with_name(Path(args.out).stem + "-F16.gguf"),
-                                  "F16", args.scale), **outs}  # fmt: skip
+            say("export", "F16 merge as the reference for KL")
+            reference = Path(args.out).with_name(Path(args.out).stem + "-F16.gguf")
+            tensors = _callback(Progress("export: F16 merge", unit="tensors"))
+            outs = {"F16": export(args.base, args.adapter, reference, "F16", args.scale, tensors), **outs}
         report = export_report(args.base, args.adapter, outs, args.data,
                                lambda what: _callback(Progress(f"export: measuring {what}", unit="examples")))  # fmt: skip
         _print_report(report, args.json)
     return 0
 
 
-def _add_to_library(path, description: str) -> None:
+def _add_to_library(path, description: str, tell=None) -> None:
     """Link an output into the library (so the GUI's pickers list it), where it was written."""
     from engine.library import Library
+    from engine.progress import say
+    from engine.text import printable
 
     entry = Library().register(path, source="training", description=description)
-    print(f"in the library as '{entry.name}' (linked, not copied)", file=sys.stderr)
+    text = f"in the library as '{printable(entry.name)}' (linked, not copied)"
+    if tell is not None:
+        tell(text)
+    else:
+        say("train", text)
 
 
 def _print_report(report: dict, as_json: bool) -> None:
