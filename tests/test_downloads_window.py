@@ -287,7 +287,7 @@ def test_the_gui_keeps_ticking_while_a_1_gb_model_is_imported(qtbot, window, tin
     entry = window.selected_entry()
     assert entry is not None and entry.name == "big" and entry.file.stat().st_size == big.stat().st_size
     inside = [started] + [t for t in ticks if started < t < ended] + [ended]
-    longest = max(b - a for a, b in zip(inside, inside[1:]))
+    longest = max(b - a for a, b in zip(inside, inside[1:], strict=False))
     print(
         f"1 GiB import: {ended - started:.2f} s, {len(inside) - 2} ticks, longest gap {longest * 1000:.0f} ms"
     )
