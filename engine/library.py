@@ -18,6 +18,7 @@ from filelock import FileLock
 
 from engine.errors import LibraryError, ModelFileError
 from engine.gguf_info import ModelInfo, inspect_gguf, sha256_file
+from engine.gguf_keys import IngleKeys
 from engine.text import check_name, name_from, printable
 
 log = logging.getLogger("ingle.library")
@@ -28,7 +29,7 @@ STARTER_DESCRIPTION = (
     "Fine-tune it with the wizard, or download a chat model."
 )
 # Metadata key the training module writes into adapters it exports, naming its base model's sha256.
-ADAPTER_BASE_SHA_KEY = "ingle.base_model.sha256"
+ADAPTER_BASE_SHA_KEY = IngleKeys.BASE_MODEL_SHA256
 
 
 COPY_CHUNK = 8 << 20
