@@ -221,11 +221,21 @@ def test_sampling_panel_edits_every_field_and_applies_presets(qtbot, window):
     assert panel.fields["top_k"].value() == 20
 
 
-def test_model_panel_estimates_memory_and_lists_the_model(qtbot, window, tiny_model, fresh_home):
+@pytest.fixture
+def panel_window(qtbot, tmp_path, tiny_model):
+    """A window over its own library holding the tiny model (passed in, not swapped); no engine needed."""
     from engine.library import Library
 
-    window.library = window.model_panel.library = Library()
-    window.library.import_file(tiny_model, link=True, name="tiny")
+    library = Library(tmp_path / "library")
+    library.import_file(tiny_model, link=True, name="tiny")
+    w = MainWindow(store=ConversationStore(tmp_path / "c.sqlite3"), library=library, start_engine=False)
+    qtbot.addWidget(w)
+    yield w
+    w.close()
+
+
+def test_model_panel_estimates_memory_and_lists_the_model(qtbot, panel_window):
+    window = panel_window
     panel = window.model_panel
     panel.refresh()
     panel.select("tiny")
@@ -407,11 +417,8 @@ def test_models_menu_opens_one_download_manager_and_refreshes_the_picker(qtbot, 
     manager.close()
 
 
-def test_advanced_load_settings_reach_the_load_and_the_estimate(qtbot, window, tiny_model, fresh_home):
-    from engine.library import Library
-
-    window.library = window.model_panel.library = Library()
-    window.library.import_file(tiny_model, link=True, name="tiny")
+def test_advanced_load_settings_reach_the_load_and_the_estimate(qtbot, panel_window):
+    window = panel_window
     panel = window.model_panel
     panel.refresh()
     panel.select("tiny")
