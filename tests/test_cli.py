@@ -59,7 +59,7 @@ def test_run_streams_and_reports_stats(tiny_model):
 
 
 def test_run_on_the_starter_model_by_default(starter_model):
-    result = ingle("run", "The capital of France is", "--temp", "0", "-n", "8", "--host")
+    result = ingle("run", "The capital of France is", "--temp", "0", "-n", "8", "--host", "--no-adapter")
     assert result.returncode == 0, result.stderr
     assert "France" in result.stdout  # greedy on the base model: " the capital of the country of France."
 

@@ -81,3 +81,33 @@ def test_run_without_a_model_uses_the_starter_adapter(starter_model, flag):
         assert not uses and "stop: eos" not in result.stderr  # the base model continues text to the limit
     else:
         assert uses and "stop: eos" in result.stderr and result.stdout.strip(), result.stderr
+
+
+def test_the_window_loads_the_starter_with_its_adapter_and_remembers_none(qtbot, fresh_home, starter_model):
+    from app.main import MainWindow
+    from engine.conversations import ConversationStore
+
+    library = Library(fresh_home)
+    library.import_file(starter_model, link=True, name="gemma-3-270m-q4_k_m", source="starter")
+
+    def start() -> MainWindow:
+        window = MainWindow(store=ConversationStore(fresh_home / "chats.sqlite3"), library=library)
+        qtbot.addWidget(window)
+        window.show()
+        with qtbot.waitSignal(window.model_ready, timeout=120_000):
+            pass
+        return window
+
+    window = start()
+    panel = window.model_panel
+    assert window.last_load[2] == ((str(STARTER_ADAPTER_FILE), 1.0),)
+    assert panel.adapter_box.currentData() == STARTER_ADAPTER_NAME and panel.adapter_scale.value() == 1.0
+    assert "starter-chat" in window.info_banner.label.text()
+    panel.adapter_box.setCurrentIndex(panel.adapter_box.findData(""))  # the user turns it off
+    with qtbot.waitSignal(window.model_ready, timeout=120_000):
+        panel.load_button.click()
+    assert window.last_load[2] == ()
+    window.close()
+    again = start()  # the next start keeps the choice
+    assert again.last_load[2] == () and again.model_panel.adapter_box.currentData() == ""
+    again.close()
