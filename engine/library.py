@@ -25,8 +25,8 @@ log = logging.getLogger("ingle.library")
 
 STARTER_NAME = "gemma-3-270m-q4_k_m"
 STARTER_DESCRIPTION = (
-    "Gemma 3 270M, Q4_K_M. A tiny BASE model: it continues text rather than following instructions. "
-    "Fine-tune it with the wizard, or download a chat model."
+    "Gemma 3 270M, Q4_K_M. A tiny BASE model: it continues text rather than following instructions; the "
+    "bundled starter-chat adapter teaches it to answer in turns. Fine-tune it further, or download a chat model."
 )
 # The chat adapter shipped for the starter (training/build_starter_adapter.sh rebuilds it): it teaches the base
 # model the turn format. Linked into the library where it lies, so removing its entry never deletes the asset.
