@@ -104,6 +104,84 @@ def die_with_parent() -> None:
             pass
 
 
+def _call_child(conn, log_path: str, function, args: tuple, kwargs: dict) -> None:
+    """Child side of call_in_child: llama.cpp's output (fd 2) goes to the log, Python's stderr stays the
+    terminal's (progress lines), and the result or the IngleError goes back over the pipe."""
+    die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl+C and ends us
+    os.environ.setdefault("GGML_NO_BACKTRACE", "1")  # as for the engine host: no debugger attached on abort
+    terminal = os.dup(2)
+    log_fd = os.open(log_path, os.O_WRONLY | os.O_APPEND)
+    os.dup2(log_fd, 2)
+    os.close(log_fd)
+    sys.stderr = open(terminal, "w", buffering=1, errors="backslashreplace")  # lives as long as the child
+    try:
+        result = ("result", function(*args, **kwargs))
+    except IngleError as err:
+        result = ("error", err)
+    except (
+        Exception
+    ) as err:  # a bug, not a user error: the trace goes to the log, the message says it plainly
+        traceback.print_exc(file=open(log_path, "a"))
+        result = ("error", EngineError(f"Internal error: {type(err).__name__}: {err}"))
+    conn.send(result)
+    conn.close()
+
+
+def call_in_child(function, *args: Any, what: str = "llama.cpp", **kwargs: Any) -> Any:
+    """Run `function(*args, **kwargs)` (a module-level function) in a child process and return its result.
+
+    For commands that load a user's model with llama.cpp outside the engine host (evaluation, exports): a file
+    that makes llama.cpp abort ends the child, and this raises EngineDied naming the kept log instead."""
+    import multiprocessing as mp
+
+    folder = log_dir()
+    clean_stale_logs(folder)
+    fd, log_path = tempfile.mkstemp(prefix=f"{LOG_PREFIX}{os.getpid()}-", suffix=".log", dir=folder)
+    os.close(fd)
+    ctx = mp.get_context("spawn")
+    receiver, sender = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_call_child, args=(sender, log_path, function, args, kwargs), daemon=True)
+    proc.start()
+    sender.close()
+    kept = False
+    try:
+        try:
+            kind, payload = receiver.recv()  # EOFError when the child dies without answering
+        except (EOFError, OSError):
+            proc.join(5)
+            code = proc.exitcode
+            crash = Path(log_path).with_name(
+                f"{LOG_PREFIX}crash-{time.strftime('%Y%m%d-%H%M%S')}-{proc.pid}.log"
+            )
+            os.replace(log_path, crash)
+            kept = True
+            try:
+                how = (
+                    f"signal {signal.Signals(-code).name}"
+                    if code is not None and code < 0
+                    else f"exit code {code}"
+                )
+            except ValueError:
+                how = f"signal {-code}"
+            tail = crash.read_bytes()[-STDERR_TAIL_BYTES:].decode("utf-8", "replace")
+            raise EngineDied(
+                f"llama.cpp crashed during the {what} ({how}): the model file is damaged or uses settings this "
+                f"llama.cpp cannot handle. Use another file; llama.cpp's messages are in {crash}.", code, tail,
+            ) from None  # fmt: skip
+        proc.join(5)
+        if kind == "error":
+            raise payload
+        return payload
+    finally:
+        receiver.close()
+        if proc.is_alive():
+            proc.kill()
+            proc.join(5)
+        if not kept:
+            Path(log_path).unlink(missing_ok=True)
+
+
 def engine_command() -> list[str]:
     """How to start the child: `python -m engine.host`, or the frozen app binary with --engine-host."""
     if getattr(sys, "frozen", False):

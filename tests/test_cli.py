@@ -285,3 +285,18 @@ def test_ctrl_c_in_a_terminal_cancels_the_reply_and_spares_the_engine_child(tiny
     assert proc.returncode in (0, 130), err
     assert "Traceback" not in err and "engine process" not in err and "crashed" not in err, err
     assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE  # closed with the command
+
+
+def test_eval_of_a_file_that_aborts_llama_cpp_is_one_line(tmp_path):
+    import gguf
+    from gguf_factory import write_tiny_llama
+
+    path = write_tiny_llama(
+        tmp_path / "bert-vocab.gguf", kv={"tokenizer.ggml.model": ("bert", gguf.GGUFValueType.STRING)}
+    )
+    data = tmp_path / "data.jsonl"
+    data.write_text('{"text": "the cat is big"}\n{"text": "the dog is small"}\n')
+    result = ingle("eval", path, data, home=tmp_path / "home")
+    assert_one_line_error(result)
+    assert_no_crash_output(result)
+    assert "fatal error" not in result.stderr

@@ -87,6 +87,9 @@ def cmd_train(args) -> int:
 
 
 def cmd_export(args) -> int:
+    # llama.cpp (quantizing, evaluating) runs in child processes: a base model that makes it abort cannot
+    # take the command down
+    from engine.host import call_in_child
     from training.evaluate import export_report
     from training.export import export
 
@@ -100,14 +103,15 @@ def cmd_export(args) -> int:
             else Path(args.out).with_name(f"{Path(args.out).stem}-{q}.gguf")
         )
         print(f"exporting {q} -> {out}", file=sys.stderr)
-        outs[q.upper()] = export(args.base, args.adapter, out, q, args.scale)
+        outs[q.upper()] = call_in_child(export, args.base, args.adapter, out, q, args.scale, what="export")
         if not args.no_library:
             _add_to_library(out, f"{Path(args.base).stem} merged with {Path(args.adapter).stem}, {q.upper()}")
     if args.data:
         if "F16" not in outs:
-            outs = {"F16": export(args.base, args.adapter, Path(args.out).with_name(Path(args.out).stem + "-F16.gguf"),
-                                  "F16", args.scale), **outs}  # fmt: skip
-        report = export_report(args.base, args.adapter, outs, args.data)
+            f16 = Path(args.out).with_name(Path(args.out).stem + "-F16.gguf")
+            outs = {"F16": call_in_child(export, args.base, args.adapter, f16, "F16", args.scale, what="export"),
+                    **outs}  # fmt: skip
+        report = call_in_child(export_report, args.base, args.adapter, outs, args.data, what="evaluation")
         _print_report(report, args.json)
     return 0
 
@@ -131,18 +135,26 @@ def _print_report(report: dict, as_json: bool) -> None:
         print(f"{name:>14}: perplexity {row['perplexity']:.3f} over {row['tokens']} tokens{extra}")
 
 
-def cmd_eval(args) -> int:
+def _perplexity(model: str, adapters: list, n_ctx: int, data: str, skip_bad_lines: bool) -> dict:
+    """cmd_eval's llama.cpp work, run in a child process (see call_in_child)."""
     from training.evaluate import evaluation_items, open_runtime, perplexity
+
+    rt = open_runtime(model, adapters, n_ctx=n_ctx)
+    try:
+        return perplexity(rt, evaluation_items(rt, data, n_ctx, skip_bad_lines))
+    finally:
+        rt.close()
+
+
+def cmd_eval(args) -> int:
+    from engine.host import call_in_child
 
     adapters = []
     for spec in args.adapter or []:
         path, _, scale = spec.partition(":")
         adapters.append((path, float(scale) if scale else 1.0))
-    rt = open_runtime(_resolve(args.model), adapters, n_ctx=args.ctx)
-    try:
-        result = perplexity(rt, evaluation_items(rt, args.data, args.ctx, args.skip_bad_lines))
-    finally:
-        rt.close()
+    result = call_in_child(_perplexity, _resolve(args.model), adapters, args.ctx, args.data, args.skip_bad_lines,
+                           what="evaluation")  # fmt: skip
     _print_report({Path(args.model).name + (" + adapter" if adapters else ""): result}, args.json)
     return 0
 
