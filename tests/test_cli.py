@@ -251,6 +251,14 @@ def test_a_grammar_file_that_is_not_text_is_one_line(tiny_model, tmp_path):
     )
 
 
+@pytest.mark.parametrize("where", ["engine child", "in process"])
+def test_a_bad_grammar_says_why_instead_of_pointing_at_a_log(tiny_model, where):
+    extra = ["--in-process"] if where == "in process" else []
+    result = ingle("run", tiny_model, "hi", "-n", "2", "--grammar", 'root ::= ( "a" \n', *extra)
+    assert_one_line_error(result, "could not parse the grammar: expecting ')'")
+    assert "see the log" not in result.stderr
+
+
 def test_inspect_runs_in_the_engine_child_and_refuses_hostile_files(tiny_model, hostile):
     ok = ingle("inspect", tiny_model, "the cat", "--json", "--top", "3")
     assert ok.returncode == 0, ok.stderr
