@@ -308,3 +308,13 @@ def test_eval_of_a_file_that_aborts_llama_cpp_is_one_line(tmp_path):
     assert_one_line_error(result)
     assert_no_crash_output(result)
     assert "fatal error" not in result.stderr
+
+
+def test_chat_reads_a_line_that_is_not_utf8_without_a_traceback(tiny_model):
+    result = subprocess.run(
+        [sys.executable, "-m", "app.cli", "chat", str(tiny_model), "-n", "3"],
+        input=b"caf\xe9 \xff\n/exit\n", capture_output=True, cwd=REPO, timeout=300,
+    )  # fmt: skip
+    stderr = result.stderr.decode("utf-8", "replace")
+    assert result.returncode == 0, stderr
+    assert "Traceback" not in stderr and "UnicodeDecodeError" not in stderr
