@@ -23,11 +23,40 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine import units
+from engine.errors import SettingsError
 from engine.events import Message, PromptEvaluated, ReplyDone, Token
 from engine.reference import Reference, eog_tokens, rates
 from engine.settings import LoadSettings, SamplingSettings
 
 TIMED_MODES = ("reference", "engine", "host")
+# Every mode by name; its number (1-7) is its place here. `--modes` picks among them.
+MODES = (*TIMED_MODES, "chat", "streaming", "gui", "training")
+
+
+def parse_modes(text: str) -> tuple[str, ...]:
+    """'reference,engine,host' or '1-3,7' or '2 5' -> the modes, in the order of MODES."""
+    chosen: set[str] = set()
+    for part in text.replace(",", " ").split():
+        low, sep, high = part.partition("-")
+        if sep and low.isdigit() and high.isdigit():
+            numbers = range(int(low), int(high) + 1)
+        elif part.isdigit():
+            numbers = [int(part)]
+        elif part.lower() in MODES:
+            chosen.add(part.lower())
+            continue
+        else:
+            numbers = [0]
+        for n in numbers:
+            if not 1 <= n <= len(MODES):
+                known = ", ".join(f"{i} {m}" for i, m in enumerate(MODES, 1))
+                raise SettingsError("modes", f"'{part}' is not a mode; choose names or numbers among {known}")
+            chosen.add(MODES[n - 1])
+    if not chosen:
+        raise SettingsError("modes", "choose at least one mode (e.g. --modes reference,engine,host)")
+    return tuple(m for m in MODES if m in chosen)
+
+
 # Words whose " word" form is one token in most vocabularies; the prompt is built from them.
 _WORDS = (
     "the quick brown fox jumps over a lazy dog while seven old men watch from the river bank and talk about "
@@ -45,6 +74,11 @@ class BenchConfig:
     reps: int = 5
     warmup: int = 1
     turns: int = 4
+    modes: tuple[str, ...] = MODES
+
+    @property
+    def timed_modes(self) -> tuple[str, ...]:
+        return tuple(m for m in TIMED_MODES if m in self.modes)
 
     def load_settings(self) -> LoadSettings:
         n_ctx = max(512, 64 * math.ceil((self.prompt_tokens + self.gen_tokens + 16) / 64))
@@ -112,7 +146,7 @@ def cpu_clock(engine) -> Callable[[], float]:
 def run_engine(engine, prompt: str, tokens: Sequence[int], sampling: SamplingSettings) -> dict:
     """One completion through Runtime or EngineHost (same API), timed as the client sees the events arrive."""
     # Evaluating one token that differs from the prompt's first empties the cache, so the prefill really runs.
-    engine.request("evaluate", [tokens[1] if tokens[0] != tokens[1] else tokens[0] + 1])
+    engine.evaluate([tokens[1] if tokens[0] != tokens[1] else tokens[0] + 1])
     token_times: list[float] = []
     generated: list[int] = []
     evaluated = done = None
@@ -152,11 +186,20 @@ def bench_sampling(cfg: BenchConfig, banned: Sequence[int]) -> SamplingSettings:
     )
 
 
-def run_timed_modes(cfg: BenchConfig, log: Callable[[str], None]) -> tuple[dict, dict]:
-    """Modes 1-3, interleaved per repetition in a rotating order; returns (modes, load figures)."""
+def _no_progress(_label: str, _total: int):
+    return lambda _done, _detail="": None
+
+
+def run_timed_modes(
+    cfg: BenchConfig, log: Callable[[str], None], progress: Callable = _no_progress
+) -> tuple[dict, dict]:
+    """The chosen modes of 1-3, interleaved per repetition in a rotating order; returns (modes, load figures).
+    The reference is always loaded (it tokenizes the prompt and finds the tokens to ban); it is timed when chosen.
+    `progress(label, total)` returns an update(done, detail) for the repetitions."""
     from engine.host import EngineHost
     from engine.runtime import Runtime
 
+    timed = cfg.timed_modes
     settings = cfg.load_settings()
     loads: dict = {}
     # the reference loads first, from a possibly cold page cache; the others then read warm pages
@@ -167,21 +210,24 @@ def run_timed_modes(cfg: BenchConfig, log: Callable[[str], None]) -> tuple[dict,
     reference.close()
     reference = Reference(cfg.model, settings, banned)
     loads["reference_reload_seconds"] = reference.load_seconds
-    runtime = Runtime()
-    t = time.perf_counter()
-    for _ in runtime.load(cfg.model, settings):
-        pass
-    loads["engine_load_seconds"] = time.perf_counter() - t
-    t = time.perf_counter()
-    host = EngineHost()
-    loads["host_start_seconds"] = time.perf_counter() - t
-    t = time.perf_counter()
-    for _ in host.load(cfg.model, settings):
-        pass
-    loads["host_load_seconds"] = time.perf_counter() - t
+    runtime = host = None
     try:
+        if "engine" in timed:
+            runtime = Runtime()
+            t = time.perf_counter()
+            for _ in runtime.load(cfg.model, settings):
+                pass
+            loads["engine_load_seconds"] = time.perf_counter() - t
+        if "host" in timed:
+            t = time.perf_counter()
+            host = EngineHost()
+            loads["host_start_seconds"] = time.perf_counter() - t
+            t = time.perf_counter()
+            for _ in host.load(cfg.model, settings):
+                pass
+            loads["host_load_seconds"] = time.perf_counter() - t
         prompt, tokens = exact_prompt(reference.tokenize, cfg.prompt_tokens)
-        if runtime.tokenize(prompt, add_special=True, parse_special=False) != tokens:
+        if runtime is not None and runtime.tokenize(prompt, add_special=True, parse_special=False) != tokens:
             raise RuntimeError("the engine tokenizes the benchmark prompt differently from the reference")
         sampling = bench_sampling(cfg, banned)
         runs = {
@@ -189,35 +235,41 @@ def run_timed_modes(cfg: BenchConfig, log: Callable[[str], None]) -> tuple[dict,
             "engine": lambda: run_engine(runtime, prompt, tokens, sampling),
             "host": lambda: run_engine(host, prompt, tokens, sampling),
         }
-        samples: dict[str, list[dict]] = {m: [] for m in TIMED_MODES}
+        samples: dict[str, list[dict]] = {m: [] for m in timed}
+        update = progress(", ".join(timed), cfg.warmup + cfg.reps)
         for rep in range(cfg.warmup + cfg.reps):
             warm = rep < cfg.warmup
             # rotate the order too, so no mode always runs right after the host (its idle threads may still spin)
-            for mode in TIMED_MODES[rep % 3 :] + TIMED_MODES[: rep % 3]:
+            k = rep % len(timed)
+            for mode in timed[k:] + timed[:k]:
                 result = runs[mode]()
                 if not warm:
                     samples[mode].append(result)
             if warm:
-                log(f"warm-up {rep + 1}/{cfg.warmup} done")
+                update(rep + 1, f"warm-up {rep + 1}/{cfg.warmup}")
             else:
-                reps = ", ".join(f"{m} {_fmt_rep(samples[m][-1])}" for m in TIMED_MODES)
-                log(f"rep {rep - cfg.warmup + 1}/{cfg.reps} (prefill/decode tok/s): {reps}")
-        modes = {m: _summarize(samples[m]) for m in TIMED_MODES}
-        for m in ("engine", "host"):
-            # each rep's engine run sat right next to its reference run: a ratio per rep shrugs off slow spells
-            modes[m]["paired_ratio"] = {
-                k: statistics.median(
-                    s[k] / r[k] for s, r in zip(samples[m], samples["reference"], strict=True) if r[k]
-                )
-                for k in ("prefill_tok_s", "decode_tok_s")
+                reps = ", ".join(f"{m} {_fmt_rep(samples[m][-1])}" for m in timed)
+                update(rep + 1, f"rep {rep - cfg.warmup + 1}/{cfg.reps} (prefill/decode tok/s): {reps}")
+        modes = {m: _summarize(samples[m]) for m in timed}
+        others = [m for m in ("engine", "host") if m in timed]
+        if "reference" in timed:
+            for m in others:
+                # each rep's engine run sat right next to its reference run: a ratio per rep shrugs off slow spells
+                modes[m]["paired_ratio"] = {
+                    k: statistics.median(
+                        s[k] / r[k] for s, r in zip(samples[m], samples["reference"], strict=True) if r[k]
+                    )
+                    for k in ("prefill_tok_s", "decode_tok_s")
+                }
+            modes["agreement"] = {
+                m: samples[m][-1]["tokens"] == samples["reference"][-1]["tokens"] for m in others
             }
-        modes["agreement"] = {
-            m: samples[m][-1]["tokens"] == samples["reference"][-1]["tokens"] for m in ("engine", "host")
-        }
         return modes, loads
     finally:
-        host.close()
-        runtime.unload()
+        if host is not None:
+            host.close()
+        if runtime is not None:
+            runtime.unload()
         reference.close()
 
 
@@ -456,26 +508,50 @@ def machine_summary() -> dict:
     }
 
 
-def run_bench(cfg: BenchConfig, log: Callable[[str], None] = lambda _m: None) -> BenchResult:
+def run_bench(
+    cfg: BenchConfig, log: Callable[[str], None] = lambda _m: None, progress: Callable = _no_progress
+) -> BenchResult:
+    """The modes of `cfg.modes`; those not chosen are left out of the result (empty blocks)."""
     from engine.gguf_info import inspect_gguf
 
     inspect_gguf(cfg.model)  # a clear ModelFileError for a bad file before anything else
     machine = machine_summary()
-    log("modes 1-3: reference, engine, host (interleaved)")
-    modes, loads = run_timed_modes(cfg, log)
-    ref = modes["reference"]
-    ratios = {
-        m: {k: (modes[m][k] / ref[k] if ref[k] else 0.0) for k in ("prefill_tok_s", "decode_tok_s")}
-        for m in ("engine", "host")
-    }
-    log("mode 4: multi-turn chat")
-    chat = run_chat(cfg)
-    log("mode 5: chat window streaming")
-    streaming = run_streaming(cfg)
-    log("mode 6: GUI memory")
-    gui = run_gui_memory()
-    log("mode 7: LoRA training")
-    training = run_training(cfg)
+    chosen = [m for m in MODES if m in cfg.modes]
+    steps = [m for m in chosen if m not in TIMED_MODES]
+    if cfg.timed_modes:
+        steps.insert(0, "timed")
+    step_of = {m: i for i, m in enumerate(steps, 1)}
+
+    def announce(mode: str, what: str) -> None:
+        log(f"[{step_of[mode]}/{len(steps)}] {what}")
+
+    modes, loads, ratios = {}, {}, {}
+    if cfg.timed_modes:
+        numbers = ", ".join(f"({MODES.index(m) + 1}) {m}" for m in cfg.timed_modes)
+        announce("timed", f"modes {numbers}, interleaved: {cfg.warmup} warm-up + {cfg.reps} reps")
+        modes, loads = run_timed_modes(cfg, log, progress)
+    if "reference" in modes:
+        ref = modes["reference"]
+        ratios = {
+            m: {k: (modes[m][k] / ref[k] if ref[k] else 0.0) for k in ("prefill_tok_s", "decode_tok_s")}
+            for m in ("engine", "host")
+            if m in modes
+        }
+    chat = streaming = gui = training = {}
+    if "chat" in cfg.modes:
+        announce("chat", f"mode (4) multi-turn chat, {cfg.turns} turns")
+        chat = run_chat(cfg)
+    if "streaming" in cfg.modes:
+        announce("streaming", "mode (5) chat window streaming")
+        streaming = run_streaming(cfg)
+    if "gui" in cfg.modes:
+        announce("gui", "mode (6) GUI memory")
+        gui = run_gui_memory()
+    if "training" in cfg.modes:
+        announce(
+            "training", "mode (7) LoRA training (starts a training process; about a minute on the starter)"
+        )
+        training = run_training(cfg)
     machine["load_average_after"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     config = {
         "model": str(cfg.model),
@@ -486,6 +562,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = lambda _m: None) ->
         "warmup": cfg.warmup,
         "turns": cfg.turns,
         "n_ctx": cfg.load_settings().n_ctx,
+        "modes": list(chosen),
         "interleaved": True,  # one rep of each mode in turn, the order rotating by rep
     }
     return BenchResult(config, machine, modes, ratios, chat, streaming, loads, gui, training)
@@ -494,44 +571,61 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = lambda _m: None) ->
 # ----------------------------------------------------------------------------- report
 def markdown(result: BenchResult) -> str:
     c, m = result.config, result.modes
+    timed = [mode for mode in TIMED_MODES if mode in m]
     lines = [
         f"Model `{Path(c['model']).name}`, {c['threads']} threads, prompt {c['prompt_tokens']} tokens, "
-        f"{c['gen_tokens']} generated (greedy), {c['reps']} reps after {c['warmup']} warm-up, modes interleaved.",
-        "",
-        "| mode | prefill tok/s (median, min-max) | decode tok/s (median, min-max) | prefill ratio (paired) "
-        "| decode ratio (paired) |",
-        "|---|---|---|---|---|",
+        f"{c['gen_tokens']} generated (greedy), {c['reps']} reps after {c['warmup']} warm-up, modes interleaved."
+        + (f" Modes run: {', '.join(c['modes'])}." if "modes" in c and len(c["modes"]) < len(MODES) else ""),
     ]
-    for mode, label in (
-        ("reference", "(1) llama.cpp loop"),
-        ("engine", "(2) engine in-process"),
-        ("host", "(3) engine via host"),
-    ):
+    if timed:
+        lines += [
+            "",
+            "| mode | prefill tok/s (median, min-max) | decode tok/s (median, min-max) | prefill ratio (paired) "
+            "| decode ratio (paired) |",
+            "|---|---|---|---|---|",
+        ]
+    labels = {
+        "reference": "(1) llama.cpp loop",
+        "engine": "(2) engine in-process",
+        "host": "(3) engine via host",
+    }
+    for mode in timed:
         r = m[mode]
-        ratio = result.ratios.get(mode, {"prefill_tok_s": 1.0, "decode_tok_s": 1.0})
-        paired = r.get("paired_ratio", ratio)
+        if "reference" in m:
+            ratio = result.ratios.get(mode, {"prefill_tok_s": 1.0, "decode_tok_s": 1.0})
+            paired = r.get("paired_ratio", ratio)
+            ratios = (
+                f"| {ratio['prefill_tok_s']:.3f} ({paired['prefill_tok_s']:.3f}) "
+                f"| {ratio['decode_tok_s']:.3f} ({paired['decode_tok_s']:.3f}) |"
+            )
+        else:
+            ratios = "| - (no reference run) | - |"
         lines.append(
-            f"| {label} | {r['prefill_tok_s']:.1f} ({r['prefill']['min']:.1f}-{r['prefill']['max']:.1f}) "
-            f"| {r['decode_tok_s']:.2f} ({r['decode']['min']:.2f}-{r['decode']['max']:.2f}) "
-            f"| {ratio['prefill_tok_s']:.3f} ({paired['prefill_tok_s']:.3f}) "
-            f"| {ratio['decode_tok_s']:.3f} ({paired['decode_tok_s']:.3f}) |"
+            f"| {labels[mode]} | {r['prefill_tok_s']:.1f} ({r['prefill']['min']:.1f}-{r['prefill']['max']:.1f}) "
+            f"| {r['decode_tok_s']:.2f} ({r['decode']['min']:.2f}-{r['decode']['max']:.2f}) " + ratios
         )
-    cpu_ref = m["reference"]["cpu_decode_tok_s"] or 1.0
-    lines.append(
-        "| decode tok per CPU-second (all processes) | "
-        + " / ".join(f"{mode} {m[mode]['cpu_decode_tok_s']:.2f}" for mode in TIMED_MODES)
-        + " | | ratios "
-        + " / ".join(f"{m[mode]['cpu_decode_tok_s'] / cpu_ref:.3f}" for mode in ("engine", "host"))
-        + " | |"
-    )
+    if timed:
+        cpu_ref = m["reference"]["cpu_decode_tok_s"] or 1.0 if "reference" in m else 0.0
+        lines.append(
+            "| decode tok per CPU-second (all processes) | "
+            + " / ".join(f"{mode} {m[mode]['cpu_decode_tok_s']:.2f}" for mode in timed)
+            + " | | "
+            + (
+                "ratios " + " / ".join(f"{m[mode]['cpu_decode_tok_s'] / cpu_ref:.3f}" for mode in timed[1:])
+                if cpu_ref
+                else ""
+            )
+            + " | |"
+        )
     agree = m.get("agreement", {})
-    lines.append("")
-    lines.append(
-        "Same greedy tokens as the reference: "
-        + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in agree.items())
-        + "; targets: ratios >= 0.95. Ratio = median of the mode / median of (1); "
-        "paired = median over reps of the mode / (1) in the same rep."
-    )
+    if agree:
+        lines.append("")
+        lines.append(
+            "Same greedy tokens as the reference: "
+            + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in agree.items())
+            + "; targets: ratios >= 0.95. Ratio = median of the mode / median of (1); "
+            "paired = median over reps of the mode / (1) in the same rep."
+        )
     if result.chat:
         lines += [
             "",
@@ -552,11 +646,15 @@ def markdown(result: BenchResult) -> str:
         lines.append(
             f"| model load, reference (first, cold cache) | {ld['reference_load_seconds'] * 1000:.0f} ms |"
         )
-        lines.append(f"| model load, engine in-process | {ld['engine_load_seconds'] * 1000:.0f} ms |")
-        lines.append(
-            f"| engine host: start / load | {ld['host_start_seconds'] * 1000:.0f} ms / {ld['host_load_seconds'] * 1000:.0f} ms |"
-        )
-    if "rss_bytes" in gui:
+        if "engine_load_seconds" in ld:
+            lines.append(f"| model load, engine in-process | {ld['engine_load_seconds'] * 1000:.0f} ms |")
+        if "host_load_seconds" in ld:
+            lines.append(
+                f"| engine host: start / load | {ld['host_start_seconds'] * 1000:.0f} ms / {ld['host_load_seconds'] * 1000:.0f} ms |"
+            )
+    if not gui:
+        lines.append("| GUI process RSS | not run (not in --modes) |")
+    elif "rss_bytes" in gui:
         lines.append(f"| GUI process RSS, no model ({gui['window']}) | {units.mib(gui['rss_bytes'])} |")
         lines.append(f"| GUI process start-up to window shown | {gui['startup_seconds'] * 1000:.0f} ms |")
     elif gui:
@@ -565,7 +663,9 @@ def markdown(result: BenchResult) -> str:
         ("chat window streaming (5)", result.streaming),
         ("LoRA training (7)", result.training),
     ):
-        if not block.get("available"):
+        if not block:
+            lines.append(f"| {name} | not run (not in --modes) |")
+        elif not block.get("available"):
             lines.append(f"| {name} | not available: {block.get('reason', block.get('error'))} |")
         elif "tokens_shown_per_s" in block:
             lines.append(

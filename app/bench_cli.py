@@ -23,6 +23,13 @@ def register(subparsers) -> None:
     p.add_argument("--warmup", type=int, default=1, help="untimed repetitions first (1)")
     p.add_argument("--turns", type=int, default=4, metavar="K", help="turns of the multi-turn chat (4)")
     p.add_argument("--json", metavar="FILE", help="also write every figure to FILE as JSON")
+    p.add_argument(
+        "--modes",
+        default=None,
+        metavar="LIST",
+        help="modes to run, by name or number, e.g. reference,engine,host or 1-3,5 (default: all): "
+        "1 reference, 2 engine, 3 host, 4 chat, 5 streaming, 6 gui, 7 training",
+    )
     p.set_defaults(func=cmd_bench)
 
 
@@ -33,10 +40,12 @@ def _check(name: str, value: int, low: int, high: int) -> int:
 
 
 def cmd_bench(args) -> int:
-    from app.bench import BenchConfig, markdown, run_bench
+    from app.bench import MODES, BenchConfig, markdown, parse_modes, run_bench
     from engine.hardware import default_threads
     from engine.library import Library
+    from engine.progress import Progress
 
+    modes = parse_modes(args.modes) if args.modes else MODES
     path = Library().resolve(args.model)
     cfg = BenchConfig(
         model=Path(path),
@@ -46,11 +55,26 @@ def cmd_bench(args) -> int:
         reps=_check("reps", args.reps, 1, 1000),
         warmup=_check("warmup", args.warmup, 0, 100),
         turns=_check("turns", args.turns, 1, 100),
+        modes=modes,
     )
-    result = run_bench(cfg, log=lambda msg: print(f"bench: {msg}", file=sys.stderr, flush=True))
+    bars: list[Progress] = []
+
+    def progress(label: str, total: int):
+        bars.append(Progress(f"bench: {label}", total, "reps"))
+        return bars[-1].update
+
+    try:
+        result = run_bench(cfg, lambda msg: print(f"bench: {msg}", file=sys.stderr, flush=True), progress)
+    finally:
+        for bar in bars:
+            bar.close()
     print(markdown(result))
     if args.json:
-        Path(args.json).write_text(
-            json.dumps(result.to_dict(), indent=2, default=str) + "\n", encoding="utf-8"
-        )
+        from engine.library import atomic_write_bytes
+
+        text = json.dumps(result.to_dict(), indent=2, default=str) + "\n"
+        try:
+            atomic_write_bytes(Path(args.json), text.encode("utf-8"))
+        except OSError as err:
+            raise SettingsError("json", f"cannot write {args.json}: {err.strerror or err}") from None
     return 0

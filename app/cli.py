@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 from engine.errors import IngleError
@@ -42,6 +43,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_gui(args) -> int:
+    from app.platform_check import display_problem
+
+    problem = display_problem(os.environ)
+    if problem:  # Qt would abort the process with a long message; say what to do in one line instead
+        print(f"ingle: error: {problem}", file=sys.stderr)
+        return 2
     from app.main import run
 
     return run(smoke_prompt=getattr(args, "smoke_prompt", None))

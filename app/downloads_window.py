@@ -29,11 +29,14 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from app.dialogs import show_error
+from app.wording import count
 from engine import fit, hub
 from engine.downloads import DownloadManager, Job, State
 from engine.errors import IngleError
 from engine.gguf_info import inspect_gguf
 from engine.library import Entry, Library
+from engine.text import printable
 
 VERDICT_COLORS = {fit.Verdict.FITS: "#2e7d32", fit.Verdict.TIGHT: "#b26a00", fit.Verdict.WONT_FIT: "#c62828"}
 
@@ -126,10 +129,17 @@ class DownloadManagerWindow(QMainWindow):
         self._calls: set[_Call] = set()
         self._bridge = _JobBridge(self)
         self._bridge.changed.connect(self._on_job_changed)
+        token_problem = ""
+        try:
+            token = hub.load_token()
+        except IngleError as err:  # a damaged token file or HF_TOKEN: say so, open without it
+            token, token_problem = None, str(err)
         self.manager = DownloadManager(
-            self.library, concurrency=concurrency, token=hub.load_token(), on_update=self._bridge.changed.emit
+            self.library, concurrency=concurrency, token=token, on_update=self._bridge.changed.emit
         )
         self._repo_files: hub.RepoFiles | None = None
+        self._asked: set[int] = set()  # jobs whose "download unverified?" question was shown
+        self.unverified_box: QMessageBox | None = None
         self._recommended: hub.QuantOption | None = None
         tabs = QTabWidget()
         tabs.addTab(self._build_find_tab(), "Find models")
@@ -139,6 +149,8 @@ class DownloadManagerWindow(QMainWindow):
         self.resize(1100, 720)
         self.manager.restore()
         self.refresh_library()
+        if token_problem:
+            self.show_error(token_problem)
 
     # ================================================================ find tab
     def _build_find_tab(self) -> QWidget:
@@ -172,6 +184,7 @@ class DownloadManagerWindow(QMainWindow):
         self.download_button = QPushButton("Download")
         self.download_button.clicked.connect(self.download_selected)
         self.fit_note = QLabel(wordWrap=True)
+        self.fit_note.setTextFormat(Qt.TextFormat.PlainText)  # it quotes file names from the Hub
         right = QWidget()
         rl = QVBoxLayout(right)
         rl.setContentsMargins(0, 0, 0, 0)
@@ -199,6 +212,7 @@ class DownloadManagerWindow(QMainWindow):
         for b in (self.pause_button, self.resume_button, self.cancel_button):
             buttons.addWidget(b)
         self.status = QLabel(wordWrap=True)
+        self.status.setTextFormat(Qt.TextFormat.PlainText)  # it quotes repo names and server errors
         self.status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
 
         page = QWidget()
@@ -250,8 +264,8 @@ class DownloadManagerWindow(QMainWindow):
             row = self.results.rowCount()
             self.results.insertRow(row)
             updated = r.last_modified.date().isoformat() if r.last_modified else "?"
-            cells = [_item(r.repo_id, r), _item(f"{r.downloads:,}", align_right=True),
-                     _item(f"{r.likes:,}", align_right=True), _item(updated), _item(r.license or "?"),
+            cells = [_item(printable(r.repo_id), r), _item(f"{r.downloads:,}", align_right=True),
+                     _item(f"{r.likes:,}", align_right=True), _item(updated), _item(printable(r.license or "?")),
                      _item("gated" if r.gated else "open")]  # fmt: skip
             for col, cell in enumerate(cells):
                 self.results.setItem(row, col, cell)
@@ -263,7 +277,7 @@ class DownloadManagerWindow(QMainWindow):
             return
         summary: hub.RepoSummary = self.results.item(rows[0].row(), 0).data(Qt.ItemDataRole.UserRole)
         self.options.setRowCount(0)
-        self.show_info(f"Listing files of {summary.repo_id}…")
+        self.show_info(f"Listing files of {printable(summary.repo_id)}…")
         token = self.token.text().strip() or None
         self._run(lambda: hub.repo_files(summary.repo_id, token=token), self._got_files)
 
@@ -271,7 +285,8 @@ class DownloadManagerWindow(QMainWindow):
         self._repo_files = files
         self._show_options()
         self.show_info(
-            f"{files.summary.repo_id}: {len(files.models)} model files, {len(files.projectors)} projectors."
+            f"{printable(files.summary.repo_id)}: {len(files.models)} model files, "
+            f"{len(files.projectors)} projectors."
         )
 
     def _show_options(self) -> None:
@@ -287,7 +302,7 @@ class DownloadManagerWindow(QMainWindow):
         for o in files.options:
             row = self.options.rowCount()
             self.options.insertRow(row)
-            label = o.label + (f"  ({len(o.files)} parts)" if o.split else "")
+            label = printable(o.label) + (f"  ({len(o.files)} parts)" if o.split else "")
             cells = [_item(label, o), _item(o.quant), _item(human_size(o.size), align_right=True)]
             if o.projector:
                 note = _item("projector")
@@ -341,13 +356,16 @@ class DownloadManagerWindow(QMainWindow):
     @Slot()
     def save_token(self) -> None:
         text = self.token.text().strip()
-        if not text:
-            hub.clear_token()
-            self.show_info("Access token removed.")
-        else:
-            path = hub.save_token(text)
-            self.show_info(f"Access token saved to {path} (readable by you only).")
-        self.manager.set_token(hub.load_token())
+        try:
+            if not text:
+                hub.clear_token()
+                self.show_info("Access token removed.")
+            else:
+                path = hub.save_token(text)
+                self.show_info(f"Access token saved to {path} (readable by you only).")
+            self.manager.set_token(hub.load_token())
+        except IngleError as err:
+            self.show_error(str(err))
 
     # ---------------------------------------------------------------- queue
     def _queue_row(self, job: Job) -> int:
@@ -356,7 +374,7 @@ class DownloadManagerWindow(QMainWindow):
                 return row
         row = self.queue.rowCount()
         self.queue.insertRow(row)
-        self.queue.setItem(row, 0, _item(f"{job.repo_id} · {job.name}", job.id))
+        self.queue.setItem(row, 0, _item(f"{printable(job.repo_id)} · {job.name}", job.id))
         for col in (1, 3, 4):
             self.queue.setItem(row, col, _item(""))
         bar = QProgressBar()
@@ -367,22 +385,56 @@ class DownloadManagerWindow(QMainWindow):
     @Slot(object)
     def _on_job_changed(self, job: Job) -> None:
         row = self._queue_row(job)
-        status = job.state.value if not job.error else f"{job.state.value}: {job.error}"
-        self.queue.item(row, 1).setText(job.state.value)
+        status = job.status if not job.error else f"{job.status}: {job.error}"
+        self.queue.item(row, 1).setText(job.status)
         self.queue.item(row, 1).setToolTip(status)
+        if job.state is State.DONE and not job.verified:
+            self.queue.item(row, 1).setForeground(QColor("#b26a00"))
         bar: QProgressBar = self.queue.cellWidget(row, 2)
         bar.setValue(int(job.fraction * 1000))
         bar.setFormat(f"{human_size(job.done_bytes)} / {human_size(job.total_bytes)}")
         running = job.state is State.RUNNING
         self.queue.item(row, 3).setText(f"{human_size(job.speed)}/s" if running and job.speed else "")
         self.queue.item(row, 4).setText(human_eta(job.eta) if running else "")
+        if job.state in (State.QUEUED, State.RUNNING):
+            self._asked.discard(job.id)  # a new attempt: a new failure may ask again
         if job.state is State.FAILED:
             self.show_error(job.error)
+            if job.needs_consent and job.id not in self._asked:
+                self._ask_unverified(job)
         elif job.state is State.DONE:
-            self.show_info(f"{job.name} downloaded, sha256 verified, and added to the library.")
+            if job.verified:
+                how = "sha256 verified" if job.check == "sha256" else "verified by its git hash"
+                self.show_info(f"{job.name} downloaded, {how}, and added to the library.")
+            else:
+                self.show_error(
+                    f"{job.name} was added to the library NOT verified: the Hub gave no hash for it, only its "
+                    "size was checked."
+                )
             self.refresh_library()
             self.library_changed.emit()
         self._update_buttons()
+
+    def _ask_unverified(self, job: Job) -> None:
+        """The Hub gives no hash for this file: the user decides whether to take it with only its size checked."""
+        self._asked.add(job.id)
+        box = QMessageBox(
+            QMessageBox.Icon.Warning, "Cannot verify this download",
+            f"{job.error}\n\nDownload {job.name} anyway? Its size is checked, and the library marks it "
+            "'not verified'.", QMessageBox.StandardButton.No, self,
+        )  # fmt: skip
+        box.addButton("Download anyway", QMessageBox.ButtonRole.AcceptRole)
+        box.setDefaultButton(QMessageBox.StandardButton.No)
+
+        def answered(button) -> None:
+            self.unverified_box = None
+            box.deleteLater()
+            if box.buttonRole(button) == QMessageBox.ButtonRole.AcceptRole:
+                self.manager.resume(job.id, allow_unverified=True)
+
+        box.buttonClicked.connect(answered)
+        self.unverified_box = box
+        box.open()  # not modal to the app: downloads and the window keep running while the user decides
 
     def selected_job(self) -> Job | None:
         rows = self.queue.selectionModel().selectedRows()
@@ -456,7 +508,7 @@ class DownloadManagerWindow(QMainWindow):
                     cell.setToolTip(f"missing: {e.path}")
                 self.lib_table.setItem(row, col, cell)
         self.disk_label.setText(
-            f"{len(entries)} items · {human_size(self.library.disk_usage())} on disk in {self.library.root}"
+            f"{count(len(entries), 'item')} · {human_size(self.library.disk_usage())} on disk in {self.library.root}"
         )
         self._library_selected()
 
@@ -494,9 +546,13 @@ class DownloadManagerWindow(QMainWindow):
         self.lib_details.setPlainText(self.describe_entry(entry) if entry else "Select a model or adapter.")
 
     def describe_entry(self, entry: Entry) -> str:
-        lines = [f"{entry.name} ({entry.kind})", f"file: {entry.path}", f"source: {entry.source}"]
+        lines = [f"{entry.name} ({entry.kind})", f"file: {entry.path}", f"source: {printable(entry.source)}"]
         if entry.sha256:
             lines.append(f"sha256: {entry.sha256}")
+        if entry.extra.get("verified") is False:
+            lines.append("NOT verified: the Hub gave no hash for this download; only its size was checked.")
+        elif entry.extra.get("check") in ("sha256", "git-sha1"):
+            lines.append(f"verified: the download matched the Hub's {entry.extra['check']}.")
         if entry.description:
             lines.append(entry.description)
         if not entry.present:
@@ -544,7 +600,7 @@ class DownloadManagerWindow(QMainWindow):
             entry = self.library.import_file(path)
         except IngleError as err:
             self.show_error(str(err))
-            QMessageBox.warning(self, "Import failed", str(err))
+            show_error(self, str(err), "Import failed")
             return None
         self.refresh_library()
         self.select_entry(entry.name)

@@ -161,6 +161,7 @@ class Inspector(QObject):
         if method == "inspect":
             budget = result.budget
             self.context_bar.set_budget(budget, roles, self.has_draft)
+            self.window.show_context_figure(self.context_bar.used, budget.n_ctx)
             self.kv_map.set_state(result.kv, budget.spans, roles, *self.last_turn)
             self.preview.set_stages(list(result.preview), result.preview_note)
             labels = [f"{i + 1}. {m.role}: {m.content[:40]!r}" for i, m in enumerate(self.messages)]

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import html
 import json
+import logging
+import sqlite3
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import psutil
-from PySide6.QtCore import QSettings, Qt, QTimer, Signal
-from PySide6.QtGui import QAction, QColor, QGuiApplication, QKeySequence, QPalette
+from PySide6.QtCore import QByteArray, QSettings, Qt, QTimer, Signal
+from PySide6.QtGui import QAction, QActionGroup, QColor, QGuiApplication, QKeySequence, QPalette
 from PySide6.QtWidgets import (
     QApplication,
     QFileDialog,
@@ -34,17 +38,19 @@ from PySide6.QtWidgets import (
 
 from app.bridge import EngineBridge
 from app.chat_view import ChatView
+from app.dialogs import show_error
 from app.inspector import METHODS as INSPECTOR_METHODS
 from app.inspector import Inspector
 from app.model_panel import ModelPanel
 from app.render import DARK, LIGHT, strip_thinking
 from app.sampling_panel import SamplingPanel
-from engine.conversations import ConversationError, ConversationStore, StoredMessage
+from engine.conversations import ConversationError, ConversationStore, StoredMessage, open_store
 from engine.errors import EngineDied, IngleError
 from engine.events import LoadProgress, Message, ModelLoaded, ReplyDone, StopReason, Token
-from engine.library import STARTER_NAME, Library, data_dir
+from engine.library import STARTER_NAME, Library, atomic_write_bytes, data_dir
 from engine.settings import LoadSettings, OverflowPolicy, SamplingSettings
 
+log = logging.getLogger(__name__)
 SAVE_INTERVAL = 0.5  # seconds between saves of a growing reply (a kill -9 loses at most this much)
 REDRAW_INTERVAL_MS = 40  # streamed text is redrawn at most this often
 STARTER_NOTE = (
@@ -74,8 +80,15 @@ class Banner(QFrame):
         row.addWidget(close)
         self.hide()
 
-    def show_message(self, text: str, button: str = "") -> None:
-        self.label.setText(text)
+    def show_message(self, text: str, button: str = "", bold: str = "") -> None:
+        """`text` (and the `bold` lead-in) are shown as plain text: titles and error messages can come from
+        files and models, and must not render as markup or links."""
+        lead = f"<b>{html.escape(bold)}</b> " if bold else ""
+        self.show_html(lead + html.escape(text).replace("\n", "<br/>"), button)
+
+    def show_html(self, trusted_html: str, button: str = "") -> None:
+        """For the app's own fixed texts only."""
+        self.label.setText(trusted_html)
         self.button.setText(button)
         self.button.setVisible(bool(button))
         self.show()
@@ -115,6 +128,8 @@ class MainWindow(QMainWindow):
         self.bridge.failed.connect(self._on_failed)
         self.bridge.busy_changed.connect(self._update_buttons)
         self.conversation: int | None = None
+        self._undo = None  # what the undo banner's button undoes: returns the conversation to show
+        self._unopenable: set[int] = set()  # conversations that failed to open (not retried as fallbacks)
         self.loaded: ModelLoaded | None = None
         self.last_load: tuple | None = None
         self.streaming: StoredMessage | None = None
@@ -133,7 +148,7 @@ class MainWindow(QMainWindow):
         QGuiApplication.styleHints().colorSchemeChanged.connect(self._system_scheme_changed)
         self.refresh_conversations()
         convs = self.store.conversations()
-        self.open_conversation(convs[0].id if convs else None)
+        self.open_conversation(convs[0].id if convs else None)  # a bad one shows its error, another opens
         self._restore_layout()
         self.initial_model = model
         if start_engine:
@@ -190,8 +205,11 @@ class MainWindow(QMainWindow):
         self.sampling_panel = SamplingPanel(self.store)
         self.sampling_panel.settings_changed.connect(self._settings_changed)
         saved_policy = self.gui_settings.value("overflow_policy", OverflowPolicy.STOP.value)
-        self.sampling_panel.set_policy(
-            OverflowPolicy(saved_policy) if saved_policy in set(OverflowPolicy) else OverflowPolicy.STOP
+        known = {p.value for p in OverflowPolicy}
+        self.sampling_panel.set_policy(  # gui.ini is a text file: anything may be in it
+            OverflowPolicy(saved_policy)
+            if isinstance(saved_policy, str) and saved_policy in known
+            else OverflowPolicy.STOP
         )
         self.sampling_panel.policy_box.currentIndexChanged.connect(
             lambda _i: self.gui_settings.setValue("overflow_policy", self.sampling_panel.policy().value)
@@ -215,6 +233,7 @@ class MainWindow(QMainWindow):
 
         self.model_label, self.context_label, self.speed_label = QLabel("No model"), QLabel(), QLabel()
         for label in (self.model_label, self.context_label, self.speed_label):
+            label.setTextFormat(Qt.PlainText)  # model names and metadata come from model files
             label.setContentsMargins(10, 0, 10, 0)
             self.statusBar().addPermanentWidget(label)
         self.inspector = Inspector(self)
@@ -245,33 +264,46 @@ class MainWindow(QMainWindow):
         add(edit_menu, "Search chats", lambda: self.search.setFocus(), "Ctrl+F")
         add(edit_menu, "Stop reply", self.stop, "Esc")
         view_menu = self.menuBar().addMenu("&View")
+        themes = QActionGroup(self)
+        themes.setExclusive(True)  # the current theme carries the check mark
+        self.theme_actions: dict[str, QAction] = {}
         for name in ("system", "light", "dark"):
-            add(view_menu, f"{name.capitalize()} theme", lambda _=False, n=name: self.apply_theme(n))
+            act = add(view_menu, f"{name.capitalize()} theme", lambda _=False, n=name: self.apply_theme(n))
+            act.setCheckable(True)
+            themes.addAction(act)
+            self.theme_actions[name] = act
         add(view_menu, "Toggle side panel", lambda: self.side.setVisible(not self.side.isVisible()), "Ctrl+B")
         view_menu.addSeparator()
         for key, shortcut in (("context", "Ctrl+1"), ("tokens", "Ctrl+2"), ("kv", "Ctrl+3"),
                               ("probabilities", "Ctrl+4"), ("preview", "Ctrl+5"), ("timing", "Ctrl+6"),
                               ("kv_calculator", "Ctrl+7")):  # fmt: skip
-            action = self.inspector.docks[key].toggleViewAction()
+            dock = self.inspector.docks[key]
+            action = dock.toggleViewAction()
             action.setShortcut(QKeySequence(shortcut))
+            # the docks share one tab group: a dock that is shown is also brought to the front
+            action.triggered.connect(
+                lambda checked, d=dock: QTimer.singleShot(0, d.raise_) if checked else None
+            )
             view_menu.addAction(action)
 
     def _restore_layout(self) -> None:
+        # gui.ini is a text file: a value that is not what this version wrote is ignored, never fatal
         geometry = self.gui_settings.value("geometry")
-        if geometry is not None:
-            self.restoreGeometry(geometry)
-        else:
+        if not isinstance(geometry, QByteArray) or not self.restoreGeometry(geometry):
             self.resize(1280, 800)
         state = self.gui_settings.value("splitter")
-        if state is not None:
+        if isinstance(state, QByteArray):
             self.splitter.restoreState(state)
         docks = self.gui_settings.value("docks")
-        if docks is not None:
+        if isinstance(docks, QByteArray):
             self.restoreState(docks)  # which visualizers were open, and where
         self.side.setVisible(self.gui_settings.value("side_visible", "true") == "true")
 
     def apply_theme(self, name: str) -> None:
         """Light, dark, or follow the system's colour scheme."""
+        if not isinstance(name, str) or name not in self.theme_actions:  # a hand-edited or old settings file
+            name = "system"
+        self.theme_actions[name].setChecked(True)
         self.gui_settings.setValue("theme", name)
         dark = name == "dark"
         if name == "system":
@@ -312,20 +344,95 @@ class MainWindow(QMainWindow):
         self.refresh_conversations()
         self.composer.setFocus()
 
-    def open_conversation(self, cid: int | None) -> None:
+    def open_conversation(self, cid: int | None) -> bool:
+        """Show conversation `cid`. One that cannot be shown (a damaged store, a bad import) leaves the window
+        working: its error is shown and the previous conversation, or another one, stays open. False then."""
         if self.bridge.busy and self.streaming is not None:
             self.statusBar().showMessage("A reply is streaming: stop it (Esc) or let it finish first.", 5000)
-            return
+            return False
+        previous = self.conversation
+        try:
+            self._show_conversation(cid)
+        except Exception as err:  # noqa: BLE001 (one bad conversation must never take the window down)
+            log.exception("conversation %s could not be opened", cid)
+            title = self._title_or_id(cid)
+            fallbacks = [previous] + [c.id for c in self._conversations_or_none()]
+            for other in fallbacks:
+                if other is not None and other != cid and other not in self._unopenable:
+                    try:
+                        self._show_conversation(other)
+                        break
+                    except Exception:  # noqa: BLE001
+                        log.exception("conversation %s could not be opened either", other)
+                        self._unopenable.add(other)
+            else:
+                self._show_conversation(None)
+            self._unopenable.add(cid)
+            self.fault_banner.show_message(
+                f"The conversation “{title}” could not be opened ({str(err).rstrip('.')}). Its messages are kept in the store; "
+                "the other conversations work as before."
+            )
+            return False
+        return True
+
+    def _title_or_id(self, cid: int | None) -> str:
+        try:
+            return self.store.get(cid).title
+        except Exception:  # noqa: BLE001
+            return f"#{cid}"
+
+    def _conversations_or_none(self) -> list:
+        try:
+            return self.store.conversations()
+        except Exception:  # noqa: BLE001
+            return []
+
+    def _show_conversation(self, cid: int | None) -> None:
+        settings = None
+        if cid is not None:
+            try:
+                settings = self.store.settings(cid)
+            except (
+                IngleError,
+                ValueError,
+                TypeError,
+            ) as err:  # damaged settings: the chat itself still opens
+                settings = SamplingSettings()
+                self.fault_banner.show_message(
+                    f"The sampling settings of “{self._title_or_id(cid)}” could not be read ({err}); the defaults "
+                    "are used, and saved when you change one."
+                )
+        system_prompt = self.store.get(cid).system_prompt if cid is not None else ""
         self.conversation = cid
         self.editing = None
-        if cid is not None:
-            self.sampling_panel.set_settings(self.store.settings(cid))
-            self.system_prompt.blockSignals(True)
-            self.system_prompt.setPlainText(self.store.get(cid).system_prompt)
-            self.system_prompt.blockSignals(False)
+        if settings is not None:
+            self.sampling_panel.set_settings(settings)
+        self.system_prompt.blockSignals(True)
+        self.system_prompt.setPlainText(system_prompt)
+        self.system_prompt.blockSignals(False)
         self.refresh_conversations()
         self.render_conversation()
+        self._show_conversation_figures()
         self.conversation_opened.emit(cid)
+
+    def _show_conversation_figures(self) -> None:
+        """The status bar's context and speed belong to the open conversation: its last reply, or nothing."""
+        path = self.store.path(self.conversation) if self.conversation is not None else []
+        last = next((m for m in reversed(path) if m.role == "assistant" and m.stats), None)
+        n_ctx = self.loaded.n_ctx if self.loaded is not None else 0
+        stats = last.stats if last is not None else {}
+        try:
+            n_past, tok_s, ttft = int(stats["n_past"]), float(stats["tok_s"]), float(stats["ttft"])
+        except (KeyError, TypeError, ValueError):
+            self.context_label.setText(f"Context 0 / {n_ctx:,}" if n_ctx else "")
+            self.speed_label.setText("")
+            return
+        self._show_stats(n_past, n_ctx or int(stats.get("n_ctx") or 0), tok_s, ttft)
+
+    def show_context_figure(self, used: int, n_ctx: int) -> None:
+        """The context view's count (the conversation as the next reply would see it): the status bar says the
+        same number."""
+        self.context_label.setText(f"Context {used:,} / {n_ctx:,}")
 
     def render_conversation(self) -> None:
         if self.conversation is None:
@@ -401,17 +508,41 @@ class MainWindow(QMainWindow):
 
     def delete_conversation(self, cid: int) -> None:
         self.store.delete(cid)
-        self._deleted = cid
+        self._undo = lambda: (self.store.undelete(cid), cid)[1]
         self.undo_banner.show_message(f"Deleted “{self.store.get(cid).title}”.", "Undo")
         if cid == self.conversation:
             convs = self.store.conversations()
             self.open_conversation(convs[0].id if convs else None)
         self.refresh_conversations()
 
+    def delete_message(self, mid: int) -> None:
+        """Delete a message and its replies; the undo banner brings them back (until the app closes)."""
+        if self.bridge.busy:
+            self.statusBar().showMessage(
+                "Wait for the engine to finish (or press Stop) before deleting.", 5000
+            )
+            return
+        msg = self.store.message(mid)
+        ticket = self.store.delete_message(mid)
+        self._undo = lambda: self.store.undelete_message(ticket)
+        who = {"user": "your message", "assistant": "a reply", "system": "a system message"}.get(
+            msg.role, "a message"
+        )
+        preview = " ".join(msg.content.split())[:60]
+        self.undo_banner.show_message(f"Deleted {who}: “{preview}”.", "Undo")
+        self.render_conversation()
+
     def _undo_delete(self) -> None:
-        self.store.undelete(self._deleted)
+        undo, self._undo = self._undo, None
         self.undo_banner.hide()
-        self.open_conversation(self._deleted)
+        if undo is None:
+            return
+        try:
+            cid = undo()
+        except IngleError as err:
+            show_error(self, str(err))
+            return
+        self.open_conversation(cid)
         self.refresh_conversations()
 
     def _settings_changed(self, settings) -> None:
@@ -427,7 +558,7 @@ class MainWindow(QMainWindow):
             action()
             return True
         except IngleError as err:
-            QMessageBox.warning(self, "Ingle", str(err))
+            show_error(self, str(err))
             return False
 
     # ------------------------------------------------------------ model
@@ -642,7 +773,7 @@ class MainWindow(QMainWindow):
         self.context_label.setText(f"Context 0 / {ev.n_ctx:,}")
         self.gui_settings.setValue("last_model", ev.path)
         if name == STARTER_NAME:
-            self.info_banner.show_message(STARTER_NOTE)
+            self.info_banner.show_html(STARTER_NOTE)
         else:
             self.info_banner.hide()
 
@@ -669,7 +800,9 @@ class MainWindow(QMainWindow):
 
     def _load_initial_model(self) -> None:
         model = self.initial_model or self.gui_settings.value("last_model")
-        if not model or not Path(model).exists():
+        if (
+            not isinstance(model, (str, Path)) or not model or not Path(model).exists()
+        ):  # gui.ini may be edited
             try:
                 model = self.library.ensure_starter().file
             except IngleError as err:
@@ -691,7 +824,7 @@ class MainWindow(QMainWindow):
             self.loaded = None
             self.model_label.setText("Engine stopped")
             detail = "" if method != "chat" else " Your conversation and the partial reply are kept."
-            self.fault_banner.show_message(f"<b>The engine stopped.</b> {err}{detail}", "Restart engine")
+            self.fault_banner.show_message(f"{err}{detail}", "Restart engine", bold="The engine stopped.")
         else:
             self.fault_banner.show_message(str(err))
         self._emit_pending_finished()
@@ -711,6 +844,8 @@ class MainWindow(QMainWindow):
             msg = self.store.message(mid)
         except ConversationError:
             return
+        if msg.conversation != self.conversation:  # actions only ever apply to the open conversation
+            return
         if verb == "copy":
             QGuiApplication.clipboard().setText(msg.content)
         elif verb == "copycode":
@@ -728,9 +863,8 @@ class MainWindow(QMainWindow):
             self.continue_reply(mid)
         elif verb == "edit":
             self.edit(mid)
-        elif verb == "delete" and not self.bridge.busy:
-            self.store.delete_message(mid)
-            self.render_conversation()
+        elif verb == "delete":
+            self.delete_message(mid)
         elif verb == "think":
             self.view.expanded_thinking ^= {mid}
             self.render_conversation()
@@ -750,14 +884,20 @@ class MainWindow(QMainWindow):
             return
         path, _ = QFileDialog.getSaveFileName(self, "Export conversation", f"conversation.{fmt}")
         if path:
-            self.export_conversation(Path(path), fmt)
+            self._guard(lambda: self.export_conversation(Path(path), fmt))
 
     def export_conversation(self, path: Path, fmt: str) -> None:
+        """Written whole or not at all (a temporary file renamed into place); ConversationError when it cannot."""
         if fmt == "json":
             text = json.dumps(self.store.export_json(self.conversation), indent=2, ensure_ascii=False)
         else:
             text = self.store.export_markdown(self.conversation)
-        path.write_text(text, encoding="utf-8")
+        try:
+            atomic_write_bytes(path, text.encode("utf-8"))
+        except OSError as err:
+            raise ConversationError(
+                f"Cannot write {path}: {err.strerror or err}. Choose another place."
+            ) from None
 
     def _import_json(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Import conversation", "", "JSON (*.json)")
@@ -765,11 +905,7 @@ class MainWindow(QMainWindow):
             self._guard(lambda: self.import_conversation(Path(path)))
 
     def import_conversation(self, path: Path) -> None:
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise ConversationError(f"Cannot read {path.name} as a conversation: {err}") from None
-        conv = self.store.import_json(data)
+        conv = self.store.import_file(path)
         self.refresh_conversations()
         self.open_conversation(conv.id)
 
@@ -800,15 +936,53 @@ class MainWindow(QMainWindow):
         super().closeEvent(event)
 
 
+def home_problem() -> str | None:
+    """Why Ingle cannot keep its data (an unwritable INGLE_HOME), or None."""
+    home = data_dir()
+    if home.exists() and not home.is_dir():
+        return f"Ingle's data folder {home} is a file, not a folder. Set INGLE_HOME to a folder you can write to."
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=home, prefix=".write-test-"):
+            pass
+    except OSError as err:
+        return (
+            f"Ingle cannot write to its data folder {home} ({err.strerror or err}). Make it writable, or set "
+            "INGLE_HOME to a folder you can write to, and start Ingle again."
+        )
+    return None
+
+
 def run(smoke_prompt: str | None = None) -> int:
+    """The GUI. Problems that stop it from starting are shown in a dialog (and on stderr), exit code 2."""
     app = QApplication.instance() or QApplication(sys.argv)
     app.setApplicationName("Ingle")
-    try:
-        Library().ensure_starter()  # first start: assemble the bundled model before the window opens
-    except IngleError as err:
-        print(f"ingle: error: {err}", file=sys.stderr)
+
+    def fail(text: str) -> int:
+        print(f"ingle: error: {text}", file=sys.stderr)
+        show_error(None, text, "Ingle cannot start")
         return 2
-    window = MainWindow()
+
+    problem = home_problem()
+    if problem:
+        return fail(problem)
+    notes = []
+    try:
+        store, recovery = open_store()
+        if recovery is not None:
+            notes.append(("Ingle: conversations recovered", recovery.describe()))
+        try:
+            Library().ensure_starter()  # first start: assemble the bundled model before the window opens
+        except IngleError as err:  # e.g. a damaged library index, rebuilt as it was reported: try once more
+            Library().ensure_starter()
+            notes.append(("Ingle: model library", str(err)))
+        window = MainWindow(store=store)
+    except (IngleError, OSError, ValueError, sqlite3.Error) as err:
+        return fail(str(err))
+    for title, text in notes:
+        box = QMessageBox(QMessageBox.Warning, title, text)
+        box.setTextFormat(Qt.PlainText)
+        box.exec()
     window.show()
     if smoke_prompt is None:
         return app.exec()

@@ -37,7 +37,7 @@ def estimate_memory(info: ModelInfo, settings: LoadSettings, hardware=None) -> F
                     swa_full=settings.swa_full)  # fmt: skip
 
 
-def describe_entry(entry: Entry) -> str:
+def entry_label(entry: Entry) -> str:
     size = entry.total_size / (1 << 20)
     params = f"{entry.parameters / 1e6:.0f}M" if entry.parameters < 1e9 else f"{entry.parameters / 1e9:.1f}B"
     return f"{entry.name}  ·  {entry.architecture} {params}  ·  {entry.quant}  ·  {size:.0f} MB"
@@ -60,6 +60,7 @@ class ModelPanel(QWidget):
         self.model_box.currentIndexChanged.connect(self._update_estimate)
         layout.addWidget(self.model_box)
         self.description = QLabel()
+        self.description.setTextFormat(Qt.PlainText)  # descriptions quote file names (a dataset's, a model's)
         self.description.setWordWrap(True)
         layout.addWidget(self.description)
         form = QFormLayout()
@@ -97,6 +98,7 @@ class ModelPanel(QWidget):
         layout.addLayout(form)
         layout.addWidget(self._build_advanced(specs))
         self.estimate = QLabel()
+        self.estimate.setTextFormat(Qt.PlainText)  # error messages quote file names
         self.estimate.setWordWrap(True)
         layout.addWidget(self.estimate)
         self.progress = QProgressBar()
@@ -167,7 +169,7 @@ class ModelPanel(QWidget):
         self.model_box.blockSignals(True)
         self.model_box.clear()
         for entry in self.library.entries("model"):
-            self.model_box.addItem(describe_entry(entry), entry.name)
+            self.model_box.addItem(entry_label(entry), entry.name)
         self.model_box.blockSignals(False)
         self.adapter_box.clear()
         self.adapter_box.addItem("none", "")

@@ -18,8 +18,9 @@ from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 from PySide6.QtCore import QObject, QRunnable, Qt, QThreadPool, QTimer, Signal
-from PySide6.QtWidgets import QMessageBox, QProgressDialog, QWidget
+from PySide6.QtWidgets import QProgressDialog, QWidget
 
+from app.dialogs import show_error
 from engine.errors import Cancelled, IngleError
 from engine.host import die_with_parent
 
@@ -227,4 +228,4 @@ class Op(Generic[T]):
             self._on_failure(err)
         elif not isinstance(err, Cancelled):
             parent = self.parent if isinstance(self.parent, QWidget) else None
-            QMessageBox.warning(parent, "Ingle", describe_error(err))
+            show_error(parent, describe_error(err))

@@ -22,6 +22,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from app.dialogs import show_error
 from app.forms import HELP_STYLE, MessageLabel, add_field_rows
 from engine.conversations import ConversationStore
 from engine.errors import SettingsError
@@ -235,7 +236,7 @@ class SamplingPanel(QWidget):
         try:
             action()
         except SettingsError as err:
-            QMessageBox.warning(self, "Preset", str(err))
+            show_error(self, str(err), "Preset")
         self.reload_presets()
         self.set_settings(self._settings)
 

@@ -27,6 +27,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from app.wording import count
 from engine.errors import IngleError
 from engine.events import Token
 from engine.interface import KVState
@@ -74,6 +75,20 @@ class Segment:
     detail: str = ""
 
 
+def split_budget(budget: ContextBudget, roles: Sequence[str], has_draft: bool) -> tuple[int, int, int]:
+    """(system, earlier turns, message being typed) in tokens, from the message spans themselves, so the three
+    always add up to what the bar draws and none is negative (the start-of-text token belongs to the first
+    message's span, whatever its role)."""
+    if not budget.spans:
+        return budget.system_tokens, max(0, budget.history_tokens), budget.draft_tokens
+    total = budget.spans[-1][2]
+    system = budget.spans[0][1]  # anything before the first message
+    if roles and roles[0] == "system":
+        system = budget.spans[0][2]
+    typing = budget.spans[-1][2] - budget.spans[-1][1] if has_draft else 0
+    return system, max(0, total - system - typing), typing
+
+
 class ContextBar(QWidget):
     """The context as a bar: system prompt, earlier turns (each message), the draft, the reply reserve, free.
 
@@ -83,6 +98,7 @@ class ContextBar(QWidget):
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
         self.budget: ContextBudget | None = None
+        self.used = 0  # tokens of the conversation (and draft) the bar shows; the status bar shows the same
         self.segments: list[Segment] = []
         self.note = "No model loaded."
         self.setMouseTracking(True)
@@ -105,15 +121,15 @@ class ContextBar(QWidget):
             segs.append(Segment(label, end - start, ROLE_COLORS[role], index in budget.would_drop_messages))
         segs.append(Segment("reserved for the reply", budget.reserve_tokens, RESERVE_COLOR))
         self.segments = segs
-        used = budget.system_tokens + budget.history_tokens + budget.draft_tokens
+        system, turns, typing = split_budget(budget, roles, has_draft)
+        self.used = system + turns + typing
         self.note = (
-            f"{used:,} of {budget.n_ctx:,} tokens used (system {budget.system_tokens:,} · turns "
-            f"{budget.history_tokens:,} · typing {budget.draft_tokens:,}) · reply reserve {budget.reserve_tokens:,}"
-            f" · free {budget.free_tokens:,}"
+            f"{self.used:,} of {budget.n_ctx:,} tokens used (system {system:,} · turns {turns:,} · typing "
+            f"{typing:,}) · reply reserve {budget.reserve_tokens:,} · free {budget.free_tokens:,}"
         )
         if budget.would_drop_messages:
             self.note += (
-                f"\nThe next reply drops {len(budget.would_drop_messages)} oldest message(s) "
+                f"\nThe next reply drops the {count(len(budget.would_drop_messages), 'oldest message')} "
                 f"({budget.would_drop_tokens:,} tokens), hatched."
             )
         elif not budget.fits:
@@ -121,7 +137,7 @@ class ContextBar(QWidget):
         self.update()
 
     def clear(self, note: str) -> None:
-        self.budget, self.segments, self.note = None, [], note
+        self.budget, self.segments, self.note, self.used = None, [], note, 0
         self.update()
 
     def _bar_rect(self) -> QRect:
@@ -337,7 +353,7 @@ class TokenPanel(QWidget):
     def show_pieces(self, pieces: Sequence[TokenPiece]) -> None:
         self.view.set_pieces(pieces)
         special = sum(1 for p in pieces if p.special)
-        self.count.setText(f"{len(pieces):,} tokens" + (f" ({special} special)" if special else ""))
+        self.count.setText(count(len(pieces), "token") + (f" ({special} special)" if special else ""))
 
 
 # ------------------------------------------------------------------ 3. KV cache map + calculator
@@ -521,6 +537,7 @@ class KVCalculator(QWidget):
             box.setCurrentText("f16")
         self.swa_full = QCheckBox("keep every position in sliding-window layers")
         self.result = QLabel()
+        self.result.setTextFormat(Qt.PlainText)  # error messages quote file names
         self.result.setWordWrap(True)
         self.result.setTextInteractionFlags(Qt.TextSelectableByMouse)
         form.addRow("Model", self.model_box)
@@ -603,6 +620,7 @@ class TokenProbabilities(QWidget):
         scroll.setWidget(self.flow)
         layout.addWidget(scroll, 2)
         self.detail = QLabel()
+        self.detail.setTextFormat(Qt.PlainText)  # it quotes the model's tokens
         layout.addWidget(self.detail)
         self.alternatives = QListWidget()
         self.alternatives.setMaximumHeight(150)
@@ -628,7 +646,7 @@ class TokenProbabilities(QWidget):
             )
         elif self.tokens:
             mean = sum(math.exp(t.logprob) for t in with_p) / len(with_p)
-            self.caption.setText(f"{len(self.tokens)} tokens, mean probability {mean:.0%}. Click a token for the "
+            self.caption.setText(f"{count(len(self.tokens), 'token')}, mean probability {mean:.0%}. Click a token for the "
                                  "alternatives the model weighed.")  # fmt: skip
         self.flow.relayout()
 

@@ -122,11 +122,14 @@ def parse_adapter(spec: str) -> tuple[str, float]:
 # ---------------------------------------------------------------------------- commands
 def cmd_info(args) -> int:
     from engine.gguf_info import inspect_gguf, sha256_file
+    from engine.library import Library
 
-    info = inspect_gguf(args.file, expect="any")
+    # a library name, as `run` and `chat` take it; a file that exists is never looked up
+    path = args.file if Path(args.file).exists() else Library().resolve(args.file)
+    info = inspect_gguf(path, expect="any")
     summary = info.summary()
     if args.sha256:
-        summary["sha256"] = sha256_file(info.path)
+        summary["sha256"] = sha256_file(info.path, _hash_progress(info.path))
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
@@ -139,6 +142,24 @@ def cmd_info(args) -> int:
             value = f"{value:,}"
         print(f"{key.replace('_', ' '):<{width}}  {printable(value)}")  # names come from the file: inert
     return 0
+
+
+def _hash_progress(path):
+    """Progress of hashing a file big enough to take a while (about 1 s per GiB on a fast disk, minutes on a
+    slow one); None for a small one."""
+    from engine.progress import Progress
+
+    size = Path(path).stat().st_size
+    if size < 256 << 20:
+        return None
+    progress = Progress("sha256", size >> 20, "MiB")
+
+    def update(done: int, total: int) -> None:
+        progress.update(done >> 20)
+        if done >= total:
+            progress.close()
+
+    return update
 
 
 def cmd_models(args) -> int:
@@ -289,8 +310,10 @@ def cmd_run(args) -> int:
     sampling = settings_from_args(args, SamplingSettings)
     policy = OverflowPolicy(args.policy)
     engine, loaded = _open_engine(args)
+    for line in _loaded_lines(loaded)[1:]:  # adapters and warnings; stdout holds only the reply
+        print(line, file=sys.stderr)
     use_chat = args.chat if args.chat is not None else loaded.template_source == "gguf"
-    with _CancelOnInterrupt(engine):
+    with _CancelOnInterrupt(engine) as interrupt:
         if use_chat:
             messages = ([Message("system", args.system)] if args.system else []) + [Message("user", prompt)]
             events = engine.chat(messages, sampling, policy)
@@ -301,45 +324,155 @@ def cmd_run(args) -> int:
         except EngineDied as err:
             raise _crashed(engine, err, "while generating the reply") from None
     engine.close()
-    return 0
+    return 130 if interrupt.hit else 0  # the reply was cut short by Ctrl+C: the shell's convention says so
+
+
+def context_warning(loaded) -> str | None:
+    """One line when the context is longer than the model was trained for (its replies degrade past that)."""
+    trained = int(loaded.info.get("context_length") or 0)
+    if not trained or loaded.n_ctx <= trained:
+        return None
+    times = loaded.n_ctx / trained
+    return (
+        f"warning: context {loaded.n_ctx} is {times:.3g}x the {trained} tokens this model was trained on; "
+        "past that its replies degrade unless its position encoding is stretched (RoPE scaling: linear or YaRN, "
+        "llama.cpp's --rope-scaling/--rope-freq-scale/--yarn-orig-ctx), which Ingle does not set: "
+        f"use --ctx-size {trained} or less, or a long-context version of the model."
+    )
+
+
+def _loaded_lines(loaded) -> list[str]:
+    """What the user asked for and got: the model, its context, template, and every adapter with its scale."""
+    from engine.text import printable
+
+    info = loaded.info
+    lines = [f"{printable(info['name'])} ({info['architecture']} {info['file_type']}), context {loaded.n_ctx}, "
+             f"template: {printable(loaded.template_source)}."]  # fmt: skip
+    for path, scale in loaded.adapters:
+        lines.append(f"adapter {printable(Path(path).name)} at scale {scale:g} on")
+    warning = context_warning(loaded)
+    if warning:
+        lines.append(warning)
+    return lines
+
+
+CHAT_HELP = """commands:
+  /help          this list
+  /system TEXT   set the system prompt (the conversation goes on); /system alone shows it
+  /reset         forget the conversation (the system prompt stays)
+  /save FILE     write the conversation to FILE as JSON ({"messages": [...]}, the chat format `ingle train` reads)
+  /exit, /quit   leave (also Ctrl+D); Ctrl+C stops a reply, or leaves at the prompt
+  //TEXT         send a message that starts with /"""
+
+
+def _save_conversation(history: list[Message], target: str) -> str:
+    from engine.library import atomic_write_bytes
+
+    if not target:
+        raise SettingsError("save", "give a file: /save FILE")
+    path = Path(target).expanduser()
+    if not path.parent.is_dir():  # a typo in the folder must not create a tree of folders
+        raise SettingsError("save", f"cannot write {path}: the folder {path.parent} does not exist")
+    if path.is_dir():
+        raise SettingsError("save", f"cannot write {path}: it is a folder; give a file name")
+    record = {"messages": [{"role": m.role, "content": m.content} for m in history]}
+    try:
+        atomic_write_bytes(path, (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
+    except OSError as err:
+        raise SettingsError("save", f"cannot write {path}: {err.strerror}") from None
+    return str(path)
+
+
+def chat_command(line: str, history: list[Message]) -> tuple[str, list[Message]]:
+    """A /command typed in the chat -> (what to print, the history after it). '/exit' prints 'exit'."""
+    name, _, rest = line.strip().partition(" ")
+    rest = rest.strip()
+    system = history[0].content if history and history[0].role == "system" else None
+    body = history[1:] if system is not None else history
+    if name in ("/exit", "/quit"):
+        return "exit", history
+    if name in ("/help", "/?"):
+        return CHAT_HELP, history
+    if name == "/reset":
+        if system is None:
+            return "conversation reset", []
+        return "conversation reset (system prompt kept)", history[:1]
+    if name == "/system":
+        if rest:
+            return "system prompt set", [Message("system", rest), *body]
+        return (
+            f"system prompt: {system}" if system else "no system prompt; set one with /system TEXT",
+            history,
+        )
+    if name == "/save":
+        return f"saved {len(history)} messages to {_save_conversation(history, rest)}", history
+    hint = "/help lists the commands (start with // to send a line beginning with /)"
+    return f"unknown command {name}: {hint}", history
+
+
+def _not_utf8(line: str) -> int | None:
+    """The first byte that was not UTF-8 in a line read from stdin (Python carries such bytes as lone
+    surrogates, which nothing downstream can encode), or None."""
+    for ch in line:
+        if "\udc80" <= ch <= "\udcff":
+            return ord(ch) - 0xDC00
+    return None
 
 
 def cmd_chat(args) -> int:
-    if hasattr(sys.stdin, "reconfigure"):
-        sys.stdin.reconfigure(errors="replace")  # a non-UTF-8 line becomes U+FFFD, not a crash
     if args.system:
         args.system = _valid_text(args.system, "system prompt")
     sampling = settings_from_args(args, SamplingSettings)
     policy = OverflowPolicy(args.policy)
     engine, loaded = _open_engine(args)
-    info = loaded.info
-    print(f"{info['name']} ({info['architecture']} {info['file_type']}), context {loaded.n_ctx}, "
-          f"template: {loaded.template_source}. Type /exit to leave, /reset to start over.", file=sys.stderr)  # fmt: skip
+    for line in _loaded_lines(loaded):
+        print(line, file=sys.stderr)
+    print("Type /help for commands, /exit to leave.", file=sys.stderr)
     history: list[Message] = [Message("system", args.system)] if args.system else []
-    while True:
-        try:
-            line = input("> ")
-        except (EOFError, KeyboardInterrupt):
-            print(file=sys.stderr)
-            break
-        if line.strip() in ("/exit", "/quit"):
-            break
-        if line.strip() == "/reset":
-            history = history[:1] if args.system else []
-            continue
-        if not line.strip():
-            continue
-        history.append(Message("user", line))
-        with _CancelOnInterrupt(engine):
+    if hasattr(sys.stdin, "reconfigure"):  # a line that is not UTF-8 is refused alone (see _not_utf8)
+        sys.stdin.reconfigure(errors="surrogateescape")
+    try:
+        while True:
             try:
-                done = _stream(engine.chat(history, sampling, policy), args.stats)
-            except IngleError as err:
-                history.pop()
-                print(f"ingle: {err}", file=sys.stderr)
+                line = input("> ")
+            except EOFError:
+                print(file=sys.stderr)
+                break
+            if not line.strip():
                 continue
-        if done is not None:
-            history.append(Message("assistant", done.text))
-    engine.close()
+            bad = _not_utf8(line)
+            if bad is not None:
+                print(
+                    f"ingle: that line is not valid UTF-8 (byte 0x{bad:02x}); type it again", file=sys.stderr
+                )
+                continue
+            if line.startswith("//"):
+                line = line[1:]
+            elif line.startswith("/"):
+                try:
+                    said, history = chat_command(line, history)
+                except IngleError as err:
+                    print(f"ingle: {err}", file=sys.stderr)
+                    continue
+                if said == "exit":
+                    break
+                print(said, file=sys.stderr)
+                continue
+            history.append(Message("user", line))
+            with _CancelOnInterrupt(engine):
+                try:
+                    done = _stream(engine.chat(history, sampling, policy), args.stats)
+                except IngleError as err:
+                    history.pop()
+                    print(f"ingle: {err}", file=sys.stderr)
+                    continue
+            if done is not None:
+                history.append(Message("assistant", done.text))
+    except KeyboardInterrupt:  # Ctrl+C at the prompt leaves, with the shell's convention for it
+        print(file=sys.stderr)
+        return 130
+    finally:
+        engine.close()
     return 0
 
 

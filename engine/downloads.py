@@ -1,9 +1,17 @@
-"""The download queue: resumable HTTP Range downloads from the Hub, sha256-verified, moved into the library.
+"""The download queue: resumable HTTP Range downloads from the Hub, verified, moved into the library.
 
 Partial files live in <library>/downloads as `<repo>--<file>.part` with a JSON sidecar naming the expected
-sha256 and size, so they survive a restart and resume where they stopped. Each job runs in its own thread;
+sha256, size and etag, so they survive a restart and resume where they stopped. Each job runs in its own thread;
 at most `concurrency` run at once. Pause and cancel are seen within one chunk (and a stalled connection is
 closed from the caller's thread), so they take effect within a second.
+
+A running job holds an OS file lock on `<part>.lock` for each of its files, so two Ingle processes (the window
+and `ingle pull`, or two windows) never write the same .part: the second is told the file is already being
+downloaded, and deletes nothing. Every file is checked against the size the Hub announces (more or fewer bytes
+are rejected) and against a hash wherever the Hub gives one: the LFS sha256, else an etag that is a sha256, else
+the git blob sha1. A file with no hash at all is downloaded only when the user allows it (`allow_unverified`),
+and its library entry says it was not verified. A download the Hub rules out for good (404, no access, failed
+verification) removes its .part and sidecar, so it does not come back as a paused job at the next start.
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import threading
 import time
@@ -21,12 +30,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine.errors import IngleError, ModelFileError
-from engine.hub import HubError, HubFile, describe_hub_error, endpoint
+from engine.hub import (
+    SHA1_RE,
+    SHA256_RE,
+    SPLIT_RE,
+    FileMeta,
+    HubError,
+    HubFile,
+    HubRefused,
+    describe_hub_error,
+    endpoint,
+    file_metadata,
+    open_url,
+    raise_for_status,
+)
 from engine.library import Entry, Library, atomic_write_bytes
+from engine.text import MAX_NAME_LENGTH, check_name, name_from, printable
 
 log = logging.getLogger(__name__)
 CHUNK = 64 * 1024
 DISK_MARGIN = 64 << 20
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 
 
 class State(enum.StrEnum):
@@ -47,6 +71,27 @@ class _Stop(Exception):
     """Raised inside a worker when the user paused or cancelled."""
 
 
+class DownloadRejected(HubRefused):
+    """The bytes the server sent are not the file the Hub announced (size or hash): deleted, never imported."""
+
+
+class NeedsConsent(HubError):
+    """The Hub gives no hash for the file: it is downloaded only when the user allows an unverified download."""
+
+
+@dataclass(frozen=True)
+class Expected:
+    """What a downloaded file must be: its size and the hashes the Hub gave (empty when it gave none)."""
+
+    size: int | None
+    sha256: str = ""
+    git_sha1: str = ""
+
+    @property
+    def check(self) -> str:
+        return "sha256" if self.sha256 else "git-sha1" if self.git_sha1 else "size"
+
+
 @dataclass
 class Job:
     id: int
@@ -60,6 +105,14 @@ class Job:
     speed: float = 0.0  # bytes/s, smoothed
     error: str = ""
     entry: Entry | None = None
+    allow_unverified: bool = (
+        False  # the user accepts a file the Hub gives no hash for (its size is still checked)
+    )
+    needs_consent: bool = False  # failed only because no hash exists: resume(allow_unverified=True) takes it
+    check: str = ""  # once done: "sha256", "git-sha1" or "size" (not verified by any hash)
+    part_names: tuple[str, ...] = ()  # the files' names in the library (a split model's parts side by side)
+    _expected: dict[str, Expected] = field(default_factory=dict, repr=False)
+    _sha256: str = field(default="", repr=False)  # the first file's sha256 as computed, for the library entry
     _stop: str = field(default="", repr=False)  # "pause" or "cancel"
     _response: object = field(default=None, repr=False)
     _finished: threading.Event = field(default_factory=threading.Event, repr=False)
@@ -77,6 +130,20 @@ class Job:
     def fraction(self) -> float:
         return self.done_bytes / self.total_bytes if self.total_bytes else 0.0
 
+    @property
+    def verified(self) -> bool:
+        """Done and checked against a hash from the Hub (not only its size)."""
+        return self.state is State.DONE and self.check in ("sha256", "git-sha1")
+
+    @property
+    def status(self) -> str:
+        """The state as the download window shows it."""
+        if self.state is State.DONE and not self.verified:
+            return "done (not verified)"
+        if self.needs_consent:
+            return "not verifiable"
+        return self.state.value
+
 
 def free_disk_bytes(path: Path) -> int:
     """Free bytes where `path` lives (its nearest existing parent)."""
@@ -86,7 +153,38 @@ def free_disk_bytes(path: Path) -> int:
 
 
 def part_path(folder: Path, repo_id: str, file: str) -> Path:
-    return folder / f"{repo_id.replace('/', '--')}--{file.replace('/', '--')}.part"
+    """Where a file's partial download lives. Names from the Hub are made safe (and kept apart by a hash of the
+    original when that changed them): a file name never escapes the folder or hides in control characters."""
+    raw = f"{repo_id}--{file}".replace("/", "--")
+    safe = name_from(raw)
+    if safe != raw:
+        safe = f"{safe[:100]}-{hashlib.sha1(raw.encode('utf-8', 'surrogatepass')).hexdigest()[:12]}"
+    return folder / f"{safe}.part"
+
+
+def library_names(files: tuple[HubFile, ...], name: str | None = None) -> tuple[str, tuple[str, ...]]:
+    """The library name and the file name of each part. A split model is named after its first part and its
+    parts keep llama.cpp's `<prefix>-0000i-of-0000n.gguf` pattern (llama.cpp finds the others by it)."""
+    if len(files) == 1:
+        lib_name = (
+            check_name(name, "library name")
+            if name
+            else name_from(Path(files[0].path).name.removesuffix(".gguf"))
+        )
+        return lib_name, (f"{lib_name}.gguf",)
+    numbers = []
+    for f in files:
+        m = SPLIT_RE.search(f.path)
+        numbers.append((int(m.group(1)), int(m.group(2))) if m else (0, 0))
+    n = len(files)
+    if numbers != [(i, n) for i in range(1, n + 1)]:
+        raise HubError(
+            f"{printable(files[0].path)}: the parts of this split model are incomplete or out of order "
+            f"({', '.join(printable(Path(f.path).name) for f in files)}); pick another file."
+        )
+    prefix = name_from(Path(SPLIT_RE.sub("", files[0].path)).name)[: MAX_NAME_LENGTH - 15].rstrip(".-_+")
+    names = tuple(f"{prefix or 'model'}-{i:05d}-of-{n:05d}.gguf" for i in range(1, n + 1))
+    return check_name(names[0].removesuffix(".gguf")), names
 
 
 class DownloadManager:
@@ -98,7 +196,7 @@ class DownloadManager:
         self.library = library or Library()
         self.folder = self.library.root / "downloads"
         self.concurrency = concurrency
-        self.__token = token  # private: never in a repr, a log line or a message
+        self.__token = token  # private: never in a repr, a log line or a message; sent only to the Hub's host
         self.on_update = on_update
         self.retries = retries
         self.backoff = backoff
@@ -112,18 +210,34 @@ class DownloadManager:
         self.__token = token
 
     # ------------------------------------------------------------ queue
-    def add(self, repo_id: str, files, revision: str = "main", name: str | None = None) -> Job:
+    def add(self, repo_id: str, files, revision: str = "main", name: str | None = None,
+            allow_unverified: bool = False) -> Job:  # fmt: skip
         files = tuple(files)
         if not files:
-            raise HubError(f"Nothing to download from {repo_id}.")
-        # a split model keeps its first part's name: llama.cpp finds the other parts by it
-        name = Path(files[0].path).stem if len(files) > 1 else name or _library_name(files[0].path)
+            raise HubError(f"Nothing to download from {printable(repo_id)}.")
+        if len(files) > 1:
+            # in part order: a split model keeps its first part's name (llama.cpp finds the others by it)
+            files = tuple(sorted(files, key=_part_number))
+            if name:
+                raise HubError(
+                    "A split model keeps the names of its parts (llama.cpp finds the parts by them); "
+                    "download it without a new name."
+                )
+        name, part_names = library_names(files, name)
         if any(e.name == name for e in self.library.entries()):
             raise HubError(
                 f"The library already has '{name}'. Remove it first or download under another name."
             )
+        paths = {f.path for f in files}
         with self._lock:
-            job = Job(self._next_id, repo_id, revision, files, name)
+            for other in self._jobs.values():
+                if (other.repo_id == repo_id and paths & {f.path for f in other.files}
+                        and other.state not in (State.DONE, State.CANCELLED)):  # fmt: skip
+                    raise HubError(
+                        f"{name} is already in the download queue ({other.status}); resume or cancel that one."
+                    )
+            job = Job(self._next_id, repo_id, revision, files, name, allow_unverified=allow_unverified,
+                      part_names=part_names)  # fmt: skip
             self._next_id += 1
             self._jobs[job.id] = job
         self._notify(job)
@@ -143,10 +257,12 @@ class DownloadManager:
     def cancel(self, job_id: int) -> None:
         self._stop(job_id, "cancel")
 
-    def resume(self, job_id: int) -> None:
+    def resume(self, job_id: int, allow_unverified: bool = False) -> None:
+        """Continue a paused or failed job; `allow_unverified` accepts a file the Hub gives no hash for."""
         job = self._jobs[job_id]
         if job.state in (State.PAUSED, State.FAILED):
-            job._stop, job.error, job.state = "", "", State.QUEUED
+            job.allow_unverified = job.allow_unverified or allow_unverified
+            job._stop, job.error, job.needs_consent, job.state = "", "", False, State.QUEUED
             job._finished.clear()
             self._notify(job)
             self._pump()
@@ -167,8 +283,8 @@ class DownloadManager:
         with self._lock:
             if job.state is State.QUEUED or (job.state in (State.PAUSED, State.FAILED) and how == "cancel"):
                 job.state, job.error = (State.PAUSED if how == "pause" else State.CANCELLED), ""
-                if how == "cancel":
-                    self._discard(job)
+                if how == "cancel" and not self._discard(job):
+                    job.error = "Its partial files were kept: another Ingle process is downloading them."
                 job._finished.set()
                 notify = True
             elif job.state in (State.RUNNING, State.VERIFYING):
@@ -204,10 +320,50 @@ class DownloadManager:
             except Exception:
                 log.exception("download progress callback failed")
 
+    # ------------------------------------------------------------ locks
+    def _part(self, job: Job, f: HubFile) -> Path:
+        return part_path(self.folder, job.repo_id, f.path)
+
+    def _acquire(self, job: Job) -> list:
+        """Lock every file of the job (non-blocking), or raise HubError when another process holds one."""
+        from filelock import FileLock, Timeout
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        held = []
+        try:
+            for f in job.files:  # always in the job's order, and never waiting: no two processes deadlock
+                lock = FileLock(f"{self._part(job, f)}.lock")
+                lock.acquire(timeout=0)
+                held.append(lock)
+        except Timeout:
+            self._release(held)
+            raise HubError(
+                f"{job.name} is already being downloaded by another Ingle process (or window); it appears in "
+                "the library when that download finishes. Nothing was changed here."
+            ) from None
+        return held
+
+    @staticmethod
+    def _release(held: list) -> None:
+        for lock in reversed(held):
+            try:
+                lock.release()
+            except Exception:  # an unlock that fails leaves the OS to drop the lock when the process ends
+                log.exception("could not release a download lock")
+
     # ------------------------------------------------------------ work
     def _run(self, job: Job) -> None:
         self._notify(job)
+        held: list = []
         try:
+            held = self._acquire(job)
+            if any(
+                e.name == job.name for e in self.library.entries()
+            ):  # finished by another process meanwhile
+                raise HubRefused(
+                    f"The library already has '{job.name}' (another Ingle process finished it, or a model was "
+                    "added under that name); this download was dropped."
+                )
             self._check_disk(job)
             for f in job.files:
                 self._fetch_with_retries(job, f)
@@ -219,21 +375,27 @@ class DownloadManager:
         except _Stop:
             job.state = State.CANCELLED if job._stop == "cancel" else State.PAUSED
             if job.state is State.CANCELLED:
-                self._discard(job)
+                self._discard(job, locked=True)
+        except HubRefused as err:
+            job.state, job.error = State.FAILED, str(err)
+            # for good: nothing to resume, and no sidecar may bring it back as a paused job at the next start;
+            # only a partial file of a repo that now refuses the token is kept (a new token continues it)
+            if not (err.auth and self.partial_bytes(job.repo_id, job.files)):
+                self._discard(job, locked=True)
+        except NeedsConsent as err:
+            job.state, job.error, job.needs_consent = State.FAILED, str(err), True
         except IngleError as err:
             job.state, job.error = State.FAILED, str(err)
         except Exception as err:  # a bug must not kill the queue silently
             log.exception("download %s failed", job.name)
             job.state, job.error = State.FAILED, f"Download of {job.name} failed: {type(err).__name__}: {err}"
         finally:
+            self._release(held)
             job._response = None
             job.speed = 0.0
             job._finished.set()
             self._notify(job)
             self._pump()
-
-    def _part(self, job: Job, f: HubFile) -> Path:
-        return part_path(self.folder, job.repo_id, f.path)
 
     def _check_disk(self, job: Job) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -258,12 +420,12 @@ class DownloadManager:
                 if attempt == self.retries:
                     got = self._part(job, f).stat().st_size if self._part(job, f).exists() else 0
                     raise HubError(
-                        f"The connection to {endpoint()} was lost while downloading {f.path} "
+                        f"The connection to {endpoint()} was lost while downloading {printable(f.path)} "
                         f"({got / 2**20:.1f} of {f.size / 2**20:.1f} MiB, tried {self.retries + 1} times: "
                         f"{type(err).__name__}). The partial file is kept; resume to continue."
                     ) from None
                 delay = self.backoff * 2**attempt
-                log.info("retrying %s in %.1fs after %s", f.path, delay, type(err).__name__)
+                log.info("retrying %s in %.1fs after %s", printable(f.path), delay, type(err).__name__)
                 deadline = time.monotonic() + delay
                 while time.monotonic() < deadline:  # stay responsive to pause/cancel while backing off
                     if job._stop:
@@ -273,41 +435,42 @@ class DownloadManager:
     def _fetch(self, job: Job, f: HubFile) -> None:
         """Download one file into its .part, continuing from the bytes already there."""
         import httpx2
-        from huggingface_hub import get_hf_file_metadata, hf_hub_url
         from huggingface_hub.errors import HfHubHTTPError
-        from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
 
         part = self._part(job, f)
-        sidecar = part.with_suffix(".json")
-        self._check_sidecar(part, sidecar, f, job)
-        ep = endpoint()
-        url = hf_hub_url(job.repo_id, f.path, revision=job.revision, endpoint=ep)
+        what = f"{printable(job.repo_id)}/{printable(f.path)}"
         try:
-            meta = get_hf_file_metadata(url, token=self.__token, endpoint=ep)
-            if meta.size is not None and f.size and meta.size != f.size:
-                raise HubError(
-                    f"{f.path}: the Hub lists {f.size} bytes but serves {meta.size}; try again later."
-                )
+            meta = file_metadata(job.repo_id, f.path, job.revision, self.__token)
+            expected = self._expected(job, f, meta)
+            self._check_sidecar(part, f, job, meta)
             offset = part.stat().st_size if part.exists() else 0
+            if expected.size is not None and offset > expected.size:  # longer than the file: not this file
+                part.unlink()
+                offset = 0
             previous = sum(self._part(job, g).stat().st_size for g in job.files[: job.files.index(f)])
             job.done_bytes = previous + offset
-            if f.size and offset >= f.size:
+            if expected.size is not None and offset == expected.size:
                 return
-            headers = build_hf_headers(token=self.__token)
-            headers["Accept-Encoding"] = "identity"
+            headers = {"Accept-Encoding": "identity"}
             if offset:
                 headers["Range"] = f"bytes={offset}-"
                 job.resumed_from = previous + offset
-            timeout = httpx2.Timeout(self.timeout, connect=self.timeout)
-            with get_session().stream("GET", meta.location, headers=headers, timeout=timeout,
-                                      follow_redirects=True) as response:  # fmt: skip
-                job._response = response
-                if response.status_code == 416:
-                    return
-                hf_raise_for_status(response)
-                if offset and response.status_code != 206:  # the server ignored Range: start over
+            # the token goes with this GET only when the file is served from the Hub's own host, never to a CDN
+            with open_url(
+                "GET", meta.location, token=self.__token, headers=headers, timeout=self.timeout
+            ) as r:
+                job._response = r
+                if r.status_code == 416:
+                    raise DownloadRejected(
+                        f"{what}: the server has fewer bytes than the {expected.size} the Hub announced "
+                        f"(it refused the range from byte {offset}). The download was deleted; nothing was "
+                        "added to the library."
+                    )
+                raise_for_status(r)
+                if offset and r.status_code != 206:  # the server ignored Range: start over
                     offset, job.done_bytes = 0, previous
-                self._stream(job, response, part, append=offset > 0)
+                self._check_length(r, offset, expected, what)
+                self._stream(job, r, part, append=offset > 0, expected=expected, what=what)
         except HfHubHTTPError as err:
             raise describe_hub_error(err, f"{job.repo_id}/{f.path}") from None
         except httpx2.TransportError:
@@ -317,16 +480,75 @@ class DownloadManager:
         finally:
             job._response = None
         got = part.stat().st_size
-        if f.size and got < f.size:
-            raise httpx2.RemoteProtocolError(f"connection closed after {got} of {f.size} bytes")
+        if expected.size is not None and got < expected.size:
+            raise httpx2.RemoteProtocolError(f"connection closed after {got} of {expected.size} bytes")
 
-    def _stream(self, job: Job, response, part: Path, append: bool) -> None:
+    def _expected(self, job: Job, f: HubFile, meta: FileMeta) -> Expected:
+        """The size and hashes the file must have, from the repo listing and the file's HEAD."""
+        what = f"{printable(job.repo_id)}/{printable(f.path)}"
+        if meta.size is not None and f.size and meta.size != f.size:
+            raise HubError(f"{what}: the Hub lists {f.size} bytes but serves {meta.size}; try again later.")
+        etag = meta.etag.lower()
+        sha256, git_sha1 = f.sha256.lower(), f.git_sha1.lower()
+        for kind, listed, pattern in (("sha256", sha256, SHA256_RE), ("git sha1", git_sha1, SHA1_RE)):
+            if listed and pattern.fullmatch(etag) and etag != listed:
+                raise DownloadRejected(
+                    f"{what}: the Hub's file listing gives {kind} {listed[:16]}... but the file's etag is "
+                    f"{etag[:16]}...; the two disagree, so the file cannot be trusted. Nothing was downloaded."
+                )
+        sha256 = sha256 or (etag if SHA256_RE.fullmatch(etag) else "")
+        git_sha1 = git_sha1 or (etag if SHA1_RE.fullmatch(etag) else "")
+        expected = Expected(f.size or meta.size, sha256, git_sha1)
+        if expected.size is None:  # nothing would bound what a server streams into the part
+            raise DownloadRejected(
+                f"{what}: the Hub announces no size for this file, so the download could be neither bounded nor "
+                "checked. Nothing was downloaded; use the Hub itself or another mirror."
+            )
+        if expected.check == "size" and not job.allow_unverified:
+            raise NeedsConsent(
+                f"{what} cannot be verified: the Hub gives no sha256 or git hash for it (only its size can be "
+                "checked). Nothing was downloaded. To take it anyway, run the same `ingle pull` with "
+                "--allow-unverified, or answer 'Download anyway' in the download window."
+            )
+        job._expected[f.path] = expected
+        return expected
+
+    @staticmethod
+    def _check_length(response, offset: int, expected: Expected, what: str) -> None:
+        """A server that announces another length than the Hub's is refused before a byte is written."""
+        if expected.size is None:
+            return
+        if response.status_code == 206:
+            m = _CONTENT_RANGE.fullmatch(response.headers.get("Content-Range", "").strip())
+            if m and (int(m.group(1)) != offset or (m.group(3) != "*" and int(m.group(3)) != expected.size)):
+                raise DownloadRejected(
+                    f"{what}: the server answered range {printable(m.group(0))} for a file of {expected.size} "
+                    f"bytes from byte {offset}. The download was deleted; nothing was added to the library."
+                )
+            return
+        length = response.headers.get("Content-Length")
+        encoded = response.headers.get("Content-Encoding", "identity").lower() not in ("identity", "")
+        if length is not None and length.isdigit() and not encoded and int(length) != expected.size:
+            raise DownloadRejected(
+                f"{what}: the server sends {int(length)} bytes but the Hub announced {expected.size}. "
+                "The download was deleted; nothing was added to the library."
+            )
+
+    def _stream(self, job: Job, response, part: Path, append: bool, expected: Expected, what: str) -> None:
         window_t, window_b = time.monotonic(), 0
         last_notify = 0.0
         with open(part, "ab" if append else "wb") as fh:
+            room = None if expected.size is None else expected.size - fh.tell()
             for chunk in response.iter_bytes(CHUNK):
                 if job._stop:
                     raise _Stop
+                if room is not None:
+                    if len(chunk) > room:  # never store a byte past the announced size
+                        raise DownloadRejected(
+                            f"{what}: the server sent more than the {expected.size} bytes the Hub announced. "
+                            "The download was deleted; nothing was added to the library."
+                        )
+                    room -= len(chunk)
                 fh.write(chunk)
                 job.done_bytes += len(chunk)
                 window_b += len(chunk)
@@ -344,61 +566,98 @@ class DownloadManager:
             raise _Stop
 
     @staticmethod
-    def _check_sidecar(part: Path, sidecar: Path, f: HubFile, job: Job) -> None:
+    def _check_sidecar(part: Path, f: HubFile, job: Job, meta: FileMeta) -> None:
         """A .part from another version of the file is thrown away rather than resumed."""
-        want = {"sha256": f.sha256, "size": f.size, "revision": job.revision, "repo_id": job.repo_id,
-                "name": job.name, "files": [[g.path, g.size, g.sha256] for g in job.files]}  # fmt: skip
+        sidecar = part.with_suffix(".json")
+        want = {"sha256": f.sha256, "size": f.size, "etag": meta.etag, "revision": job.revision,
+                "repo_id": job.repo_id, "name": job.name, "allow_unverified": job.allow_unverified,
+                "files": [[g.path, g.size, g.sha256, g.git_sha1] for g in job.files]}  # fmt: skip
         if sidecar.exists():
             try:
-                have = json.loads(sidecar.read_text())
-            except (OSError, json.JSONDecodeError):
+                have = json.loads(sidecar.read_text("utf-8"))
+                have = have if isinstance(have, dict) else {}
+            except (OSError, ValueError):
                 have = {}
-            if have.get("sha256") != f.sha256 or have.get("size") != f.size:
+            etag = have.get("etag")
+            if have.get("sha256") != f.sha256 or have.get("size") != f.size or (etag and etag != meta.etag):
                 part.unlink(missing_ok=True)
         elif part.exists():
             part.unlink()
         atomic_write_bytes(sidecar, json.dumps(want).encode())
 
     def _verify(self, job: Job) -> None:
+        checks = set()
         for f in job.files:
+            expected = job._expected[f.path]
             part = self._part(job, f)
-            if not f.sha256:
-                continue
-            digest = _sha256(part, job)
-            if digest != f.sha256:
-                self._discard(job)
-                raise HubError(
-                    f"{f.path} from {job.repo_id} failed verification: its sha256 is {digest[:16]}..., the Hub's "
-                    f"LFS metadata says {f.sha256[:16]}.... The download was deleted and nothing was added to the "
-                    "library. Try again; if it repeats, the file on the Hub is broken."
+            what = f"{printable(f.path)} from {printable(job.repo_id)}"
+            size = part.stat().st_size
+            if expected.size is not None and size != expected.size:
+                raise DownloadRejected(
+                    f"{what} has {size} bytes, the Hub announced {expected.size}. The download was deleted "
+                    "and nothing was added to the library. Try again; if it repeats, the server is broken."
                 )
+            sha256, git_sha1 = _digests(part, job, git=bool(expected.git_sha1))
+            for kind, want, got in (
+                ("sha256", expected.sha256, sha256),
+                ("git sha1", expected.git_sha1, git_sha1),
+            ):
+                if want and got != want:
+                    raise DownloadRejected(
+                        f"{what} failed verification: its {kind} is {got[:16]}..., the Hub says {want[:16]}.... "
+                        "The download was deleted and nothing was added to the library. Try again; if it "
+                        "repeats, the file on the Hub is broken."
+                    )
+            if f is job.files[0]:
+                job._sha256 = sha256  # the entry's sha256, whichever hash the Hub gave
+            checks.add(expected.check)
+        job.check = "size" if "size" in checks else "git-sha1" if "git-sha1" in checks else "sha256"
 
     def _import(self, job: Job) -> Entry:
         """Move the verified parts into the library; a split model keeps its part names side by side."""
         first = job.files[0]
-        sha = first.sha256
+        others = list(zip(job.files[1:], job.part_names[1:], strict=True))
+        for _f, name in others:  # never overwrite another model's file
+            if (self.library.models_dir / name).exists():
+                raise HubError(
+                    f"{self.library.models_dir / name} already exists in the library folder; remove it and "
+                    "resume the download."
+                )
+        extra = {"hub_file": first.path, "revision": job.revision, "parts": list(job.part_names),
+                 "verified": job.check != "size", "check": job.check}  # fmt: skip
         try:
             entry = self.library.import_file(self._part(job, first), move=True, name=job.name,
-                                             source=f"hub:{job.repo_id}", sha256=sha,
-                                             extra={"hub_file": first.path, "revision": job.revision,
-                                                    "parts": [Path(f.path).name for f in job.files]})  # fmt: skip
+                                             source=f"hub:{job.repo_id}", sha256=job._sha256,
+                                             extra=extra)  # fmt: skip
         except ModelFileError as err:
-            self._discard(job)
-            raise HubError(
-                f"{first.path} from {job.repo_id} downloaded and verified, but Ingle cannot use it: {err} "
-                "The file was deleted; nothing was added to the library."
+            self._discard(job, locked=True)
+            raise HubRefused(
+                f"{printable(first.path)} from {printable(job.repo_id)} downloaded and verified, but Ingle "
+                f"cannot use it: {err} The file was deleted; nothing was added to the library."
             ) from None
-        for f in job.files[1:]:  # the other parts of a split model go beside the first
-            os.replace(self._part(job, f), entry.file.parent / Path(f.path).name)
+        for f, name in others:  # the other parts of a split model go beside the first
+            os.replace(self._part(job, f), entry.file.parent / name)
         for f in job.files:
             self._part(job, f).with_suffix(".json").unlink(missing_ok=True)
         return entry
 
-    def _discard(self, job: Job) -> None:
-        for f in job.files:
-            part = self._part(job, f)
-            part.unlink(missing_ok=True)
-            part.with_suffix(".json").unlink(missing_ok=True)
+    def _discard(self, job: Job, locked: bool = False) -> bool:
+        """Delete the job's partial files and sidecars; False (and nothing deleted) when another process holds
+        them. `locked`: the caller already holds the job's locks."""
+        held = []
+        if not locked:
+            try:
+                held = self._acquire(job)
+            except HubError:
+                return False
+        try:
+            for f in job.files:
+                part = self._part(job, f)
+                part.unlink(missing_ok=True)
+                part.with_suffix(".json").unlink(missing_ok=True)
+        finally:
+            self._release(held)
+        return True
 
     def restore(self) -> list[Job]:
         """Partial downloads left by an earlier run, as paused jobs (resume() continues them)."""
@@ -406,16 +665,21 @@ class DownloadManager:
         restored = []
         for sidecar in sorted(self.folder.glob("*.json")) if self.folder.exists() else []:
             try:
-                data = json.loads(sidecar.read_text())
-                files = tuple(HubFile(p, int(n), str(sha)) for p, n, sha in data["files"])
-                key = (data["repo_id"], data["name"])
-            except (OSError, ValueError, KeyError, TypeError):
+                data = json.loads(sidecar.read_text("utf-8"))
+                files = tuple(HubFile(str(p), int(n), str(sha), str(rest[0]) if rest else "")
+                              for p, n, sha, *rest in data["files"])  # fmt: skip
+                key = (str(data["repo_id"]), check_name(str(data["name"])))
+                name, part_names = library_names(files)
+                if not files or name != key[1]:
+                    continue
+            except (OSError, ValueError, KeyError, TypeError, IngleError):
                 continue
             if key in known:
                 continue
             known.add(key)
             with self._lock:
-                job = Job(self._next_id, key[0], data.get("revision", "main"), files, key[1], State.PAUSED)
+                job = Job(self._next_id, key[0], str(data.get("revision", "main")), files, key[1], State.PAUSED,
+                          allow_unverified=data.get("allow_unverified") is True, part_names=part_names)  # fmt: skip
                 job.done_bytes = self.partial_bytes(job.repo_id, files)
                 job._finished.set()
                 self._next_id += 1
@@ -429,15 +693,20 @@ class DownloadManager:
         return sum(p.stat().st_size for f in files if (p := part_path(self.folder, repo_id, f.path)).exists())
 
 
-def _sha256(path: Path, job: Job) -> str:
-    digest = hashlib.sha256()
+def _part_number(f: HubFile) -> int:
+    m = SPLIT_RE.search(f.path)
+    return int(m.group(1)) if m else 0
+
+
+def _digests(path: Path, job: Job, git: bool) -> tuple[str, str]:
+    """sha256 of the file and, when asked, its git blob sha1 (sha1 of "blob <size>\0" + bytes), in one pass."""
+    sha256 = hashlib.sha256()
+    sha1 = hashlib.sha1(f"blob {path.stat().st_size}\0".encode()) if git else None
     with open(path, "rb") as fh:
         while chunk := fh.read(8 << 20):
             if job._stop:
                 raise _Stop
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _library_name(path: str) -> str:
-    return Path(path).name.removesuffix(".gguf")
+            sha256.update(chunk)
+            if sha1 is not None:
+                sha1.update(chunk)
+    return sha256.hexdigest(), sha1.hexdigest() if sha1 is not None else ""

@@ -13,18 +13,20 @@ import tempfile
 import threading
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from multiprocessing.connection import Client, Listener
 from pathlib import Path
 from typing import Any
 
 from engine.errors import EngineDied, EngineError, EngineHung, IngleError
-from engine.settings import OverflowPolicy
+from engine.events import Event, Message, PromptEvaluated
+from engine.hardware import Hardware
+from engine.interface import METHODS, STREAMING, Inspection, KVState
+from engine.settings import LoadSettings, OverflowPolicy, SamplingSettings
+from engine.visual import ContextBudget, PreviewStage, TokenPiece
 
 log = logging.getLogger("ingle.host")
 
-# Runtime methods that stream events; every other method returns one value.
-STREAMING = frozenset({"load", "chat", "complete"})
 STDERR_TAIL_BYTES = 4000
 LOG_PREFIX = "ingle-engine-"
 CRASH_LOGS_KEPT = 10
@@ -192,7 +194,8 @@ def engine_command() -> list[str]:
 def child_main(address: str) -> None:
     """Entry point of the engine child: serve requests until shutdown or until the parent goes away."""
     die_with_parent()
-    # Ctrl+C in a terminal reaches the whole process group; the parent turns it into a cancel request
+    # Ctrl+C in a terminal reaches the whole process group: the parent turns it into a cancel; killed by it here,
+    # the child would take the loaded model with it
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     conn = Client(address, authkey=bytes.fromhex(os.environ.pop("INGLE_HOST_AUTHKEY")))
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(name)s: %(message)s")
@@ -243,6 +246,8 @@ def child_main(address: str) -> None:
             os._exit(0)
         _, method, args, kwargs = msg
         try:
+            if method not in METHODS:  # the wire carries Engine methods and nothing else
+                raise EngineError(f"Internal engine error: '{method}' is not an engine method.")
             result = getattr(runtime, method)(*args, **kwargs)
             if method in STREAMING:
                 for event in result:
@@ -428,8 +433,8 @@ class EngineHost:
                     "Restart the engine to go on.", died.exitcode, died.stderr_tail,
                 )  # fmt: skip
 
-    def request(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        """Call a Runtime method in the child; streaming methods return an iterator of events."""
+    def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """Call an Engine method in the child; streaming methods return an iterator of events."""
         if method in STREAMING:
             return self._stream(method, args, kwargs)
         if self._busy:
@@ -479,25 +484,81 @@ class EngineHost:
             except (OSError, ValueError):
                 pass
 
-    # ------------------------------------------------------------ the Runtime API
-    def load(self, path, settings=None, adapters=(), chat_template=None):
-        return self.request("load", str(path), settings, tuple(adapters), chat_template)
-
-    def chat(self, messages, sampling=None, policy=None, continue_last=False):
-        policy = OverflowPolicy.STOP if policy is None else policy
-        return self.request("chat", list(messages), sampling, policy, continue_last)
-
-    def complete(self, prompt, sampling=None, policy=None):
-        return self.request("complete", prompt, sampling, *(() if policy is None else (policy,)))
+    # ------------------------------------------------------------ the Engine interface
+    def load(
+        self,
+        path: str | Path,
+        settings: LoadSettings | None = None,
+        adapters: Sequence[tuple[str, float]] = (),
+        chat_template: str | None = None,
+    ) -> Iterator[Event]:
+        return self._call("load", str(path), settings, tuple(adapters), chat_template)
 
     def unload(self) -> None:
-        self.request("unload")
+        self._call("unload")
+
+    def chat(
+        self,
+        messages: Sequence[Message],
+        sampling: SamplingSettings | None = None,
+        policy: OverflowPolicy = OverflowPolicy.STOP,
+        continue_last: bool = False,
+    ) -> Iterator[Event]:
+        return self._call("chat", list(messages), sampling, policy, continue_last)
+
+    def complete(
+        self,
+        prompt: str,
+        sampling: SamplingSettings | None = None,
+        policy: OverflowPolicy = OverflowPolicy.STOP,
+    ) -> Iterator[Event]:
+        return self._call("complete", prompt, sampling, policy)
 
     def tokenize(self, text: str, add_special: bool = False, parse_special: bool = True) -> list[int]:
-        return self.request("tokenize", text, add_special, parse_special)
+        return self._call("tokenize", text, add_special, parse_special)
 
-    def detokenize(self, tokens, special: bool = False) -> str:
-        return self.request("detokenize", list(tokens), special)
+    def detokenize(self, tokens: Sequence[int], special: bool = False) -> str:
+        return self._call("detokenize", list(tokens), special)
+
+    def render_tokens(
+        self, messages: Sequence[Message], add_generation_prompt: bool = True, continue_last: bool = False
+    ) -> list[int]:
+        return self._call("render_tokens", list(messages), add_generation_prompt, continue_last)
+
+    def piece(self, token: int) -> str:
+        return self._call("piece", token)
+
+    def evaluate(self, tokens: Sequence[int]) -> PromptEvaluated:
+        return self._call("evaluate", list(tokens))
+
+    def evaluate_text(self, text: str, chat: bool = False) -> PromptEvaluated:
+        return self._call("evaluate_text", text, chat)
+
+    def evaluation_count(self) -> int:
+        return self._call("evaluation_count")
+
+    def inspect(
+        self, messages: Sequence[Message], draft: str, sampling: SamplingSettings, policy: OverflowPolicy,
+        top_n: int = 12,
+    ) -> Inspection:  # fmt: skip
+        return self._call("inspect", list(messages), draft, sampling, policy, top_n)
+
+    def preview(self, sampling: SamplingSettings, top_n: int = 20) -> list[PreviewStage]:
+        return self._call("preview", sampling, top_n)
+
+    def kv_state(self) -> KVState:
+        return self._call("kv_state")
+
+    def token_pieces(self, text: str, parse_special: bool = True) -> list[TokenPiece]:
+        return self._call("token_pieces", text, parse_special)
+
+    def context_budget(
+        self, messages: Sequence[Message], draft: str, sampling: SamplingSettings, policy: OverflowPolicy
+    ) -> ContextBudget:
+        return self._call("context_budget", list(messages), draft, sampling, policy)
+
+    def hardware(self) -> Hardware:
+        return self._call("hardware")
 
     def __enter__(self) -> EngineHost:
         return self

@@ -1,14 +1,27 @@
-"""Hugging Face Hub search and repo listing for GGUF models: quant groups, split files, projectors, the token."""
+"""Hugging Face Hub search and repo listing for GGUF models: quant groups, split files, projectors, the token.
+
+Every request to the Hub goes through `open_url`, which follows redirects by hand so that the access token is sent
+only to the HF_ENDPOINT origin (a CDN, a mirror's storage or a `Link: next` page on another host never sees it),
+makes one attempt (offline fails at once, without huggingface_hub's retry loop and its log lines) and reads
+bounded answers.
+"""
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import re
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from urllib.parse import quote, urljoin, urlsplit
 
 from engine.errors import IngleError
+from engine.text import printable
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 SORTS = {"downloads": "downloads", "likes": "likes", "recent": "last_modified"}
@@ -22,10 +35,32 @@ _QUANTS = sorted(
     reverse=True,
 )
 QUANT_RE = re.compile(r"(?<![A-Za-z0-9])(" + "|".join(_QUANTS) + r")(?![A-Za-z0-9])", re.IGNORECASE)
+# The Hub's own rule for owner and repo names: letters, digits, '-', '_', '.'; no '..' (checked separately).
+REPO_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
+SHA256_RE = re.compile(r"[0-9a-f]{64}")
+SHA1_RE = re.compile(r"[0-9a-f]{40}")
+MAX_REDIRECTS = 10
+MAX_API_BYTES = 32 << 20  # a model_info of a repo with thousands of files is a few MiB
+MAX_ERROR_BYTES = 64 << 10
+API_TIMEOUT = 30.0  # seconds without a byte
+API_DEADLINE = 120.0  # seconds for a whole API answer
+CONNECT_TIMEOUT = 10.0
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 class HubError(IngleError):
     """The Hub could not give what was asked (not found, gated, network, bad data)."""
+
+
+class HubRefused(HubError):
+    """The Hub's answer rules the request out for good (no such repo or file, no access): retrying cannot help."""
+
+    def __init__(self, message: str, auth: bool = False):
+        super().__init__(message)
+        self.auth = auth  # 401/403/gated: a new token may change the answer
+
+    def __reduce__(self):
+        return (type(self), (str(self), self.auth))
 
 
 def endpoint() -> str:
@@ -40,14 +75,39 @@ def token_path() -> Path:
     return data_dir() / "hf_token"
 
 
+TOKEN_RE = re.compile(r"[\x21-\x7e]{1,1000}")  # visible ASCII: it goes into an HTTP header
+
+
+def check_token(token: str, where: str) -> str:
+    """A token is one word of visible ASCII (Hub tokens look like hf_...); anything else is refused before it can
+    reach an HTTP header or a file. The message never repeats the token."""
+    token = token.strip()
+    if not TOKEN_RE.fullmatch(token):
+        raise HubError(
+            f"{where} does not hold a Hub access token (one word of letters and digits, like hf_...); "
+            "copy the token from the Hub's settings page again."
+        )
+    return token
+
+
 def save_token(token: str) -> Path:
-    """Store the access token readable by this user only (0600); it is never logged or printed."""
+    """Store the access token readable by this user only (0600, written whole then renamed); never logged or shown."""
+    import tempfile
+
+    token = check_token(token, "The token given")
     path = token_path()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(token.strip())
-    os.chmod(path, 0o600)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".hf_token.", suffix=".tmp")  # created 0600
+    try:
+        with os.fdopen(fd, "w", encoding="ascii") as fh:
+            fh.write(token)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return path
 
 
@@ -55,25 +115,202 @@ def load_token() -> str | None:
     """The saved token, else HF_TOKEN from the environment, else None."""
     path = token_path()
     if path.exists():
-        text = path.read_text().strip()
+        try:
+            text = path.read_text("ascii").strip()
+        except (OSError, ValueError) as err:
+            raise HubError(
+                f"Cannot read the saved Hub token {path}: {printable(err)}. Save it again."
+            ) from None
         if text:
-            return text
-    return os.environ.get("HF_TOKEN") or None
+            return check_token(text, f"The saved token file {path}")
+    env = os.environ.get("HF_TOKEN", "").strip()
+    return check_token(env, "HF_TOKEN") if env else None
 
 
 def clear_token() -> None:
     token_path().unlink(missing_ok=True)
 
 
-def api(token: str | None = None):
-    from huggingface_hub import HfApi
+def _token(token: str | None) -> str | None:
+    return check_token(token, "The token given") if token is not None else load_token()
 
-    return HfApi(endpoint=endpoint(), token=token if token is not None else load_token())
+
+# ------------------------------------------------------------------ HTTP
+class _RedactQueries(logging.Filter):
+    """httpx2 logs each request's full URL at INFO (`ingle -v`): the query of a CDN's signed URL is a short-lived
+    download credential, so it is cut from the line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(_redact_query(a) for a in record.args)
+        return True
+
+
+def _redact_query(value):
+    text = str(value)
+    if "?" in text and text.lower().startswith(("http://", "https://")):
+        return text.split("?", 1)[0] + "?<redacted>"
+    return value
+
+
+_REDACT = _RedactQueries()
+
+
+def origin(url: str) -> tuple[str, str, int]:
+    """(scheme, host, port) of a URL, with the scheme's default port filled in."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port
+    except ValueError:  # a port that is not a number: no origin matches it
+        return scheme, "", -1
+    return scheme, (parts.hostname or "").lower(), port or _DEFAULT_PORTS.get(scheme, 0)
+
+
+def token_allowed(url: str) -> bool:
+    """The token belongs to the HF_ENDPOINT origin: a request anywhere else (CDN, other host, other port, plain
+    http where the endpoint is https) is sent without it."""
+    return origin(url) == origin(endpoint())
+
+
+def headers_for(url: str, token: str | None, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """Request headers for `url`: huggingface_hub's user agent, `extra`, and the token only on the Hub's origin."""
+    from huggingface_hub.utils import build_hf_headers
+
+    # token=False: never the token huggingface_hub would find by itself (its cache, HF_TOKEN) behind our back
+    headers = {k: v for k, v in build_hf_headers(token=False).items() if k.lower() != "authorization"}
+    headers.update({k: v for k, v in (extra or {}).items() if k.lower() != "authorization"})
+    if token and token_allowed(url):
+        headers["authorization"] = f"Bearer {token}"
+    return headers
+
+
+@contextmanager
+def open_url(method: str, url: str, *, token: str | None, params=None, headers: dict[str, str] | None = None,
+             timeout: float = API_TIMEOUT, stay_on_hub: bool = False, stop=None) -> Iterator:  # fmt: skip
+    """One streamed request, its redirects followed here (never by the HTTP client) so each hop gets its own
+    headers: the token goes only to the Hub's origin. `stay_on_hub`: stop at a redirect that leaves the Hub and
+    return that response; `stop(response)`: return the first redirect it accepts (a file's HEAD: its metadata
+    is on the Hub's redirect). One attempt; no retries."""
+    import httpx2
+    from huggingface_hub.utils import get_session
+
+    for name in ("httpx2", "httpcore2", "httpx", "httpcore"):
+        if _REDACT not in logging.getLogger(name).filters:
+            logging.getLogger(name).addFilter(_REDACT)
+    session = get_session()
+    limits = httpx2.Timeout(timeout, connect=min(timeout, CONNECT_TIMEOUT))
+    for _ in range(MAX_REDIRECTS + 1):
+        request = session.build_request(method, url, params=params, headers=headers_for(url, token, headers),
+                                        timeout=limits)  # fmt: skip
+        response = session.send(request, stream=True, follow_redirects=False)
+        location = response.headers.get("Location") if response.is_redirect else None
+        if not location:
+            break
+        target = urljoin(str(response.url), location)
+        if (stay_on_hub and not token_allowed(target)) or (stop is not None and stop(response)):
+            break
+        response.close()
+        if response.status_code == 303 and method != "HEAD":
+            method = "GET"
+        url, params = target, None  # the Location carries its own query
+    else:
+        response.close()
+        raise HubError(
+            f"{printable(url)}: more than {MAX_REDIRECTS} redirects; the Hub or a proxy is misconfigured."
+        )
+    try:
+        yield response
+    finally:
+        response.close()
+
+
+def raise_for_status(response) -> None:
+    """huggingface_hub's typed HTTP errors for an error answer, reading at most MAX_ERROR_BYTES of its body (its
+    own check reads a streamed error body whole, however large)."""
+    if response.status_code < 400:
+        return
+    import httpx2
+    from huggingface_hub.utils import hf_raise_for_status
+
+    body = b""
+    for chunk in response.iter_bytes():
+        body += chunk
+        if len(body) >= MAX_ERROR_BYTES:
+            break
+    skip = {"content-length", "content-encoding", "transfer-encoding"}
+    headers = [(k, v) for k, v in response.headers.multi_items() if k.lower() not in skip]
+    hf_raise_for_status(httpx2.Response(response.status_code, headers=headers, content=body[:MAX_ERROR_BYTES],
+                                        request=response.request))  # fmt: skip
+    response.raise_for_status()  # a status huggingface_hub lets through
+
+
+def get_json(url: str, *, token: str | None, params=None, what: str):
+    """GET a JSON answer of at most MAX_API_BYTES, read within API_DEADLINE seconds (a server trickling bytes
+    cannot hold a search forever)."""
+    deadline = time.monotonic() + API_DEADLINE
+    with open_url("GET", url, token=token, params=params) as response:
+        raise_for_status(response)
+        body = bytearray()
+        for chunk in response.iter_bytes():
+            body += chunk
+            if len(body) > MAX_API_BYTES:
+                raise HubError(
+                    f"{what}: the Hub's answer is larger than {MAX_API_BYTES >> 20} MiB; "
+                    f"{endpoint()} is not behaving like the Hub."
+                )
+            if time.monotonic() > deadline:
+                raise HubError(
+                    f"{what}: {endpoint()} took more than {API_DEADLINE:.0f} s to answer; try again later."
+                )
+    try:
+        return json.loads(bytes(body))
+    except ValueError:
+        raise HubError(f"{what}: the answer from {endpoint()} is not JSON; check HF_ENDPOINT.") from None
+
+
+@dataclass(frozen=True)
+class FileMeta:
+    """What a file's HEAD on the Hub says: where to GET it, its etag (sha256 for LFS files, the git blob sha1
+    for small ones on the real Hub) and size."""
+
+    location: str
+    etag: str
+    size: int | None
+    commit: str = ""
+
+
+def file_metadata(repo_id: str, path: str, revision: str, token: str | None) -> FileMeta:
+    """HEAD of /{repo}/resolve/{revision}/{path}, following redirects only while they stay on the Hub."""
+    from huggingface_hub import hf_hub_url
+
+    url = hf_hub_url(repo_id, path, revision=revision, endpoint=endpoint())
+
+    def linked(response) -> bool:  # the Hub's answer about an LFS file, wherever the redirect goes next
+        return "X-Linked-Size" in response.headers or "X-Linked-Etag" in response.headers
+
+    with open_url("HEAD", url, token=token, headers={"Accept-Encoding": "identity"}, stay_on_hub=True,
+                  stop=linked) as r:  # fmt: skip
+        raise_for_status(r)
+        etag = r.headers.get("X-Linked-Etag") or r.headers.get("ETag") or ""
+        moved = r.headers.get("Location") if r.is_redirect else None
+        size = r.headers.get("X-Linked-Size") or (None if moved else r.headers.get("Content-Length"))
+        location = urljoin(str(r.url), moved) if moved else str(r.url)
+        commit = r.headers.get("X-Repo-Commit", "")
+    etag = etag.removeprefix("W/").strip('"').strip()
+    try:
+        size_ = int(size) if size is not None else None
+    except ValueError:
+        size_ = None
+    if size_ is not None and size_ < 0:
+        size_ = None
+    return FileMeta(location, etag, size_, commit)
 
 
 # ------------------------------------------------------------------ errors
 def describe_hub_error(err: Exception, what: str) -> HubError:
     """A huggingface_hub / network exception -> one message a user can act on."""
+    import httpx2
     from huggingface_hub.errors import (
         EntryNotFoundError,
         GatedRepoError,
@@ -82,32 +319,49 @@ def describe_hub_error(err: Exception, what: str) -> HubError:
         RevisionNotFoundError,
     )
 
+    what = printable(what)
     status = getattr(getattr(err, "response", None), "status_code", None)
     if isinstance(err, GatedRepoError) or status == 401 and "gated" in str(err).lower():
-        return HubError(
+        return HubRefused(
             f"{what} is gated: accept its terms on the Hub page, then give Ingle an access token "
-            "(`ingle pull --token-file FILE` or the Token field in the download manager)."
+            "(`ingle pull --token-file FILE` or the Token field in the download manager).",
+            auth=True,
         )
     if isinstance(err, RevisionNotFoundError):
-        return HubError(f"{what}: that revision does not exist on the Hub.")
+        return HubRefused(f"{what}: that revision does not exist on the Hub.")
     if isinstance(err, RepositoryNotFoundError) or status == 401:
-        return HubError(f"{what} was not found on the Hub (check the name; private repos need a token).")
-    if isinstance(err, EntryNotFoundError) or status == 404:
-        return HubError(
+        return HubRefused(
+            f"{what} was not found on the Hub (check the name; private repos need a token).", auth=True
+        )
+    if isinstance(err, EntryNotFoundError) or status in (404, 410):
+        return HubRefused(
             f"{what} was not found on the Hub (the repo has no such file; list it with `ingle search`)."
         )
-    if isinstance(err, HfHubHTTPError):
+    if status == 403:
+        return HubRefused(
+            f"{what}: the Hub refused access (HTTP 403); check the token's permissions.", auth=True
+        )
+    if isinstance(err, HfHubHTTPError | httpx2.HTTPStatusError):
         return HubError(f"{what}: the Hub answered HTTP {status}. Try again later.")
+    if isinstance(err, httpx2.ConnectError | httpx2.ConnectTimeout):
+        return HubError(
+            f"{what}: could not reach {endpoint()} ({_reason(err)}). Check the connection or HF_ENDPOINT."
+        )
     return HubError(
-        f"{what}: could not reach {endpoint()} ({type(err).__name__}: {err}). Check the connection."
+        f"{what}: the connection to {endpoint()} failed ({type(err).__name__}: {_reason(err)}). Try again."
     )
+
+
+def _reason(err: Exception) -> str:
+    text = str(err).strip() or type(err).__name__
+    return printable(text.splitlines()[-1] if text.splitlines() else text)[:200]
 
 
 def _network_errors() -> tuple[type[Exception], ...]:
     import httpx2
     from huggingface_hub.errors import HfHubHTTPError
 
-    return (HfHubHTTPError, httpx2.HTTPError, OSError)
+    return (HfHubHTTPError, httpx2.HTTPError, httpx2.InvalidURL, OSError)
 
 
 # ------------------------------------------------------------------ search
@@ -127,15 +381,36 @@ class RepoSummary:
         if card is not None:
             license_ = str(card.get("license", "") or "") if hasattr(card, "get") else ""
         if not license_:
-            license_ = next((t[8:] for t in info.tags or [] if t.startswith("license:")), "")
+            license_ = next(
+                (t[8:] for t in info.tags or [] if isinstance(t, str) and t.startswith("license:")), ""
+            )
+        modified = info.last_modified or info.created_at
         return cls(
-            repo_id=info.id,
-            downloads=info.downloads or 0,
-            likes=info.likes or 0,
-            last_modified=info.last_modified or info.created_at,
+            repo_id=str(info.id),
+            downloads=_count(info.downloads),
+            likes=_count(info.likes),
+            last_modified=modified if isinstance(modified, datetime) else None,
             gated=bool(info.gated),
             license=license_,
         )
+
+
+def _count(value) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+
+
+def _model_info(item, what: str):
+    """huggingface_hub's ModelInfo from one JSON object of the Hub, or a HubError when it is malformed."""
+    from huggingface_hub.hf_api import ModelInfo
+
+    try:
+        if not isinstance(item, dict) or not isinstance(item.get("id"), str):
+            raise TypeError("not a model")
+        return ModelInfo(**item)
+    except (TypeError, ValueError, KeyError, AttributeError) as err:
+        raise HubError(
+            f"{what}: the answer from {endpoint()} is malformed ({printable(err)}); check HF_ENDPOINT."
+        ) from None
 
 
 def search(
@@ -143,18 +418,22 @@ def search(
 ) -> list[RepoSummary]:
     """Models with GGUF files matching `query`, sorted by 'downloads', 'likes' or 'recent'."""
     if sort not in SORTS:
-        raise HubError(f"sort must be one of {', '.join(SORTS)}, not '{sort}'.")
+        raise HubError(f"sort must be one of {', '.join(SORTS)}, not '{printable(sort)}'.")
+    what = f"Searching for '{query}'"
+    # the parameters HfApi.list_models sends; one page only (its pagination follows `Link: next` to any host)
+    params: dict = {"filter": ["gguf"], "sort": SORTS[sort], "limit": limit,
+                    "expand": ["downloads", "likes", "lastModified", "gated", "tags", "cardData", "createdAt"]}  # fmt: skip
+    if query:
+        params["search"] = query
     try:
-        found = api(token).list_models(
-            search=query or None,
-            filter="gguf",
-            sort=SORTS[sort],
-            limit=limit,
-            expand=["downloads", "likes", "lastModified", "gated", "tags", "cardData", "createdAt"],
-        )
-        return [RepoSummary.from_info(m) for m in found]
+        found = get_json(f"{endpoint()}/api/models", token=_token(token), params=params, what=printable(what))
     except _network_errors() as err:
-        raise describe_hub_error(err, f"Searching for '{query}'") from None
+        raise describe_hub_error(err, what) from None
+    if not isinstance(found, list):
+        raise HubError(
+            f"{printable(what)}: the answer from {endpoint()} is not a list of models; check HF_ENDPOINT."
+        )
+    return [RepoSummary.from_info(_model_info(m, printable(what))) for m in found[: max(limit, 0)]]
 
 
 # ------------------------------------------------------------------ repo files
@@ -163,6 +442,7 @@ class HubFile:
     path: str
     size: int
     sha256: str  # from the Hub's LFS metadata; "" for non-LFS files
+    git_sha1: str = ""  # non-LFS files: the git blob id the Hub lists (sha1 of "blob <size>\0" + bytes)
 
 
 @dataclass(frozen=True)
@@ -204,12 +484,11 @@ class RepoFiles:
     def pick(self, want: str | None) -> QuantOption:
         """`want`: a quant name (Q4_K_M), a file path in the repo, or None (caller decides)."""
         models = self.models
+        repo = printable(self.summary.repo_id)
         if not models:
-            raise HubError(f"{self.summary.repo_id} has no GGUF model files.")
+            raise HubError(f"{repo} has no GGUF model files.")
         if want is None:
-            raise HubError(
-                f"Say which quant of {self.summary.repo_id}: " + ", ".join(o.quant for o in models)
-            )
+            raise HubError(f"Say which quant of {repo}: " + ", ".join(o.quant for o in models))
         for o in self.options:
             if want in {f.path for f in o.files} or want == o.label:
                 return o
@@ -218,11 +497,13 @@ class RepoFiles:
             return hits[0]
         if len(hits) > 1:
             raise HubError(
-                f"{want} matches several files: " + ", ".join(o.label for o in hits) + "; name one."
+                f"{printable(want)} matches several files: "
+                + ", ".join(printable(o.label) for o in hits)
+                + "; name one."
             )
         raise HubError(
-            f"{self.summary.repo_id} has no '{want}'. Available: "
-            + ", ".join(f"{o.quant} ({o.label})" for o in models)
+            f"{repo} has no '{printable(want)}'. Available: "
+            + ", ".join(f"{o.quant} ({printable(o.label)})" for o in models)
         )
 
 
@@ -256,20 +537,49 @@ def group_files(files: list[HubFile]) -> list[QuantOption]:
 
 def repo_files(repo_id: str, revision: str | None = None, token: str | None = None) -> RepoFiles:
     """A repo's GGUF files with sizes and LFS sha256 (model_info with files_metadata)."""
+    check_repo_id(repo_id)
+    url = f"{endpoint()}/api/models/{repo_id}"
+    if revision is not None:
+        url += f"/revision/{quote(revision, safe='')}"
     try:
-        info = api(token).model_info(repo_id, revision=revision, files_metadata=True)
+        data = get_json(url, token=_token(token), params={"blobs": True}, what=repo_id)
     except _network_errors() as err:
         raise describe_hub_error(err, repo_id) from None
-    files = [
-        HubFile(s.rfilename, (s.lfs.size if s.lfs else s.size) or 0, s.lfs.sha256 if s.lfs else "")
-        for s in info.siblings or []
-    ]
-    return RepoFiles(RepoSummary.from_info(info), info.sha or revision or "main", tuple(group_files(files)))
+    info = _model_info(data, repo_id)
+    try:
+        files = [_hub_file(s) for s in info.siblings or []]
+    except (TypeError, ValueError, AttributeError) as err:
+        raise HubError(f"{repo_id}: the Hub's file list is malformed ({printable(err)}).") from None
+    commit = info.sha if isinstance(info.sha, str) and SHA1_RE.fullmatch(info.sha) else None
+    return RepoFiles(RepoSummary.from_info(info), commit or revision or "main", tuple(group_files(files)))
+
+
+def _hub_file(sibling) -> HubFile:
+    """One sibling of model_info as a HubFile; sizes and hashes from the Hub are checked for type and form."""
+    if not isinstance(sibling.rfilename, str) or not sibling.rfilename:
+        raise ValueError("a file without a name")
+    lfs = sibling.lfs
+    size = (lfs.size if lfs else sibling.size) or 0
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise ValueError(f"{printable(sibling.rfilename)} has size {printable(size)}")
+    sha256 = str(lfs.sha256 or "").lower() if lfs else ""
+    if sha256 and not SHA256_RE.fullmatch(sha256):
+        raise ValueError(f"{printable(sibling.rfilename)} has sha256 '{printable(sha256)[:80]}'")
+    blob = str(sibling.blob_id or "").lower() if not lfs else ""  # an LFS file's blob id hashes its pointer
+    return HubFile(sibling.rfilename, size, sha256, blob if SHA1_RE.fullmatch(blob) else "")
+
+
+def check_repo_id(repo_id: str, spec: str | None = None) -> str:
+    """A Hub repo id is 'owner/name' in the Hub's characters; anything else never reaches a URL."""
+    if not isinstance(repo_id, str) or not REPO_ID_RE.fullmatch(repo_id) or ".." in repo_id:
+        raise HubRefused(
+            f"'{printable(spec or repo_id)}' is not a Hub model: write owner/name "
+            "(letters, digits, '-', '_', '.'), optionally :QUANT or :FILE."
+        )
+    return repo_id
 
 
 def parse_spec(spec: str) -> tuple[str, str | None]:
     """'owner/repo[:QUANT|FILE]' -> (repo_id, quant-or-file-or-None)."""
     repo, _, want = spec.partition(":")
-    if repo.count("/") != 1 or not all(repo.split("/")):
-        raise HubError(f"'{spec}' is not a Hub model: write owner/name, optionally :QUANT or :FILE.")
-    return repo, want or None
+    return check_repo_id(repo, spec), want or None

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from engine import fit, hub, units
 from engine.errors import Cancelled, IngleError
+from engine.text import printable
 
 
 def register(sub) -> None:
@@ -27,6 +28,12 @@ def register(sub) -> None:
     p.add_argument(
         "--token-file", type=Path, help="read a Hub access token from this file and save it (0600)"
     )
+    p.add_argument(
+        "--allow-unverified",
+        action="store_true",
+        help="accept a file the Hub gives no sha256 or git hash for (its size is still checked); "
+        "its library entry is marked 'not verified'",
+    )
     p.set_defaults(func=cmd_pull)
 
 
@@ -35,27 +42,39 @@ def print_options(files: hub.RepoFiles, ctx: int) -> hub.QuantOption | None:
     for o in files.options:
         if o.projector:
             print(
-                f"    {o.quant:<8} {units.size(o.size):>11}  {o.label}  [projector for images, not a chat model]"
+                f"    {o.quant:<8} {units.size(o.size):>11}  {printable(o.label)}  [projector for images, not a chat model]"
             )
             continue
         f = fit.estimate(o.size, o.quant, ctx)
         mark = "*" if o is best else " "
         split = f" ({len(o.files)} parts)" if o.split else ""
-        print(f"  {mark} {o.quant:<8} {units.size(o.size):>11}  {f.verdict.value:<9}  {o.label}{split}")
+        print(
+            f"  {mark} {o.quant:<8} {units.size(o.size):>11}  {f.verdict.value:<9}  {printable(o.label)}{split}"
+        )
     return best
 
 
 def cmd_search(args) -> int:
     found = hub.search(args.query, sort=args.sort, limit=args.limit)
     if not found:
-        print(f"No GGUF models match '{args.query}'.")
+        print(f"No GGUF models match '{printable(args.query)}'.")
         return 0
     for r in found:
         updated = r.last_modified.date().isoformat() if r.last_modified else "?"
         gated = "  gated" if r.gated else ""
-        print(f"{r.repo_id:<50} {r.downloads:>9} dl {r.likes:>6} likes  {updated}  {r.license or '?'}{gated}")
+        license_ = printable(r.license or "?")
+        print(
+            f"{printable(r.repo_id):<50} {r.downloads:>9} dl {r.likes:>6} likes  {updated}  {license_}{gated}"
+        )
         if args.files:
-            print_options(hub.repo_files(r.repo_id), args.ctx)
+            try:
+                files = hub.repo_files(r.repo_id)
+            except (
+                hub.HubRefused
+            ) as err:  # one repo the Hub will not list (gated, gone, a bad name): say so, go on
+                print(f"    (files not listed: {err})")
+                continue
+            print_options(files, args.ctx)
     return 0
 
 
@@ -73,9 +92,11 @@ def cmd_pull(args) -> int:
 
     if args.token_file:
         try:
-            hub.save_token(args.token_file.read_text())
-        except OSError as err:
-            raise IngleError(f"Cannot read the token file {args.token_file}: {err.strerror}.") from None
+            text = args.token_file.read_text("utf-8")
+        except (OSError, ValueError) as err:
+            reason = getattr(err, "strerror", None) or "it is not text"
+            raise IngleError(f"Cannot read the token file {printable(args.token_file)}: {reason}.") from None
+        hub.save_token(text)
     repo_id, want = hub.parse_spec(args.spec)
     files = hub.repo_files(repo_id, revision=args.revision)
     option = files.pick(want) if want else fit.recommend(files.options, args.ctx)
@@ -85,7 +106,9 @@ def cmd_pull(args) -> int:
         raise hub.HubError(
             f"{option.label} is a vision projector (mmproj), not a chat model; pick a model file."
         )
-    print(f"{repo_id}: {option.label} ({option.quant}, {units.size(option.size)})", file=sys.stderr)
+    print(
+        f"{repo_id}: {printable(option.label)} ({option.quant}, {units.size(option.size)})", file=sys.stderr
+    )
     tty = sys.stderr.isatty()
     last = [0.0]
 
@@ -99,7 +122,9 @@ def cmd_pull(args) -> int:
     resumable = manager.partial_bytes(repo_id, option.files)
     if resumable:
         print(f"resuming from {units.size(resumable)} already downloaded", file=sys.stderr)
-    job = manager.add(repo_id, option.files, revision=files.revision, name=args.name)
+    job = manager.add(
+        repo_id, option.files, revision=files.revision, name=args.name, allow_unverified=args.allow_unverified
+    )
     try:
         while not manager.wait(job.id, 0.2)._finished.is_set():
             pass
@@ -112,5 +137,10 @@ def cmd_pull(args) -> int:
     print(file=sys.stderr)
     if job.state is not State.DONE:
         raise hub.HubError(job.error or f"Download {job.state.value}.")
-    print(f"added '{job.entry.name}' to the library: {job.entry.path} (sha256 verified)")
+    how = {
+        "sha256": "sha256 verified",
+        "git-sha1": "verified by its git hash",
+        "size": "NOT verified: the Hub gave no hash, only its size was checked",
+    }[job.check]
+    print(f"added '{job.entry.name}' to the library: {printable(job.entry.path)} ({how})")
     return 0

@@ -36,18 +36,13 @@ def cmd_inspect(args) -> int:
     engine = open_engine(in_process=args.in_process)
     try:
         load_model(engine, path, load)
-        evaluation = engine.request("evaluate_text", prompt, args.chat)
+        evaluation = engine.evaluate_text(prompt, args.chat)
         tokens = (
-            engine.request("render_tokens", [Message("user", prompt)])
-            if args.chat
-            else engine.request("tokenize", prompt, True)
+            engine.render_tokens([Message("user", prompt)]) if args.chat else engine.tokenize(prompt, True)
         )
-        pieces = [
-            {"token_id": t, "piece": engine.request("token_bytes", t, True).decode("utf-8", "replace")}
-            for t in tokens
-        ]
-        kv = engine.request("kv_state")
-        stages = engine.request("preview", sampling, args.top)
+        pieces = [{"token_id": t, "piece": engine.piece(t)} for t in tokens]
+        kv = engine.kv_state()
+        stages = engine.preview(sampling, args.top)
     finally:
         engine.close()
     if args.json:

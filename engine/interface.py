@@ -94,8 +94,26 @@ class Engine(Protocol):
 
     def detokenize(self, tokens: Sequence[int], special: bool = False) -> str: ...
 
+    def render_tokens(
+        self, messages: Sequence[Message], add_generation_prompt: bool = True, continue_last: bool = False
+    ) -> list[int]:
+        """The conversation through the model's chat template, as tokens."""
+        ...
+
+    def piece(self, token: int) -> str:
+        """One token as text (special tokens as their text)."""
+        ...
+
     def evaluate(self, tokens: Sequence[int]) -> PromptEvaluated:
         """Bring the KV cache to exactly `tokens`, reusing the common prefix."""
+        ...
+
+    def evaluate_text(self, text: str, chat: bool = False) -> PromptEvaluated:
+        """Evaluate a raw prompt, or one user message through the chat template."""
+        ...
+
+    def evaluation_count(self) -> int:
+        """llama_decode calls so far (the visualizers prove that sliders run none)."""
         ...
 
     def inspect(

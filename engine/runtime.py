@@ -37,6 +37,7 @@ from engine.events import (
     Token,
 )
 from engine.gguf_info import ModelInfo, inspect_gguf
+from engine.hardware import Hardware, detect
 from engine.interface import Inspection, KVState
 from engine.kv import KVLayout, parse_kv_report
 from engine.llama_params import context_params, model_params
@@ -253,10 +254,6 @@ class Runtime:
     def require_model(self) -> None:
         if not self.loaded:
             raise EngineError("No model is loaded. Load a model first.")
-
-    def request(self, method: str, *args, **kwargs):
-        """Same entry point as EngineHost.request, so callers can treat both transports alike."""
-        return getattr(self, method)(*args, **kwargs)
 
     def cancel(self) -> None:
         """Safe from any thread: the running reply stops before its next token."""
@@ -564,10 +561,8 @@ class Runtime:
         return self.evaluations
 
     @staticmethod
-    def hardware():
+    def hardware() -> Hardware:
         """What llama.cpp can use in this process: CPU features, RAM, GPUs with free memory (for fit verdicts)."""
-        from engine.hardware import detect
-
         return detect()
 
     # ---------------------------------------------------------- visualizer numbers (engine.inspection)

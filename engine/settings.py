@@ -97,7 +97,7 @@ def _coerce(cls, data: dict[str, Any]) -> Any:
     return cls(**kwargs)
 
 
-class _SettingsBase:
+class SettingsBase:
     def __post_init__(self) -> None:
         _check(self)
         self._validate_more()
@@ -127,7 +127,7 @@ class _SettingsBase:
 
 
 @dataclass(frozen=True)
-class LoadSettings(_SettingsBase):
+class LoadSettings(SettingsBase):
     n_ctx: int = spec(
         4096,
         64,
@@ -191,7 +191,7 @@ class LoadSettings(_SettingsBase):
 
 
 @dataclass(frozen=True)
-class SamplingSettings(_SettingsBase):
+class SamplingSettings(SettingsBase):
     temperature: float = spec(
         0.8,
         0.0,

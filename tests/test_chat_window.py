@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -11,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from PySide6.QtCore import QTimer
+from PySide6.QtCore import QTimer, QUrl
 
 from app.main import MainWindow
 from engine.conversations import ConversationStore, StoredMessage
@@ -102,9 +103,11 @@ def test_continue_goes_on_writing_a_cut_off_reply_in_the_same_message(qtbot, win
     new_chat(window, max_tokens=8, temperature=0, logit_bias=TINY_EOG)
     cut = send_and_wait(qtbot, window, "Tell me more")
     assert cut.stats["stop"] == "max_tokens"
-    assert f"ingle:continue/{cut.id}" in window.view.toHtml()  # the "continue" link is offered
+    anchors = re.findall(r'<a href="(ingle:[^"]+)"[^>]*>(.*?)</a>', window.view.toHtml(), re.S)
+    links = [href for href, text in anchors if re.sub(r"<[^>]+>", "", text) == "continue"]
+    assert len(links) == 1  # the "continue" link is offered, on the cut-off reply
     with qtbot.waitSignal(window.reply_finished, timeout=60_000) as blocker:
-        window._on_view_action("continue", cut.id, "")
+        window.view.anchorClicked.emit(QUrl(links[0]))
     assert blocker.args[0] == cut.id  # same message, grown
     grown = window.store.message(cut.id)
     assert grown.content.startswith(cut.content) and len(grown.content) > len(cut.content)
@@ -377,6 +380,9 @@ def test_delete_undo_export_import_and_message_delete(qtbot, db, tmp_path):
     assert window.conv_list.count() == 1 and window.conversation == conv.id
     window.import_conversation(tmp_path / "c.json")
     assert window.conv_list.count() == 2 and "hello" in window.view.toPlainText()
+    window._on_view_action("delete", reply.id, "")  # not the open conversation: refused
+    assert [m.id for m in store.path(conv.id)] == [user.id, reply.id]
+    window.open_conversation(conv.id)
     window._on_view_action("delete", reply.id, "")
     assert [m.id for m in store.path(conv.id)] == [user.id]
     (tmp_path / "bad.json").write_text("{not json")

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+from fake_hub import FakeRepo
 from PySide6.QtCore import Qt, QTimer
 from PySide6.QtWidgets import QApplication, QMessageBox
 
@@ -205,3 +206,50 @@ def test_library_shows_which_adapters_belong_to_which_base(qtbot, window, tiny_m
     window.select_entry("style")
     assert "Base model: tiny-base" in window.lib_details.toPlainText()
     window.grab().save(str(SHOTS / "model-library-adapters.png"))
+
+
+def _accept_button(box: QMessageBox):
+    return next(b for b in box.buttons() if box.buttonRole(b) == QMessageBox.ButtonRole.AcceptRole)
+
+
+def test_unverifiable_download_asks_first_and_is_shown_not_verified(qtbot, window, fake_hub, gguf_bytes):
+    fake_hub.add(
+        FakeRepo("mirror/NoHash-GGUF", {"n-Q4_0.gguf": gguf_bytes["small"]}, meta={"n-Q4_0.gguf": "none"})
+    )
+    _search(qtbot, window, "nohash")
+    _open_repo(qtbot, window)
+    qtbot.mouseClick(window.download_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(
+        lambda: window.unverified_box is not None and window.unverified_box.isVisible(), timeout=15_000
+    )
+    assert window.queue.item(0, 1).text() == "not verifiable" and "cannot be verified" in window.status.text()
+    assert fake_hub.file_requests("n-Q4_0.gguf") == []  # nothing is fetched before the user decides
+    window.unverified_box.button(QMessageBox.StandardButton.No).click()
+    assert window.lib_table.rowCount() == 0 and window.manager.jobs()[0].state is State.FAILED
+    window.queue.selectRow(0)
+    qtbot.mouseClick(window.resume_button, Qt.MouseButton.LeftButton)  # asked again on the next attempt
+    qtbot.waitUntil(
+        lambda: window.unverified_box is not None and window.unverified_box.isVisible(), timeout=15_000
+    )
+    _accept_button(window.unverified_box).click()
+    qtbot.waitUntil(_job_state(window, State.DONE), timeout=15_000)
+    qtbot.waitUntil(lambda: window.queue.item(0, 1).text() == "done (not verified)", timeout=5_000)
+    assert "NOT verified" in window.status.text() and window.lib_table.rowCount() == 1
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    window.grab().save(str(SHOTS / "model-download-not-verified.png"))
+    window.tabs.setCurrentIndex(1)
+    window.select_entry("n-Q4_0")
+    assert "NOT verified" in window.lib_details.toPlainText()
+
+
+def test_hostile_names_from_the_hub_show_inert(qtbot, window, fake_hub, gguf_bytes):
+    fake_hub.add(
+        FakeRepo(
+            "evil/Evil-GGUF", {"evil\x1b[31m\u202e\nx-Q4_0.gguf": gguf_bytes["small"]}, license="a\x1b[2J"
+        )
+    )
+    _search(qtbot, window, "evil")
+    _open_repo(qtbot, window)
+    shown = [window.results.item(0, c).text() for c in range(6)] + [window.options.item(0, 0).text()]
+    assert not any(ch in text for text in shown for ch in "\x1b\u202e\n"), shown
+    assert "\\x1b" in window.options.item(0, 0).text()

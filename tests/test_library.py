@@ -195,3 +195,27 @@ def test_an_unusable_home_is_one_clear_error(tmp_path, monkeypatch, tiny_model):
     with pytest.raises(LibraryError, match="INGLE_HOME"):
         lib.ensure_starter()
     assert lib.entries() == []  # reading an absent index is fine
+
+
+_IMPORT_MANY = """
+import sys
+from engine.library import Library
+lib = Library()
+for i in range(int(sys.argv[2])):
+    lib.import_file(sys.argv[1], link=True, name=f"{sys.argv[3]}-{i}")
+"""
+
+
+def test_two_processes_changing_the_library_at_once_lose_no_entry(fresh_home, tiny_model):
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, INGLE_HOME=str(fresh_home))
+    procs = [
+        subprocess.Popen([sys.executable, "-c", _IMPORT_MANY, str(tiny_model), "15", who], env=env)
+        for who in ("window", "pull")
+    ]
+    assert [p.wait(300) for p in procs] == [0, 0]
+    names = {e.name for e in Library().entries()}
+    assert names == {f"{who}-{i}" for who in ("window", "pull") for i in range(15)}

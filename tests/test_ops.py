@@ -7,7 +7,6 @@ import threading
 import time
 
 import pytest
-from PySide6.QtWidgets import QMessageBox
 
 from app.ops import Op, describe_error
 from engine.errors import Cancelled, LibraryError
@@ -58,7 +57,7 @@ def test_failures_go_to_the_failure_callback(qtbot):
 
 def test_failures_are_shown_by_default_without_a_traceback(qtbot, monkeypatch):
     shown = []
-    monkeypatch.setattr(QMessageBox, "warning", lambda parent, title, text: shown.append(text))
+    monkeypatch.setattr("app.ops.show_error", lambda parent, text, title="Ingle": shown.append(text))
     Op(None, lambda progress: 1 / 0).run()
     qtbot.waitUntil(lambda: bool(shown), timeout=30_000)
     assert shown[0].startswith("Something went wrong inside Ingle (ZeroDivisionError")

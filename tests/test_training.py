@@ -242,7 +242,7 @@ def test_cli_train_export_eval(tiny_model, memorize, tmp_path, capsys, fresh_hom
     assert main(["train", str(tiny_model), str(memorize), "--out", str(adapter), "--config", str(config),
                  "--lr", "0.03", "--max-steps", "2"]) == 0  # fmt: skip
     assert json.loads(read_adapter(adapter)[2]["ingle.training.settings"])["learning_rate"] == 0.03
-    assert "after 2 steps" in capsys.readouterr().out
+    assert "after 2 steps" in capsys.readouterr().err
     (entry,) = Library().entries("adapter")  # linked where it was written, for the GUI's adapter picker
     assert entry.file == adapter and entry.linked and entry.base_sha256 == sha256_file(tiny_model)
     assert main(["train", str(tiny_model), str(memorize), "--out", str(adapter), "--config", str(config),
@@ -258,6 +258,53 @@ def test_cli_train_export_eval(tiny_model, memorize, tmp_path, capsys, fresh_hom
     assert list(json.loads(capsys.readouterr().out).values())[0]["tokens"] == report["base"]["tokens"]
     assert main(["train", str(tiny_model), str(memorize), "--out", str(adapter), "--rank", "0"]) == 2
     assert "rank: 0 is out of range" in capsys.readouterr().err
+
+
+def test_max_steps_is_the_total_and_cycles_epochs_with_progress_lines(tiny_model, memorize, tmp_path, capsys):
+    """Hugging Face Trainer's convention: max_steps > 0 is the number of optimizer steps, overriding epochs
+    (before, 7 steps asked on 3 steps per epoch trained 3). stderr is not a terminal here: plain lines."""
+    from app.cli import main
+
+    out = tmp_path / "cycled.gguf"
+    argv = ["train", str(tiny_model), str(memorize), "--out", str(out), "--batch-size", "1", "--max-steps", "7",
+            "--val-fraction", "0", "--no-bf16", "--no-library", "--scheduler", "constant"]  # fmt: skip
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "7 steps = 2.3 epochs of 3 steps (--max-steps 7 sets the total" in err
+    assert len(json.loads(out.with_name(out.name + ".json").read_text())["losses"]) == 7
+    # every phase before the first step says what it does, then the steps count up to the total
+    for line in ("train: starting the training process", "train: loading the tokenizer",
+                 "train: tokenizing: 3/3 examples (100%)", "train: loading and dequantizing the base model",
+                 "train: 7/7 steps (100%), loss ", "after 7 steps"):  # fmt: skip
+        assert line in err, err
+    assert "\r" not in err  # no terminal bar when stderr is not a terminal
+    assert err.index("dequantizing") < err.index("train: 1/7 steps") < err.index("train: 7/7 steps")
+
+
+def test_ctrl_c_in_cli_training_saves_a_checkpoint_and_exits_130(tiny_model, memorize, tmp_path):
+    """A terminal's Ctrl+C reaches the training child too: it must not die of it (before: a KeyboardInterrupt
+    traceback from the child, no checkpoint); the run ends its step, saves, and says how to resume."""
+    import signal
+
+    out = tmp_path / "stopped.gguf"
+    argv = [sys.executable, "-m", "app.cli", "train", str(tiny_model), str(memorize), "--out", str(out),
+            "--max-steps", "1000000", "--batch-size", "1", "--no-library", "--val-fraction", "0"]  # fmt: skip
+    proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, start_new_session=True, cwd=os.getcwd(),
+                            env={**os.environ, "PYTHONPATH": os.getcwd()})  # fmt: skip
+    try:
+        while "steps (0%)" not in (line := proc.stderr.readline()):
+            assert line, "training ended before its first step"
+        time.sleep(1.0)
+        os.killpg(proc.pid, signal.SIGINT)
+        err = proc.communicate(timeout=300)[1]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    assert (tmp_path / "stopped.gguf.checkpoint" / "state.pt").exists()
+    assert "run the same command with --resume" in err and not out.exists()
 
 
 def test_importing_the_cli_does_not_import_torch():

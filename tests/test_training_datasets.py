@@ -125,3 +125,64 @@ def test_cutoff_counts_truncated_examples_and_split_is_seeded(tmp_path, rt):
     again = prepare(rt, path, cutoff_len=60, val_fraction=0.2, seed=3)
     assert [t.tokens for t in again.val] == [t.tokens for t in data.val]
     assert len(data.sha256) == 64
+
+
+def test_a_line_that_is_not_utf8_is_one_bad_line_with_its_number_and_can_be_skipped(tmp_path, rt):
+    good = json.dumps(CHAT).encode()
+    bad = b'{"text": "caf\xff"}'
+    path = tmp_path / "mixed.jsonl"
+    path.write_bytes(b"\n".join([good] * 6 + [bad, good]) + b"\n")
+    examples, _, problems = read_dataset(path)
+    assert len(examples) == 7
+    assert [str(p) for p in problems] == ["line 7: not valid UTF-8 (byte 0xff at column 14)"]
+    with pytest.raises(DatasetError) as err:
+        prepare(rt, path)
+    assert "line 7: not valid UTF-8" in str(err.value) and "--skip-bad-lines" in str(err.value)
+    data = prepare(rt, path, skip_bad_lines=True, val_fraction=0)
+    assert data.stats["skipped_lines"] == 1 and data.stats["examples"] == 7
+
+
+def test_a_text_file_that_is_not_utf8_names_its_line(tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_bytes(b"the cat\n\nthe dog \xc3\x28 is blue\n")
+    with pytest.raises(DatasetError, match=r"line 3: not valid UTF-8 \(byte 0xc3 at column 9\)"):
+        read_dataset(path)
+
+
+def test_line_separators_inside_json_strings_and_a_bom_are_kept(tmp_path):
+    # str.splitlines() cuts at U+2028, U+0085 and friends, which JSON allows raw inside strings
+    record = {"messages": [{"role": "user", "content": "one\u2028two\x85three"},
+                           {"role": "assistant", "content": "ok\u2029"}]}  # fmt: skip
+    path = tmp_path / "seps.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + (json.dumps(record, ensure_ascii=False) + "\r\n").encode() * 2)
+    examples, _, problems = read_dataset(path)
+    assert problems == () and len(examples) == 2
+    assert examples[0].messages[0].content == "one\u2028two\x85three"
+
+
+def test_thousands_of_bad_lines_are_told_in_a_screenful(tmp_path, rt):
+    path = _write(tmp_path / "many.jsonl", [CHAT] + ["{oops"] * 500)
+    with pytest.raises(DatasetError) as err:
+        prepare(rt, path)
+    message = str(err.value)
+    assert "500 bad line(s), 1 good" in message and "... and 480 more" in message
+    assert len(message.splitlines()) < 30 and len(err.value.problems) == 500
+
+
+def test_tokenizing_reports_progress_to_the_last_example(tmp_path, rt):
+    path = _write(tmp_path / "d.jsonl", [CHAT] * 5)
+    seen = []
+    prepare(rt, path, val_fraction=0, progress=lambda done, total: seen.append((done, total)))
+    assert seen[0] == (0, 5) and seen[-1] == (5, 5)
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen)
+
+
+def test_the_wizard_report_lists_a_non_utf8_line_as_a_skippable_bad_line(tmp_path, tiny_model):
+    from training.tasks import dataset_report
+
+    path = tmp_path / "wizard.jsonl"
+    path.write_bytes(json.dumps(CHAT).encode() + b"\n\xfe\n" + json.dumps(CHAT).encode() + b"\n")
+    report = dataset_report(str(tiny_model), str(path), None, 256, 0.0, 0, False)
+    # the wizard lists these and offers "skip the bad ones"; before, the whole file was refused
+    assert report["problems"] == [(2, "not valid UTF-8 (byte 0xfe at column 1)")]
+    assert report["stats"]["examples"] == 2 and report["stats"]["skipped_lines"] == 1

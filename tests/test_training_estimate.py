@@ -27,7 +27,7 @@ def info(tiny_model):
         (90, dict(batch_size=4, epochs=2.0, grad_accum=2), 23),  # 46 batches, 2 a step
         (90, dict(batch_size=4, epochs=0.5), 12),  # ceil(23 * 0.5)
         (90, dict(batch_size=4, epochs=2.0, max_steps=10), 10),  # the cap
-        (90, dict(batch_size=4, max_steps=100), 23),  # a cap above the run changes nothing
+        (90, dict(batch_size=4, max_steps=100), 100),  # max_steps is the total, as in HF's Trainer
         (0, dict(batch_size=4), 1),  # no examples: one (empty) step, as the loop runs it
     ],
 )

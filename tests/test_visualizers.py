@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -120,11 +121,11 @@ def test_moving_a_sampling_slider_updates_the_preview_without_running_the_model(
     chat(qtbot, window, "Name three colours.", SamplingSettings(temperature=0.8, seed=1, max_tokens=16))
     ins = window.inspector
     before_stages = ins.preview.stages
-    evaluations = window.bridge.host.request("evaluation_count")
+    evaluations = window.bridge.host.evaluation_count()
     with qtbot.waitSignal(window.bridge.done, timeout=10_000, check_params_cb=lambda m, _r: m == "preview"):
         window.sampling_panel.fields["top_k"].set_value(2)
     qtbot.waitUntil(lambda: not window.bridge.busy)
-    assert window.bridge.host.request("evaluation_count") == evaluations  # no llama_decode for a slider
+    assert window.bridge.host.evaluation_count() == evaluations  # no llama_decode for a slider
     top_k = next(s for s in ins.preview.stages if s.name == "top_k")
     assert top_k.kept == 2 and ins.preview.stages != before_stages
     removed = [r for r in ins.preview.rows() if r["removed_by"] == "top_k"]
@@ -171,7 +172,7 @@ def test_kv_map_bytes_and_cells_equal_llama_cpps_report(qtbot, tmp_path, starter
     settings = LoadSettings(n_ctx=2048, type_k=cache, type_v=cache, flash_attn=FlashAttention.ON)
     window = open_window(qtbot, tmp_path, starter_model, settings)
     try:
-        state = chat(qtbot, window, "Hello") and window.bridge.host.request("kv_state")
+        state = chat(qtbot, window, "Hello") and window.bridge.host.kv_state()
         reports = list(state.llama_reports[-2:])  # the global and the sliding-window cache of this load
         kv = window.inspector.kv_map
         assert kv.layout_info["type_k"] == cache.value
@@ -237,3 +238,31 @@ def test_a_message_sent_while_a_visualizer_request_runs_is_sent_right_after(qtbo
         assert window.composer.toPlainText() == ""  # taken, not refused
     assert window.store.message(blocker.args[0]).content
     assert [m.role for m in window.store.path(window.conversation)] == ["user", "assistant"]
+
+
+def _figures(text: str) -> list[int]:
+    return [int(n.replace(",", "")) for n in re.findall(r"\d[\d,]*", text)]
+
+
+def test_typing_in_a_new_chat_never_shows_negative_turns(qtbot, window, tmp_path):
+    window.new_chat()
+    qtbot.waitUntil(lambda: not window.bridge.busy and not window.inspector.queue, timeout=30_000)
+    window.composer.setPlainText("Hello there, how are you?")
+    bar = window.inspector.context_bar
+    qtbot.waitUntil(lambda: bar.budget is not None and bar.budget.draft_tokens > 0, timeout=30_000)
+    note = bar.note.splitlines()[0]
+    assert "-" not in note, note  # was "turns -1": the start-of-text token counted as system and as typing
+    used, _n_ctx, system, turns, typing = _figures(note)[:5]
+    assert turns == 0 and typing > 0 and system + turns + typing == used
+    assert used == sum(s.tokens for s in bar.segments if s.label != "reserved for the reply")
+    saved_png(window.inspector.docks["context"], tmp_path / "context-typing.png")
+
+
+def test_the_status_bar_and_the_context_view_count_the_same_tokens(qtbot, window):
+    chat(qtbot, window, "Name three colours.")
+    bar = window.inspector.context_bar
+    status = _figures(window.context_label.text())
+    assert status == [bar.used, bar.budget.n_ctx], (window.context_label.text(), bar.note)
+    window.composer.setPlainText("And three more?")
+    qtbot.waitUntil(lambda: bar.budget.draft_tokens > 0, timeout=30_000)
+    assert _figures(window.context_label.text()) == [bar.used, bar.budget.n_ctx]

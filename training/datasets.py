@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -125,6 +125,13 @@ def parse_record(record, fmt: DataFormat, line: int) -> Example:
     return Example(line, text=_nonempty_str(record["text"], "'text'"))
 
 
+_BOM = b"\xef\xbb\xbf"
+
+
+def _utf8_reason(byte: int, column: int) -> str:
+    return f"not valid UTF-8 (byte 0x{byte:02x} at column {column})"
+
+
 def read_dataset(
     path: str | Path, fmt: DataFormat | str | None = None
 ) -> tuple[list[Example], DataFormat, tuple[DatasetProblem, ...]]:
@@ -133,12 +140,20 @@ def read_dataset(
     if not path.is_file():
         raise DatasetError(f"{path}: no such dataset file.")
     fmt = DataFormat(fmt) if fmt else None
-    raw = path.read_bytes()
     try:
-        content = raw.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise DatasetError(f"{path}: not UTF-8 text ({err}).") from None
+        raw = path.read_bytes()
+    except OSError as err:
+        raise DatasetError(f"{path}: cannot read the dataset ({err.strerror}).") from None
+    raw = raw.removeprefix(_BOM)  # editors on Windows start UTF-8 files with one; json.loads refuses it
     if path.suffix.lower() in (".txt", ".md") and fmt in (None, DataFormat.TEXT):
+        try:
+            content = raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            line = raw.count(b"\n", 0, err.start) + 1
+            column = err.start - (raw.rfind(b"\n", 0, err.start) + 1) + 1
+            raise DatasetError(
+                f"{path}: line {line}: {_utf8_reason(raw[err.start], column)}; save the file as UTF-8."
+            ) from None
         blocks = [b.strip() for b in content.split("\n\n")]
         examples = [Example(i + 1, text=b) for i, b in enumerate(blocks) if b]
         if not examples:
@@ -146,13 +161,23 @@ def read_dataset(
         return examples, DataFormat.TEXT, ()
     examples: list[Example] = []
     problems: list[DatasetProblem] = []
-    for number, line in enumerate(content.splitlines(), 1):
+    # JSON Lines are split on "\n" only, as bytes: one line that is not UTF-8 is one bad line (skippable), and
+    # U+2028 or U+0085 inside a JSON string (str.splitlines would cut there) stays part of its line
+    for number, raw_line in enumerate(raw.split(b"\n"), 1):
+        try:
+            line = raw_line.decode("utf-8")
+        except UnicodeDecodeError as err:
+            problems.append(DatasetProblem(number, _utf8_reason(raw_line[err.start], err.start + 1)))
+            continue
         if not line.strip():
             continue
         try:
             record = json.loads(line)
         except json.JSONDecodeError as err:
             problems.append(DatasetProblem(number, f"not valid JSON ({err.msg} at column {err.colno})"))
+            continue
+        except RecursionError:
+            problems.append(DatasetProblem(number, "not valid JSON (nested too deeply)"))
             continue
         if fmt is None and isinstance(record, dict):
             fmt = detect_format(record)
@@ -170,8 +195,13 @@ def read_dataset(
     return examples, fmt, tuple(problems)
 
 
+MAX_LISTED_PROBLEMS = 20  # a file of 100,000 bad lines is told in a screenful
+
+
 def problems_message(path, problems: Sequence[DatasetProblem], n_good: int) -> str:
-    lines = "\n".join(f"  {p}" for p in problems)
+    lines = "\n".join(f"  {p}" for p in problems[:MAX_LISTED_PROBLEMS])
+    if len(problems) > MAX_LISTED_PROBLEMS:
+        lines += f"\n  ... and {len(problems) - MAX_LISTED_PROBLEMS} more"
     return (f"{path}: {len(problems)} bad line(s), {n_good} good:\n{lines}\n"
             "Fix them, or accept skipping them (--skip-bad-lines).")  # fmt: skip
 
@@ -218,18 +248,24 @@ def prepare(
     seed: int = 0,
     train_on_prompt: bool = False,
     skip_bad_lines: bool = False,
+    progress: Callable[[int, int], None] | None = None,
 ) -> PreparedData:
-    """Read, validate, tokenize, cut and split a dataset. Bad lines raise unless `skip_bad_lines`."""
+    """Read, validate, tokenize, cut and split a dataset. Bad lines raise unless `skip_bad_lines`.
+    `progress(done, total)` is called as examples are tokenized."""
     examples, fmt, problems = read_dataset(path, fmt)
     if problems and not skip_bad_lines:
         raise DatasetError(problems_message(path, problems, len(examples)), problems)
     tokenized = []
-    for ex in examples:
+    for number, ex in enumerate(examples, 1):
+        if progress is not None:
+            progress(number - 1, len(examples))
         item = tokenize_example(runtime, ex, train_on_prompt)
         if len(item.tokens) > cutoff_len:
             item = TokenizedExample(item.tokens[:cutoff_len], item.loss_mask[:cutoff_len], truncated=True)
         if any(item.loss_mask[1:]):  # position 0 is never predicted
             tokenized.append(item)
+    if progress is not None:
+        progress(len(examples), len(examples))
     if not tokenized:
         raise DatasetError(f"{path}: after cutting to {cutoff_len} tokens no example has a token to learn.")
     order = list(range(len(tokenized)))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -39,24 +39,35 @@ def _all_logits(rt: Runtime, tokens: Sequence[int]) -> np.ndarray:
     return np.concatenate(list(rt.logits_all(tokens)))
 
 
-def perplexity(rt: Runtime, items: Sequence[TokenizedExample]) -> dict:
+Progress = Callable[[int, int], None]  # (done, total) as items are measured
+
+
+def perplexity(rt: Runtime, items: Sequence[TokenizedExample], progress: Progress | None = None) -> dict:
     """exp(mean negative log-likelihood) over the target tokens of `items`."""
     nll, count = 0.0, 0
-    for item in items:
+    for number, item in enumerate(items):
+        if progress is not None:
+            progress(number, len(items))
         pos, tgt = _targets(item)
         if not len(pos):
             continue
         logp = _log_softmax(_all_logits(rt, item.tokens)[pos])
         nll -= float(logp[np.arange(len(pos)), tgt].sum())
         count += len(pos)
+    if progress is not None:
+        progress(len(items), len(items))
     mean = nll / max(1, count)
     return {"perplexity": math.exp(mean), "nll": mean, "tokens": count}
 
 
-def compare(reference: Runtime, other: Runtime, items: Sequence[TokenizedExample]) -> dict:
+def compare(
+    reference: Runtime, other: Runtime, items: Sequence[TokenizedExample], progress: Progress | None = None
+) -> dict:
     """Mean KL(reference || other) and top-1 agreement over the target positions of `items`."""
     kl, agree, count = 0.0, 0, 0
-    for item in items:
+    for number, item in enumerate(items):
+        if progress is not None:
+            progress(number, len(items))
         pos, _ = _targets(item)
         if not len(pos):
             continue
@@ -65,13 +76,18 @@ def compare(reference: Runtime, other: Runtime, items: Sequence[TokenizedExample
         kl += float((np.exp(p) * (p - q)).sum())
         agree += int((p.argmax(-1) == q.argmax(-1)).sum())
         count += len(pos)
+    if progress is not None:
+        progress(len(items), len(items))
     return {"kl_divergence": kl / max(1, count), "top1_agreement": agree / max(1, count), "tokens": count}
 
 
-def evaluation_items(rt: Runtime, data: str | Path, cutoff_len: int = 512, skip_bad_lines: bool = False):
+def evaluation_items(
+    rt: Runtime, data: str | Path, cutoff_len: int = 512, skip_bad_lines: bool = False,
+    progress: Progress | None = None,
+):  # fmt: skip
     """Every example of `data`, tokenized by `rt` as training does."""
     prepared = prepare(rt, data, cutoff_len=min(cutoff_len, rt.n_ctx), val_fraction=0.0,
-                       skip_bad_lines=skip_bad_lines)  # fmt: skip
+                       skip_bad_lines=skip_bad_lines, progress=progress)  # fmt: skip
     return prepared.train
 
 
@@ -99,27 +115,32 @@ def side_by_side(
 
 
 def export_report(
-    base: str | Path, adapter: str | Path, exports: dict[str, str | Path], data: str | Path
-) -> dict:
-    """Perplexity of base, base + adapter and each export; KL and top-1 of each export vs the F16 merge."""
+    base: str | Path, adapter: str | Path, exports: dict[str, str | Path], data: str | Path,
+    progress: Callable[[str], Progress | None] = lambda _what: None,
+) -> dict:  # fmt: skip
+    """Perplexity of base, base + adapter and each export; KL and top-1 of each export vs the F16 merge.
+    `progress(what)` gives the (done, total) callback for each measurement ("base", "Q8_0 KL", ...)."""
     report: dict = {}
     rt = open_runtime(base)
     try:
-        items = evaluation_items(rt, data, skip_bad_lines=True)
-        report["base"] = perplexity(rt, items)
+        items = evaluation_items(rt, data, skip_bad_lines=True, progress=progress("tokenizing"))
+        report["base"] = perplexity(rt, items, progress("base"))
     finally:
         rt.close()
     rt = open_runtime(base, [(str(adapter), 1.0)])
     try:
-        report["base+adapter"] = perplexity(rt, items)
+        report["base+adapter"] = perplexity(rt, items, progress("base+adapter"))
     finally:
         rt.close()
-    report.update(measure_exports(exports, items))
+    report.update(measure_exports(exports, items, progress=progress))
     return report
 
 
 def measure_exports(
-    exports: Mapping[str, str | Path], items: Sequence[TokenizedExample], reference: Runtime | None = None
+    exports: Mapping[str, str | Path],
+    items: Sequence[TokenizedExample],
+    reference: Runtime | None = None,
+    progress: Callable[[str], Progress | None] = lambda _what: None,
 ) -> dict[str, dict]:
     """Perplexity of each export on `items`, and KL divergence and top-1 agreement of each against the "F16"
     export (the reference, when there is one), in the order of `exports`. `reference`: the F16 export already
@@ -131,13 +152,13 @@ def measure_exports(
     try:
         for name, path in exports.items():
             if name == "F16" and reference is not None:
-                report[name] = perplexity(reference, items)
+                report[name] = perplexity(reference, items, progress(name))
                 continue
             rt = open_runtime(path)
             try:
-                report[name] = perplexity(rt, items)
-                if reference is not None:
-                    report[name].update(compare(reference, rt, items))
+                report[name] = perplexity(rt, items, progress(name))
+                if reference is not None and name != "F16":
+                    report[name].update(compare(reference, rt, items, progress(f"{name} vs F16")))
             finally:
                 rt.close()
     finally:

@@ -6,6 +6,17 @@ from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
+class TrainPhase:
+    """What a run does before its first step (on a big model loading and dequantizing take minutes).
+    `total` > 0: `done` of `total` (examples tokenized)."""
+
+    name: str  # "tokenizer", "tokenizing", "model"
+    text: str
+    done: int = 0
+    total: int = 0
+
+
+@dataclass(frozen=True)
 class TrainStarted:
     total_steps: int
     start_step: int
@@ -14,6 +25,9 @@ class TrainStarted:
     dataset_stats: dict = field(default_factory=dict)
     trainable_params: int = 0
     bf16: bool = False
+    steps_per_epoch: float = 0.0  # optimizer steps in one pass over the training set
+    epochs: float = 0.0  # passes the run makes: total_steps / steps_per_epoch
+    max_steps: int = 0  # the setting, when it chose total_steps (it overrides epochs)
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,10 @@ from training.errors import ExportError
 
 DATASET_SHA_KEY = "ingle.dataset.sha256"
 SETTINGS_KEY = "ingle.training.settings"
-# Architectures whose GGUF -> transformers -> GGUF route is verified; llama's q/k are permuted by transformers.
-TRAINABLE = {"llama": True, "qwen2": False, "qwen3": False, "gemma2": False, "gemma3": False}
+# Architectures whose GGUF -> transformers -> GGUF route is verified.
+TRAINABLE_ARCHS = frozenset({"llama", "qwen2", "qwen3", "gemma2", "gemma3"})
+# Those whose q/k projections transformers permutes on load (undone when the adapter is written back).
+PERMUTE_QK_ARCHS = frozenset({"llama"})
 
 # llama.cpp file types by the names its quantize tool uses.
 QUANT_TYPES = {
@@ -88,7 +90,7 @@ def write_adapter(
     out = Path(out)
     info = inspect_gguf(base)
     arch = info.architecture
-    if arch not in TRAINABLE:
+    if arch not in TRAINABLE_ARCHS:
         raise ExportError(f"Exporting adapters for '{arch}' models is not supported.")
     with atomic_path(out) as tmp:
         w = gguf.GGUFWriter(str(tmp), arch)
@@ -100,7 +102,7 @@ def write_adapter(
             w.add_string(key, value)
         for module, (a, b) in sorted(lora.items()):
             name = gguf_tensor_name(arch, info.n_layers, module)
-            if TRAINABLE[arch] and name.endswith(("attn_q", "attn_k")):
+            if arch in PERMUTE_QK_ARCHS and name.endswith(("attn_q", "attn_k")):
                 b = permute_rows(b, info.n_heads if name.endswith("attn_q") else info.n_kv_heads)
             w.add_tensor(f"{name}.weight.lora_a", np.ascontiguousarray(a, np.float32))
             w.add_tensor(f"{name}.weight.lora_b", np.ascontiguousarray(b, np.float32))

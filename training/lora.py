@@ -15,10 +15,10 @@ from engine.errors import Cancelled, SettingsError
 from engine.gguf_info import inspect_gguf, sha256_file
 from engine.hardware import cpu_flags
 from engine.library import ADAPTER_BASE_SHA_KEY
-from engine.settings import LoadSettings, _SettingsBase, spec
+from engine.settings import LoadSettings, SettingsBase, spec
 from training.errors import TrainingError
-from training.events import CheckpointSaved, TrainDone, TrainStarted, TrainStep, ValLoss
-from training.export import DATASET_SHA_KEY, SETTINGS_KEY, TRAINABLE, write_adapter
+from training.events import CheckpointSaved, TrainDone, TrainPhase, TrainStarted, TrainStep, ValLoss
+from training.export import DATASET_SHA_KEY, SETTINGS_KEY, TRAINABLE_ARCHS, write_adapter
 
 SCHEDULERS = ("constant", "linear", "cosine")
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -26,7 +26,7 @@ TRAIN_EXTRA_HINT = "Install the training extra: pip install -e .[train]"
 
 
 @dataclass(frozen=True)
-class TrainSettings(_SettingsBase):
+class TrainSettings(SettingsBase):
     rank: int = spec(
         8, 1, 256, "Rank", "LoRA rank r: size of the low-rank update; more learns more, costs more."
     )
@@ -80,10 +80,10 @@ class TrainSettings(_SettingsBase):
 def check_trainable(base: str | Path) -> None:
     """Refuse, before any work, a base model this route cannot train, with the reason."""
     info = inspect_gguf(base)
-    if info.architecture not in TRAINABLE:
+    if info.architecture not in TRAINABLE_ARCHS:
         raise TrainingError(
             f"{base}: '{info.architecture}' models cannot be trained here; LoRA training supports "
-            f"{', '.join(sorted(TRAINABLE))} (architectures transformers loads from GGUF and whose adapters "
+            f"{', '.join(sorted(TRAINABLE_ARCHS))} (architectures transformers loads from GGUF and whose adapters "
             "Ingle writes back)."
         )
 
@@ -179,13 +179,33 @@ def lr_factor(step: int, total: int, settings: TrainSettings) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def total_steps(n_train: int, settings: TrainSettings) -> int:
-    """Optimizer steps of a run on `n_train` examples: epochs of batches, grad_accum batches a step, at most
-    max_steps (when set). The wizard's estimate and the training loop both count with this."""
-    per_epoch = math.ceil(n_train / settings.batch_size)
+def plan_steps(per_epoch: int, settings: TrainSettings) -> tuple[int, int]:
+    """(optimizer steps, micro-batches) of a run over `per_epoch` micro-batches per pass. As in Hugging Face's
+    Trainer, max_steps > 0 is the total number of optimizer steps and overrides epochs: the data is cycled,
+    epoch after epoch (each in its own seeded order), until that many steps are done."""
+    if settings.max_steps:
+        return settings.max_steps, settings.max_steps * settings.grad_accum
     n_micro = max(1, math.ceil(per_epoch * settings.epochs))
-    total = math.ceil(n_micro / settings.grad_accum)
-    return min(total, settings.max_steps) if settings.max_steps else total
+    return math.ceil(n_micro / settings.grad_accum), n_micro
+
+
+def _throttled(emit: Callable[[object], None], seconds: float = 0.5) -> Callable[[int, int], None]:
+    """A tokenizing progress callback that sends a TrainPhase at most every `seconds` (and the last one)."""
+    last = [0.0]
+
+    def progress(done: int, total: int) -> None:
+        now = time.monotonic()
+        if done >= total or now - last[0] >= seconds:
+            last[0] = now
+            emit(TrainPhase("tokenizing", "tokenizing the examples (llama.cpp)", done, total))
+
+    return progress
+
+
+def total_steps(n_train: int, settings: TrainSettings) -> int:
+    """Optimizer steps of a run on `n_train` examples (see plan_steps); the wizard's estimate and the training
+    loop both count with this."""
+    return plan_steps(math.ceil(n_train / settings.batch_size), settings)[0]
 
 
 def checkpoint_dir(out: str | Path) -> Path:
@@ -228,22 +248,24 @@ def train(
     check_trainable(base)
     torch = _torch()
     started = time.perf_counter()
+    emit(TrainPhase("tokenizer", "loading the tokenizer and chat template (llama.cpp)"))
     rt = tokenizer_runtime(base)
     try:
         prepared = prepare(rt, data, data_format, settings.cutoff_len, settings.val_fraction, settings.seed,
-                           settings.train_on_prompt, skip_bad_lines)  # fmt: skip
+                           settings.train_on_prompt, skip_bad_lines, _throttled(emit))  # fmt: skip
     finally:
         rt.close()
     torch.set_num_threads(settings.threads or idle_cores())
     torch.manual_seed(settings.seed)
+    size = Path(base).stat().st_size / 2**20
+    emit(TrainPhase("model", f"loading and dequantizing the base model ({size:,.0f} MiB GGUF to float32)"))
     model = add_lora(load_base(base), settings)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=0.0)
 
     train_set = prepared.train
-    per_epoch = math.ceil(len(train_set) / settings.batch_size)
-    n_micro = max(1, math.ceil(per_epoch * settings.epochs))
-    total = total_steps(len(train_set), settings)
+    per_epoch = math.ceil(len(train_set) / settings.batch_size)  # micro-batches in one pass
+    total, n_micro = plan_steps(per_epoch, settings)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total, settings))
 
     ckpt = checkpoint_dir(out) / "state.pt"
@@ -253,7 +275,8 @@ def train(
     start_step = step
     use_bf16 = settings.bf16 and cpu_bf16()
     emit(TrainStarted(total, step, len(train_set), len(prepared.val), prepared.stats,
-                      sum(p.numel() for p in params), use_bf16))  # fmt: skip
+                      sum(p.numel() for p in params), use_bf16, per_epoch / settings.grad_accum,
+                      n_micro / per_epoch, settings.max_steps))  # fmt: skip
 
     def batches(micro: int):
         epoch, index = divmod(micro, per_epoch)

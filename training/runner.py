@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import signal
 import threading
 import time
 import warnings
@@ -22,6 +23,9 @@ def _child(conn, kwargs: dict) -> None:
     from engine.host import die_with_parent
 
     die_with_parent()
+    # Ctrl+C in a terminal reaches the whole process group: the parent turns it into a cancel, which saves a
+    # checkpoint; a KeyboardInterrupt here would lose the run and print a traceback
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.environ.setdefault("TQDM_DISABLE", "1")  # transformers' GGUF conversion bar would scribble over ours
     warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation notes are not the user's
     cancel = threading.Event()
@@ -91,10 +95,13 @@ class TrainingRun:
     def pid(self) -> int | None:
         return self.process.pid
 
-    def events(self) -> Iterator[object]:
-        """Every event until TrainDone (blocking); errors, a dead or a silent child raise."""
+    def events(self, heartbeats: bool = False) -> Iterator[object]:
+        """Every event until TrainDone (blocking); errors, a dead or a silent child raise. `heartbeats`: also
+        yield None for each sign of life (about every second), so a caller can show time passing in long phases."""
         while True:
             ready, event = self._next(_POLL_SECONDS)
+            if event is None and ready and heartbeats:
+                yield None
             if event is not None:
                 yield event
                 if isinstance(event, TrainDone):

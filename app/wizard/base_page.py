@@ -13,7 +13,7 @@ from engine import units
 from engine.errors import IngleError
 from engine.gguf_info import inspect_gguf
 from training.estimate import training_estimate
-from training.export import TRAINABLE
+from training.export import TRAINABLE_ARCHS
 from training.lora import TRAIN_EXTRA_HINT
 
 if TYPE_CHECKING:
@@ -70,10 +70,10 @@ class BasePage(QWizardPage):
             f"{info.architecture} · {info.parameter_count / 1e6:,.0f}M parameters · {info.quant_label} · "
             f"{units.mib(info.file_size)} · {info.n_layers} layers · context {info.context_length:,}"
         )
-        if info.architecture not in TRAINABLE:
+        if info.architecture not in TRAINABLE_ARCHS:
             self.verdict.show_error(
                 f"'{info.architecture}' models cannot be trained here: training supports "
-                f"{', '.join(sorted(TRAINABLE))} (architectures transformers loads from GGUF and whose adapters "
+                f"{', '.join(sorted(TRAINABLE_ARCHS))} (architectures transformers loads from GGUF and whose adapters "
                 "Ingle writes back). Pick another model."
             )
         elif self.torch_missing:
@@ -103,4 +103,4 @@ class BasePage(QWizardPage):
 
     def isComplete(self) -> bool:  # noqa: N802 (Qt override)
         info = self.owner.base_info
-        return info is not None and info.architecture in TRAINABLE and not self.torch_missing
+        return info is not None and info.architecture in TRAINABLE_ARCHS and not self.torch_missing
