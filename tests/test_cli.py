@@ -176,7 +176,7 @@ def test_a_crash_of_the_engine_mid_reply_is_one_line_exit_2(tiny_model, tmp_path
     env = dict(os.environ, INGLE_HOME=str(tmp_path / "home"))
     proc = subprocess.Popen(
         [sys.executable, "-m", "app.cli", "run", str(tiny_model), "the cat", "-n", "1000000", "--policy",
-         "sliding_window", "--logit-bias", "2=-inf", "--logit-bias", "4=-inf"],
+         "sliding_window", "--logit-bias", "2=-inf", "--logit-bias", "4=-inf", "-c", "512"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=env,
     )  # fmt: skip
     try:
@@ -254,7 +254,7 @@ def test_a_grammar_file_that_is_not_text_is_one_line(tiny_model, tmp_path):
 @pytest.mark.parametrize("where", ["engine child", "in process"])
 def test_a_bad_grammar_says_why_instead_of_pointing_at_a_log(tiny_model, where):
     extra = ["--in-process"] if where == "in process" else []
-    result = ingle("run", tiny_model, "hi", "-n", "2", "--grammar", 'root ::= ( "a" \n', *extra)
+    result = ingle("run", tiny_model, "hi", "-n", "2", "-c", "512", "--grammar", 'root ::= ( "a" \n', *extra)
     assert_one_line_error(result, "could not parse the grammar: expecting ')'")
     assert "see the log" not in result.stderr
 
@@ -305,7 +305,9 @@ def test_eval_of_a_file_that_aborts_llama_cpp_is_one_line(tmp_path):
     data = tmp_path / "data.jsonl"
     data.write_text('{"text": "the cat is big"}\n{"text": "the dog is small"}\n')
     result = ingle("eval", path, data, home=tmp_path / "home")
-    assert_one_line_error(result)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("ingle: error: ")]
+    assert result.returncode == 2 and len(errors) == 1, result.stderr  # (after eval's progress lines)
+    assert "llama.cpp" in errors[0] and result.stderr.rstrip().endswith(errors[0])
     assert_no_crash_output(result)
     assert "fatal error" not in result.stderr
 
