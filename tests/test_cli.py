@@ -320,3 +320,23 @@ def test_chat_reads_a_line_that_is_not_utf8_without_a_traceback(tiny_model):
     stderr = result.stderr.decode("utf-8", "replace")
     assert result.returncode == 0, stderr
     assert "Traceback" not in stderr and "UnicodeDecodeError" not in stderr
+
+
+def test_train_on_a_file_that_aborts_llama_cpp_is_one_error_line_and_a_kept_log(tmp_path):
+    pytest.importorskip("torch")
+    import gguf
+    from gguf_factory import write_tiny_llama
+
+    path = write_tiny_llama(
+        tmp_path / "bert-vocab.gguf", kv={"tokenizer.ggml.model": ("bert", gguf.GGUFValueType.STRING)}
+    )
+    data = tmp_path / "data.jsonl"
+    data.write_text('{"text": "the cat is big"}\n{"text": "the dog is small"}\n')
+    home = tmp_path / "home"
+    result = ingle("train", path, data, "--out", tmp_path / "a.gguf", "--max-steps", "1", home=home)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("ingle: error: ")]
+    assert result.returncode == 2 and len(errors) == 1, result.stderr  # (after train's progress lines)
+    assert_no_crash_output(result)
+    assert "fatal error" not in result.stderr and "libc-start" not in result.stderr  # no debugger backtrace
+    (log,) = (home / "logs").glob("ingle-engine-crash-*.log")
+    assert str(log) in errors[0] and "fatal error" in log.read_text()
