@@ -355,24 +355,22 @@ def run_chat(cfg: BenchConfig) -> dict:
 
 
 # ----------------------------------------------------------------------------- (5) chat window streaming
-# Contract for the chat window: a module in STREAM_HOOK_MODULES with
-#   bench_stream(model_path: str, prompt: str, max_tokens: int, threads: int) -> dict
-# that streams one reply into the real chat window on the running QApplication and returns "tokens_shown" and
-# the time.perf_counter() values "stream_started" (send), "first_token" and "stream_ended" (reply stored).
-# The bench runs a 1 ms timer on the event loop: the longest gap between ticks while the reply streams is the
-# longest stall; window start-up and model load are reported apart (setup).
-STREAM_HOOK_MODULES = ("app.main", "app.chat_window", "app.main_window")
+# app.hooks.bench_stream(model_path, prompt, max_tokens, threads) streams one reply into the real chat window on
+# the running QApplication and returns "tokens_shown" and the time.perf_counter() values "stream_started" (send),
+# "first_token" and "stream_ended" (reply stored). The bench runs a 1 ms timer on the event loop: the longest
+# gap between ticks while the reply streams is the longest stall; window start-up and model load are reported
+# apart (setup).
 
 _STREAM_SCRIPT = r"""
-import json, sys, time, importlib
+import json, sys, time
 from PySide6.QtCore import QTimer
 from PySide6.QtWidgets import QApplication
 app = QApplication([])
-hook = importlib.import_module(sys.argv[1]).bench_stream
+from app.hooks import bench_stream as hook
 ticks = [time.perf_counter()]
 timer = QTimer(); timer.setInterval(1); timer.timeout.connect(lambda: ticks.append(time.perf_counter())); timer.start()
 t0 = time.perf_counter()
-out = hook(sys.argv[2], "Tell me a story about a river.", int(sys.argv[3]), int(sys.argv[4]))
+out = hook(sys.argv[1], "Tell me a story about a river.", int(sys.argv[2]), int(sys.argv[3]))
 timer.stop()
 def longest(a, b):  # longest gap between ticks (or the window's edges) inside [a, b], in ms
     inside = [a] + [t for t in ticks if a < t < b] + [b]
@@ -387,26 +385,8 @@ import os; os._exit(0)  # skip interpreter teardown: PySide6 6.12 can abort in i
 """
 
 
-def _hook_module(names: Sequence[str], attr: str) -> str | None:
-    for name in names:
-        try:
-            if importlib.util.find_spec(name) is None:
-                continue
-        except ModuleNotFoundError:
-            continue
-        if hasattr(importlib.import_module(name), attr):
-            return name
-    return None
-
-
 def run_streaming(cfg: BenchConfig) -> dict:
-    module = _hook_module(STREAM_HOOK_MODULES, "bench_stream")
-    if module is None:
-        return {
-            "available": False,
-            "reason": f"no chat window with bench_stream() in {', '.join(STREAM_HOOK_MODULES)}",
-        }
-    out = _run_child(_STREAM_SCRIPT, [module, str(cfg.model), str(cfg.gen_tokens), str(cfg.threads)])
+    out = _run_child(_STREAM_SCRIPT, [str(cfg.model), str(cfg.gen_tokens), str(cfg.threads)])
     out["available"] = True
     out["stall_target_ms"] = 50
     return out
@@ -416,20 +396,15 @@ def run_streaming(cfg: BenchConfig) -> dict:
 _GUI_SCRIPT = r"""
 import importlib, json, pkgutil, sys, time
 t0 = time.perf_counter()
-from PySide6.QtWidgets import QApplication, QMainWindow
+from PySide6.QtWidgets import QApplication
 import psutil
 import app as pkg
 for mod in pkgutil.iter_modules(pkg.__path__):
     if not mod.name.startswith("bench"):
         importlib.import_module("app." + mod.name)
 qapp = QApplication([])
-window, source = None, "QMainWindow (no app window class yet)"
-for modname, attr in (("app.main_window", "MainWindow"), ("app.main", "MainWindow"), ("app.main", "create_window")):
-    mod = sys.modules.get(modname)
-    if mod is not None and hasattr(mod, attr):
-        window, source = getattr(mod, attr)(), f"{modname}.{attr}"
-        break
-window = window or QMainWindow()
+from app.main import MainWindow
+window, source = MainWindow(), "app.main.MainWindow"
 window.show()
 for _ in range(5):
     qapp.processEvents()

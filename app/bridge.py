@@ -1,61 +1,101 @@
-"""The one way the GUI talks to the engine: requests run on a worker QThread, events come back as Qt signals."""
+"""The one way the GUI talks to the engine: one queue of typed requests, run on a worker QThread, answered on
+the GUI thread through per-request callbacks.
+
+User actions (load, chat, ...) and background work (the visualizers' inspect/preview/token requests) share the
+queue. User requests go first: one never waits behind more than the one background request already running.
+A background request with a `key` replaces a queued one with the same key (a newer slider position makes the
+older preview pointless). `Request.cancel()` drops a queued request or stops a running stream.
+"""
 
 from __future__ import annotations
 
+import enum
 import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 from PySide6.QtCore import QObject, QThread, Signal, Slot
 
-from engine.host import STREAMING, EngineHost
+from engine.errors import EngineDied
+from engine.hardware import Hardware
+from engine.host import EngineHost
 
 log = logging.getLogger(__name__)
 
 
-class _Worker(QObject):
-    """Lives on the bridge's thread; runs one engine request at a time and reports through signals."""
+class Priority(enum.IntEnum):
+    USER = 0  # something the user asked for: load, send, regenerate...
+    BACKGROUND = 1  # refreshes nobody waits for: the visualizers
 
-    event = Signal(object)
-    done = Signal(str, object)  # method, result (None for streams)
-    failed = Signal(str, object)  # method, exception
+
+class State(enum.Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+@dataclass(eq=False)
+class Request:
+    """One engine call. `work(host)` runs on the bridge's thread: a value, or an iterator of events to stream."""
+
+    work: Callable[[EngineHost], Any]
+    streaming: bool
+    priority: Priority
+    key: str | None = None
+    on_event: Callable[[Any], None] | None = None
+    on_done: Callable[[Any], None] | None = None
+    on_failed: Callable[[Exception], None] | None = None
+    state: State = State.QUEUED
+    _bridge: EngineBridge | None = field(default=None, repr=False)
+
+    def cancel(self) -> None:
+        """Drop it if queued; stop it before its next token if it streams now (its on_done still runs)."""
+        if self._bridge is not None:
+            self._bridge._cancel(self)
+
+
+class _Worker(QObject):
+    """Lives on the bridge's thread; runs one request at a time and reports through signals."""
+
+    event = Signal(object, object)  # request, event
+    done = Signal(object, object)  # request, result (None for streams)
+    failed = Signal(object, object)  # request, exception
 
     def __init__(self, host: EngineHost):
         super().__init__()
         self.host = host
 
-    @Slot(str, tuple)
-    def run(self, method: str, args: tuple) -> None:
+    @Slot(object)
+    def run(self, request: Request) -> None:
         try:
-            if method == "restart":
-                self.host.restart()
-                # the GUI process never loads llama.cpp: GPUs and their free memory come from the engine child
-                result = self.host.request("hardware")
-            elif method in STREAMING:
-                for ev in self.host.request(method, *args):
-                    self.event.emit(ev)
+            result = request.work(self.host)
+            if request.streaming:
+                stream: Iterator[Any] = result
+                for ev in stream:
+                    self.event.emit(request, ev)
                 result = None
-            else:
-                result = self.host.request(method, *args)
-        except Exception as err:  # every engine error reaches the GUI as a signal, never a traceback
-            log.info("engine request %s failed: %s", method, err)
-            self.failed.emit(method, err)
+        except Exception as err:  # every engine error reaches the GUI as a callback, never a traceback
+            log.info("engine request failed: %s", err)
+            self.failed.emit(request, err)
             return
-        self.done.emit(method, result)
+        self.done.emit(request, result)
 
 
 class EngineBridge(QObject):
-    """Owns the EngineHost (the llama.cpp child process) and a worker thread.
+    """Owns the EngineHost (the llama.cpp child process), the worker thread and the only engine queue.
 
-    `submit(method, *args)` starts a request (one at a time); streaming requests emit `event` per engine
-    event; every request ends with `done(method, result)` or `failed(method, exception)`. `cancel()`
-    stops a stream from the GUI thread at once (EngineHost.cancel is thread-safe).
+    `call(work, ...)` and `stream(work, ...)` enqueue a request; `work` receives the engine and calls one of its
+    typed methods (`lambda engine: engine.tokenize(text)`). Signals for whoever watches the engine as a whole:
+    `event` (every streamed event), `busy_changed` (user work queued or running), `died` (the child ended).
     """
 
     event = Signal(object)
-    done = Signal(str, object)
-    failed = Signal(str, object)
     busy_changed = Signal(bool)
-    _submit = Signal(str, tuple)
+    died = Signal(object)  # EngineDied
+    _run = Signal(object)
 
     def __init__(self, parent: QObject | None = None, hang_timeout: float = 120.0):
         super().__init__(parent)
@@ -64,45 +104,148 @@ class EngineBridge(QObject):
         self._thread.setObjectName("ingle-engine-bridge")
         self._worker = _Worker(self.host)
         self._worker.moveToThread(self._thread)
-        self._submit.connect(self._worker.run)
-        self._worker.event.connect(self.event)
-        self._worker.done.connect(self._finish_done)
-        self._worker.failed.connect(self._finish_failed)
+        self._run.connect(self._worker.run)
+        self._worker.event.connect(self._on_event)
+        self._worker.done.connect(self._on_done)
+        self._worker.failed.connect(self._on_failed)
         self._thread.start()
-        self.method: str | None = None  # the request in flight
+        self._queue: list[Request] = []
+        self.running: Request | None = None
+        self._busy = False
+
+    # ------------------------------------------------------------ queueing
+    def call(
+        self,
+        work: Callable[[EngineHost], Any],
+        done: Callable[[Any], None] | None = None,
+        failed: Callable[[Exception], None] | None = None,
+        *,
+        background: bool = False,
+        key: str | None = None,
+    ) -> Request:
+        """Queue a call that returns one value."""
+        priority = Priority.BACKGROUND if background else Priority.USER
+        return self._enqueue(Request(work, False, priority, key, None, done, failed))
+
+    def stream(
+        self,
+        work: Callable[[EngineHost], Iterator[Any]],
+        event: Callable[[Any], None] | None = None,
+        done: Callable[[Any], None] | None = None,
+        failed: Callable[[Exception], None] | None = None,
+    ) -> Request:
+        """Queue a streaming call (load, chat, complete): `event` per engine event, then `done(None)`."""
+        return self._enqueue(Request(work, True, Priority.USER, None, event, done, failed))
+
+    def start_engine(
+        self,
+        done: Callable[[Hardware], None] | None = None,
+        failed: Callable[[Exception], None] | None = None,
+    ) -> Request:
+        """Start (or restart after a crash) the engine child; `done` gets the hardware it can use (the GUI
+        process never loads llama.cpp, so GPUs and their free memory come from the child)."""
+
+        def restart(host: EngineHost) -> Hardware:
+            host.restart()
+            return host.hardware()
+
+        return self.call(restart, done, failed)
+
+    def _enqueue(self, request: Request) -> Request:
+        request._bridge = self
+        if request.key is not None:
+            for old in [r for r in self._queue if r.key == request.key]:
+                self._queue.remove(old)
+                old.state = State.CANCELLED
+        # user requests go before every queued background request, in the order they came
+        index = len(self._queue)
+        if request.priority == Priority.USER:
+            index = next((i for i, r in enumerate(self._queue) if r.priority > request.priority), index)
+        self._queue.insert(index, request)
+        self._dispatch()
+        return request
+
+    def _dispatch(self) -> None:
+        if self.running is None and self._queue:
+            self.running = self._queue.pop(0)
+            self.running.state = State.RUNNING
+            self._run.emit(self.running)
+        self._update_busy()
+
+    def _update_busy(self) -> None:
+        busy = any(r.priority == Priority.USER for r in (self.running, *self._queue) if r is not None)
+        if busy != self._busy:
+            self._busy = busy
+            self.busy_changed.emit(busy)
 
     @property
     def busy(self) -> bool:
-        return self.method is not None
+        """User work is queued or running (background refreshes do not count)."""
+        return self._busy
 
-    def submit(self, method: str, *args: Any) -> None:
-        if self.busy:
-            raise RuntimeError(f"the engine is busy with {self.method}")
-        self.method = method
-        self.busy_changed.emit(True)
-        self._submit.emit(method, args)
+    def pending(self, key: str | None = None) -> list[Request]:
+        """Requests queued or running (with `key`, only those)."""
+        live = [r for r in (self.running, *self._queue) if r is not None]
+        return [r for r in live if key is None or r.key == key]
 
-    def start_engine(self) -> None:
-        """Start (or restart after a crash) the engine child process."""
-        self.submit("restart")
+    @property
+    def idle(self) -> bool:
+        return self.running is None and not self._queue
+
+    # ------------------------------------------------------------ cancelling
+    def _cancel(self, request: Request) -> None:
+        if request in self._queue:
+            self._queue.remove(request)
+            request.state = State.CANCELLED
+            self._update_busy()
+        elif request is self.running and request.streaming:
+            self.host.cancel()
 
     def cancel(self) -> None:
+        """Stop the running stream (the Stop button): thread-safe, takes effect before the next token."""
         self.host.cancel()
 
-    def _finish(self) -> None:
-        self.method = None
-        self.busy_changed.emit(False)
+    # ------------------------------------------------------------ answers (GUI thread)
+    def _on_event(self, request: Request, ev: object) -> None:
+        if request.on_event is not None:
+            request.on_event(ev)
+        self.event.emit(ev)
 
-    def _finish_done(self, method: str, result: object) -> None:
-        self._finish()
-        self.done.emit(method, result)
+    def _on_done(self, request: Request, result: object) -> None:
+        self.running = None
+        request.state = State.DONE
+        self._update_busy()  # the callback may start the next user action at once
+        try:
+            if request.on_done is not None:
+                request.on_done(result)
+        finally:
+            self._dispatch()
 
-    def _finish_failed(self, method: str, err: object) -> None:
-        self._finish()
-        self.failed.emit(method, err)
+    def _on_failed(self, request: Request, err: Exception) -> None:
+        self.running = None
+        request.state = State.FAILED
+        died = isinstance(err, EngineDied)
+        dropped: list[Request] = []
+        if died:  # what waited for this engine cannot run on it; user work is told why
+            dropped, self._queue = self._queue, []
+        self._update_busy()
+        try:
+            if request.on_failed is not None:
+                request.on_failed(err)
+            for r in dropped:
+                r.state = State.FAILED
+                if r.priority == Priority.USER and r.on_failed is not None:
+                    r.on_failed(err)
+            if died:
+                self.died.emit(err)
+        finally:
+            self._dispatch()
 
     def shutdown(self) -> None:
         """Stop any stream, end the worker thread and the engine child (no orphan processes)."""
+        for r in self._queue:
+            r.state = State.CANCELLED
+        self._queue = []
         self.host.cancel()
         self._thread.quit()
         self._thread.wait(10_000)

@@ -49,7 +49,7 @@ def run_gui(args) -> int:
     if problem:  # Qt would abort the process with a long message; say what to do in one line instead
         print(f"ingle: error: {problem}", file=sys.stderr)
         return 2
-    from app.main import run
+    from app.start import run
 
     return run(smoke_prompt=getattr(args, "smoke_prompt", None))
 

@@ -8,9 +8,10 @@ follow the stream's own events with no request at all.
 
 from __future__ import annotations
 
-from PySide6.QtCore import QObject, Qt, QTimer
+from PySide6.QtCore import QObject, Qt, QTimer, Signal
 from PySide6.QtWidgets import QDockWidget, QScrollArea, QWidget
 
+from app.bridge import State
 from app.visualizers import (
     ContextBar,
     KVCacheMap,
@@ -21,10 +22,8 @@ from app.visualizers import (
     TokenProbabilities,
 )
 from engine.events import Message, ModelLoaded, PromptEvaluated, ReplyDone, Token
+from engine.interface import Inspection
 
-METHODS = frozenset(
-    {"inspect", "preview", "token_pieces"}
-)  # requests the inspector makes; the window ignores them
 DRAFT_DEBOUNCE_MS = 350
 TOP_N = 12
 
@@ -38,6 +37,8 @@ def _scrolled(widget: QWidget) -> QScrollArea:
 
 
 class Inspector(QObject):
+    updated = Signal(str)  # "inspect", "preview" or "token_pieces": a view was refreshed (or failed)
+
     def __init__(self, window):
         super().__init__(window)
         self.window = window
@@ -69,8 +70,6 @@ class Inspector(QObject):
         first = self.docks["context"]
         for key in ("tokens", "kv", "probabilities", "preview", "timing", "kv_calculator"):
             window.tabifyDockWidget(first, self.docks[key])
-        self.queue: list[tuple] = []  # requests waiting for the engine to be free
-        self.in_flight: str | None = None
         self.messages: list = []  # what the last inspect evaluated (Message list, draft included)
         self.has_draft = False
         self.last_turn = (0, 0)  # (reused, evaluated) of the last reply's prompt
@@ -86,9 +85,6 @@ class Inspector(QObject):
         window.model_ready.connect(lambda _ev: self.refresh())
         window.conversation_opened.connect(self._conversation_opened)
         self.bridge.event.connect(self._on_event)
-        self.bridge.done.connect(self._on_done)
-        self.bridge.failed.connect(self._on_failed)
-        self.bridge.busy_changed.connect(lambda busy: None if busy else self._next())
         self.tokens.message_chosen.connect(self._pick_tokens)
         self.probabilities.continue_requested.connect(window.continue_with)
 
@@ -113,75 +109,65 @@ class Inspector(QObject):
             return settings
         return settings.replace(logprobs=True, top_logprobs=max(settings.top_logprobs, 8))
 
-    # ------------------------------------------------------------ requests
+    # ------------------------------------------------------------ requests (background: user actions go first)
     def refresh(self) -> None:
         """Budget, preview and KV state for the conversation and the draft (one engine round trip)."""
-        if not self.active() or self.window.loaded is None:
+        w = self.window
+        if not self.active() or w.loaded is None:
             return
-        self.queue = [r for r in self.queue if r[0] not in ("inspect", "preview")]
-        self.queue.append(("inspect",))
-        self._next()
+        messages = w.engine_messages()
+        draft = w.composer.toPlainText().strip()
+        settings, policy = w.sampling_panel.settings(), w.sampling_panel.policy()
+        evaluated = messages + ([Message("user", draft)] if draft else [])
+        for stale in self.bridge.pending("preview"):  # the inspection brings a fresh preview
+            stale.cancel()
+        self.bridge.call(
+            lambda engine: engine.inspect(messages, draft, settings, policy, TOP_N),
+            lambda result: self._inspected(result, evaluated, bool(draft)),
+            lambda err: self._failed("inspect", err),
+            background=True, key="inspect",
+        )  # fmt: skip
 
     def refresh_preview(self) -> None:
         """Sliders moved: re-apply the samplers to the stored logits; no model evaluation."""
         if not self.active() or self.window.loaded is None or not self.messages:
             return
-        if not any(r[0] == "inspect" for r in self.queue):
-            self.queue = [r for r in self.queue if r[0] != "preview"]
-            self.queue.append(("preview",))
-        self._next()
+        if any(r.state is State.QUEUED for r in self.bridge.pending("inspect")):
+            return  # the inspection about to run takes the new settings
+        settings = self.window.sampling_panel.settings()
+        self.bridge.call(
+            lambda engine: engine.preview(settings, TOP_N),
+            self._previewed, lambda err: self._failed("preview", err),
+            background=True, key="preview",
+        )  # fmt: skip
 
-    def _next(self) -> None:
-        w = self.window
-        if self.bridge.busy or not self.queue or w.streaming is not None or w.queued_actions:
-            return
-        kind, *args = self.queue.pop(0)
-        settings = w.sampling_panel.settings()
-        if kind == "inspect":
-            messages = w.engine_messages()
-            draft = w.composer.toPlainText().strip()
-            self.messages = messages + ([Message("user", draft)] if draft else [])
-            self.has_draft = bool(draft)
-            self.in_flight = kind
-            self.bridge.submit("inspect", messages, draft, settings, w.sampling_panel.policy(), TOP_N)
-        elif kind == "preview":
-            self.in_flight = kind
-            self.bridge.submit("preview", settings, TOP_N)
-        elif kind == "token_pieces":
-            self.in_flight = kind
-            self.bridge.submit("token_pieces", args[0])
-
-    def _on_done(self, method: str, result) -> None:
-        if method not in METHODS:
-            return
-        self.in_flight = None
+    def _inspected(self, result: Inspection, messages: list, has_draft: bool) -> None:
+        self.messages, self.has_draft = messages, has_draft
         roles = [m.role for m in self.messages]
         if self.has_draft:
             roles[-1] = "draft"
-        if method == "inspect":
-            budget = result.budget
-            self.context_bar.set_budget(budget, roles, self.has_draft)
-            self.window.show_context_figure(self.context_bar.used, budget.n_ctx)
-            self.kv_map.set_state(result.kv, budget.spans, roles, *self.last_turn)
-            self.preview.set_stages(list(result.preview), result.preview_note)
-            labels = [f"{i + 1}. {m.role}: {m.content[:40]!r}" for i, m in enumerate(self.messages)]
-            if labels:
-                pinned = self.token_pinned and 0 <= self.token_message < len(labels)
-                index = self.token_message if pinned else len(labels) - 1
-                self.tokens.set_messages(labels, index)
-                self._show_tokens(index)
-        elif method == "preview":
-            self.preview.set_stages(result)
-        elif method == "token_pieces":
-            self.tokens.show_pieces(result)
+        budget = result.budget
+        self.context_bar.set_budget(budget, roles, self.has_draft)
+        self.window.show_context_figure(self.context_bar.used, budget.n_ctx)
+        self.kv_map.set_state(result.kv, budget.spans, roles, *self.last_turn)
+        self.preview.set_stages(list(result.preview), result.preview_note)
+        labels = [f"{i + 1}. {m.role}: {m.content[:40]!r}" for i, m in enumerate(self.messages)]
+        if labels:
+            pinned = self.token_pinned and 0 <= self.token_message < len(labels)
+            index = self.token_message if pinned else len(labels) - 1
+            self.tokens.set_messages(labels, index)
+            self._show_tokens(index)
+        self.updated.emit("inspect")
 
-    def _on_failed(self, method: str, err) -> None:
-        if method not in METHODS:
-            return
-        self.in_flight = None
-        if method == "inspect":
+    def _previewed(self, stages: list) -> None:
+        self.preview.set_stages(stages)
+        self.updated.emit("preview")
+
+    def _failed(self, what: str, err: Exception) -> None:
+        if what == "inspect":
             self.context_bar.clear(str(err))
         self.preview.set_stages([], str(err))
+        self.updated.emit(what)
 
     def _pick_tokens(self, index: int) -> None:
         self.token_pinned = True
@@ -191,9 +177,16 @@ class Inspector(QObject):
         if not 0 <= index < len(self.messages):
             return
         self.token_message = index
-        self.queue = [r for r in self.queue if r[0] != "token_pieces"]
-        self.queue.append(("token_pieces", self.messages[index].content))
-        self._next()
+        text = self.messages[index].content
+        self.bridge.call(
+            lambda engine: engine.token_pieces(text),
+            self._pieces, lambda err: self._failed("token_pieces", err),
+            background=True, key="token_pieces",
+        )  # fmt: skip
+
+    def _pieces(self, pieces: list) -> None:
+        self.tokens.show_pieces(pieces)
+        self.updated.emit("token_pieces")
 
     # ------------------------------------------------------------ the stream's own events
     def _on_event(self, ev) -> None:

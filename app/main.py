@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
-import html
 import json
 import logging
-import sqlite3
-import sys
-import tempfile
-import time
 from pathlib import Path
 
-import psutil
 from PySide6.QtCore import QByteArray, QSettings, Qt, QTimer, Signal
 from PySide6.QtGui import QAction, QActionGroup, QColor, QGuiApplication, QKeySequence, QPalette
 from PySide6.QtWidgets import (
     QApplication,
     QFileDialog,
-    QFrame,
     QHBoxLayout,
     QInputDialog,
     QLabel,
@@ -39,15 +32,16 @@ from PySide6.QtWidgets import (
 from app.bridge import EngineBridge
 from app.chat_view import ChatView
 from app.dialogs import show_error
-from app.inspector import METHODS as INSPECTOR_METHODS
 from app.inspector import Inspector
 from app.model_panel import ModelPanel
-from app.render import DARK, LIGHT, strip_thinking
+from app.render import DARK, LIGHT
 from app.sampling_panel import SamplingPanel
-from engine.conversations import ConversationError, ConversationStore, StoredMessage, open_store
+from app.widgets import Banner, Composer
+from engine.conversations import ConversationError, ConversationStore, StoredMessage
 from engine.errors import EngineDied, IngleError
-from engine.events import LoadProgress, Message, ModelLoaded, ReplyDone, StopReason, Token
+from engine.events import LoadProgress, Message, ModelLoaded, ReplyDone
 from engine.library import STARTER_NAME, Library, atomic_write_bytes, data_dir
+from engine.session import ChatSession, Phase
 from engine.settings import LoadSettings, OverflowPolicy, SamplingSettings
 
 log = logging.getLogger(__name__)
@@ -57,56 +51,6 @@ STARTER_NOTE = (
     "<b>Gemma 3 270M</b> is loaded: a small <b>base model</b>. It continues text rather than following "
     "instructions. Teach it with the fine-tuning wizard, or get a chat model from the download manager."
 )
-
-
-class Banner(QFrame):
-    """A strip above the chat: a message, an optional action button and a close button."""
-
-    def __init__(self, color: str):
-        super().__init__()
-        self.setStyleSheet(
-            f"Banner {{ background: {color}; border-radius: 4px; }} QLabel {{ color: #1d1d1f; }}"
-        )
-        row = QHBoxLayout(self)
-        self.label = QLabel()
-        self.label.setWordWrap(True)
-        self.label.setTextFormat(Qt.RichText)
-        self.button = QPushButton()
-        close = QPushButton("✕")
-        close.setFlat(True)
-        close.clicked.connect(self.hide)
-        row.addWidget(self.label, 1)
-        row.addWidget(self.button)
-        row.addWidget(close)
-        self.hide()
-
-    def show_message(self, text: str, button: str = "", bold: str = "") -> None:
-        """`text` (and the `bold` lead-in) are shown as plain text: titles and error messages can come from
-        files and models, and must not render as markup or links."""
-        lead = f"<b>{html.escape(bold)}</b> " if bold else ""
-        self.show_html(lead + html.escape(text).replace("\n", "<br/>"), button)
-
-    def show_html(self, trusted_html: str, button: str = "") -> None:
-        """For the app's own fixed texts only."""
-        self.label.setText(trusted_html)
-        self.button.setText(button)
-        self.button.setVisible(bool(button))
-        self.show()
-
-
-class Composer(QPlainTextEdit):
-    """The message box: Enter sends, Shift+Enter starts a new line, Esc stops a reply."""
-
-    send = Signal()
-    stop = Signal()
-
-    def keyPressEvent(self, event) -> None:  # noqa: N802 (Qt override)
-        if event.key() in (Qt.Key_Return, Qt.Key_Enter) and not event.modifiers() & Qt.ShiftModifier:
-            self.send.emit()
-        elif event.key() == Qt.Key_Escape:
-            self.stop.emit()
-        else:
-            super().keyPressEvent(event)
 
 
 class MainWindow(QMainWindow):
@@ -123,22 +67,16 @@ class MainWindow(QMainWindow):
         self.library = library or Library()
         self.gui_settings = QSettings(str(data_dir() / "gui.ini"), QSettings.IniFormat)
         self.bridge = EngineBridge(self)
-        self.bridge.event.connect(self._on_event)
-        self.bridge.done.connect(self._on_done)
-        self.bridge.failed.connect(self._on_failed)
         self.bridge.busy_changed.connect(self._update_buttons)
+        self.bridge.died.connect(self._engine_died)
         self.conversation: int | None = None
         self._undo = None  # what the undo banner's button undoes: returns the conversation to show
         self._unopenable: set[int] = set()  # conversations that failed to open (not retried as fallbacks)
         self.loaded: ModelLoaded | None = None
         self.last_load: tuple | None = None
-        self.streaming: StoredMessage | None = None
-        self.stream_text = ""
-        self.stream_prefix = ""  # text of a reply being continued, before the new tokens
-        self._last_save = 0.0
+        self.chat: ChatSession | None = None  # the open conversation's chat logic (engine/session.py)
+        self._interrupted: int | None = None  # a reply the engine's death cut off (for the fault banner)
         self.editing: int | None = None
-        self._finished_pending: int | None = None  # a stored reply whose request has not ended yet
-        self.queued_actions: list = []  # user actions that came while a visualizer's request held the engine
         self.model_manager = None  # the download manager window, made on first use
         self.wizard = None  # the fine-tuning wizard, while open
         self._build()
@@ -152,7 +90,12 @@ class MainWindow(QMainWindow):
         self._restore_layout()
         self.initial_model = model
         if start_engine:
-            self.bridge.start_engine()
+            self.start_engine()
+
+    @property
+    def streaming(self) -> StoredMessage | None:
+        """The reply being written, if any."""
+        return self.chat.reply if self.chat is not None and self.chat.phase is Phase.STREAMING else None
 
     # ------------------------------------------------------------ layout
     def _build(self) -> None:
@@ -404,6 +347,7 @@ class MainWindow(QMainWindow):
                 )
         system_prompt = self.store.get(cid).system_prompt if cid is not None else ""
         self.conversation = cid
+        self.chat = ChatSession(self.store, cid, SAVE_INTERVAL) if cid is not None else None
         self.editing = None
         if settings is not None:
             self.sampling_panel.set_settings(settings)
@@ -439,13 +383,13 @@ class MainWindow(QMainWindow):
             self.view.show_messages([], None)
             return
         shown = []
-        streaming_id = self.streaming.id if self.streaming else None
+        live = self.chat.live_message() if self.chat is not None else None
         for msg in self.store.path(self.conversation):
-            if msg.id == streaming_id:
+            if live is not None and msg.id == live.id:
                 continue
             siblings = [m.id for m in self.store.siblings(msg.id)]
             shown.append((msg, (siblings.index(msg.id) + 1, len(siblings))))
-        self.view.show_messages(shown, self._stream_message())
+        self.view.show_messages(shown, live)
 
     def open_model_manager(self, tab: int = 0):
         """The download manager and library window; one per main window, so partial downloads have one owner."""
@@ -561,242 +505,23 @@ class MainWindow(QMainWindow):
             show_error(self, str(err))
             return False
 
-    # ------------------------------------------------------------ model
-    def _after_inspector(self, action) -> bool:
-        """True when a visualizer's request holds the engine: `action` then runs as soon as it ends (they take
-        milliseconds, so the user's action is delayed, never refused)."""
-        if self.bridge.busy and self.bridge.method in INSPECTOR_METHODS:
-            self.queued_actions.append(action)
-            return True
-        return False
+    # ------------------------------------------------------------ engine and model
+    def start_engine(self) -> None:
+        """Start (or restart) the engine child; then load the last model, or the first one."""
+        self.bridge.start_engine(self._engine_started, self._engine_start_failed)
 
-    def load_model(self, path: str, settings: LoadSettings | None = None, adapters=()) -> None:
-        if self._after_inspector(lambda: self.load_model(path, settings, adapters)):
-            return
-        if self.bridge.busy:
-            self.statusBar().showMessage(
-                "Wait for the engine to finish (or press Stop) before loading.", 5000
-            )
-            return
-        self.last_load = (str(path), settings or self.model_panel.load_settings(), tuple(adapters))
-        self.model_panel.set_loading(0.0)
-        self.model_label.setText(f"Loading {Path(path).name}…")
-        self.bridge.submit("load", *self.last_load, None)
-
-    def unload_model(self) -> None:
-        if self._after_inspector(self.unload_model):
-            return
-        if not self.bridge.busy:
-            self.loaded = None
-            self.model_label.setText("No model")
-            self.bridge.submit("unload")
-
-    def restart_engine(self) -> None:
-        self.fault_banner.hide()
-        self.model_label.setText("Restarting the engine…")
-        self.bridge.start_engine()
-
-    # ------------------------------------------------------------ chat actions
-    def send_from_composer(self) -> None:
-        text = self.composer.toPlainText().strip()
-        if text and self.send(text):
-            self.composer.clear()
-
-    def send(self, text: str) -> bool:
-        """Add a user message (a new branch when editing) and stream the reply. False when it cannot start."""
-        if self.loaded is not None and self._after_inspector(lambda: self.send(text)):
-            return True
-        if self.bridge.busy or self.loaded is None:
-            self.statusBar().showMessage(
-                "Load a model first." if self.loaded is None else "A reply is running.", 5000
-            )
-            return False
-        if self.conversation is None:
-            self.new_chat()
-        if self.store.get(self.conversation).title == "New chat":
-            self.store.rename(self.conversation, text.splitlines()[0][:48])
-            self.refresh_conversations()
-        if self.editing is not None:
-            parent = self.store.message(self.editing).parent
-            self.editing = None
+    def _engine_started(self, hardware) -> None:
+        self.model_panel.set_hardware(hardware)
+        self.model_label.setText("No model")
+        if self.last_load is not None:  # after a crash, bring the same model back
+            self.load_model(*self.last_load)
         else:
-            parent = self.store.leaf(self.conversation)
-        user = self.store.add_message(self.conversation, parent, "user", text)
-        self._generate(user.id)
-        return True
+            self._load_initial_model()
 
-    def regenerate(self, mid: int) -> None:
-        if self._after_inspector(lambda: self.regenerate(mid)):
-            return
-        msg = self.store.message(mid)
-        if msg.role != "assistant" or msg.parent is None:
-            return
-        if self.bridge.busy or self.loaded is None:
-            self.statusBar().showMessage(
-                "Load a model first." if self.loaded is None else "A reply is running.", 5000
-            )
-            return
-        self._generate(msg.parent)
-
-    def continue_reply(self, mid: int) -> None:
-        """Let the model go on writing a reply that was stopped or cut off, in the same message."""
-        if self._after_inspector(lambda: self.continue_reply(mid)):
-            return
-        msg = self.store.message(mid)
-        if msg.role != "assistant":
-            return
-        if self.bridge.busy or self.loaded is None:
-            self.statusBar().showMessage(
-                "Load a model first." if self.loaded is None else "A reply is running.", 5000
-            )
-            return
-        self.store.select(mid)
-        self.store.update_message(mid, msg.content, "streaming")
-        self.streaming = self.store.message(mid)
-        self._start_stream(msg.content, continue_last=True)
-
-    def _generate(self, parent: int) -> None:
-        self.streaming = self.store.add_message(
-            self.conversation, parent, "assistant", "", status="streaming"
-        )
-        self._start_stream("", continue_last=False)
-
-    def engine_messages(self, skip_last: bool = False) -> list[Message]:
-        """The conversation as the engine gets it: system prompt, then the selected branch's messages."""
-        if self.conversation is None:
-            return []
-        conv = self.store.get(self.conversation)
-        messages = [Message("system", conv.system_prompt)] if conv.system_prompt else []
-        path = self.store.path(self.conversation)
-        streaming_id = self.streaming.id if self.streaming else None
-        for msg in path[:-1] if skip_last else path:
-            # earlier reasoning is not sent back, as reasoning models' chat templates expect
-            content = msg.content
-            if msg.role == "assistant" and msg.id != streaming_id:
-                content = strip_thinking(content)
-            messages.append(Message(msg.role, content))
-        return messages
-
-    def _start_stream(self, prefix: str, continue_last: bool) -> None:
-        cid = self.conversation
-        self.stream_prefix = prefix
-        self.stream_text = prefix
-        self._last_save = time.monotonic()
-        self.render_conversation()
-        messages = self.engine_messages(skip_last=not continue_last)
-        settings = self.inspector.stream_settings(self.store.settings(cid))
-        self.bridge.submit("chat", messages, settings, self.sampling_panel.policy(), continue_last)
-
-    def continue_with(self, mid: int, text: str) -> None:
-        """A new branch beside reply `mid` that starts with `text` (its tokens up to one, then another choice
-        there), which the model then goes on writing."""
-        if self._after_inspector(lambda: self.continue_with(mid, text)):
-            return
-        msg = self.store.message(mid)
-        if self.bridge.busy or self.loaded is None or msg.role != "assistant":
-            self.statusBar().showMessage(
-                "Load a model first." if self.loaded is None else "Wait for the engine to finish first.", 5000
-            )
-            return
-        branch = self.store.add_message(msg.conversation, msg.parent, "assistant", text, status="stopped")
-        self.continue_reply(branch.id)
-
-    def stop(self) -> None:
-        self.bridge.cancel()
-
-    def _stream_message(self) -> StoredMessage | None:
-        if self.streaming is None:
-            return None
-        s = self.streaming
-        return StoredMessage(
-            s.id, s.conversation, s.parent, s.role, self.stream_text, s.status, s.stats, s.created
-        )
-
-    def _redraw_stream(self) -> None:
-        if self.streaming is not None and self.streaming.conversation == self.conversation:
-            self.view.update_stream(self._stream_message())
-
-    def _save_stream(self, status: str | None = None, stats: dict | None = None) -> None:
-        self.store.update_message(self.streaming.id, self.stream_text, status, stats)
-        self._last_save = time.monotonic()
-
-    def _finish_stream(self, status: str, stats: dict | None = None) -> None:
-        if self.streaming is None:
-            return
-        mid = self.streaming.id
-        self._save_stream(status, stats)
-        self.streaming = None
-        self._redraw.stop()
-        self.render_conversation()
-        self.refresh_conversations()
-        if (
-            self.bridge.busy
-        ):  # the ReplyDone event comes before the request ends: say so when the engine is free
-            self._finished_pending = mid
-        else:
-            self.reply_finished.emit(mid)
-
-    def _emit_pending_finished(self) -> None:
-        mid, self._finished_pending = self._finished_pending, None
-        if mid is not None:
-            self.reply_finished.emit(mid)
-
-    # ------------------------------------------------------------ engine events
-    def _on_event(self, ev) -> None:
-        if isinstance(ev, Token) and self.streaming is not None:
-            self.stream_text += ev.text
-            if not self._redraw.isActive():
-                self._redraw.start()
-            if time.monotonic() - self._last_save >= SAVE_INTERVAL:
-                self._save_stream()
-        elif isinstance(ev, ReplyDone):
-            st = ev.stats
-            self.stream_text = self.stream_prefix + ev.text
-            self._show_stats(st.n_past, st.n_ctx, st.decode_tok_s, st.ttft_seconds)
-            stats = {"ttft": st.ttft_seconds, "tok_s": st.decode_tok_s, "generated": st.generated_tokens,
-                     "n_past": st.n_past, "n_ctx": st.n_ctx, "stop": st.stop_reason.value}  # fmt: skip
-            self._finish_stream("stopped" if st.stop_reason == StopReason.CANCELLED else "done", stats)
-        elif isinstance(ev, LoadProgress):
-            self.model_panel.set_loading(ev.fraction)
-        elif isinstance(ev, ModelLoaded):
-            self._model_loaded(ev)
-
-    def _show_stats(self, n_past: int, n_ctx: int, tok_s: float, ttft: float) -> None:
-        self.context_label.setText(f"Context {n_past:,} / {n_ctx:,}")
-        self.speed_label.setText(f"{tok_s:.1f} tok/s · TTFT {ttft * 1000:.0f} ms")
-
-    def _model_loaded(self, ev: ModelLoaded) -> None:
-        self.loaded = ev
-        self.model_panel.set_loading(None)
-        name = Path(ev.path).stem
-        self.model_label.setText(f"{name} · {ev.info.get('architecture', '')} {ev.info.get('file_type', '')}")
-        self.context_label.setText(f"Context 0 / {ev.n_ctx:,}")
-        self.gui_settings.setValue("last_model", ev.path)
-        if name == STARTER_NAME:
-            self.info_banner.show_html(STARTER_NOTE)
-        else:
-            self.info_banner.hide()
-
-    def _on_done(self, method: str, result) -> None:
-        if method == "restart":
-            self.model_panel.set_hardware(result)
-            self.model_label.setText("No model")
-            if self.last_load is not None:  # after a crash, bring the same model back
-                self.load_model(*self.last_load)
-            else:
-                self._load_initial_model()
-        elif method == "load" and self.loaded is not None:
-            self.model_ready.emit(self.loaded)  # the engine is free now: ready to send
-        elif method == "chat" and self.streaming is not None:  # a stream that ended without ReplyDone
-            self._finish_stream("stopped")
-        self._emit_pending_finished()
-        if method in INSPECTOR_METHODS:
-            self._run_queued()
-
-    def _run_queued(self) -> None:
-        actions, self.queued_actions = self.queued_actions, []
-        for action in actions:
-            QTimer.singleShot(0, action)  # after the inspector's own handler has run
+    def _engine_start_failed(self, err: Exception) -> None:
+        if not isinstance(err, EngineDied):  # a child that died at start is reported by _engine_died
+            self.fault_banner.show_message(str(err), "Restart engine")
+            self.engine_failed.emit(str(err))
 
     def _load_initial_model(self) -> None:
         model = self.initial_model or self.gui_settings.value("last_model")
@@ -810,25 +535,186 @@ class MainWindow(QMainWindow):
                 return
         self.load_model(str(model))
 
-    def _on_failed(self, method: str, err) -> None:
-        died = isinstance(err, EngineDied)
-        if method in INSPECTOR_METHODS and not died:
-            self._run_queued()
-            return  # the inspector shows its own errors
-        if method == "chat" and self.streaming is not None:
-            self._finish_stream("interrupted")
-        if method == "load":
-            self.model_panel.set_loading(None)
-            self.model_label.setText("No model")
-        if died:
-            self.loaded = None
-            self.model_label.setText("Engine stopped")
-            detail = "" if method != "chat" else " Your conversation and the partial reply are kept."
-            self.fault_banner.show_message(f"{err}{detail}", "Restart engine", bold="The engine stopped.")
+    def _refuse_while_busy(self, what: str) -> bool:
+        """User actions run one at a time; True (and a note) when one is queued or running."""
+        if self.bridge.busy:
+            self.statusBar().showMessage(
+                f"Wait for the engine to finish (or press Stop) before {what}.", 5000
+            )
+            return True
+        return False
+
+    def load_model(
+        self, path: str, settings: LoadSettings | None = None, adapters=(), template: str | None = None
+    ) -> None:
+        """Load a model (with LoRA adapters; `template`: a chat template override, else the panel's choice)."""
+        if self._refuse_while_busy("loading"):
+            return
+        if template is None:
+            template = self.model_panel.chat_template()
+        self.last_load = (str(path), settings or self.model_panel.load_settings(), tuple(adapters), template)
+        path, load, adapters, template = self.last_load
+        self.model_panel.set_loading(0.0)
+        self.model_label.setText(f"Loading {Path(path).name}…")
+        self.bridge.stream(
+            lambda engine: engine.load(path, load, adapters, template),
+            event=self._on_load_event, done=self._load_done, failed=self._load_failed,
+        )  # fmt: skip
+
+    def _on_load_event(self, ev) -> None:
+        if isinstance(ev, LoadProgress):
+            self.model_panel.set_loading(ev.fraction)
+        elif isinstance(ev, ModelLoaded):
+            self._model_loaded(ev)
+
+    def _load_done(self, _result) -> None:
+        if self.loaded is not None:
+            self.model_ready.emit(self.loaded)  # the engine is free now: ready to send
+
+    def _load_failed(self, err: Exception) -> None:
+        self.model_panel.set_loading(None)
+        self.model_label.setText("No model")
+        if not isinstance(err, EngineDied):
+            self.fault_banner.show_message(str(err))
+            self.engine_failed.emit(str(err))
+
+    def unload_model(self) -> None:
+        if self._refuse_while_busy("unloading"):
+            return
+        self.loaded = None
+        self.model_label.setText("No model")
+        self.bridge.call(lambda engine: engine.unload())
+
+    def restart_engine(self) -> None:
+        self.fault_banner.hide()
+        self.model_label.setText("Restarting the engine…")
+        self.start_engine()
+
+    def _engine_died(self, err: EngineDied) -> None:
+        self.loaded = None
+        self.model_label.setText("Engine stopped")
+        detail = " Your conversation and the partial reply are kept." if self._interrupted is not None else ""
+        self._interrupted = None
+        self.fault_banner.show_message(f"{err}{detail}", "Restart engine", bold="The engine stopped.")
+        self.engine_failed.emit(str(err))
+
+    def _model_loaded(self, ev: ModelLoaded) -> None:
+        self.loaded = ev
+        self.model_panel.set_loading(None)
+        name = Path(ev.path).stem
+        self.model_label.setText(f"{name} · {ev.info.get('architecture', '')} {ev.info.get('file_type', '')}")
+        self.context_label.setText(f"Context 0 / {ev.n_ctx:,}")
+        self.gui_settings.setValue("last_model", ev.path)
+        if ev.template_warning:
+            self.info_banner.show_message(ev.template_warning)
+        elif name == STARTER_NAME:
+            self.info_banner.show_html(STARTER_NOTE)
+        else:
+            self.info_banner.hide()
+
+    # ------------------------------------------------------------ chat actions (engine/session.py decides)
+    def send_from_composer(self) -> None:
+        text = self.composer.toPlainText().strip()
+        if text and self.send(text):
+            self.composer.clear()
+
+    def _can_chat(self) -> bool:
+        if self.loaded is None:
+            self.statusBar().showMessage("Load a model first.", 5000)
+            return False
+        return not self._refuse_while_busy("sending")
+
+    def send(self, text: str) -> bool:
+        """Add a user message (a new branch when editing) and stream the reply. False when it cannot start."""
+        if not self._can_chat():
+            return False
+        if self.conversation is None:
+            self.new_chat()
+        editing, self.editing = self.editing, None
+        if not self._start(lambda chat: chat.send(text, editing=editing)):
+            return False
+        self.refresh_conversations()  # the first message titles the chat
+        return True
+
+    def regenerate(self, mid: int) -> None:
+        if self._can_chat():
+            self._start(lambda chat: chat.regenerate(mid))
+
+    def continue_reply(self, mid: int) -> None:
+        """Let the model go on writing a reply that was stopped or cut off, in the same message."""
+        if self._can_chat():
+            self._start(lambda chat: chat.continue_reply(mid))
+
+    def continue_with(self, mid: int, text: str) -> None:
+        """A new branch beside reply `mid` that starts with `text` (its tokens up to one, then another choice
+        there), which the model then goes on writing."""
+        if self._can_chat():
+            self._start(lambda chat: chat.continue_with(mid, text))
+
+    def engine_messages(self) -> list[Message]:
+        """The open conversation as the engine gets it (for the visualizers)."""
+        return self.chat.engine_messages() if self.chat is not None else []
+
+    def _start(self, plan) -> bool:
+        """Plan a turn with the session, then stream it through the engine queue."""
+        try:
+            turn = plan(self.chat)
+        except IngleError as err:
+            self.statusBar().showMessage(str(err), 5000)
+            return False
+        settings = self.inspector.stream_settings(self.store.settings(self.conversation))
+        policy = self.sampling_panel.policy()
+        messages = list(turn.messages)
+        self.render_conversation()
+        self.bridge.stream(
+            lambda engine: engine.chat(messages, settings, policy, turn.continue_last),
+            event=lambda ev, chat=self.chat: self._on_chat_event(chat, ev),
+            done=lambda _r, chat=self.chat, mid=turn.reply: self._chat_done(chat, mid),
+            failed=lambda err, chat=self.chat, mid=turn.reply: self._chat_failed(chat, mid, err),
+        )
+        return True
+
+    def stop(self) -> None:
+        self.bridge.cancel()
+
+    def _on_chat_event(self, chat: ChatSession, ev) -> None:
+        if not chat.on_event(ev):
+            return
+        if isinstance(ev, ReplyDone):
+            st = ev.stats
+            if chat is self.chat:
+                self._show_stats(st.n_past, st.n_ctx, st.decode_tok_s, st.ttft_seconds)
+            self._redraw.stop()
+            self.render_conversation()
+            self.refresh_conversations()
+        elif not self._redraw.isActive():
+            self._redraw.start()
+
+    def _redraw_stream(self) -> None:
+        live = self.chat.live_message() if self.chat is not None else None
+        if live is not None:
+            self.view.update_stream(live)
+
+    def _chat_done(self, chat: ChatSession, mid: int) -> None:
+        """The request has ended (the engine is free): the reply is stored, as done or stopped."""
+        if chat.stopped_without_reply() is not None:  # cancelled before any token came
+            self.render_conversation()
+        self.reply_finished.emit(mid)
+
+    def _chat_failed(self, chat: ChatSession, mid: int, err: Exception) -> None:
+        chat.fail()  # the partial reply is kept, marked interrupted
+        self._redraw.stop()
+        self.render_conversation()
+        if isinstance(err, EngineDied):  # reported once, by _engine_died, which the bridge calls next
+            self._interrupted = mid
         else:
             self.fault_banner.show_message(str(err))
-        self._emit_pending_finished()
-        self.engine_failed.emit(str(err))
+            self.engine_failed.emit(str(err))
+        self.reply_finished.emit(mid)
+
+    def _show_stats(self, n_past: int, n_ctx: int, tok_s: float, ttft: float) -> None:
+        self.context_label.setText(f"Context {n_past:,} / {n_ctx:,}")
+        self.speed_label.setText(f"{tok_s:.1f} tok/s · TTFT {ttft * 1000:.0f} ms")
 
     def _update_buttons(self, busy: bool) -> None:
         self.send_button.setEnabled(not busy)
@@ -928,149 +814,8 @@ class MainWindow(QMainWindow):
         self.gui_settings.setValue("splitter", self.splitter.saveState())
         self.gui_settings.setValue("docks", self.saveState())
         self.gui_settings.setValue("side_visible", "true" if self.side.isVisible() else "false")
-        if self.streaming is not None:
-            self._save_stream("stopped")
-            self.streaming = None
+        if self.chat is not None:
+            self.chat.suspend()  # a reply being written is kept as stopped
         self.bridge.shutdown()
         self.store.purge()
         super().closeEvent(event)
-
-
-def home_problem() -> str | None:
-    """Why Ingle cannot keep its data (an unwritable INGLE_HOME), or None."""
-    home = data_dir()
-    if home.exists() and not home.is_dir():
-        return f"Ingle's data folder {home} is a file, not a folder. Set INGLE_HOME to a folder you can write to."
-    try:
-        home.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=home, prefix=".write-test-"):
-            pass
-    except OSError as err:
-        return (
-            f"Ingle cannot write to its data folder {home} ({err.strerror or err}). Make it writable, or set "
-            "INGLE_HOME to a folder you can write to, and start Ingle again."
-        )
-    return None
-
-
-def run(smoke_prompt: str | None = None) -> int:
-    """The GUI. Problems that stop it from starting are shown in a dialog (and on stderr), exit code 2."""
-    app = QApplication.instance() or QApplication(sys.argv)
-    app.setApplicationName("Ingle")
-
-    def fail(text: str) -> int:
-        print(f"ingle: error: {text}", file=sys.stderr)
-        show_error(None, text, "Ingle cannot start")
-        return 2
-
-    problem = home_problem()
-    if problem:
-        return fail(problem)
-    notes = []
-    try:
-        store, recovery = open_store()
-        if recovery is not None:
-            notes.append(("Ingle: conversations recovered", recovery.describe()))
-        try:
-            Library().ensure_starter()  # first start: assemble the bundled model before the window opens
-        except IngleError as err:  # e.g. a damaged library index, rebuilt as it was reported: try once more
-            Library().ensure_starter()
-            notes.append(("Ingle: model library", str(err)))
-        window = MainWindow(store=store)
-    except (IngleError, OSError, ValueError, sqlite3.Error) as err:
-        return fail(str(err))
-    for title, text in notes:
-        box = QMessageBox(QMessageBox.Warning, title, text)
-        box.setTextFormat(Qt.PlainText)
-        box.exec()
-    window.show()
-    if smoke_prompt is None:
-        return app.exec()
-    return _smoke(app, window, smoke_prompt)
-
-
-def _smoke(app: QApplication, window: MainWindow, prompt: str) -> int:
-    """Packaging check: load the starter, send one prompt, print the reply; exit 0 only if it all worked."""
-    outcome: dict = {}
-    window.initial_model = Library().ensure_starter().file
-    window.last_load = None
-
-    started = psutil.Process().create_time()
-    marks = {"window shown": time.time() - started}
-
-    def ready(_ev) -> None:
-        marks["model loaded"] = time.time() - started
-        window.new_chat()
-        window.store.set_settings(window.conversation, SamplingSettings(temperature=0, max_tokens=48))
-        if not window.send(prompt):
-            outcome["error"] = "could not send the prompt"
-            app.quit()
-
-    def finished(mid: int) -> None:
-        marks["reply finished"] = time.time() - started
-        msg = window.store.message(mid)
-        if msg.status == "done" and msg.content.strip():
-            outcome["reply"] = msg.content
-        else:
-            outcome["error"] = f"the reply ended {msg.status} with {len(msg.content)} characters"
-        app.quit()
-
-    def failed(text: str) -> None:
-        outcome["error"] = text.splitlines()[0] if text else "engine failure"
-        app.quit()
-
-    window.model_ready.connect(ready)
-    window.reply_finished.connect(finished)
-    window.engine_failed.connect(failed)
-    QTimer.singleShot(300_000, lambda: (outcome.setdefault("error", "timed out after 300 s"), app.quit()))
-    app.exec()
-    window.close()
-    print(
-        "timing since process start: " + ", ".join(f"{k} {v:.1f} s" for k, v in marks.items()),
-        file=sys.stderr,
-    )
-    if "reply" in outcome:
-        print(outcome["reply"])
-        return 0
-    print(f"ingle: smoke test failed: {outcome.get('error', 'no reply')}", file=sys.stderr)
-    return 1
-
-
-def bench_stream(model_path: str, prompt: str, max_tokens: int, threads: int) -> dict:
-    """For `ingle bench`: stream one greedy reply into a real main window.
-
-    Returns the tokens shown and the perf_counter times the reply was sent, showed its first token and was
-    stored. Runs on the caller's QApplication; the bench measures the event loop around it.
-    """
-    import tempfile
-    import time
-
-    from PySide6.QtCore import QEventLoop
-
-    def wait(signal) -> None:
-        loop = QEventLoop()
-        signal.connect(loop.quit)
-        loop.exec()
-        signal.disconnect(loop.quit)
-
-    with tempfile.TemporaryDirectory() as tmp:
-        window = MainWindow(store=ConversationStore(Path(tmp) / "bench.sqlite3"), model=model_path)
-        window.show()
-        wait(window.model_ready)
-        window.load_model(model_path, LoadSettings(n_threads=threads))
-        wait(window.model_ready)
-        window.new_chat()
-        window.store.set_settings(window.conversation, SamplingSettings(temperature=0, max_tokens=max_tokens))
-        shown = []
-        window.bridge.event.connect(
-            lambda ev: (
-                shown.append(time.perf_counter()) if isinstance(ev, Token) and ev.token_id >= 0 else None
-            )
-        )
-        started = time.perf_counter()
-        window.send(prompt)
-        wait(window.reply_finished)
-        ended = time.perf_counter()
-        window.close()  # shuts the engine child down
-        return {"tokens_shown": len(shown), "stream_started": started, "stream_ended": ended,
-                "first_token": shown[0] if shown else None}  # fmt: skip

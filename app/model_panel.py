@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
     QDoubleSpinBox,
+    QFileDialog,
     QFormLayout,
     QHBoxLayout,
     QLabel,
@@ -19,11 +22,14 @@ from PySide6.QtWidgets import (
 )
 
 from app.forms import ERROR_STYLE
+from engine.chat_template import BUILTIN_TEMPLATES
 from engine.errors import IngleError
 from engine.fit import Fit, Verdict, available_memory, estimate
 from engine.gguf_info import ModelInfo, inspect_gguf
 from engine.library import Entry, Library
 from engine.settings import CacheType, FlashAttention, LoadSettings
+
+_FROM_FILE = "\0file"  # the combo entry that opens a file dialog
 
 
 def estimate_memory(info: ModelInfo, settings: LoadSettings, hardware=None) -> Fit:
@@ -149,6 +155,18 @@ class ModelPanel(QWidget):
             label.setToolTip(meta["help"])
             form.addRow(label, widget)
             self.advanced_fields[name] = widget
+        self.template_box = QComboBox()
+        self.template_box.addItem("Model's own", "")
+        for name in BUILTIN_TEMPLATES:
+            self.template_box.addItem(f"Built-in: {name}", name)
+        self.template_box.addItem("From file…", _FROM_FILE)
+        self.template_box.setToolTip(
+            "The chat template that turns the conversation into the prompt: the model's own (a built-in one "
+            "stands in when it fails), a built-in one, or a Jinja file (as the command line's --template)."
+        )
+        self._template_index = 0
+        self.template_box.activated.connect(self._template_chosen)
+        form.addRow("Chat template", self.template_box)
         self.advanced.hide()
         outer.addWidget(self.advanced)
 
@@ -164,6 +182,32 @@ class ModelPanel(QWidget):
             name: (w.isChecked() if isinstance(w, QCheckBox) else w.value())
             for name, w in self.advanced_fields.items()
         }
+
+    def chat_template(self) -> str | None:
+        """What to pass as the engine's chat_template: a built-in's name, a file's path, or None (the model's)."""
+        return self.template_box.currentData() or None
+
+    def use_template_file(self, path: str) -> None:
+        """Choose a .jinja file as the chat template (listed above "From file…" so it can be chosen again)."""
+        index = self.template_box.findData(path)
+        if index < 0:
+            index = self.template_box.count() - 1
+            self.template_box.insertItem(index, f"File: {Path(path).name}", path)
+            self.template_box.setItemData(index, path, Qt.ToolTipRole)
+        self.template_box.setCurrentIndex(index)
+        self._template_index = index
+
+    def _template_chosen(self, index: int) -> None:
+        if self.template_box.itemData(index) != _FROM_FILE:
+            self._template_index = index
+            return
+        path, _ = QFileDialog.getOpenFileName(
+            self, "Chat template", "", "Jinja templates (*.jinja *.j2 *.txt);;All files (*)"
+        )
+        if path:
+            self.use_template_file(path)
+        else:
+            self.template_box.setCurrentIndex(self._template_index)
 
     def refresh(self) -> None:
         self.model_box.blockSignals(True)

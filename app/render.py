@@ -44,11 +44,6 @@ def split_thinking(text: str) -> tuple[str, str, bool]:
     return m.group(2).strip(), answer, m.group(3) == ""
 
 
-def strip_thinking(text: str) -> str:
-    """What earlier turns send back to the model: chat templates (Qwen3, DeepSeek-R1) drop past reasoning."""
-    return split_thinking(text)[1]
-
-
 class MarkdownRenderer:
     def __init__(self, theme: Theme = LIGHT):
         self.theme = theme

@@ -8,8 +8,10 @@ import json
 import signal
 import sys
 from collections.abc import Iterator
+from enum import Enum
 from pathlib import Path
 
+from engine import settings as settings_module
 from engine.errors import EngineDied, EngineError, IngleError, SettingsError
 from engine.events import ContextTrimmed, LoadProgress, Message, ReplyDone, Token
 from engine.settings import LoadSettings, OverflowPolicy, SamplingSettings
@@ -41,6 +43,18 @@ def add_settings_flags(parser: argparse.ArgumentParser, cls, title: str) -> None
         elif f.type.startswith("tuple[tuple"):
             group.add_argument(
                 *flags, dest=f.name, action="append", metavar="ID=BIAS", help=helptext + " (repeatable)"
+            )
+        elif isinstance(choices := getattr(settings_module, f.type, None), type) and issubclass(
+            choices, Enum
+        ):
+            values = [c.value for c in choices]
+            group.add_argument(
+                *flags,
+                dest=f.name,
+                default=None,
+                choices=values,
+                metavar="{" + ",".join(values) + "}",
+                help=helptext,
             )
         else:
             kind = {"int": int, "float": float}.get(f.type, str)
@@ -263,6 +277,12 @@ def _open_engine(args):
 
     path = Library().resolve(args.model)
     load = settings_from_args(args, LoadSettings)
+    if getattr(args, "n_ctx", None) is None:  # no --ctx-size: never past what the model was trained on
+        from engine.gguf_info import inspect_gguf
+
+        trained = inspect_gguf(path).context_length
+        if 0 < trained < load.n_ctx:
+            load = load.replace(n_ctx=trained)
     adapters = [parse_adapter(a) for a in args.adapter or []]
     engine = open_engine(in_process=args.in_process)
 
@@ -278,6 +298,8 @@ def _open_engine(args):
     finally:
         if sys.stderr.isatty():
             print("\r" + " " * 20 + "\r", end="", file=sys.stderr, flush=True)
+    if event.template_warning:
+        print(f"ingle: warning: {printable(event.template_warning)}", file=sys.stderr)
     return engine, event
 
 
@@ -310,9 +332,13 @@ def cmd_run(args) -> int:
     sampling = settings_from_args(args, SamplingSettings)
     policy = OverflowPolicy(args.policy)
     engine, loaded = _open_engine(args)
-    for line in _loaded_lines(loaded)[1:]:  # adapters and warnings; stdout holds only the reply
+    for line in _loaded_lines(loaded, args.rope_scaling)[
+        1:
+    ]:  # adapters and warnings; stdout holds only the reply
         print(line, file=sys.stderr)
-    use_chat = args.chat if args.chat is not None else loaded.template_source == "gguf"
+    # chat when the model has a template of its own (even a broken one we replaced) or one was chosen
+    own = loaded.template_source == "gguf" or bool(loaded.template_warning) or bool(args.template)
+    use_chat = args.chat if args.chat is not None else own
     with _CancelOnInterrupt(engine) as interrupt:
         if use_chat:
             messages = ([Message("system", args.system)] if args.system else []) + [Message("user", prompt)]
@@ -327,21 +353,20 @@ def cmd_run(args) -> int:
     return 130 if interrupt.hit else 0  # the reply was cut short by Ctrl+C: the shell's convention says so
 
 
-def context_warning(loaded) -> str | None:
-    """One line when the context is longer than the model was trained for (its replies degrade past that)."""
+def context_warning(loaded, rope_scaling: str = "model") -> str | None:
+    """One line when the context is longer than the model was trained for and nothing stretches its positions
+    (its replies degrade past the trained length)."""
     trained = int(loaded.info.get("context_length") or 0)
-    if not trained or loaded.n_ctx <= trained:
+    if not trained or loaded.n_ctx <= trained or rope_scaling in ("linear", "yarn"):
         return None
-    times = loaded.n_ctx / trained
     return (
-        f"warning: context {loaded.n_ctx} is {times:.3g}x the {trained} tokens this model was trained on; "
-        "past that its replies degrade unless its position encoding is stretched (RoPE scaling: linear or YaRN, "
-        "llama.cpp's --rope-scaling/--rope-freq-scale/--yarn-orig-ctx), which Ingle does not set: "
-        f"use --ctx-size {trained} or less, or a long-context version of the model."
+        f"warning: context {loaded.n_ctx} is {loaded.n_ctx / trained:.3g}x the {trained} tokens this model was "
+        "trained on; past that its replies degrade. Stretch its positions with RoPE scaling (--rope-scaling yarn "
+        f"or linear, --rope-freq-scale), or use --ctx-size {trained} or less."
     )
 
 
-def _loaded_lines(loaded) -> list[str]:
+def _loaded_lines(loaded, rope_scaling: str = "model") -> list[str]:
     """What the user asked for and got: the model, its context, template, and every adapter with its scale."""
     from engine.text import printable
 
@@ -350,7 +375,7 @@ def _loaded_lines(loaded) -> list[str]:
              f"template: {printable(loaded.template_source)}."]  # fmt: skip
     for path, scale in loaded.adapters:
         lines.append(f"adapter {printable(Path(path).name)} at scale {scale:g} on")
-    warning = context_warning(loaded)
+    warning = context_warning(loaded, rope_scaling)
     if warning:
         lines.append(warning)
     return lines
@@ -425,7 +450,7 @@ def cmd_chat(args) -> int:
     sampling = settings_from_args(args, SamplingSettings)
     policy = OverflowPolicy(args.policy)
     engine, loaded = _open_engine(args)
-    for line in _loaded_lines(loaded):
+    for line in _loaded_lines(loaded, args.rope_scaling):
         print(line, file=sys.stderr)
     print("Type /help for commands, /exit to leave.", file=sys.stderr)
     history: list[Message] = [Message("system", args.system)] if args.system else []
@@ -485,7 +510,9 @@ def _add_generation_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--adapter", action="append", metavar="FILE[:SCALE]", help="apply a LoRA adapter (repeatable)"
     )
-    p.add_argument("--template", help="use a built-in chat template (gemma, chatml, llama3, mistral)")
+    p.add_argument(
+        "--template", help="chat template: a built-in (gemma, chatml, llama3, mistral) or .jinja file"
+    )
     p.add_argument("--system", help="system prompt")
     add_engine_flags(p)
     add_settings_flags(p, LoadSettings, "model loading")

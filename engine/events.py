@@ -36,7 +36,8 @@ class ModelLoaded:
     n_gpu_layers: int
     load_seconds: float
     adapters: tuple[tuple[str, float], ...] = ()
-    template_source: str = ""  # "gguf" or the name of the built-in fallback
+    template_source: str = ""  # "gguf", a built-in's name, "<built-in> (fallback)" or "file <name>"
+    template_warning: str = ""  # why the model's own template failed (a built-in stands in): show it
 
 
 @dataclass(frozen=True)

@@ -6,9 +6,14 @@ from __future__ import annotations
 import llama_cpp
 
 from engine.hardware import cpu_has_amx, default_threads
-from engine.settings import FlashAttention, LoadSettings
+from engine.settings import FlashAttention, LoadSettings, RopeScaling
 
 _FLASH = {FlashAttention.AUTO: -1, FlashAttention.OFF: 0, FlashAttention.ON: 1}
+_ROPE = {
+    RopeScaling.NONE: llama_cpp.LLAMA_ROPE_SCALING_TYPE_NONE,
+    RopeScaling.LINEAR: llama_cpp.LLAMA_ROPE_SCALING_TYPE_LINEAR,
+    RopeScaling.YARN: llama_cpp.LLAMA_ROPE_SCALING_TYPE_YARN,
+}
 _LOAD_MODE = {
     (True, False): llama_cpp.LLAMA_LOAD_MODE_MMAP,
     (True, True): llama_cpp.LLAMA_LOAD_MODE_MMAP_MLOCK,
@@ -26,8 +31,9 @@ def model_params(settings: LoadSettings):
     return params
 
 
-def context_params(settings: LoadSettings):
-    """llama_context_params for `settings` (threads default to the physical cores)."""
+def context_params(settings: LoadSettings, n_ctx_train: int = 0):
+    """llama_context_params for `settings` (threads default to the physical cores); `n_ctx_train`, the model's
+    trained context, sets the RoPE stretch when scaling is asked for without a factor."""
     params = llama_cpp.llama_context_default_params()
     params.n_ctx = settings.n_ctx
     params.n_batch = settings.n_batch
@@ -40,5 +46,11 @@ def context_params(settings: LoadSettings):
     params.type_v = getattr(llama_cpp, f"GGML_TYPE_{settings.type_v.name}")
     # the sliding-window cache holds the window only unless asked for full size (Gemma 3)
     params.swa_full = settings.swa_full
+    if settings.rope_scaling != RopeScaling.MODEL:
+        params.rope_scaling_type = _ROPE[settings.rope_scaling]
+        # 0: stretch the trained length over the whole context (never squeeze a shorter one)
+        scale = settings.rope_freq_scale or min(1.0, (n_ctx_train or settings.n_ctx) / max(1, settings.n_ctx))
+        if settings.rope_scaling != RopeScaling.NONE:
+            params.rope_freq_scale = scale
     params.no_perf = True
     return params

@@ -173,6 +173,7 @@ class Runtime:
             self._create_context(settings)
             self._apply_adapters(adapter_infos)
             self.template = self._make_template(chat_template)
+            self.template.cancel = None  # from now on only a running chat's render listens to Stop
         except Exception:
             self.unload()
             raise
@@ -185,10 +186,11 @@ class Runtime:
             load_seconds=time.perf_counter() - started,
             adapters=tuple((str(a.path), s) for a, s in adapter_infos),
             template_source=self.template.source,
+            template_warning=self.template.warning,
         )
 
     def _create_context(self, settings: LoadSettings) -> None:
-        cparams = context_params(settings)
+        cparams = context_params(settings, llama_cpp.llama_model_n_ctx_train(self.model))
         _kv_reports.clear()
         ctx = llama_cpp.llama_init_from_model(self.model, cparams)
         self.kv_reports = list(_kv_reports)
@@ -227,6 +229,7 @@ class Runtime:
             bos_token=self.special_text(llama_cpp.llama_vocab_bos(self.vocab)),
             eos_token=self.special_text(llama_cpp.llama_vocab_eos(self.vocab)),
             override=override,
+            cancel=self._cancel,  # cancelling the load also stops a slow test render of the template
         )
 
     def unload(self) -> None:
@@ -411,6 +414,7 @@ class Runtime:
     ) -> Iterator[Event]:
         """Raw completion of `prompt` (BOS added as the model wants)."""
         self.require_model()
+        self._cancel.clear()
         tokens = self.tokenize(prompt, add_special=True, parse_special=False)
         if not tokens:
             raise EngineError("The prompt is empty.")
@@ -430,6 +434,7 @@ class Runtime:
         writing it (ReplyDone.text is then only the new part).
         """
         self.require_model()
+        self._cancel.clear()  # a Stop from before this request is not for it
         sampling = sampling or SamplingSettings()
         expected = ("assistant",) if continue_last else ("user", "system")
         if not messages or messages[-1].role not in expected:
@@ -439,12 +444,18 @@ class Runtime:
                 else "The conversation must end with a user message to get a reply."
             )
         messages = list(messages)
-        tokens = self.render_tokens(messages, continue_last=continue_last)
-        reserve = self.reply_reserve(sampling)
-        if len(tokens) + reserve > self.n_ctx and policy == OverflowPolicy.DROP_OLDEST:
-            messages, tokens, event = drop_oldest(self, messages, tokens, reserve, continue_last)
+        self.template.cancel = self._cancel  # Stop also ends a slow template render
+        try:
+            tokens = self.render_tokens(messages, continue_last=continue_last)
+            reserve = self.reply_reserve(sampling)
+            event = None
+            if len(tokens) + reserve > self.n_ctx and policy == OverflowPolicy.DROP_OLDEST:
+                messages, tokens, event = drop_oldest(self, messages, tokens, reserve, continue_last)
+            keep = system_tokens(self, messages, tokens)
+        finally:
+            self.template.cancel = None
+        if event is not None:
             yield event
-        keep = system_tokens(self, messages, tokens)
         yield from self._generate(tokens, sampling, policy, keep)
 
     def render_tokens(
@@ -483,7 +494,6 @@ class Runtime:
     def _generate(
         self, tokens: list[int], sampling: SamplingSettings, policy: OverflowPolicy, keep: int
     ) -> Iterator[Event]:
-        self._cancel.clear()
         started = time.perf_counter()
         tokens, trimmed = fit_prompt(self.n_ctx, tokens, self.reply_reserve(sampling), policy, keep)
         if trimmed:

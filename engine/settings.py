@@ -24,6 +24,15 @@ class FlashAttention(StrEnum):
     OFF = "off"
 
 
+class RopeScaling(StrEnum):
+    """How RoPE positions are stretched for a context longer than the model was trained on."""
+
+    MODEL = "model"  # as the GGUF says (most say none)
+    NONE = "none"
+    LINEAR = "linear"
+    YARN = "yarn"
+
+
 class CacheType(StrEnum):
     """KV cache element types llama.cpp accepts (quantized V needs flash attention)."""
 
@@ -89,7 +98,7 @@ def _coerce(cls, data: dict[str, Any]) -> Any:
                 value = tuple(
                     (int(k), float(v)) for k, v in (value.items() if isinstance(value, dict) else value)
                 )
-            elif ftype in ("FlashAttention", "CacheType", "OverflowPolicy"):
+            elif ftype in ("FlashAttention", "CacheType", "OverflowPolicy", "RopeScaling"):
                 value = globals()[ftype](value)
         except (TypeError, ValueError) as err:
             raise SettingsError(key, f"cannot use {value!r}: {err}") from None
@@ -176,6 +185,19 @@ class LoadSettings(SettingsBase):
         True,
         label="Weight repacking",
         help="Repack weights for faster CPU matmul (off automatically on AMX CPUs).",
+    )
+    rope_scaling: RopeScaling = spec(
+        RopeScaling.MODEL,
+        label="RoPE scaling",
+        help="Stretch positions for a context past the model's trained length: linear or yarn "
+        "(model: as its file says, none: never).",
+    )
+    rope_freq_scale: float = spec(
+        0.0,
+        0.0,
+        1.0,
+        "RoPE frequency scale",
+        "With linear or yarn scaling: trained length / context (0.25 stretches 4x); 0 works it out from both.",
     )
 
     def _validate_more(self) -> None:

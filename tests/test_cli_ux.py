@@ -115,6 +115,9 @@ def test_export_shows_each_type_and_the_measurements(tiny_model, adapter, datase
     assert "export: F16 (1/2): merging the adapter in F16 -> " in err
     assert "export: Q8_0 (2/2): merging the adapter in F16, then quantizing to Q8_0 -> " in err
     assert "export: 2/2 files (100%), Q8_0 written" in err
+    assert (
+        "export: F16 merge: 21/21 tensors (100%)" in err and "export: Q8_0 merge: 21/21 tensors (100%)" in err
+    )
     for what in ("base", "base+adapter", "F16", "Q8_0", "Q8_0 vs F16"):
         assert f"export: measuring {what}: 4/4 examples (100%)" in err, err
     assert (tmp_path / "merged-Q8_0.gguf").exists()
@@ -176,9 +179,34 @@ def test_a_context_past_the_trained_length_is_warned_once(tiny_model):
     long = ingle("run", tiny_model, "the cat", "-n", "2", "--temp", "0", "--ctx-size", "16384")
     assert long.returncode == 0, long.stderr
     warning = [line for line in long.stderr.splitlines() if line.startswith("warning: context")]
-    assert len(warning) == 1 and "32x the 512 tokens" in warning[0] and "RoPE scaling" in warning[0]
+    assert len(warning) == 1 and "32x the 512 tokens" in warning[0] and "--rope-scaling yarn" in warning[0]
     fits = ingle("run", tiny_model, "the cat", "-n", "2", "--temp", "0", "--ctx-size", "512")
     assert fits.returncode == 0 and "warning" not in fits.stderr
+    stretched = ingle(
+        "run", tiny_model, "the cat", "-n", "2", "--ctx-size", "16384", "--rope-scaling", "yarn"
+    )
+    assert stretched.returncode == 0 and "warning" not in stretched.stderr, stretched.stderr
+
+
+def test_rope_scaling_settings_reach_llama_cpp(tiny_model):
+    from engine.runtime import Runtime
+    from engine.settings import LoadSettings
+
+    def logits(**rope) -> np.ndarray:
+        rt = Runtime()
+        list(rt.load(tiny_model, LoadSettings(n_ctx=2048, **rope)))
+        try:
+            tokens = rt.tokenize("the cat sat on the mat and the dog sat on the log", add_special=True)
+            return np.concatenate(list(rt.logits_all(tokens)))
+        finally:
+            rt.unload()
+
+    plain = logits()
+    assert np.allclose(logits(rope_scaling="none"), plain)  # the tiny model's file asks for no scaling
+    linear = logits(rope_scaling="linear")  # 0: 512 trained / 2048 -> positions squeezed 4x
+    assert np.allclose(linear[0], plain[0], atol=1e-4)  # position 0 does not rotate
+    assert np.abs(linear[1:] - plain[1:]).max() > 1e-3
+    assert not np.allclose(logits(rope_scaling="linear", rope_freq_scale=0.5), linear)
 
 
 def test_chat_says_the_adapter_is_on(tiny_model, adapter):
@@ -298,3 +326,17 @@ def test_eval_adapter_scale_that_is_not_a_number_is_one_line(tiny_model, dataset
     result = ingle("eval", tiny_model, dataset, "--adapter", f"{adapter}:half")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("ingle: error: ")
+
+
+def test_the_wizard_estimates_max_steps_as_the_total(tiny_model):
+    from training.estimate import training_estimate
+    from engine.gguf_info import inspect_gguf
+    from training.lora import TrainSettings
+
+    info = inspect_gguf(tiny_model)
+    stats = {"tokens": 600, "examples": 6, "train_examples": 6, "max_len": 100}
+    one_epoch = training_estimate(info, TrainSettings(batch_size=1), stats)[1]
+    forty_steps = training_estimate(info, TrainSettings(batch_size=1, max_steps=40), stats)[1]
+    start = 5.0 + info.parameter_count / 1e7  # the fixed part: the child's start and dequantizing
+    # 6 steps per epoch: 40 steps train 40/6 times the tokens of one epoch (before: capped at one epoch)
+    assert forty_steps - start == pytest.approx((one_epoch - start) * 40 / 6)

@@ -12,7 +12,7 @@ import pytest
 from PySide6.QtCore import QTimer
 from PySide6.QtWidgets import QApplication, QMessageBox
 
-from app import main as app_main
+from app import start as app_main
 from app.main import MainWindow
 from app.platform_check import XCB_LIBRARIES, can_connect_x, can_load, display_problem
 from engine.library import STARTER_NAME, Library

@@ -56,7 +56,9 @@ def test_gemma_short_run_on_the_sample_dataset(starter_model, tmp_path):
     done = train(starter_model, SAMPLE, out, settings, emit=events.append)
     steps = [e for e in events if type(e).__name__ == "TrainStep"]
     assert done.steps == 3 and len(steps) == 3 and np.isfinite(done.val_loss)
-    print(f"starter model training: {steps[-1].tokens_per_second:.0f} tok/s, bf16 {events[0].bf16}")
+    print(
+        f"starter model training: {steps[-1].tokens_per_second:.0f} tok/s, bf16 {next(e for e in events if type(e).__name__ == 'TrainStarted').bf16}"
+    )
     rt = open_runtime(starter_model, [(str(out), 1.0)], 128)
     rt.close()
     assert json.loads(out.with_name(out.name + ".json").read_text())["dataset_stats"]["examples"] == 320

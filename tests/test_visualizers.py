@@ -40,17 +40,15 @@ def open_window(qtbot, tmp_path, starter_model, settings: LoadSettings | None = 
             window.load_model(str(starter_model), settings)
     for key in VISUALIZERS:
         window.inspector.show(key)
-    qtbot.waitUntil(lambda: not window.bridge.busy and not window.inspector.queue, timeout=30_000)
+    qtbot.waitUntil(lambda: window.bridge.idle, timeout=30_000)
     return window
 
 
-def wait_inspected(qtbot, window, method: str = "inspect"):
-    with qtbot.waitSignal(
-        window.bridge.done, timeout=30_000, check_params_cb=lambda m, _r: m == method
-    ) as got:
+def wait_inspected(qtbot, window, what: str = "inspect"):
+    """Wait until the inspector has shown a fresh `what` and the engine queue is empty."""
+    with qtbot.waitSignal(window.inspector.updated, timeout=30_000, check_params_cb=lambda w: w == what):
         pass
-    qtbot.waitUntil(lambda: not window.bridge.busy and not window.inspector.queue, timeout=30_000)
-    return got.args[1]
+    qtbot.waitUntil(lambda: window.bridge.idle, timeout=30_000)
 
 
 def chat(qtbot, window, text: str, settings: SamplingSettings = GREEDY) -> int:
@@ -86,13 +84,14 @@ def window(qtbot, tmp_path, starter_model):
 def test_every_visualizer_shows_real_data_and_renders(qtbot, window, tmp_path):
     mid = chat(qtbot, window, "Write one sentence about the sea.")
     window.composer.setPlainText("And one about mountains?")
-    state = wait_inspected(qtbot, window)
+    wait_inspected(qtbot, window)
+    state = window.bridge.host.kv_state()  # the engine is idle: ask it directly what its cache holds
     ins = window.inspector
     budget = ins.context_bar.budget
     assert budget.draft_tokens > 0 and budget.history_tokens > 0 and budget.fits
     assert ins.context_bar.segments[-1].label == "reserved for the reply"
     # the map holds exactly what the engine's cache holds, coloured by message
-    assert ins.kv_map.n_past == state.kv.n_past == sum(e - s for _, s, e in budget.spans)
+    assert ins.kv_map.n_past == state.n_past == sum(e - s for _, s, e in budget.spans)
     assert ins.kv_map.owner.count("draft") == budget.draft_tokens
     assert [s.name for s in ins.preview.stages] == ["model", "greedy"] and ins.preview.rows()  # temperature 0
     reply = window.store.message(mid)
@@ -122,9 +121,9 @@ def test_moving_a_sampling_slider_updates_the_preview_without_running_the_model(
     ins = window.inspector
     before_stages = ins.preview.stages
     evaluations = window.bridge.host.evaluation_count()
-    with qtbot.waitSignal(window.bridge.done, timeout=10_000, check_params_cb=lambda m, _r: m == "preview"):
+    with qtbot.waitSignal(window.inspector.updated, timeout=30_000, check_params_cb=lambda w: w == "preview"):
         window.sampling_panel.fields["top_k"].set_value(2)
-    qtbot.waitUntil(lambda: not window.bridge.busy)
+    qtbot.waitUntil(lambda: window.bridge.idle, timeout=30_000)
     assert window.bridge.host.evaluation_count() == evaluations  # no llama_decode for a slider
     top_k = next(s for s in ins.preview.stages if s.name == "top_k")
     assert top_k.kept == 2 and ins.preview.stages != before_stages
@@ -134,8 +133,10 @@ def test_moving_a_sampling_slider_updates_the_preview_without_running_the_model(
 
 def test_token_view_round_trips_multibyte_text_and_special_tokens(qtbot, window):
     text = "naïve café 海 🌊 <start_of_turn>user\nhi<end_of_turn>"
-    window.bridge.submit("token_pieces", text)
-    pieces = wait_inspected(qtbot, window, "token_pieces")
+    got = []
+    window.bridge.call(lambda engine: engine.token_pieces(text), got.append, background=True)
+    qtbot.waitUntil(lambda: bool(got) and window.bridge.idle, timeout=30_000)
+    pieces = got[0]
     view = window.inspector.tokens.view
     window.inspector.tokens.show_pieces(pieces)
     assert view.joined_bytes() == text.encode("utf-8")
@@ -232,7 +233,8 @@ def test_a_message_sent_while_a_visualizer_request_runs_is_sent_right_after(qtbo
     window.store.set_settings(window.conversation, GREEDY)
     window.composer.setPlainText("Hello there")
     window.inspector.refresh()
-    assert window.bridge.method == "inspect"  # the engine is held by the inspector right now
+    # the engine is held by the inspector right now
+    assert window.bridge.running is not None and window.bridge.running.key == "inspect"
     with qtbot.waitSignal(window.reply_finished, timeout=60_000) as blocker:
         window.send_from_composer()
         assert window.composer.toPlainText() == ""  # taken, not refused
@@ -246,7 +248,7 @@ def _figures(text: str) -> list[int]:
 
 def test_typing_in_a_new_chat_never_shows_negative_turns(qtbot, window, tmp_path):
     window.new_chat()
-    qtbot.waitUntil(lambda: not window.bridge.busy and not window.inspector.queue, timeout=30_000)
+    qtbot.waitUntil(lambda: window.bridge.idle, timeout=30_000)
     window.composer.setPlainText("Hello there, how are you?")
     bar = window.inspector.context_bar
     qtbot.waitUntil(lambda: bar.budget is not None and bar.budget.draft_tokens > 0, timeout=30_000)

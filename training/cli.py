@@ -91,6 +91,8 @@ def cmd_train(args) -> int:
                     _callback(tokenizing)(event.done, event.total)
                 elif isinstance(event, TrainPhase):
                     # loading and dequantizing a big model takes minutes: its time so far, every 30 s in a log
+                    if steps is not None:
+                        steps.close()  # the steps are done: the phase after them gets its own line
                     phase = Progress(f"train: {event.text}", interval=30.0)
                     phase.tick()
                 elif isinstance(event, TrainStarted):
@@ -150,6 +152,14 @@ def _stop(run) -> int:
     return 130
 
 
+def _export(base: str, adapter: str, out: Path, q: str, scale: float, label: str) -> Path:
+    """One merged export, run in a child process (see call_in_child); its progress goes to the terminal."""
+    from engine.progress import Progress
+    from training.export import export
+
+    return export(base, adapter, out, q, scale, _callback(Progress(label, unit="tensors")))
+
+
 def _export_report(base: str, adapter: str, outs: dict, data: str) -> dict:
     """cmd_export's measuring, run in a child process (see call_in_child); its progress goes to the terminal."""
     from engine.progress import Progress
@@ -163,8 +173,7 @@ def cmd_export(args) -> int:
     # llama.cpp (quantizing, evaluating) runs in child processes: a base model that makes it abort ends the
     # child, and the command says so in one line
     from engine.host import call_in_child
-    from engine.progress import Progress
-    from training.export import export
+    from engine.progress import Progress, say
 
     args.base = _resolve(args.base)
     outs = {}
@@ -180,31 +189,36 @@ def cmd_export(args) -> int:
             if q.upper() != "F16":
                 how += f", then quantizing to {q.upper()}"
             progress.note(f"{q.upper()} ({done + 1}/{len(args.quant)}): {how} -> {out}")
-            outs[q.upper()] = call_in_child(
-                export, args.base, args.adapter, out, q, args.scale, what="export"
-            )
-            progress.update(done + 1, f"{q.upper()} written")
+            outs[q.upper()] = call_in_child(_export, args.base, args.adapter, out, q, args.scale,
+                                            f"export: {q.upper()} merge", what="export")  # fmt: skip
             if not args.no_library:
-                _add_to_library(
-                    out, f"{Path(args.base).stem} merged with {Path(args.adapter).stem}, {q.upper()}"
-                )
+                description = f"{Path(args.base).stem} merged with {Path(args.adapter).stem}, {q.upper()}"
+                _add_to_library(out, description, progress.note)
+            progress.update(done + 1, f"{q.upper()} written")
     if args.data:
         if "F16" not in outs:
-            print("export: F16 merge as the reference for KL", file=sys.stderr)
-            f16 = Path(args.out).with_name(Path(args.out).stem + "-F16.gguf")
-            outs = {"F16": call_in_child(export, args.base, args.adapter, f16, "F16", args.scale, what="export"),
-                    **outs}  # fmt: skip
+            say("export", "F16 merge as the reference for KL")
+            reference = Path(args.out).with_name(Path(args.out).stem + "-F16.gguf")
+            merged = call_in_child(_export, args.base, args.adapter, reference, "F16", args.scale,
+                                   "export: F16 merge", what="export")  # fmt: skip
+            outs = {"F16": merged, **outs}
         report = call_in_child(_export_report, args.base, args.adapter, outs, args.data, what="evaluation")
         _print_report(report, args.json)
     return 0
 
 
-def _add_to_library(path, description: str) -> None:
+def _add_to_library(path, description: str, tell=None) -> None:
     """Link an output into the library (so the GUI's pickers list it), where it was written."""
     from engine.library import Library
+    from engine.progress import say
+    from engine.text import printable
 
     entry = Library().register(path, source="training", description=description)
-    print(f"in the library as '{entry.name}' (linked, not copied)", file=sys.stderr)
+    text = f"in the library as '{printable(entry.name)}' (linked, not copied)"
+    if tell is not None:
+        tell(text)
+    else:
+        say("train", text)
 
 
 def _print_report(report: dict, as_json: bool) -> None:

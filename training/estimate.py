@@ -35,9 +35,9 @@ def training_estimate(
     if not stats:
         return memory, None
     tokens = stats["tokens"] * stats["train_examples"] / max(1, stats["examples"]) * settings.epochs
-    if settings.max_steps:
+    if settings.max_steps:  # the total number of steps, overriding epochs (training cycles the data)
         per_step = stats["tokens"] / max(1, stats["examples"]) * settings.batch_size * settings.grad_accum
-        tokens = min(tokens, per_step * settings.max_steps)
+        tokens = per_step * settings.max_steps
     threads = settings.threads or max(1, (os.cpu_count() or 2))
     start = 5.0 + params / 1e7
     return memory, start + tokens * 6 * compute / (FLOPS_PER_THREAD * threads)

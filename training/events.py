@@ -7,10 +7,11 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True)
 class TrainPhase:
-    """What a run does before its first step (on a big model loading and dequantizing take minutes).
+    """What a run does before its first step and after its last (on a big model loading, dequantizing and
+    hashing take minutes).
     `total` > 0: `done` of `total` (examples tokenized)."""
 
-    name: str  # "tokenizer", "tokenizing", "model"
+    name: str  # before the steps: "tokenizer", "tokenizing", "model"; after them: "validation", "saving"
     text: str
     done: int = 0
     total: int = 0

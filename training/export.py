@@ -153,8 +153,11 @@ def _copy_metadata(reader, w, extra: dict[str, str]) -> None:
         w.add_string(key, value)
 
 
-def merge_f16(base: str | Path, adapter: str | Path, out: str | Path, scale: float = 1.0, extra=None) -> Path:
-    """Dequantize the base, add scale·(alpha/r)·B·A to each adapted weight, write F16 (norms stay F32)."""
+def merge_f16(
+    base: str | Path, adapter: str | Path, out: str | Path, scale: float = 1.0, extra=None, progress=None
+) -> Path:
+    """Dequantize the base, add scale·(alpha/r)·B·A to each adapted weight, write F16 (norms stay F32).
+    `progress(done, total)` is called per tensor (a big model takes minutes)."""
     out = Path(out)
     alpha, pairs, meta = read_adapter(adapter)
     arch = inspect_gguf(base).architecture
@@ -168,7 +171,9 @@ def merge_f16(base: str | Path, adapter: str | Path, out: str | Path, scale: flo
     with atomic_path(out) as tmp:
         w = gguf.GGUFWriter(str(tmp), arch)
         _copy_metadata(reader, w, {**meta, **(extra or {})})
-        for t in reader.tensors:
+        for number, t in enumerate(reader.tensors):
+            if progress is not None:
+                progress(number, len(reader.tensors))
             data = _dequantized(t)
             if t.name in pairs:
                 a, b = pairs[t.name]
@@ -179,6 +184,8 @@ def merge_f16(base: str | Path, adapter: str | Path, out: str | Path, scale: flo
         w.write_kv_data_to_file()
         w.write_tensors_to_file()
         w.close()
+    if progress is not None:
+        progress(len(reader.tensors), len(reader.tensors))
     return out
 
 
@@ -218,18 +225,20 @@ def ctypes_ref(obj):
 
 
 def export(
-    base: str | Path, adapter: str | Path, out: str | Path, qtype: str = "F16", scale: float = 1.0
-) -> Path:
-    """Merged model in `qtype` (F16 direct; anything else via a temporary F16 merge), with a sidecar JSON."""
+    base: str | Path, adapter: str | Path, out: str | Path, qtype: str = "F16", scale: float = 1.0,
+    progress=None,
+) -> Path:  # fmt: skip
+    """Merged model in `qtype` (F16 direct; anything else via a temporary F16 merge), with a sidecar JSON.
+    `progress(done, total)`: the merge, tensor by tensor."""
     q = check_quant(qtype)
     out = Path(out)
     base_sha = sha256_file(base)
     extra = {ADAPTER_BASE_SHA_KEY: base_sha, "ingle.export.quant": q, "ingle.export.scale": str(scale)}
     if q == "F16":
-        merge_f16(base, adapter, out, scale, extra)
+        merge_f16(base, adapter, out, scale, extra, progress)
     else:
         with tempfile.TemporaryDirectory(dir=out.parent if out.parent.exists() else None) as tmpdir:
-            f16 = merge_f16(base, adapter, Path(tmpdir) / "merged-f16.gguf", scale, extra)
+            f16 = merge_f16(base, adapter, Path(tmpdir) / "merged-f16.gguf", scale, extra, progress)
             quantize(f16, out, q)
     _, _, meta = read_adapter(adapter)
     write_sidecar(out, {"kind": "merged", "quant": q, "base": str(base), "adapter": str(adapter), "scale": scale,

@@ -331,8 +331,10 @@ def train(
         raise Cancelled(f"Training was cancelled at step {step} of {total}"
                         + (f"; resume from {ckpt}." if step else "."))  # fmt: skip
     if prepared.val:
+        emit(TrainPhase("validation", f"validation loss on {len(prepared.val)} held-out examples"))
         val = validation_loss(model, prepared.val, settings.batch_size, autocast)
         emit(ValLoss(step, val))
+    emit(TrainPhase("saving", "hashing the base model and writing the adapter"))
     metadata = {
         ADAPTER_BASE_SHA_KEY: sha256_file(base),
         DATASET_SHA_KEY: prepared.sha256,
