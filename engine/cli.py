@@ -445,8 +445,6 @@ def _not_utf8(line: str) -> int | None:
 
 
 def cmd_chat(args) -> int:
-    if hasattr(sys.stdin, "reconfigure"):
-        sys.stdin.reconfigure(errors="replace")  # a non-UTF-8 line becomes U+FFFD, not a crash
     if args.system:
         args.system = _valid_text(args.system, "system prompt")
     sampling = settings_from_args(args, SamplingSettings)

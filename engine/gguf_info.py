@@ -444,9 +444,8 @@ def _check_hyperparameters(md: dict, arch: str, tensors: list[TensorInfo], path:
         if not 0 < n_layers <= MAX_LAYERS:
             raise bad(f"'{key('block_count')}' is {n_layers:,}; llama.cpp handles 1 to {MAX_LAYERS} layers")
         present = _layers_with_tensors(tensors)
-        split = md.get(
-            gguf.Keys.Split.LLM_KV_SPLIT_COUNT, 1
-        )  # a split model's first part holds some layers only
+        # a split model's first part holds some of the layers only
+        split = md.get(gguf.Keys.Split.LLM_KV_SPLIT_COUNT, 1)
         if present and n_layers > present and not (isinstance(split, int) and split > 1):
             raise bad(
                 f"'{key('block_count')}' says {n_layers:,} layers but the file holds weights for {present}"

@@ -106,6 +106,106 @@ def die_with_parent() -> None:
             pass
 
 
+def new_log() -> Path:
+    """A fresh log file for a child process, named after this (parent) process; stale ones are cleaned first."""
+    folder = log_dir()
+    clean_stale_logs(folder)
+    fd, path = tempfile.mkstemp(prefix=f"{LOG_PREFIX}{os.getpid()}-", suffix=".log", dir=folder)
+    os.close(fd)
+    return Path(path)
+
+
+def native_stderr_to(log_path: str | os.PathLike) -> None:
+    """Child side: what llama.cpp (or any C library) writes to stderr goes to the log, while Python's
+    sys.stderr stays on the terminal (progress lines); an abort attaches no debugger and prints no backtrace."""
+    os.environ.setdefault("GGML_NO_BACKTRACE", "1")
+    terminal = os.dup(2)
+    log_fd = os.open(log_path, os.O_WRONLY | os.O_APPEND)
+    os.dup2(log_fd, 2)
+    os.close(log_fd)
+    sys.stderr = open(terminal, "w", buffering=1, errors="backslashreplace")  # lives as long as the child
+
+
+def keep_crash_log(log_path: str | os.PathLike, pid: int | None) -> Path | None:
+    """A dead child's log is evidence: renamed out of reach of the stale-log cleanup (which keeps the newest
+    CRASH_LOGS_KEPT) and returned, to be named in the error."""
+    src = Path(log_path)
+    dest = src.with_name(f"{LOG_PREFIX}crash-{time.strftime('%Y%m%d-%H%M%S')}-{pid or 0}.log")
+    try:
+        os.replace(src, dest)
+    except OSError:
+        return None
+    return dest
+
+
+def describe_exit(code: int | None) -> str:
+    """'signal SIGABRT' or 'exit code 3'."""
+    if code is not None and code < 0:
+        try:
+            return f"signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"signal {-code}"
+    return f"exit code {code}"
+
+
+def _call_child(conn, log_path: str, function, args: tuple, kwargs: dict) -> None:
+    """Child side of call_in_child: the result or the IngleError goes back over the pipe."""
+    die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl+C and ends us
+    native_stderr_to(log_path)
+    try:
+        result = ("result", function(*args, **kwargs))
+    except IngleError as err:
+        result = ("error", err)
+    except (
+        Exception
+    ) as err:  # a bug, not a user error: the trace goes to the log, the message says it plainly
+        with open(log_path, "a") as log_file:
+            traceback.print_exc(file=log_file)
+        result = ("error", EngineError(f"Internal error: {type(err).__name__}: {err}"))
+    conn.send(result)
+    conn.close()
+
+
+def call_in_child(function, *args: Any, what: str = "llama.cpp", **kwargs: Any) -> Any:
+    """Run `function(*args, **kwargs)` (a module-level function) in a child process and return its result.
+
+    For commands that load a user's model with llama.cpp outside the engine host (evaluation, exports): a file
+    that makes llama.cpp abort ends the child, and this raises EngineDied naming the kept log instead."""
+    import multiprocessing as mp
+
+    log_path = new_log()
+    ctx = mp.get_context("spawn")
+    receiver, sender = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_call_child, args=(sender, str(log_path), function, args, kwargs), daemon=True)
+    proc.start()
+    sender.close()
+    kept = None
+    try:
+        try:
+            kind, payload = receiver.recv()  # EOFError when the child dies without answering
+        except (EOFError, OSError):
+            proc.join(5)
+            kept = keep_crash_log(log_path, proc.pid)
+            tail = kept.read_bytes()[-STDERR_TAIL_BYTES:].decode("utf-8", "replace") if kept else ""
+            raise EngineDied(
+                f"llama.cpp crashed during the {what} ({describe_exit(proc.exitcode)}): the model file is damaged "
+                "or uses settings this llama.cpp cannot handle. Use another file"
+                + (f"; llama.cpp's messages are in {kept}." if kept else "."), proc.exitcode, tail,
+            ) from None  # fmt: skip
+        proc.join(5)
+        if kind == "error":
+            raise payload
+        return payload
+    finally:
+        receiver.close()
+        if proc.is_alive():
+            proc.kill()
+            proc.join(5)
+        if kept is None:
+            log_path.unlink(missing_ok=True)
+
+
 def engine_command() -> list[str]:
     """How to start the child: `python -m engine.host`, or the frozen app binary with --engine-host."""
     if getattr(sys, "frozen", False):
@@ -211,16 +311,12 @@ class EngineHost:
         authkey = secrets.token_bytes(32)
         family = "AF_PIPE" if sys.platform == "win32" else "AF_UNIX"
         listener = Listener(family=family, authkey=authkey)
-        folder = log_dir()
-        clean_stale_logs(folder)
-        # the parent's pid in the name lets a later start tell a dead parent's log from a live one
-        fd, self._stderr_path = tempfile.mkstemp(
-            prefix=f"{LOG_PREFIX}{os.getpid()}-", suffix=".log", dir=folder
-        )
+        # the parent's pid in the log's name lets a later start tell a dead parent's log from a live one
+        self._stderr_path = str(new_log())
         env = dict(os.environ, INGLE_HOST_AUTHKEY=authkey.hex())
         # an abort's native backtrace would attach a debugger to the child: slow, and nothing a user can act on
         env.setdefault("GGML_NO_BACKTRACE", "1")
-        with os.fdopen(fd, "wb") as stderr:
+        with open(self._stderr_path, "wb") as stderr:
             self._proc = subprocess.Popen(
                 [*engine_command(), listener.address],
                 stdin=subprocess.DEVNULL,
@@ -292,13 +388,7 @@ class EngineHost:
         if not self._stderr_path:
             return
         self._crash_tail = self.stderr_tail()
-        src = Path(self._stderr_path)
-        dest = src.with_name(f"{LOG_PREFIX}crash-{time.strftime('%Y%m%d-%H%M%S')}-{self.pid or 0}.log")
-        try:
-            os.replace(src, dest)
-            self.crash_log = dest
-        except OSError:
-            self.crash_log = None
+        self.crash_log = keep_crash_log(self._stderr_path, self.pid)
         self._stderr_path = None
 
     def _died(self) -> EngineDied:

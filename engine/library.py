@@ -10,7 +10,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -194,10 +194,11 @@ class Library:
         if not isinstance(item, dict):
             raise TypeError(f"entry '{printable(name)}' is not an object")
         check_name(name, "library name in the index")
+        known = {f.name for f in fields(Entry)}
         for key, value in item.items():
-            want = _FIELD_TYPES.get(key)
-            if want is None:
+            if key not in known:
                 raise TypeError(f"entry '{name}' has an unknown field '{printable(key)}'")
+            want = _FIELD_TYPES.get(key, object)  # a field added later without a type here: any JSON value
             if not isinstance(value, want) or (want is int and isinstance(value, bool)):
                 raise TypeError(f"entry '{name}' field '{key}' has the wrong type")
         entry = Entry(**item)
