@@ -17,6 +17,7 @@ import gguf
 from engine.errors import ModelFileError
 from engine.text import printable
 
+K = gguf.Keys  # the GGUF key names, from gguf-py (Ingle's own: engine.gguf_keys)
 GGUF_MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)
 DEFAULT_ALIGNMENT = 32
@@ -29,10 +30,10 @@ ROPE_SCALING_TYPES = ("none", "linear", "yarn", "longrope")
 # Keys llama.cpp reads with getters that abort on any other stored type (gguf_get_val_* asserts): the LoRA
 # adapter loader reads these unchecked, so the stored type must be exactly this.
 EXACT_TYPES = {
-    "general.architecture": gguf.GGUFValueType.STRING,
-    "general.type": gguf.GGUFValueType.STRING,
-    "adapter.type": gguf.GGUFValueType.STRING,
-    "adapter.lora.alpha": gguf.GGUFValueType.FLOAT32,
+    K.General.ARCHITECTURE: gguf.GGUFValueType.STRING,
+    K.General.TYPE: gguf.GGUFValueType.STRING,
+    K.Adapter.TYPE: gguf.GGUFValueType.STRING,
+    K.Adapter.LORA_ALPHA: gguf.GGUFValueType.FLOAT32,
 }
 _INT64_MAX = (1 << 63) - 1
 # Arrays longer than this are not kept in memory (token lists, scores); only their length is.
@@ -405,7 +406,7 @@ def _text(md: dict, key: str, path: Path) -> str | None:
 
 
 def _vocab_size(md: dict, path: Path) -> int:
-    tokens = md.get("tokenizer.ggml.tokens")
+    tokens = md.get(K.Tokenizer.LIST)
     if tokens is None:
         return 0
     if isinstance(tokens, ArrayLength) and tokens.item_type == "STRING":
@@ -429,37 +430,45 @@ def _layers_with_tensors(tensors: list[TensorInfo]) -> int:
 def _check_hyperparameters(md: dict, arch: str, tensors: list[TensorInfo], path: Path) -> None:
     """Refuse the combinations llama.cpp does not fail on but aborts on (GGML_ASSERT kills the process)."""
 
-    def key(name: str) -> str:
-        return f"{arch}.{name}"
+    def key(template: str) -> str:
+        return template.format(arch=arch)
 
     def bad(text: str) -> ModelFileError:
         return ModelFileError(f"{path}: {text}; the file is corrupt or was written by a broken converter.")
 
-    if key("context_length") in md and _int(md, key("context_length"), 0, path) <= 0:
-        raise bad(f"'{key('context_length')}' is {md[key('context_length')]}, it must be positive")
-    if key("embedding_length") in md and _int(md, key("embedding_length"), 0, path) <= 0:
-        raise bad(f"'{key('embedding_length')}' is {md[key('embedding_length')]}, it must be positive")
-    n_layers = _int(md, key("block_count"), 0, path)
-    if key("block_count") in md:
+    if key(K.LLM.CONTEXT_LENGTH) in md and _int(md, key(K.LLM.CONTEXT_LENGTH), 0, path) <= 0:
+        raise bad(f"'{key(K.LLM.CONTEXT_LENGTH)}' is {md[key(K.LLM.CONTEXT_LENGTH)]}, it must be positive")
+    if key(K.LLM.EMBEDDING_LENGTH) in md and _int(md, key(K.LLM.EMBEDDING_LENGTH), 0, path) <= 0:
+        raise bad(
+            f"'{key(K.LLM.EMBEDDING_LENGTH)}' is {md[key(K.LLM.EMBEDDING_LENGTH)]}, it must be positive"
+        )
+    n_layers = _int(md, key(K.LLM.BLOCK_COUNT), 0, path)
+    if key(K.LLM.BLOCK_COUNT) in md:
         if not 0 < n_layers <= MAX_LAYERS:
-            raise bad(f"'{key('block_count')}' is {n_layers:,}; llama.cpp handles 1 to {MAX_LAYERS} layers")
+            raise bad(
+                f"'{key(K.LLM.BLOCK_COUNT)}' is {n_layers:,}; llama.cpp handles 1 to {MAX_LAYERS} layers"
+            )
         present = _layers_with_tensors(tensors)
         # a split model's first part holds some of the layers only
         split = md.get(gguf.Keys.Split.LLM_KV_SPLIT_COUNT, 1)
         if present and n_layers > present and not (isinstance(split, int) and split > 1):
             raise bad(
-                f"'{key('block_count')}' says {n_layers:,} layers but the file holds weights for {present}"
+                f"'{key(K.LLM.BLOCK_COUNT)}' says {n_layers:,} layers but the file holds weights for {present}"
             )
-    if _int(md, key("nextn_predict_layers"), 0, path) > n_layers:
-        raise bad(f"'{key('nextn_predict_layers')}' is larger than the {n_layers} layers")
-    n_expert = _int(md, key("expert_count"), 0, path)
-    n_used = _int(md, key("expert_used_count"), 0, path, per_layer=True)
-    n_groups = _int(md, key("expert_group_count"), 0, path)
-    n_group_used = _int(md, key("expert_group_used_count"), 0, path)
+    if _int(md, key(K.LLM.NEXTN_PREDICT_LAYERS), 0, path) > n_layers:
+        raise bad(f"'{key(K.LLM.NEXTN_PREDICT_LAYERS)}' is larger than the {n_layers} layers")
+    n_expert = _int(md, key(K.LLM.EXPERT_COUNT), 0, path)
+    n_used = _int(md, key(K.LLM.EXPERT_USED_COUNT), 0, path, per_layer=True)
+    n_groups = _int(md, key(K.LLM.EXPERT_GROUP_COUNT), 0, path)
+    n_group_used = _int(md, key(K.LLM.EXPERT_GROUP_USED_COUNT), 0, path)
     if n_expert > MAX_EXPERTS:
-        raise bad(f"'{key('expert_count')}' is {n_expert:,}; llama.cpp handles at most {MAX_EXPERTS} experts")
+        raise bad(
+            f"'{key(K.LLM.EXPERT_COUNT)}' is {n_expert:,}; llama.cpp handles at most {MAX_EXPERTS} experts"
+        )
     if n_expert == 0 and (n_used or n_groups):
-        raise bad(f"it sets '{key('expert_used_count')}' or expert groups but has no '{key('expert_count')}'")
+        raise bad(
+            f"it sets '{key(K.LLM.EXPERT_USED_COUNT)}' or expert groups but has no '{key(K.LLM.EXPERT_COUNT)}'"
+        )
     if n_expert:
         if not 0 < n_used <= n_expert:
             raise bad(f"it uses {n_used} experts per token out of {n_expert}; it must be 1 to {n_expert}")
@@ -473,14 +482,14 @@ def _check_hyperparameters(md: dict, arch: str, tensors: list[TensorInfo], path:
             value = md.get(key(name))
             if isinstance(value, list) and len(value) > n_layers:
                 raise bad(f"'{key(name)}' lists {len(value)} layers but the model has {n_layers}")
-    n_head = _int(md, key("attention.head_count"), 0, path, per_layer=True)
-    n_head_kv = _int(md, key("attention.head_count_kv"), n_head, path, per_layer=True)
+    n_head = _int(md, key(K.Attention.HEAD_COUNT), 0, path, per_layer=True)
+    n_head_kv = _int(md, key(K.Attention.HEAD_COUNT_KV), n_head, path, per_layer=True)
     if n_head and n_head_kv > n_head:
         raise bad(f"it has more key/value heads ({n_head_kv}) than attention heads ({n_head})")
-    scaling = _text(md, key("rope.scaling.type"), path)
+    scaling = _text(md, key(K.Rope.SCALING_TYPE), path)
     if scaling is not None and scaling not in ROPE_SCALING_TYPES:
         raise bad(
-            f"'{key('rope.scaling.type')}' is '{printable(scaling)}', not one of {', '.join(ROPE_SCALING_TYPES)}"
+            f"'{key(K.Rope.SCALING_TYPE)}' is '{printable(scaling)}', not one of {', '.join(ROPE_SCALING_TYPES)}"
         )
 
 
@@ -503,8 +512,8 @@ def inspect_gguf(path: str | Path, expect: str = "model") -> ModelInfo:
     """
     path = Path(path)
     version, md, tensors, size = read_gguf(path)
-    kind = "adapter" if md.get("general.type") == "adapter" else "model"
-    arch = md.get("general.architecture")
+    kind = "adapter" if md.get(K.General.TYPE) == "adapter" else "model"
+    arch = md.get(K.General.ARCHITECTURE)
     if not isinstance(arch, str) or not arch:
         raise ModelFileError(f"{path}: the file has no 'general.architecture'; it is not a usable model.")
     if expect == "model" and kind == "adapter":
@@ -525,10 +534,10 @@ def inspect_gguf(path: str | Path, expect: str = "model") -> ModelInfo:
     mix: Counter[str] = Counter()
     for t in tensors:
         mix[t.type_name] += t.n_elements
-    n_heads = _int(md, f"{arch}.attention.head_count", 0, path, per_layer=True)
-    n_embd = _int(md, f"{arch}.embedding_length", 0, path)
+    n_heads = _int(md, K.Attention.HEAD_COUNT.format(arch=arch), 0, path, per_layer=True)
+    n_embd = _int(md, K.LLM.EMBEDDING_LENGTH.format(arch=arch), 0, path)
     default_head = n_embd // n_heads if n_heads else 0
-    file_type = md.get("general.file_type")
+    file_type = md.get(K.General.FILE_TYPE)
     try:
         file_type_name = (
             gguf.LlamaFileType(file_type).name if file_type is not None else _guess_file_type(mix)
@@ -541,20 +550,20 @@ def inspect_gguf(path: str | Path, expect: str = "model") -> ModelInfo:
         version=version,
         kind=kind,
         architecture=arch,
-        name=str(md.get("general.name") or path.stem),
+        name=str(md.get(K.General.NAME) or path.stem),
         file_type=file_type_name,
         parameter_count=sum(mix.values()),
         quant_mix=dict(mix.most_common()),
-        n_layers=_int(md, f"{arch}.block_count", 0, path),
+        n_layers=_int(md, K.LLM.BLOCK_COUNT.format(arch=arch), 0, path),
         n_heads=n_heads,
-        n_kv_heads=_int(md, f"{arch}.attention.head_count_kv", n_heads, path, per_layer=True),
-        head_dim_k=_int(md, f"{arch}.attention.key_length", default_head, path),
-        head_dim_v=_int(md, f"{arch}.attention.value_length", default_head, path),
+        n_kv_heads=_int(md, K.Attention.HEAD_COUNT_KV.format(arch=arch), n_heads, path, per_layer=True),
+        head_dim_k=_int(md, K.Attention.KEY_LENGTH.format(arch=arch), default_head, path),
+        head_dim_v=_int(md, K.Attention.VALUE_LENGTH.format(arch=arch), default_head, path),
         n_embd=n_embd,
-        context_length=_int(md, f"{arch}.context_length", 0, path),
-        sliding_window=_int(md, f"{arch}.attention.sliding_window", 0, path),
+        context_length=_int(md, K.LLM.CONTEXT_LENGTH.format(arch=arch), 0, path),
+        sliding_window=_int(md, K.Attention.SLIDING_WINDOW.format(arch=arch), 0, path),
         vocab_size=_vocab_size(md, path),
-        chat_template=_text(md, "tokenizer.chat_template", path),
+        chat_template=_text(md, K.Tokenizer.CHAT_TEMPLATE, path),
         tensors=tuple(tensors),
         metadata=md,
     )
