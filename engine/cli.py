@@ -487,6 +487,13 @@ def cmd_chat(args) -> int:
             with _CancelOnInterrupt(engine):
                 try:
                     done = _stream(engine.chat(history, sampling, policy), args.stats)
+                except EngineDied as err:  # the conversation is kept: a fresh engine takes it up again
+                    history.pop()
+                    print(f"ingle: the engine stopped ({_how_it_died(err)}); starting it again…", file=sys.stderr)
+                    engine.close()
+                    engine, loaded = _open_engine(args)
+                    print("ingle: ready again; send your message once more.", file=sys.stderr)
+                    continue
                 except IngleError as err:
                     history.pop()
                     print(f"ingle: {err}", file=sys.stderr)

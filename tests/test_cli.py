@@ -314,3 +314,28 @@ def test_train_on_a_file_that_aborts_llama_cpp_is_one_error_line_and_a_kept_log(
     assert "fatal error" not in result.stderr and "libc-start" not in result.stderr  # no debugger backtrace
     (log,) = (home / "logs").glob("ingle-engine-crash-*.log")
     assert str(log) in errors[0] and "fatal error" in log.read_text()
+
+
+def test_chat_goes_on_after_the_engine_dies(tiny_model):
+    """The engine child killed between two messages: chat says so, starts a fresh one, the conversation goes on."""
+    import psutil
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "chat", str(tiny_model), "--temp", "0", "-n", "4", "-c", "512"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+    )  # fmt: skip
+    try:
+        seen = []
+        while not any("Type /help" in line for line in seen):  # the model is loaded
+            line = proc.stderr.readline()
+            assert line, "".join(seen)
+            seen.append(line)
+        children = psutil.Process(proc.pid).children()
+        assert len(children) == 1
+        children[0].kill()
+        out, err = proc.communicate("hello\nthe cat\n/exit\n", timeout=300)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err and "starting it again" in err and "ready again" in err
+    assert out.count("> ") >= 3  # hello (lost to the dead engine, said so), the cat (answered), /exit
