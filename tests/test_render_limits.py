@@ -11,6 +11,7 @@ from PySide6.QtGui import QTextCursor
 from app.chat_view import SHOW_CHARS, STREAM_CHARS, ChatView
 from app.main import MainWindow
 from app.render import HIGHLIGHT_CHARS, ZWSP, MarkdownRenderer
+from app.visualizers import TokenProbabilities
 from engine.conversations import ConversationStore, StoredMessage
 from engine.events import ReplyDone, ReplyStats, StopReason, Token
 
@@ -215,3 +216,27 @@ def test_copying_a_long_word_gives_it_back_without_break_points(qtbot):
     view.setTextCursor(cursor)
     copied = view.createMimeDataFromSelection().text()
     assert word in copied and ZWSP not in copied
+
+
+def test_a_long_reply_streams_into_the_probability_view_in_linear_time(qtbot):
+    view = TokenProbabilities()
+    qtbot.addWidget(view)
+    view.resize(500, 600)
+    view.show()
+    n = 20_000
+    started = time.perf_counter()
+    with GapProbe() as probe:
+        for i in range(n):
+            view.add_token(1, Token(5 + i % 50, f" w{i % 97}", -0.5))
+            if i % 50 == 0:
+                qtbot.wait(1)
+        view.add_token(1, Token(9, "x" * 1_000_000, -0.1))  # one hostile "token" of a megabyte
+        qtbot.wait(20)
+    took = time.perf_counter() - started
+    print(
+        f"\n{n} tokens into the probability view in {took:.2f} s, worst event-loop gap {probe.worst_ms:.0f} ms"
+    )
+    assert took < 20  # every chip laid out again at each token: quadratic, minutes here
+    assert probe.worst_ms < GAP_BOUND_MS
+    assert len(view.flow._rects) == n + 1
+    assert view.flow._rects[-1].width() < view.flow.width()  # the megabyte chip is elided
