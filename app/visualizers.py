@@ -224,14 +224,22 @@ class _ChipFlow(QWidget):
         return rects
 
     def relayout(self) -> None:
+        if not self.isVisible():  # a hidden dock's chips are laid out when it is shown
+            self._laid_for = -1
+            return
         self._rects = self._layout(max(50, self.width()))
         self._laid_for = self.width()
         self.updateGeometry()
         self.update()
 
+    def showEvent(self, event) -> None:  # noqa: N802 (Qt override)
+        if self._laid_for != self.width():
+            self.relayout()
+        super().showEvent(event)
+
     def grow(self) -> None:
         """Lay out chips appended since the last layout: a streamed token costs one chip, not all of them."""
-        if self._laid_for != self.width():
+        if self._laid_for != self.width() or not self.isVisible():
             self.relayout()
             return
         self._rects = self._layout(max(50, self.width()), self._rects)
