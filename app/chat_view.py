@@ -7,8 +7,8 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from PySide6.QtCore import QMimeData, Qt, QUrl, Signal
-from PySide6.QtGui import QTextCursor
-from PySide6.QtWidgets import QTextBrowser
+from PySide6.QtGui import QTextCursor, QTextOption
+from PySide6.QtWidgets import QPlainTextEdit, QTextBrowser
 
 from app.render import LIGHT, ZWSP, MarkdownRenderer, Theme, head, plain_html, split_thinking, tail
 from engine.conversations import StoredMessage
@@ -25,6 +25,9 @@ WRAP_CHARS = (
     6_000  # a body with more HTML than this is not drawn inside its message's box (see _message_html)
 )
 CACHE_SIZE = 400  # formatted message bodies kept
+LONG_LINE = 2_000  # an editor holding a longer line wraps it anywhere (see TextEditor)
+PASTE_LINE = 200_000  # longest line a paste may bring: Qt lays out the whole line again at every key
+PASTE_CHARS = 2_000_000  # most text one paste may bring (far past any model's context)
 
 
 def message_body(
@@ -80,6 +83,53 @@ def is_cut_off(msg: StoredMessage) -> bool:
     return bool(msg.content) and (
         msg.status in ("stopped", "interrupted") or stop in ("max_tokens", "context_full")
     )
+
+
+def longest_line(text: str) -> int:
+    return max(map(len, text.splitlines()), default=0)
+
+
+class TextEditor(QPlainTextEdit):
+    """A plain-text box that stays responsive with a pasted megabyte: Qt wraps a line at word boundaries in
+    time quadratic in its length (a pasted 1 MB line took 2 minutes, then 35 s a key), but anywhere in
+    linear time, so a box holding a line over LONG_LINE characters wraps anywhere until it is cleared."""
+
+    refused = Signal(str)  # why a paste was not taken
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.textChanged.connect(self._maybe_rewrap)
+
+    def _wrap_for(self, longest: int) -> None:
+        mode = QTextOption.WrapAnywhere if longest > LONG_LINE else QTextOption.WrapAtWordBoundaryOrAnywhere
+        if self.wordWrapMode() != mode:
+            self.setWordWrapMode(mode)
+
+    def _maybe_rewrap(self) -> None:
+        if self.wordWrapMode() == QTextOption.WrapAnywhere and self.document().characterCount() <= LONG_LINE:
+            self._wrap_for(0)  # short again: words are kept whole
+
+    def insertFromMimeData(self, source) -> None:  # noqa: N802 (Qt override: paste and drop)
+        if source.hasText():
+            text = source.text()
+            longest = longest_line(text)
+            if len(text) > PASTE_CHARS or longest > PASTE_LINE:
+                what = (
+                    f"{len(text):,} characters"
+                    if len(text) > PASTE_CHARS
+                    else f"a line of {longest:,} characters"
+                )
+                self.refused.emit(
+                    f"Not pasted: the text has {what}; this box takes up to {PASTE_CHARS:,} characters in "
+                    f"lines of up to {PASTE_LINE:,}."
+                )
+                return
+            self._wrap_for(max(longest, len(self.textCursor().block().text())))
+        super().insertFromMimeData(source)
+
+    def setPlainText(self, text: str) -> None:  # noqa: N802 (Qt override)
+        self._wrap_for(longest_line(text))
+        super().setPlainText(text)
 
 
 class SafeBrowser(QTextBrowser):

@@ -23,7 +23,6 @@ from PySide6.QtWidgets import (
     QMainWindow,
     QMenu,
     QMessageBox,
-    QPlainTextEdit,
     QPushButton,
     QScrollArea,
     QSplitter,
@@ -33,7 +32,7 @@ from PySide6.QtWidgets import (
 )
 
 from app.bridge import EngineBridge
-from app.chat_view import ChatView
+from app.chat_view import ChatView, TextEditor
 from app.inspector import METHODS as INSPECTOR_METHODS
 from app.inspector import Inspector
 from app.model_panel import ModelPanel
@@ -81,7 +80,7 @@ class Banner(QFrame):
         self.show()
 
 
-class Composer(QPlainTextEdit):
+class Composer(TextEditor):
     """The message box: Enter sends, Shift+Enter starts a new line, Esc stops a reply."""
 
     send = Signal()
@@ -200,7 +199,9 @@ class MainWindow(QMainWindow):
         sampling_scroll.setWidgetResizable(True)
         sampling_scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)  # the panel wraps to the width
         sampling_scroll.setWidget(self.sampling_panel)
-        self.system_prompt = QPlainTextEdit(placeholderText="System prompt for this conversation")
+        self.system_prompt = TextEditor(placeholderText="System prompt for this conversation")
+        for editor in (self.composer, self.system_prompt):
+            editor.refused.connect(lambda why: self.statusBar().showMessage(why, 10_000))
         self.system_prompt.textChanged.connect(self._system_prompt_changed)
         self.side.addTab(self.model_panel, "Model")
         self.side.addTab(sampling_scroll, "Sampling")

@@ -6,7 +6,7 @@ import time
 
 import pytest
 from PySide6.QtCore import QTimer
-from PySide6.QtGui import QTextCursor
+from PySide6.QtGui import QGuiApplication, QTextCursor, QTextOption
 
 from app.chat_view import SHOW_CHARS, STREAM_CHARS, ChatView
 from app.main import MainWindow
@@ -240,3 +240,36 @@ def test_a_long_reply_streams_into_the_probability_view_in_linear_time(qtbot):
     assert probe.worst_ms < GAP_BOUND_MS
     assert len(view.flow._rects) == n + 1
     assert view.flow._rects[-1].width() < view.flow.width()  # the megabyte chip is elided
+
+
+@pytest.mark.parametrize("box", ["composer", "system_prompt"])
+def test_pasting_a_long_line_keeps_the_window_responsive(qtbot, window, box):
+    editor = getattr(window, box)
+    window.new_chat()
+    if box == "system_prompt":
+        window.side.setCurrentWidget(editor)
+    line = "y" * 150_000  # a minified file, a base64 blob
+    QGuiApplication.clipboard().setText(line)
+    with GapProbe() as probe:
+        editor.paste()
+        qtbot.wait(50)
+        qtbot.keyClick(editor, "z")
+        qtbot.wait(50)
+    print(
+        f"\n{box}: pasting a 150,000-character line and typing, worst event-loop gap {probe.worst_ms:.0f} ms"
+    )
+    assert probe.worst_ms < GAP_BOUND_MS  # wrapped at word boundaries: 3 s to paste, 2 s a key
+    assert editor.toPlainText() == line + "z"
+    editor.clear()
+    qtbot.keyClick(editor, "a")
+    assert editor.wordWrapMode() == QTextOption.WrapAtWordBoundaryOrAnywhere  # short text: whole words again
+
+
+def test_a_paste_too_long_for_the_box_is_refused_with_a_reason(qtbot, window):
+    QGuiApplication.clipboard().setText("x" * 5_000_000)
+    with GapProbe() as probe:
+        window.composer.paste()
+        qtbot.wait(20)
+    assert window.composer.toPlainText() == ""
+    assert "Not pasted: the text has 5,000,000 characters" in window.statusBar().currentMessage()
+    assert probe.worst_ms < GAP_BOUND_MS
