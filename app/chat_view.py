@@ -177,7 +177,8 @@ class ChatView(SafeBrowser):
         # queued even when the worker is done before add_done_callback: never re-enter a redraw
         self._formatted.connect(self._on_formatted, Qt.QueuedConnection)
         self.anchorClicked.connect(self._clicked)
-        self.destroyed.connect(lambda: self._worker.shutdown(wait=False, cancel_futures=True))
+        worker = self._worker
+        self.destroyed.connect(lambda: worker.shutdown(wait=False, cancel_futures=True))
 
     def set_theme(self, theme: Theme) -> None:
         self.theme = theme
@@ -318,6 +319,8 @@ class ChatView(SafeBrowser):
         self._stream_start = None
         if streaming is not None:
             self.update_stream(streaming)
+        else:
+            self._plain_streams.clear()
         self.verticalScrollBar().setValue(self.verticalScrollBar().maximum())
 
     def _empty_html(self) -> str:
