@@ -21,9 +21,8 @@ SHOW_CHARS = 20_000  # a message shows its first 20,000 characters; "show more" 
 SYNC_CHARS = 3_000  # longer messages are formatted in a worker thread; their plain text shows meanwhile
 STREAM_CHARS = 3_000  # a streaming reply longer than this shows its formatted end until it is done
 STREAM_BUDGET_S = 0.025  # a streaming reply that takes longer to format is shown plain until it is done
-WRAP_CHARS = (
-    6_000  # a body with more HTML than this is not drawn inside its message's box (see _message_html)
-)
+# a body with more HTML than this is drawn below its message's box, not inside it (see _message_html)
+WRAP_CHARS = 6_000
 CACHE_SIZE = 400  # formatted message bodies kept
 LONG_LINE = 2_000  # an editor holding a longer line wraps it anywhere (see TextEditor)
 PASTE_LINE = 200_000  # longest line a paste may bring: Qt lays out the whole line again at every key
