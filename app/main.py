@@ -20,7 +20,6 @@ from PySide6.QtWidgets import (
     QMainWindow,
     QMenu,
     QMessageBox,
-    QPlainTextEdit,
     QPushButton,
     QScrollArea,
     QSplitter,
@@ -36,7 +35,7 @@ from app.inspector import Inspector
 from app.model_panel import ModelPanel
 from app.render import DARK, LIGHT
 from app.sampling_panel import SamplingPanel
-from app.widgets import Banner, Composer
+from app.widgets import Banner, Composer, TextEditor
 from engine.conversations import ConversationError, ConversationStore, StoredMessage
 from engine.errors import EngineDied, IngleError
 from engine.events import LoadProgress, Message, ModelLoaded, ReplyDone
@@ -161,7 +160,9 @@ class MainWindow(QMainWindow):
         sampling_scroll.setWidgetResizable(True)
         sampling_scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)  # the panel wraps to the width
         sampling_scroll.setWidget(self.sampling_panel)
-        self.system_prompt = QPlainTextEdit(placeholderText="System prompt for this conversation")
+        self.system_prompt = TextEditor(placeholderText="System prompt for this conversation")
+        for editor in (self.composer, self.system_prompt):
+            editor.refused.connect(lambda why: self.statusBar().showMessage(why, 10_000))
         self.system_prompt.textChanged.connect(self._system_prompt_changed)
         self.side.addTab(self.model_panel, "Model")
         self.side.addTab(sampling_scroll, "Sampling")
