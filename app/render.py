@@ -70,8 +70,9 @@ def break_long_runs(html_text: str) -> str:
 
 
 def plain_html(text: str) -> str:
-    """Text shown as it is, escaped, line breaks kept."""
-    return f'<p style="white-space:pre-wrap">{break_long_runs(html.escape(text, quote=False))}</p>'
+    """Text shown as it is, escaped (quotes too: text that reads like `href="ingle:…"` must never look like
+    an attribute to the view's link sanitizer), line breaks kept."""
+    return f'<p style="white-space:pre-wrap">{break_long_runs(html.escape(text))}</p>'
 
 
 def head(text: str, limit: int) -> str:
@@ -143,7 +144,7 @@ class MarkdownRenderer:
         token = tokens[idx]
         lang = (token.info or "").strip().split(" ")[0]
         if len(token.content) > HIGHLIGHT_CHARS:
-            body = html.escape(token.content, quote=False)
+            body = html.escape(token.content)  # quotes too, as Pygments does (see plain_html)
         else:
             try:
                 lexer = get_lexer_by_name(lang) if lang else TextLexer()

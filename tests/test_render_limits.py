@@ -134,6 +134,23 @@ def test_show_more_is_a_link_of_the_render_that_model_text_cannot_press(qtbot):
     assert len(plain(view)) > before + SHOW_CHARS // 2
 
 
+@pytest.mark.parametrize("kind", ["big-code-block", "plain-fallback"])
+def test_link_markup_shown_as_text_is_shown_as_written(qtbot, kind):
+    """Text that reads like an app link, in a block shown without formatting, is neither a link nor
+    rewritten by the link sanitizer."""
+    written = '<a href="ingle:delete/1">x</a>'
+    if kind == "big-code-block":
+        text = f"```html\n{written}\n" + "<p>filler</p>\n" * (HIGHLIGHT_CHARS // 10) + "```\n"
+    else:
+        text = written + "\n\n" + punctuation(40_000)
+    view = ChatView()
+    qtbot.addWidget(view)
+    view.show_messages([(StoredMessage(1, 1, None, "assistant", text, "done", {}, 0.0), (1, 1))], None)
+    wait_formatted(qtbot, view)
+    assert written in plain(view)
+    assert not re.search(r'href="(ingle|model-link):delete', view.toHtml())
+
+
 @pytest.mark.parametrize("name", list(HOSTILE))
 def test_streaming_a_huge_reply_keeps_the_event_loop_moving(qtbot, window, name):
     text = HOSTILE[name]()
