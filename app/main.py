@@ -33,6 +33,7 @@ from app.chat_view import ChatView
 from app.dialogs import show_error
 from app.inspector import Inspector
 from app.model_panel import ModelPanel
+from app.ops import Op, describe_error
 from app.render import DARK, LIGHT
 from app.sampling_panel import SamplingPanel
 from app.widgets import Banner, Composer, TextEditor
@@ -526,15 +527,28 @@ class MainWindow(QMainWindow):
 
     def _load_initial_model(self) -> None:
         model = self.initial_model or self.gui_settings.value("last_model")
-        if (
-            not isinstance(model, (str, Path)) or not model or not Path(model).exists()
-        ):  # gui.ini may be edited
-            try:
-                model = self.library.ensure_starter().file
-            except IngleError as err:
-                self.fault_banner.show_message(str(err))
-                return
-        self.load_model(str(model))
+        if isinstance(model, (str, Path)) and model and Path(model).exists():  # gui.ini may be edited
+            self.load_model(str(model))
+            return
+        # the bundled starter: assembled and checked (250 MB, sha256) off the GUI thread on first start
+        self.model_label.setText("Preparing the starter model…")
+
+        def prepare(progress):
+            progress(None, "Assembling the starter model (first start)…")
+            checking = "Checking the starter model's sha256…"
+            return self.library.ensure_starter(lambda done, total: progress(done / total, checking))
+
+        def failed(err: BaseException) -> None:
+            self.model_label.setText("No model")
+            self.fault_banner.show_message(describe_error(err))
+
+        (
+            Op(self, prepare)
+            .with_progress("Preparing the starter model…")
+            .success(lambda entry: (self.model_panel.refresh(), self.load_model(str(entry.file))))
+            .failure(failed)
+            .run()
+        )
 
     def _refuse_while_busy(self, what: str) -> bool:
         """User actions run one at a time; True (and a note) when one is queued or running."""
