@@ -20,7 +20,6 @@ from PySide6.QtWidgets import (
     QMainWindow,
     QMenu,
     QMessageBox,
-    QPlainTextEdit,
     QPushButton,
     QScrollArea,
     QSplitter,
@@ -37,7 +36,7 @@ from app.model_panel import ModelPanel
 from app.ops import Op, describe_error
 from app.render import DARK, LIGHT
 from app.sampling_panel import SamplingPanel
-from app.widgets import Banner, Composer
+from app.widgets import Banner, Composer, TextEditor
 from engine.conversations import ConversationError, ConversationStore, StoredMessage
 from engine.errors import EngineDied, IngleError
 from engine.events import LoadProgress, Message, ModelLoaded, ReplyDone
@@ -162,7 +161,9 @@ class MainWindow(QMainWindow):
         sampling_scroll.setWidgetResizable(True)
         sampling_scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)  # the panel wraps to the width
         sampling_scroll.setWidget(self.sampling_panel)
-        self.system_prompt = QPlainTextEdit(placeholderText="System prompt for this conversation")
+        self.system_prompt = TextEditor(placeholderText="System prompt for this conversation")
+        for editor in (self.composer, self.system_prompt):
+            editor.refused.connect(lambda why: self.statusBar().showMessage(why, 10_000))
         self.system_prompt.textChanged.connect(self._system_prompt_changed)
         self.side.addTab(self.model_panel, "Model")
         self.side.addTab(sampling_scroll, "Sampling")

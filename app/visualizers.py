@@ -5,7 +5,8 @@ engine: app.inspector feeds them."""
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from bisect import bisect_left
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from PySide6.QtCore import QPoint, QRect, QRectF, QSize, Qt, Signal
@@ -36,6 +37,7 @@ from engine.visual import ContextBudget, PreviewStage, TokenPiece
 ROLE_COLORS = {"system": "#8e6fc1", "user": "#3f83cc", "assistant": "#3a9d5d", "draft": "#e09a2b"}
 RESERVE_COLOR = "#9aa4ad"
 DROP_COLOR = "#d0443c"
+CHIP_CHARS = 40  # longest token text a chip shows whole
 GLOBAL_COLOR, SLIDING_COLOR = "#3f83cc", "#3a9d5d"
 MIB = 2**20
 
@@ -56,6 +58,11 @@ def _dim(widget: QWidget) -> QColor:
 
 def _size(n: float) -> str:
     return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / MIB:.2f} MiB"
+
+
+def chip_label(text: str) -> str:
+    """A chip's text, elided past CHIP_CHARS (a hostile "token" can be megabytes; Qt measures it all)."""
+    return text if len(text) <= CHIP_CHARS else text[: CHIP_CHARS - 1] + "…"
 
 
 def visible_piece(text: str) -> str:
@@ -212,16 +219,21 @@ class _ChipFlow(QWidget):
         mono.setStyleHint(QFont.Monospace)
         self.setFont(mono)
 
-    def chip_texts(self) -> list[str]:
+    def chip_count(self) -> int:
         raise NotImplementedError
 
-    def _layout(self, width: int) -> list[QRect]:
+    def chip_text(self, index: int) -> str:
+        raise NotImplementedError
+
+    def _layout(self, width: int, rects: list[QRect] | None = None) -> list[QRect]:
+        """Chip rectangles for `width`; given `rects` (the first chips, laid out for the same width), the
+        rest are appended to it."""
         fm = QFontMetrics(self.font())
         h = fm.height() + 2 * self.PAD_Y
-        x = y = 0
-        rects = []
-        for text in self.chip_texts():
-            w = fm.horizontalAdvance(text) + 2 * self.PAD_X
+        rects = [] if rects is None else rects
+        x, y = (rects[-1].right() + 1 + self.GAP, rects[-1].top()) if rects else (0, 0)
+        for i in range(len(rects), self.chip_count()):
+            w = fm.horizontalAdvance(chip_label(self.chip_text(i))) + 2 * self.PAD_X
             if x and x + w > width:
                 x, y = 0, y + h + self.GAP
             rects.append(QRect(x, y, w, h))
@@ -229,8 +241,25 @@ class _ChipFlow(QWidget):
         return rects
 
     def relayout(self) -> None:
+        if not self.isVisible():  # a hidden dock's chips are laid out when it is shown
+            self._laid_for = -1
+            return
         self._rects = self._layout(max(50, self.width()))
         self._laid_for = self.width()
+        self.updateGeometry()
+        self.update()
+
+    def showEvent(self, event) -> None:  # noqa: N802 (Qt override)
+        if self._laid_for != self.width():
+            self.relayout()
+        super().showEvent(event)
+
+    def grow(self) -> None:
+        """Lay out chips appended since the last layout: a streamed token costs one chip, not all of them."""
+        if self._laid_for != self.width() or not self.isVisible():
+            self.relayout()
+            return
+        self._rects = self._layout(max(50, self.width()), self._rects)
         self.updateGeometry()
         self.update()
 
@@ -238,11 +267,12 @@ class _ChipFlow(QWidget):
         return True
 
     def heightForWidth(self, width: int) -> int:  # noqa: N802 (Qt override)
-        rects = self._layout(max(50, width))
+        rects = self._rects if width == self._laid_for else self._layout(max(50, width))
         return (rects[-1].bottom() + 4) if rects else 20
 
     def sizeHint(self) -> QSize:  # noqa: N802 (Qt override)
-        return QSize(480, self.heightForWidth(480))
+        width = self._laid_for if self._laid_for > 0 else 480  # asked at every token while a reply streams
+        return QSize(480, self.heightForWidth(width))
 
     def resizeEvent(self, event) -> None:  # noqa: N802 (Qt override)
         if self.width() != self._laid_for:
@@ -255,18 +285,26 @@ class _ChipFlow(QWidget):
                 return i
         return -1
 
-    def paint_chips(self, colors: Sequence[QColor], fg: Sequence[QColor], outlined: int = -1) -> None:
+    def paint_chips(
+        self, color: Callable[[int], QColor], fg: Callable[[int], QColor], outlined: int = -1
+    ) -> None:
+        """Paint the chips in view (colours asked for those only: a long reply has thousands)."""
         if self._laid_for != self.width():
             self._rects = self._layout(max(50, self.width()))
             self._laid_for = self.width()
+        shown = self.visibleRegion().boundingRect()
         p = QPainter(self)
-        for i, (rect, text) in enumerate(zip(self._rects, self.chip_texts(), strict=False)):
-            p.fillRect(rect, colors[i])
+        first = bisect_left(self._rects, shown.top(), key=QRect.bottom)  # rows run down the widget
+        for i in range(first, min(len(self._rects), self.chip_count())):
+            rect = self._rects[i]
+            if rect.top() > shown.bottom():
+                break
+            p.fillRect(rect, color(i))
             if i == outlined:
                 p.setPen(QPen(_text_color(self), 2))
                 p.drawRect(rect.adjusted(1, 1, -1, -1))
-            p.setPen(fg[i])
-            p.drawText(rect, Qt.AlignCenter, text)
+            p.setPen(fg(i))
+            p.drawText(rect, Qt.AlignCenter, chip_label(self.chip_text(i)))
         p.end()
 
 
@@ -282,8 +320,12 @@ class TokenView(_ChipFlow):
         self.pieces = list(pieces)
         self.relayout()
 
-    def chip_texts(self) -> list[str]:
-        return [p.text if p.special else visible_piece(p.text) for p in self.pieces]
+    def chip_count(self) -> int:
+        return len(self.pieces)
+
+    def chip_text(self, index: int) -> str:
+        piece = self.pieces[index]
+        return piece.text if piece.special else visible_piece(piece.text)
 
     def joined_bytes(self) -> bytes:
         return b"".join(p.data for p in self.pieces)
@@ -304,11 +346,11 @@ class TokenView(_ChipFlow):
             _mix(base, QColor(ROLE_COLORS["user"]), 0.18),
             _mix(base, QColor(ROLE_COLORS["assistant"]), 0.22),
         )
-        colors = [
-            QColor(ROLE_COLORS["system"]) if p.special else shades[i % 2] for i, p in enumerate(self.pieces)
-        ]
-        fg = [QColor("white") if p.special else text for p in self.pieces]
-        self.paint_chips(colors, fg)
+        special, white = QColor(ROLE_COLORS["system"]), QColor("white")
+        self.paint_chips(
+            lambda i: special if self.pieces[i].special else shades[i % 2],
+            lambda i: white if self.pieces[i].special else text,
+        )
 
     def mouseMoveEvent(self, event) -> None:  # noqa: N802 (Qt override)
         i = self.chip_at(event.position().toPoint())
@@ -655,7 +697,7 @@ class TokenProbabilities(QWidget):
             self.set_reply(message_id, [])
         if token.token_id >= 0:
             self.tokens.append(token)
-            self.flow.relayout()
+            self.flow.grow()
 
     def select(self, index: int) -> None:
         self.selected = index
@@ -690,15 +732,19 @@ class _ProbabilityFlow(_ChipFlow):
         super().__init__(owner)
         self.owner = owner
 
-    def chip_texts(self) -> list[str]:
-        return [visible_piece(t.text) for t in self.owner.tokens]
+    def chip_count(self) -> int:
+        return len(self.owner.tokens)
+
+    def chip_text(self, index: int) -> str:
+        return visible_piece(self.owner.tokens[index].text)
 
     def paintEvent(self, _event) -> None:  # noqa: N802 (Qt override)
-        base = self.palette().color(QPalette.Base)
-        colors = [
-            prob_color(math.exp(t.logprob)) if t.logprob is not None else base for t in self.owner.tokens
-        ]
-        self.paint_chips(colors, [QColor("black")] * len(colors), self.owner.selected)
+        base, black, tokens = self.palette().color(QPalette.Base), QColor("black"), self.owner.tokens
+
+        def color(i: int) -> QColor:
+            return prob_color(math.exp(tokens[i].logprob)) if tokens[i].logprob is not None else base
+
+        self.paint_chips(color, lambda _i: black, self.owner.selected)
 
     def mouseMoveEvent(self, event) -> None:  # noqa: N802 (Qt override)
         i = self.chip_at(event.position().toPoint())
