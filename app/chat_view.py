@@ -33,7 +33,7 @@ class SafeBrowser(QTextBrowser):
         self.setOpenExternalLinks(False)
         self.refused_urls: list[str] = []  # what model output tried to load (tests read it)
 
-    def loadResource(self, kind: int, url: QUrl):  # noqa: N802 (Qt override)
+    def loadResource(self, kind: int, url: QUrl):
         self.refused_urls.append(url.toString())
         return None
 

@@ -296,7 +296,7 @@ class MainWindow(QMainWindow):
         previous = self.conversation
         try:
             self._show_conversation(cid)
-        except Exception as err:  # noqa: BLE001 (one bad conversation must never take the window down)
+        except Exception as err:  # one bad conversation must never take the window down
             log.exception("conversation %s could not be opened", cid)
             title = self._title_or_id(cid)
             fallbacks = [previous] + [c.id for c in self._conversations_or_none()]
@@ -305,7 +305,7 @@ class MainWindow(QMainWindow):
                     try:
                         self._show_conversation(other)
                         break
-                    except Exception:  # noqa: BLE001
+                    except Exception:
                         log.exception("conversation %s could not be opened either", other)
                         self._unopenable.add(other)
             else:
@@ -321,13 +321,13 @@ class MainWindow(QMainWindow):
     def _title_or_id(self, cid: int | None) -> str:
         try:
             return self.store.get(cid).title
-        except Exception:  # noqa: BLE001
+        except Exception:
             return f"#{cid}"
 
     def _conversations_or_none(self) -> list:
         try:
             return self.store.conversations()
-        except Exception:  # noqa: BLE001
+        except Exception:
             return []
 
     def _show_conversation(self, cid: int | None) -> None:
@@ -796,7 +796,7 @@ class MainWindow(QMainWindow):
         self.open_conversation(conv.id)
 
     # ------------------------------------------------------------ shutdown
-    def closeEvent(self, event) -> None:  # noqa: N802 (Qt override)
+    def closeEvent(self, event) -> None:
         if self.wizard is not None and self.wizard.training_active():
             answer = QMessageBox.question(
                 self, "Training is running",

@@ -105,7 +105,7 @@ class ContextBar(QWidget):
         self.setMinimumHeight(96)
         self.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Fixed)
 
-    def sizeHint(self) -> QSize:  # noqa: N802 (Qt override)
+    def sizeHint(self) -> QSize:
         return QSize(520, 110)
 
     def set_budget(self, budget: ContextBudget, roles: Sequence[str], has_draft: bool) -> None:
@@ -155,7 +155,7 @@ class ContextBar(QWidget):
             x += w
         return out
 
-    def paintEvent(self, _event) -> None:  # noqa: N802 (Qt override)
+    def paintEvent(self, _event) -> None:
         p = QPainter(self)
         p.setRenderHint(QPainter.Antialiasing)
         bar = self._bar_rect()
@@ -185,7 +185,7 @@ class ContextBar(QWidget):
                    Qt.TextWordWrap, self.note)  # fmt: skip
         p.end()
 
-    def mouseMoveEvent(self, event) -> None:  # noqa: N802 (Qt override)
+    def mouseMoveEvent(self, event) -> None:
         for seg, rect in self._segment_rects():
             if rect.contains(event.position()):
                 extra = " — dropped before the next reply" if seg.dropped else ""
@@ -234,17 +234,17 @@ class _ChipFlow(QWidget):
         self.updateGeometry()
         self.update()
 
-    def hasHeightForWidth(self) -> bool:  # noqa: N802 (Qt override)
+    def hasHeightForWidth(self) -> bool:
         return True
 
-    def heightForWidth(self, width: int) -> int:  # noqa: N802 (Qt override)
+    def heightForWidth(self, width: int) -> int:
         rects = self._layout(max(50, width))
         return (rects[-1].bottom() + 4) if rects else 20
 
-    def sizeHint(self) -> QSize:  # noqa: N802 (Qt override)
+    def sizeHint(self) -> QSize:
         return QSize(480, self.heightForWidth(480))
 
-    def resizeEvent(self, event) -> None:  # noqa: N802 (Qt override)
+    def resizeEvent(self, event) -> None:
         if self.width() != self._laid_for:
             self.relayout()
         super().resizeEvent(event)
@@ -297,7 +297,7 @@ class TokenView(_ChipFlow):
             f"text: {piece.text!r}"
         )
 
-    def paintEvent(self, _event) -> None:  # noqa: N802 (Qt override)
+    def paintEvent(self, _event) -> None:
         base = self.palette().color(QPalette.Base)
         text = _text_color(self)
         shades = (
@@ -310,7 +310,7 @@ class TokenView(_ChipFlow):
         fg = [QColor("white") if p.special else text for p in self.pieces]
         self.paint_chips(colors, fg)
 
-    def mouseMoveEvent(self, event) -> None:  # noqa: N802 (Qt override)
+    def mouseMoveEvent(self, event) -> None:
         i = self.chip_at(event.position().toPoint())
         if i >= 0:
             QToolTip.showText(event.globalPosition().toPoint(), self.tooltip_for(i), self)
@@ -413,7 +413,7 @@ class KVCacheMap(QWidget):
         per_row = max(16, (width - 16) // (self.CELL + self.GAP))
         return per_row, math.ceil(n / per_row) if n else 0
 
-    def heightForWidth(self, width: int) -> int:  # noqa: N802 (Qt override)
+    def heightForWidth(self, width: int) -> int:
         fm = QFontMetrics(self.font())
         _, rows = self._grid(width)
         n_layers = len(self.layout_info["layers"]) if self.layout_info else 0
@@ -425,13 +425,13 @@ class KVCacheMap(QWidget):
             + 4 * fm.height()
         )
 
-    def hasHeightForWidth(self) -> bool:  # noqa: N802 (Qt override)
+    def hasHeightForWidth(self) -> bool:
         return True
 
-    def sizeHint(self) -> QSize:  # noqa: N802 (Qt override)
+    def sizeHint(self) -> QSize:
         return QSize(520, self.heightForWidth(520))
 
-    def paintEvent(self, _event) -> None:  # noqa: N802 (Qt override)
+    def paintEvent(self, _event) -> None:
         p = QPainter(self)
         fm = QFontMetrics(self.font())
         text = _text_color(self)
@@ -693,21 +693,21 @@ class _ProbabilityFlow(_ChipFlow):
     def chip_texts(self) -> list[str]:
         return [visible_piece(t.text) for t in self.owner.tokens]
 
-    def paintEvent(self, _event) -> None:  # noqa: N802 (Qt override)
+    def paintEvent(self, _event) -> None:
         base = self.palette().color(QPalette.Base)
         colors = [
             prob_color(math.exp(t.logprob)) if t.logprob is not None else base for t in self.owner.tokens
         ]
         self.paint_chips(colors, [QColor("black")] * len(colors), self.owner.selected)
 
-    def mouseMoveEvent(self, event) -> None:  # noqa: N802 (Qt override)
+    def mouseMoveEvent(self, event) -> None:
         i = self.chip_at(event.position().toPoint())
         if i >= 0:
             tok = self.owner.tokens[i]
             p = f"{math.exp(tok.logprob):.2%}" if tok.logprob is not None else "unknown"
             QToolTip.showText(event.globalPosition().toPoint(), f"id {tok.token_id} · p {p}", self)
 
-    def mousePressEvent(self, event) -> None:  # noqa: N802 (Qt override)
+    def mousePressEvent(self, event) -> None:
         i = self.chip_at(event.position().toPoint())
         if i >= 0:
             self.owner.select(i)
@@ -747,17 +747,17 @@ class SamplingPreview(QWidget):
             out.append({"token_id": tok.token_id, "piece": tok.piece, "p": ps, "removed_by": removed_by})
         return out
 
-    def heightForWidth(self, _width: int) -> int:  # noqa: N802 (Qt override)
+    def heightForWidth(self, _width: int) -> int:
         n = len(self.stages[0].tokens) if self.stages else 2
         return 3 * self.ROW + n * self.ROW + 2 * QFontMetrics(self.font()).height()
 
-    def hasHeightForWidth(self) -> bool:  # noqa: N802 (Qt override)
+    def hasHeightForWidth(self) -> bool:
         return True
 
-    def sizeHint(self) -> QSize:  # noqa: N802 (Qt override)
+    def sizeHint(self) -> QSize:
         return QSize(620, self.heightForWidth(620))
 
-    def paintEvent(self, _event) -> None:  # noqa: N802 (Qt override)
+    def paintEvent(self, _event) -> None:
         p = QPainter(self)
         fm = QFontMetrics(self.font())
         text = _text_color(self)
@@ -829,17 +829,17 @@ class TimingBar(QWidget):
         self.updateGeometry()
         self.update()
 
-    def heightForWidth(self, _width: int) -> int:  # noqa: N802 (Qt override)
+    def heightForWidth(self, _width: int) -> int:
         fm = QFontMetrics(self.font())
         return 12 + max(1, len(self.replies)) * (2 * fm.height() + 14) + fm.height()
 
-    def hasHeightForWidth(self) -> bool:  # noqa: N802 (Qt override)
+    def hasHeightForWidth(self) -> bool:
         return True
 
-    def sizeHint(self) -> QSize:  # noqa: N802 (Qt override)
+    def sizeHint(self) -> QSize:
         return QSize(520, self.heightForWidth(520))
 
-    def paintEvent(self, _event) -> None:  # noqa: N802 (Qt override)
+    def paintEvent(self, _event) -> None:
         p = QPainter(self)
         fm = QFontMetrics(self.font())
         text = _text_color(self)

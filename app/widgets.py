@@ -49,7 +49,7 @@ class Composer(QPlainTextEdit):
     send = Signal()
     stop = Signal()
 
-    def keyPressEvent(self, event) -> None:  # noqa: N802 (Qt override)
+    def keyPressEvent(self, event) -> None:
         if event.key() in (Qt.Key_Return, Qt.Key_Enter) and not event.modifiers() & Qt.ShiftModifier:
             self.send.emit()
         elif event.key() == Qt.Key_Escape:
