@@ -103,11 +103,11 @@ class SafeBrowser(QTextBrowser):
         self.setOpenExternalLinks(False)
         self.refused_urls: list[str] = []  # what model output tried to load (tests read it)
 
-    def loadResource(self, kind: int, url: QUrl):  # noqa: N802 (Qt override)
+    def loadResource(self, kind: int, url: QUrl):
         self.refused_urls.append(url.toString())
         return None
 
-    def createMimeDataFromSelection(self) -> QMimeData:  # noqa: N802 (Qt override)
+    def createMimeDataFromSelection(self) -> QMimeData:
         """Copied text without the break points the renderer put into long words."""
         fragment = self.textCursor().selection()
         data = QMimeData()

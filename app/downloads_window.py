@@ -635,6 +635,6 @@ class DownloadManagerWindow(QMainWindow):
         self.library_changed.emit()
         return True
 
-    def closeEvent(self, event) -> None:  # noqa: N802 (Qt)
+    def closeEvent(self, event) -> None:
         self.manager.shutdown()  # running downloads pause; their .part files resume next time
         super().closeEvent(event)

@@ -342,7 +342,7 @@ class MainWindow(WindowLayout, ConversationActions, QMainWindow):
         self.stop_button.setEnabled(busy)
 
     # ------------------------------------------------------------ shutdown
-    def closeEvent(self, event) -> None:  # noqa: N802 (Qt override)
+    def closeEvent(self, event) -> None:
         if self.wizard is not None and self.wizard.training_active():
             answer = QMessageBox.question(
                 self, "Training is running",

@@ -112,7 +112,7 @@ class ContextBar(QWidget):
         self.setMinimumHeight(96)
         self.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Fixed)
 
-    def sizeHint(self) -> QSize:  # noqa: N802 (Qt override)
+    def sizeHint(self) -> QSize:
         return QSize(520, 110)
 
     def set_budget(self, budget: ContextBudget, roles: Sequence[str], has_draft: bool) -> None:
@@ -162,7 +162,7 @@ class ContextBar(QWidget):
             x += w
         return out
 
-    def paintEvent(self, _event) -> None:  # noqa: N802 (Qt override)
+    def paintEvent(self, _event) -> None:
         p = QPainter(self)
         p.setRenderHint(QPainter.Antialiasing)
         bar = self._bar_rect()
@@ -192,7 +192,7 @@ class ContextBar(QWidget):
                    Qt.TextWordWrap, self.note)  # fmt: skip
         p.end()
 
-    def mouseMoveEvent(self, event) -> None:  # noqa: N802 (Qt override)
+    def mouseMoveEvent(self, event) -> None:
         for seg, rect in self._segment_rects():
             if rect.contains(event.position()):
                 extra = " — dropped before the next reply" if seg.dropped else ""
@@ -249,7 +249,7 @@ class _ChipFlow(QWidget):
         self.updateGeometry()
         self.update()
 
-    def showEvent(self, event) -> None:  # noqa: N802 (Qt override)
+    def showEvent(self, event) -> None:
         if self._laid_for != self.width():
             self.relayout()
         super().showEvent(event)
@@ -263,18 +263,18 @@ class _ChipFlow(QWidget):
         self.updateGeometry()
         self.update()
 
-    def hasHeightForWidth(self) -> bool:  # noqa: N802 (Qt override)
+    def hasHeightForWidth(self) -> bool:
         return True
 
-    def heightForWidth(self, width: int) -> int:  # noqa: N802 (Qt override)
+    def heightForWidth(self, width: int) -> int:
         rects = self._rects if width == self._laid_for else self._layout(max(50, width))
         return (rects[-1].bottom() + 4) if rects else 20
 
-    def sizeHint(self) -> QSize:  # noqa: N802 (Qt override)
+    def sizeHint(self) -> QSize:
         width = self._laid_for if self._laid_for > 0 else 480  # asked at every token while a reply streams
         return QSize(480, self.heightForWidth(width))
 
-    def resizeEvent(self, event) -> None:  # noqa: N802 (Qt override)
+    def resizeEvent(self, event) -> None:
         if self.width() != self._laid_for:
             self.relayout()
         super().resizeEvent(event)
@@ -339,7 +339,7 @@ class TokenView(_ChipFlow):
             f"text: {piece.text!r}"
         )
 
-    def paintEvent(self, _event) -> None:  # noqa: N802 (Qt override)
+    def paintEvent(self, _event) -> None:
         base = self.palette().color(QPalette.Base)
         text = _text_color(self)
         shades = (
@@ -352,7 +352,7 @@ class TokenView(_ChipFlow):
             lambda i: white if self.pieces[i].special else text,
         )
 
-    def mouseMoveEvent(self, event) -> None:  # noqa: N802 (Qt override)
+    def mouseMoveEvent(self, event) -> None:
         i = self.chip_at(event.position().toPoint())
         if i >= 0:
             QToolTip.showText(event.globalPosition().toPoint(), self.tooltip_for(i), self)
@@ -455,7 +455,7 @@ class KVCacheMap(QWidget):
         per_row = max(16, (width - 16) // (self.CELL + self.GAP))
         return per_row, math.ceil(n / per_row) if n else 0
 
-    def heightForWidth(self, width: int) -> int:  # noqa: N802 (Qt override)
+    def heightForWidth(self, width: int) -> int:
         fm = QFontMetrics(self.font())
         _, rows = self._grid(width)
         n_layers = len(self.layout_info["layers"]) if self.layout_info else 0
@@ -467,13 +467,13 @@ class KVCacheMap(QWidget):
             + 4 * fm.height()
         )
 
-    def hasHeightForWidth(self) -> bool:  # noqa: N802 (Qt override)
+    def hasHeightForWidth(self) -> bool:
         return True
 
-    def sizeHint(self) -> QSize:  # noqa: N802 (Qt override)
+    def sizeHint(self) -> QSize:
         return QSize(520, self.heightForWidth(520))
 
-    def paintEvent(self, _event) -> None:  # noqa: N802 (Qt override)
+    def paintEvent(self, _event) -> None:
         p = QPainter(self)
         fm = QFontMetrics(self.font())
         text = _text_color(self)
@@ -738,7 +738,7 @@ class _ProbabilityFlow(_ChipFlow):
     def chip_text(self, index: int) -> str:
         return visible_piece(self.owner.tokens[index].text)
 
-    def paintEvent(self, _event) -> None:  # noqa: N802 (Qt override)
+    def paintEvent(self, _event) -> None:
         base, black, tokens = self.palette().color(QPalette.Base), QColor("black"), self.owner.tokens
 
         def color(i: int) -> QColor:
@@ -746,14 +746,14 @@ class _ProbabilityFlow(_ChipFlow):
 
         self.paint_chips(color, lambda _i: black, self.owner.selected)
 
-    def mouseMoveEvent(self, event) -> None:  # noqa: N802 (Qt override)
+    def mouseMoveEvent(self, event) -> None:
         i = self.chip_at(event.position().toPoint())
         if i >= 0:
             tok = self.owner.tokens[i]
             p = f"{math.exp(tok.logprob):.2%}" if tok.logprob is not None else "unknown"
             QToolTip.showText(event.globalPosition().toPoint(), f"id {tok.token_id} · p {p}", self)
 
-    def mousePressEvent(self, event) -> None:  # noqa: N802 (Qt override)
+    def mousePressEvent(self, event) -> None:
         i = self.chip_at(event.position().toPoint())
         if i >= 0:
             self.owner.select(i)
@@ -793,17 +793,17 @@ class SamplingPreview(QWidget):
             out.append({"token_id": tok.token_id, "piece": tok.piece, "p": ps, "removed_by": removed_by})
         return out
 
-    def heightForWidth(self, _width: int) -> int:  # noqa: N802 (Qt override)
+    def heightForWidth(self, _width: int) -> int:
         n = len(self.stages[0].tokens) if self.stages else 2
         return 3 * self.ROW + n * self.ROW + 2 * QFontMetrics(self.font()).height()
 
-    def hasHeightForWidth(self) -> bool:  # noqa: N802 (Qt override)
+    def hasHeightForWidth(self) -> bool:
         return True
 
-    def sizeHint(self) -> QSize:  # noqa: N802 (Qt override)
+    def sizeHint(self) -> QSize:
         return QSize(620, self.heightForWidth(620))
 
-    def paintEvent(self, _event) -> None:  # noqa: N802 (Qt override)
+    def paintEvent(self, _event) -> None:
         p = QPainter(self)
         fm = QFontMetrics(self.font())
         text = _text_color(self)
@@ -875,17 +875,17 @@ class TimingBar(QWidget):
         self.updateGeometry()
         self.update()
 
-    def heightForWidth(self, _width: int) -> int:  # noqa: N802 (Qt override)
+    def heightForWidth(self, _width: int) -> int:
         fm = QFontMetrics(self.font())
         return 12 + max(1, len(self.replies)) * (2 * fm.height() + 14) + fm.height()
 
-    def hasHeightForWidth(self) -> bool:  # noqa: N802 (Qt override)
+    def hasHeightForWidth(self) -> bool:
         return True
 
-    def sizeHint(self) -> QSize:  # noqa: N802 (Qt override)
+    def sizeHint(self) -> QSize:
         return QSize(520, self.heightForWidth(520))
 
-    def paintEvent(self, _event) -> None:  # noqa: N802 (Qt override)
+    def paintEvent(self, _event) -> None:
         p = QPainter(self)
         fm = QFontMetrics(self.font())
         text = _text_color(self)

@@ -72,7 +72,7 @@ class TextEditor(QPlainTextEdit):
         if self.wordWrapMode() == QTextOption.WrapAnywhere and self.document().characterCount() <= LONG_LINE:
             self._wrap_for(0)  # short again: words are kept whole
 
-    def insertFromMimeData(self, source) -> None:  # noqa: N802 (Qt override: paste and drop)
+    def insertFromMimeData(self, source) -> None:
         if source.hasText():
             text = source.text()
             longest = longest_line(text)
@@ -90,7 +90,7 @@ class TextEditor(QPlainTextEdit):
             self._wrap_for(max(longest, len(self.textCursor().block().text())))
         super().insertFromMimeData(source)
 
-    def setPlainText(self, text: str) -> None:  # noqa: N802 (Qt override)
+    def setPlainText(self, text: str) -> None:
         self._wrap_for(longest_line(text))
         super().setPlainText(text)
 
@@ -101,7 +101,7 @@ class Composer(TextEditor):
     send = Signal()
     stop = Signal()
 
-    def keyPressEvent(self, event) -> None:  # noqa: N802 (Qt override)
+    def keyPressEvent(self, event) -> None:
         if event.key() in (Qt.Key_Return, Qt.Key_Enter) and not event.modifiers() & Qt.ShiftModifier:
             self.send.emit()
         elif event.key() == Qt.Key_Escape:

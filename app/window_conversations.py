@@ -60,7 +60,7 @@ class ConversationActions:
         previous = self.conversation
         try:
             self._show_conversation(cid)
-        except Exception as err:  # noqa: BLE001 (one bad conversation must never take the window down)
+        except Exception as err:
             log.exception("conversation %s could not be opened", cid)
             title = self._title_or_id(cid)
             fallbacks = [previous] + [c.id for c in self._conversations_or_none()]
@@ -69,7 +69,7 @@ class ConversationActions:
                     try:
                         self._show_conversation(other)
                         break
-                    except Exception:  # noqa: BLE001
+                    except Exception:
                         log.exception("conversation %s could not be opened either", other)
                         self._unopenable.add(other)
             else:
@@ -85,13 +85,13 @@ class ConversationActions:
     def _title_or_id(self, cid: int | None) -> str:
         try:
             return self.store.get(cid).title
-        except Exception:  # noqa: BLE001
+        except Exception:
             return f"#{cid}"
 
     def _conversations_or_none(self) -> list:
         try:
             return self.store.conversations()
-        except Exception:  # noqa: BLE001
+        except Exception:
             return []
 
     def _show_conversation(self, cid: int | None) -> None:

@@ -12,6 +12,7 @@ from enum import Enum
 from pathlib import Path
 
 from engine import settings as settings_module
+from engine import units
 from engine.errors import EngineDied, EngineError, IngleError, SettingsError
 from engine.events import ContextTrimmed, LoadProgress, Message, ReplyDone, Token
 from engine.settings import LoadSettings, OverflowPolicy, SamplingSettings
@@ -166,10 +167,10 @@ def _hash_progress(path):
     size = Path(path).stat().st_size
     if size < 256 << 20:
         return None
-    progress = Progress("sha256", size >> 20, "MiB")
+    progress = Progress("sha256", size // units.MIB, "MiB")
 
     def update(done: int, total: int) -> None:
-        progress.update(done >> 20)
+        progress.update(done // units.MIB)
         if done >= total:
             progress.close()
 
@@ -199,7 +200,7 @@ def cmd_models(args) -> int:
         for e in entries:
             missing = "" if e.present else "  [file missing]"
             print(
-                f"{e.name:<40} {e.kind:<8} {e.architecture:<10} {e.quant:<8} {e.total_size / 2**20:>9.1f} MiB{missing}"
+                f"{e.name:<40} {e.kind:<8} {e.architecture:<10} {e.quant:<8} {units.mib(e.total_size, 1):>13}{missing}"
             )
     return 0
 
@@ -489,7 +490,10 @@ def cmd_chat(args) -> int:
                     done = _stream(engine.chat(history, sampling, policy), args.stats)
                 except EngineDied as err:  # the conversation is kept: a fresh engine takes it up again
                     history.pop()
-                    print(f"ingle: the engine stopped ({_how_it_died(err)}); starting it again…", file=sys.stderr)
+                    print(
+                        f"ingle: the engine stopped ({_how_it_died(err)}); starting it again…",
+                        file=sys.stderr,
+                    )
                     engine.close()
                     engine, loaded = _open_engine(args)
                     print("ingle: ready again; send your message once more.", file=sys.stderr)

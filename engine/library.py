@@ -16,6 +16,7 @@ from typing import Any
 
 from filelock import FileLock
 
+from engine import units
 from engine.errors import LibraryError, ModelFileError
 from engine.gguf_info import ModelInfo, inspect_gguf, sha256_file
 from engine.gguf_keys import IngleKeys
@@ -375,8 +376,8 @@ class Library:
         size = src.stat().st_size
         if not move and free < size + (64 << 20):
             raise LibraryError(
-                f"Not enough disk space in {dest.parent}: the file needs {size / 2**30:.2f} GiB, "
-                f"{free / 2**30:.2f} GiB are free. Free some space or link the file instead of copying."
+                f"Not enough disk space in {dest.parent}: the file needs {units.gib(size, 2)}, "
+                f"{units.gib(free, 2)} are free. Free some space or link the file instead of copying."
             )
         tmp = dest.with_name(f".{dest.name}.part")
         try:

@@ -1,4 +1,7 @@
-"""Bytes and durations as people read them ("1.50 GiB", "12.3 MiB", "4 min"): one formatter for the app and CLIs."""
+"""Bytes and durations as people read them ("1.50 GiB", "12.3 MiB", "4 min"): one formatter for the app and CLIs.
+
+`duration` rounds to what a person plans by (an estimate, a finished run); `clock` keeps the seconds, for a
+progress line that is redrawn as time goes by ("ETA 3m05s")."""
 
 from __future__ import annotations
 
@@ -28,3 +31,13 @@ def duration(seconds: float) -> str:
     if seconds < 5400:
         return f"{seconds / 60:.0f} min"
     return f"{seconds / 3600:.1f} h"
+
+
+def clock(seconds: float) -> str:
+    """A running time to the second: "12s", "3m05s", "1h02m"."""
+    seconds = max(0, int(round(seconds)))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"

@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from engine import units
 from engine.errors import SettingsError
 
 
@@ -105,7 +106,7 @@ def cmd_train(args) -> int:
                     steps.update(event.start_step)
                 elif isinstance(event, TrainStep):
                     steps.update(event.step, f"loss {event.loss:.4f}, lr {event.learning_rate:.2e}, "
-                                 f"{event.tokens_per_second:.0f} tok/s, mem {event.memory_bytes / 2**20:.0f} MiB",
+                                 f"{event.tokens_per_second:.0f} tok/s, mem {units.mib(event.memory_bytes)}",
                                  eta=event.eta_seconds)  # fmt: skip
                 elif isinstance(event, ValLoss):
                     steps.note(f"step {event.step}: validation loss {event.loss:.4f}")
@@ -114,7 +115,7 @@ def cmd_train(args) -> int:
                 elif isinstance(event, TrainDone):
                     if steps is not None:
                         steps.close()
-                    say("train", f"wrote {event.adapter_path} after {event.steps} steps in {event.seconds:.1f}s "
+                    say("train", f"wrote {event.adapter_path} after {event.steps} steps in {units.clock(event.seconds)} "
                         f"(train loss {event.final_loss:.4f}"
                         + (f", validation loss {event.val_loss:.4f})" if event.val_loss is not None else ")"))  # fmt: skip
                     if not args.no_library:
