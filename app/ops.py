@@ -21,8 +21,8 @@ from PySide6.QtCore import QObject, QRunnable, Qt, QThreadPool, QTimer, Signal
 from PySide6.QtWidgets import QProgressDialog, QWidget
 
 from app.dialogs import show_error
+from engine.child_process import die_with_parent
 from engine.errors import Cancelled, IngleError
-from engine.host import die_with_parent
 
 T = TypeVar("T")
 CHILD_POLL_MS = 100

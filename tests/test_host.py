@@ -153,7 +153,7 @@ def _dead_pid() -> int:
 
 
 def test_stale_logs_of_dead_parents_are_cleaned_and_logs_live_in_a_per_user_folder(fresh_home, tiny_model):
-    from engine.host import log_dir
+    from engine.child_process import log_dir
 
     folder = log_dir()
     assert folder == fresh_home / "logs"
@@ -211,8 +211,8 @@ def test_a_load_failure_says_why_instead_of_pointing_at_a_log(host, tmp_path):
 
 # ------------------------------------------------------------ one call in a child (eval, export)
 def test_call_in_child_returns_the_result_and_raises_typed_errors(fresh_home, tiny_model, corrupt_files):
+    from engine.child_process import call_in_child
     from engine.gguf_info import inspect_gguf, sha256_file
-    from engine.host import call_in_child
 
     assert call_in_child(sha256_file, tiny_model) == sha256_file(tiny_model)
     with pytest.raises(ModelFileError, match="not a GGUF file"):
@@ -224,7 +224,7 @@ def test_call_in_child_survives_llama_cpp_aborting(fresh_home, tmp_path, capfd):
     import gguf
     from gguf_factory import write_tiny_llama
 
-    from engine.host import call_in_child
+    from engine.child_process import call_in_child
     from training.evaluate import open_runtime
 
     # passes Ingle's checks; this llama.cpp aborts in its vocabulary code (GGML_ABORT "fatal error")

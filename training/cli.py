@@ -173,7 +173,7 @@ def _export_report(base: str, adapter: str, outs: dict, data: str) -> dict:
 def cmd_export(args) -> int:
     # llama.cpp (quantizing, evaluating) runs in child processes: a base model that makes it abort ends the
     # child, and the command says so in one line
-    from engine.host import call_in_child
+    from engine.child_process import call_in_child
     from engine.progress import Progress, say
 
     args.base = _resolve(args.base)
@@ -248,8 +248,8 @@ def _perplexity(model: str, adapters: list, n_ctx: int, data: str, skip_bad_line
 
 
 def cmd_eval(args) -> int:
+    from engine.child_process import call_in_child
     from engine.cli import parse_adapter
-    from engine.host import call_in_child
     from engine.progress import say
     from engine.text import printable
 

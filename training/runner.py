@@ -11,8 +11,8 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
+from engine.child_process import describe_exit, keep_crash_log, new_log
 from engine.errors import EngineDied, EngineHung, IngleError
-from engine.host import describe_exit, keep_crash_log, new_log
 from training.events import TrainDone
 
 _POLL_SECONDS = 0.2
@@ -21,7 +21,7 @@ HEARTBEAT = ("alive",)
 
 
 def _child(conn, kwargs: dict, log_path: str) -> None:
-    from engine.host import die_with_parent, native_stderr_to
+    from engine.child_process import die_with_parent, native_stderr_to
 
     die_with_parent()
     native_stderr_to(log_path)  # llama.cpp's messages (an abort's, too) go to the log, not over our lines
