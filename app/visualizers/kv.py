@@ -21,6 +21,8 @@ from engine import units
 from engine.errors import IngleError
 from engine.interface import KVState
 
+KV_MIB_DIGITS = 2  # as llama.cpp reports its KV cache ("27.00 MiB"), so the two can be compared
+
 
 class KVCacheMap(HeightForWidthMixin, QWidget):
     """The KV cache's cells by the message they hold (reused from the cache pale, computed on the last turn full),
@@ -147,12 +149,12 @@ class KVCacheMap(HeightForWidthMixin, QWidget):
             p.fillRect(
                 QRect(8 + label_w + kw, y + 2, w - kw, fm.height() - 4), mix(color, QColor("white"), 0.35)
             )
-            p.drawText(8 + label_w + w + 6, y + fm.ascent(), units.size(total))
+            p.drawText(8 + label_w + w + 6, y + fm.ascent(), units.size(total, KV_MIB_DIGITS))
             y += fm.height() + 2
         y += 4
         formula = kv_formula(info)
         p.drawText(QRect(8, y, self.width() - 16, 4 * fm.height()), Qt.TextWordWrap,
-                   f"Total {units.size(self.total_bytes)} = {formula}\n(darker: K, lighter: V)")  # fmt: skip
+                   f"Total {units.size(self.total_bytes, KV_MIB_DIGITS)} = {formula}\n(darker: K, lighter: V)")  # fmt: skip
         p.end()
 
 
@@ -241,10 +243,11 @@ class KVCalculator(QWidget):
             return
         lines = [
             f"{g['layers']} {g['cache']} layers: {g['cells']:,} cells, "
-            f"K {units.size(g['bytes_k'])} + V {units.size(g['bytes_v'])}"
+            f"K {units.size(g['bytes_k'], KV_MIB_DIGITS)} + V {units.size(g['bytes_v'], KV_MIB_DIGITS)}"
             for g in layout.groups()
         ]
         self.computed_layout = layout
         self.result.setText(
-            "\n".join(lines) + f"\n\nTotal: {units.size(layout.total_bytes)}\n{kv_formula(layout.to_dict())}"
+            "\n".join(lines)
+            + f"\n\nTotal: {units.size(layout.total_bytes, KV_MIB_DIGITS)}\n{kv_formula(layout.to_dict())}"
         )
