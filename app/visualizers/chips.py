@@ -49,11 +49,11 @@ class ChipFlow(HeightForWidthMixin, QWidget):
         self.updateGeometry()
         self.update()
 
-    def heightForWidth(self, width: int) -> int:  # noqa: N802 (Qt override)
+    def heightForWidth(self, width: int) -> int:
         rects = self._chip_layout(max(50, width))
         return (rects[-1].bottom() + 4) if rects else 20
 
-    def resizeEvent(self, event) -> None:  # noqa: N802 (Qt override)
+    def resizeEvent(self, event) -> None:
         if self.width() != self._laid_out_width:
             self.relayout()
         super().resizeEvent(event)

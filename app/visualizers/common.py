@@ -42,8 +42,8 @@ class HeightForWidthMixin:
 
     HINT_WIDTH = 520
 
-    def hasHeightForWidth(self) -> bool:  # noqa: N802 (Qt override)
+    def hasHeightForWidth(self) -> bool:
         return True
 
-    def sizeHint(self) -> QSize:  # noqa: N802 (Qt override)
+    def sizeHint(self) -> QSize:
         return QSize(self.HINT_WIDTH, self.heightForWidth(self.HINT_WIDTH))

@@ -53,7 +53,7 @@ class ContextBar(QWidget):
         self.setMinimumHeight(96)
         self.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Fixed)
 
-    def sizeHint(self) -> QSize:  # noqa: N802 (Qt override)
+    def sizeHint(self) -> QSize:
         return QSize(520, 110)
 
     def set_budget(self, budget: ContextBudget, roles: Sequence[str], has_draft: bool) -> None:
@@ -103,7 +103,7 @@ class ContextBar(QWidget):
             x += w
         return out
 
-    def paintEvent(self, _event) -> None:  # noqa: N802 (Qt override)
+    def paintEvent(self, _event) -> None:
         p = QPainter(self)
         p.setRenderHint(QPainter.Antialiasing)
         bar = self._bar_rect()
@@ -133,7 +133,7 @@ class ContextBar(QWidget):
                    Qt.TextWordWrap, self.note)  # fmt: skip
         p.end()
 
-    def mouseMoveEvent(self, event) -> None:  # noqa: N802 (Qt override)
+    def mouseMoveEvent(self, event) -> None:
         for seg, rect in self._segment_rects():
             if rect.contains(event.position()):
                 extra = " — dropped before the next reply" if seg.dropped else ""

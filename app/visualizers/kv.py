@@ -78,7 +78,7 @@ class KVCacheMap(HeightForWidthMixin, QWidget):
         per_row = max(16, (width - 16) // (self.CELL + self.GAP))
         return per_row, math.ceil(n / per_row) if n else 0
 
-    def heightForWidth(self, width: int) -> int:  # noqa: N802 (Qt override)
+    def heightForWidth(self, width: int) -> int:
         fm = QFontMetrics(self.font())
         _, rows = self._grid(width)
         n_layers = len(self.layout_info["layers"]) if self.layout_info else 0
@@ -90,7 +90,7 @@ class KVCacheMap(HeightForWidthMixin, QWidget):
             + 4 * fm.height()
         )
 
-    def paintEvent(self, _event) -> None:  # noqa: N802 (Qt override)
+    def paintEvent(self, _event) -> None:
         p = QPainter(self)
         fm = QFontMetrics(self.font())
         text = text_color(self)

@@ -54,11 +54,11 @@ class SamplingPreview(HeightForWidthMixin, QWidget):
             out.append({"token_id": tok.token_id, "piece": tok.piece, "p": ps, "removed_by": removed_by})
         return out
 
-    def heightForWidth(self, _width: int) -> int:  # noqa: N802 (Qt override)
+    def heightForWidth(self, _width: int) -> int:
         n = len(self.stages[0].tokens) if self.stages else 2
         return 3 * self.ROW + n * self.ROW + 2 * QFontMetrics(self.font()).height()
 
-    def paintEvent(self, _event) -> None:  # noqa: N802 (Qt override)
+    def paintEvent(self, _event) -> None:
         p = QPainter(self)
         fm = QFontMetrics(self.font())
         text = text_color(self)

@@ -126,21 +126,21 @@ class _ProbabilityFlow(ChipFlow):
     def chip_texts(self) -> list[str]:
         return [visible_piece(t.text) for t in self.panel.tokens]
 
-    def paintEvent(self, _event) -> None:  # noqa: N802 (Qt override)
+    def paintEvent(self, _event) -> None:
         base = self.palette().color(QPalette.Base)
         colors = [
             prob_color(math.exp(t.logprob)) if t.logprob is not None else base for t in self.panel.tokens
         ]
         self.paint_chips(colors, [QColor("black")] * len(colors), self.panel.selected)
 
-    def mouseMoveEvent(self, event) -> None:  # noqa: N802 (Qt override)
+    def mouseMoveEvent(self, event) -> None:
         i = self.chip_at(event.position().toPoint())
         if i >= 0:
             tok = self.panel.tokens[i]
             p = f"{math.exp(tok.logprob):.2%}" if tok.logprob is not None else "unknown"
             QToolTip.showText(event.globalPosition().toPoint(), f"id {tok.token_id} · p {p}", self)
 
-    def mousePressEvent(self, event) -> None:  # noqa: N802 (Qt override)
+    def mousePressEvent(self, event) -> None:
         i = self.chip_at(event.position().toPoint())
         if i >= 0:
             self.panel.select(i)

@@ -31,11 +31,11 @@ class TimingBar(HeightForWidthMixin, QWidget):
         self.updateGeometry()
         self.update()
 
-    def heightForWidth(self, _width: int) -> int:  # noqa: N802 (Qt override)
+    def heightForWidth(self, _width: int) -> int:
         fm = QFontMetrics(self.font())
         return 12 + max(1, len(self.replies)) * (2 * fm.height() + 14) + fm.height()
 
-    def paintEvent(self, _event) -> None:  # noqa: N802 (Qt override)
+    def paintEvent(self, _event) -> None:
         p = QPainter(self)
         fm = QFontMetrics(self.font())
         text = text_color(self)

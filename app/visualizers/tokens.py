@@ -40,7 +40,7 @@ class TokenView(ChipFlow):
             f"text: {piece.text!r}"
         )
 
-    def paintEvent(self, _event) -> None:  # noqa: N802 (Qt override)
+    def paintEvent(self, _event) -> None:
         base = self.palette().color(QPalette.Base)
         text = text_color(self)
         shades = (
@@ -53,7 +53,7 @@ class TokenView(ChipFlow):
         fg = [QColor("white") if p.special else text for p in self.pieces]
         self.paint_chips(colors, fg)
 
-    def mouseMoveEvent(self, event) -> None:  # noqa: N802 (Qt override)
+    def mouseMoveEvent(self, event) -> None:
         i = self.chip_at(event.position().toPoint())
         if i >= 0:
             QToolTip.showText(event.globalPosition().toPoint(), self.tooltip_for(i), self)
