@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from PySide6.QtCore import QObject, QRunnable, Qt, QThreadPool, QUrl, Signal, Slot
+from PySide6.QtCore import QObject, Qt, QUrl, Signal, Slot
 from PySide6.QtGui import QColor, QDesktopServices, QFont
 from PySide6.QtWidgets import (
     QAbstractItemView,
@@ -30,11 +30,12 @@ from PySide6.QtWidgets import (
 )
 
 from app.dialogs import show_error
+from app.ops import Op, describe_error
 from app.wording import count
-from engine import fit, hub
+from engine import fit, hub, units
 from engine.downloads import DownloadManager, Job, State
-from engine.errors import IngleError
-from engine.gguf_info import inspect_gguf
+from engine.errors import Cancelled, IngleError
+from engine.gguf_info import inspect_cached
 from engine.library import Entry, Library
 from engine.text import printable
 
@@ -61,29 +62,6 @@ def human_eta(seconds: float | None) -> str:
         return "--"
     seconds = int(seconds)
     return f"{seconds // 60}m {seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
-
-
-class _Call(QRunnable):
-    """Runs one blocking engine call on the thread pool and reports back through `_Signals`."""
-
-    class Signals(QObject):
-        done = Signal(object)
-        failed = Signal(str)
-
-    def __init__(self, fn: Callable[[], object]):
-        super().__init__()
-        self.fn = fn
-        self.signals = _Call.Signals()
-
-    def run(self) -> None:
-        try:
-            result = self.fn()
-        except IngleError as err:
-            self.signals.failed.emit(str(err))
-        except Exception as err:  # shown, never a traceback dialog
-            self.signals.failed.emit(f"{type(err).__name__}: {err}")
-        else:
-            self.signals.done.emit(result)
 
 
 class _JobBridge(QObject):
@@ -125,8 +103,6 @@ class DownloadManagerWindow(QMainWindow):
         super().__init__(parent)
         self.setWindowTitle("Ingle — Models")
         self.library = library or Library()
-        self.pool = QThreadPool(self)
-        self._calls: set[_Call] = set()
         self._bridge = _JobBridge(self)
         self._bridge.changed.connect(self._on_job_changed)
         token_problem = ""
@@ -225,18 +201,15 @@ class DownloadManagerWindow(QMainWindow):
         self._update_buttons()
         return page
 
-    def _run(self, fn: Callable[[], object], done: Callable[[object], None], failed=None) -> None:
-        call = _Call(fn)
-        self._calls.add(call)  # keep the signals object alive until it reports
-
-        def finish():
-            self._calls.discard(call)
-
-        call.signals.done.connect(done)
-        call.signals.failed.connect(failed or self.show_error)
-        call.signals.done.connect(finish)
-        call.signals.failed.connect(finish)
-        self.pool.start(call)
+    def _run(self, fn: Callable[[], object], done: Callable[[object], None], failed=None) -> Op:
+        """Network and disk calls run off the GUI thread (app/ops.py); failures land in the status line."""
+        report = failed or self.show_error
+        return (
+            Op(self, lambda _progress: fn())
+            .success(done)
+            .failure(lambda err: report(describe_error(err)))
+            .run()
+        )
 
     def show_error(self, message: str) -> None:
         self.status.setStyleSheet("color: #c62828")
@@ -558,7 +531,7 @@ class DownloadManagerWindow(QMainWindow):
         if not entry.present:
             return "\n".join([*lines, "The file is missing: delete this entry or import it again."])
         try:
-            info = inspect_gguf(entry.path, expect="any")
+            info = inspect_cached(entry.path, expect="any")
         except IngleError as err:
             return "\n".join([*lines, f"Cannot read the file: {err}"])
         s = info.summary()
@@ -589,23 +562,42 @@ class DownloadManagerWindow(QMainWindow):
                 lines.append("Base model: unknown (the adapter does not name one)")
         return "\n".join(lines)
 
-    def import_file(self, path: str | None = None) -> Entry | None:
+    def import_file(self, path: str | None = None) -> Op | None:
+        """Copy a GGUF into the library off the GUI thread, with a progress dialog (Cancel leaves nothing)."""
         if path is None:
             path, _ = QFileDialog.getOpenFileName(
                 self, "Import a GGUF model or adapter", "", "GGUF files (*.gguf)"
             )
             if not path:
                 return None
-        try:
-            entry = self.library.import_file(path)
-        except IngleError as err:
-            self.show_error(str(err))
-            show_error(self, str(err), "Import failed")
-            return None
+        name = Path(path).name
+
+        def work(progress):
+            def copied(done: int, total: int) -> None:
+                progress(
+                    done / total if total else None,
+                    f"Copying {name}: {units.size(done)} of {units.size(total)}",
+                )
+
+            return self.library.import_file(path, progress=copied)
+
+        def failed(err: BaseException) -> None:
+            if isinstance(err, Cancelled):
+                self.show_info(f"Import of {name} cancelled; nothing was added.")
+                return
+            self.show_error(describe_error(err))
+            show_error(self, describe_error(err), "Import failed")
+
+        self.show_info(f"Importing {name}…")
+        return (
+            Op(self, work).with_progress(f"Importing {name}…").success(self._imported).failure(failed).run()
+        )
+
+    def _imported(self, entry: Entry) -> None:
+        self.show_info(f"Imported {entry.name}.")
         self.refresh_library()
         self.select_entry(entry.name)
         self.library_changed.emit()
-        return entry
 
     def reveal_path(self, entry: Entry) -> Path:
         return entry.file.parent

@@ -20,7 +20,6 @@ from PySide6.QtWidgets import (
     QMainWindow,
     QMenu,
     QMessageBox,
-    QPlainTextEdit,
     QPushButton,
     QScrollArea,
     QSplitter,
@@ -34,9 +33,10 @@ from app.chat_view import ChatView
 from app.dialogs import show_error
 from app.inspector import Inspector
 from app.model_panel import ModelPanel
+from app.ops import Op, describe_error
 from app.render import DARK, LIGHT
 from app.sampling_panel import SamplingPanel
-from app.widgets import Banner, Composer
+from app.widgets import Banner, Composer, TextEditor
 from engine.conversations import ConversationError, ConversationStore, StoredMessage
 from engine.errors import EngineDied, IngleError
 from engine.events import LoadProgress, Message, ModelLoaded, ReplyDone
@@ -161,7 +161,9 @@ class MainWindow(QMainWindow):
         sampling_scroll.setWidgetResizable(True)
         sampling_scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)  # the panel wraps to the width
         sampling_scroll.setWidget(self.sampling_panel)
-        self.system_prompt = QPlainTextEdit(placeholderText="System prompt for this conversation")
+        self.system_prompt = TextEditor(placeholderText="System prompt for this conversation")
+        for editor in (self.composer, self.system_prompt):
+            editor.refused.connect(lambda why: self.statusBar().showMessage(why, 10_000))
         self.system_prompt.textChanged.connect(self._system_prompt_changed)
         self.side.addTab(self.model_panel, "Model")
         self.side.addTab(sampling_scroll, "Sampling")
@@ -525,15 +527,28 @@ class MainWindow(QMainWindow):
 
     def _load_initial_model(self) -> None:
         model = self.initial_model or self.gui_settings.value("last_model")
-        if (
-            not isinstance(model, (str, Path)) or not model or not Path(model).exists()
-        ):  # gui.ini may be edited
-            try:
-                model = self.library.ensure_starter().file
-            except IngleError as err:
-                self.fault_banner.show_message(str(err))
-                return
-        self.load_model(str(model))
+        if isinstance(model, (str, Path)) and model and Path(model).exists():  # gui.ini may be edited
+            self.load_model(str(model))
+            return
+        # the bundled starter: assembled and checked (250 MB, sha256) off the GUI thread on first start
+        self.model_label.setText("Preparing the starter model…")
+
+        def prepare(progress):
+            progress(None, "Assembling the starter model (first start)…")
+            checking = "Checking the starter model's sha256…"
+            return self.library.ensure_starter(lambda done, total: progress(done / total, checking))
+
+        def failed(err: BaseException) -> None:
+            self.model_label.setText("No model")
+            self.fault_banner.show_message(describe_error(err))
+
+        (
+            Op(self, prepare)
+            .with_progress("Preparing the starter model…")
+            .success(lambda entry: (self.model_panel.refresh(), self.load_model(str(entry.file))))
+            .failure(failed)
+            .run()
+        )
 
     def _refuse_while_busy(self, what: str) -> bool:
         """User actions run one at a time; True (and a note) when one is queued or running."""

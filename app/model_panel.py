@@ -22,10 +22,11 @@ from PySide6.QtWidgets import (
 )
 
 from app.forms import ERROR_STYLE
+from app.ops import Op
 from engine.chat_template import BUILTIN_TEMPLATES
 from engine.errors import IngleError
 from engine.fit import Fit, Verdict, available_memory, estimate
-from engine.gguf_info import ModelInfo, inspect_gguf
+from engine.gguf_info import ModelInfo, inspect_cached
 from engine.library import Entry, Library
 from engine.settings import CacheType, FlashAttention, LoadSettings
 
@@ -58,7 +59,8 @@ class ModelPanel(QWidget):
     def __init__(self, library: Library):
         super().__init__()
         self.library = library
-        self._infos: dict[str, ModelInfo] = {}
+        self._read: set[Path] = set()  # model files whose header was read (engine.gguf_info caches it)
+        self._reading: set[Path] = set()
         self.hardware = None  # engine.hardware.Hardware from the engine child, once it has started
         self.advanced_fields: dict[str, QWidget] = {}
         layout = QVBoxLayout(self)
@@ -238,12 +240,29 @@ class ModelPanel(QWidget):
                             **self._advanced_values())  # fmt: skip
 
     def current_estimate(self) -> Fit | None:
+        """The memory estimate for the selected model (its header is read here if it was not yet)."""
         entry = self.entry()
         if entry is None:
             return None
-        if entry.path not in self._infos:
-            self._infos[entry.path] = inspect_gguf(entry.file)
-        return estimate_memory(self._infos[entry.path], self.load_settings(), self.hardware)
+        return estimate_memory(inspect_cached(entry.file), self.load_settings(), self.hardware)
+
+    def _header_ready(self, entry: Entry) -> bool:
+        """True when the model's header is known; else read it off the GUI thread and update when done."""
+        if entry.file in self._read:
+            return True
+        if entry.file not in self._reading:
+            self._reading.add(entry.file)
+
+            def read(_progress):
+                return inspect_cached(entry.file)
+
+            def finished(_result=None) -> None:
+                self._reading.discard(entry.file)
+                self._read.add(entry.file)
+                self._update_estimate()
+
+            Op(self, read).success(finished).failure(finished).run()
+        return False
 
     def set_hardware(self, hardware) -> None:
         """The engine child's view of RAM and GPUs (engine.hardware.Hardware), for the fit verdict."""
@@ -253,6 +272,9 @@ class ModelPanel(QWidget):
     def _update_estimate(self, *_args) -> None:
         entry = self.entry()
         self.description.setText(entry.description if entry else "No models in the library yet.")
+        if entry is not None and not self._header_ready(entry):
+            self.estimate.setText("Reading the model's header…")
+            return
         try:
             estimate = self.current_estimate()
         except IngleError as err:

@@ -157,6 +157,12 @@ class Op(Generic[T]):
         if self._child_process is not None and self._child_process.is_alive():
             self._child_process.kill()
 
+    def abandon(self) -> None:
+        """Cancel, and let nobody hear about it (its owner is going away)."""
+        self._on_success = None
+        self._on_failure = lambda _err: None
+        self.cancel()
+
     _child_process = None
 
     def _start_child(self) -> None:

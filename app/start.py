@@ -53,9 +53,9 @@ def run(smoke_prompt: str | None = None) -> int:
         if recovery is not None:
             notes.append(("Ingle: conversations recovered", recovery.describe()))
         try:
-            Library().ensure_starter()  # first start: assemble the bundled model before the window opens
-        except IngleError as err:  # e.g. a damaged library index, rebuilt as it was reported: try once more
-            Library().ensure_starter()
+            Library().entries()  # a damaged index is rebuilt here, and reported (the starter is made later)
+        except IngleError as err:
+            Library().entries()
             notes.append(("Ingle: model library", str(err)))
         window = MainWindow(store=store)
     except (IngleError, OSError, ValueError, sqlite3.Error) as err:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import mmap
+import os
 import struct
 from collections import Counter
 from dataclasses import dataclass, field
@@ -578,3 +579,22 @@ def sha256_file(path: str | Path, progress=None, chunk: int = 8 << 20) -> str:
             if progress:
                 progress(done, total)
     return digest.hexdigest()
+
+
+_CACHE: dict[tuple[str, int, int, str], ModelInfo] = {}
+
+
+def inspect_cached(path: str | os.PathLike, expect: str = "model") -> ModelInfo:
+    """inspect_gguf, remembered by path, modification time and size (a file written again is read again)."""
+    p = Path(path)
+    try:
+        st = p.stat()
+    except OSError:
+        return inspect_gguf(p, expect=expect)  # says what is wrong with the path
+    key = (str(p.resolve()), st.st_mtime_ns, st.st_size, expect)
+    info = _CACHE.get(key)
+    if info is None:
+        if len(_CACHE) > 256:
+            _CACHE.clear()
+        info = _CACHE[key] = inspect_gguf(p, expect=expect)
+    return info

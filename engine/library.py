@@ -9,6 +9,7 @@ import shutil
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from filelock import FileLock
 
 from engine.errors import LibraryError, ModelFileError
 from engine.gguf_info import ModelInfo, inspect_gguf, sha256_file
+from engine.gguf_keys import IngleKeys
 from engine.text import check_name, name_from, printable
 
 log = logging.getLogger("ingle.library")
@@ -27,11 +29,25 @@ STARTER_DESCRIPTION = (
     "Fine-tune it with the wizard, or download a chat model."
 )
 # Metadata key the training module writes into adapters it exports, naming its base model's sha256.
-ADAPTER_BASE_SHA_KEY = "ingle.base_model.sha256"
+ADAPTER_BASE_SHA_KEY = IngleKeys.BASE_MODEL_SHA256
 
 
+COPY_CHUNK = 8 << 20
 _INDEX_LOCKS: dict[str, FileLock] = {}
 _LOCKS_GUARD = threading.Lock()
+
+
+def _copy(src: Path, dest: Path, size: int, progress: Callable[[int, int], None] | None) -> None:
+    """Copy in chunks, reporting as it goes (the GUI imports multi-GB models off its thread with a progress bar)."""
+    if progress is None:
+        shutil.copyfile(src, dest)
+        return
+    done = 0
+    with open(src, "rb") as fin, open(dest, "wb") as fout:
+        while chunk := fin.read(COPY_CHUNK):
+            fout.write(chunk)
+            done += len(chunk)
+            progress(done, size)
 
 
 def data_dir() -> Path:
@@ -285,8 +301,10 @@ class Library:
     def import_file(
         self, path: str | os.PathLike, *, link: bool = False, name: str | None = None, source: str = "import",
         description: str = "", sha256: str | None = None, extra: dict | None = None, move: bool = False,
+        progress: Callable[[int, int], None] | None = None,
     ) -> Entry:  # fmt: skip
-        """Add a GGUF model or adapter: copy it in (atomically), move it in, or link to it where it is."""
+        """Add a GGUF model or adapter: copy it in (atomically), move it in, or link to it where it is.
+        `progress(copied, total)` follows a copy (it may raise Cancelled: nothing is then left behind)."""
         src = Path(path).expanduser()
         name = check_name(name, "library name") if name is not None else name_from(src.stem)
         parts = (extra or {}).get("parts", [])
@@ -309,7 +327,7 @@ class Library:
         if link:
             dest = src
         else:
-            self._place(src, dest, move)  # a long copy: done before taking the index lock
+            self._place(src, dest, move, progress)  # a long copy: done before taking the index lock
         entry = self._entry(name, info, dest, linked=link, source=source, description=description,
                             sha256=sha256 or "", extra=extra or {})  # fmt: skip
         with self._index_lock():
@@ -347,7 +365,7 @@ class Library:
                 src, link=True, name=name, source=source, description=description, extra=extra
             )
 
-    def _place(self, src: Path, dest: Path, move: bool) -> None:
+    def _place(self, src: Path, dest: Path, move: bool, progress=None) -> None:
         if dest.exists():
             raise LibraryError(
                 f"{dest} already exists in the library folder; remove it or choose another name."
@@ -364,10 +382,12 @@ class Library:
             if move:
                 os.replace(src, dest)
                 return
-            shutil.copyfile(src, tmp)
+            _copy(src, tmp, size, progress)
             os.replace(tmp, dest)
-        except OSError as err:
+        except BaseException as err:
             tmp.unlink(missing_ok=True)
+            if not isinstance(err, OSError):
+                raise
             raise LibraryError(f"Could not put {src.name} into the library: {err.strerror or err}.") from None
 
     def remove(self, name: str) -> Entry:

@@ -143,7 +143,7 @@ def test_titles_and_errors_in_banners_are_text_not_markup(qtbot, store, make_win
     assert HOSTILE_TITLE in label.text().replace("&lt;", "<").replace("&gt;", ">").replace("&quot;", '"')
     assert "<a " not in label.text() and "<b>bold" not in label.text()
     window.grab().save(str(tmp_path / "undo_banner_title.png"))
-    window._on_failed("load", IngleError(f"cannot load {HOSTILE_TITLE}"))
+    window._load_failed(IngleError(f"cannot load {HOSTILE_TITLE}"))
     assert "<a " not in window.fault_banner.label.text() and "&lt;a href" in window.fault_banner.label.text()
 
 

@@ -329,8 +329,8 @@ def test_eval_adapter_scale_that_is_not_a_number_is_one_line(tiny_model, dataset
 
 
 def test_the_wizard_estimates_max_steps_as_the_total(tiny_model):
-    from training.estimate import training_estimate
     from engine.gguf_info import inspect_gguf
+    from training.estimate import training_estimate
     from training.lora import TrainSettings
 
     info = inspect_gguf(tiny_model)

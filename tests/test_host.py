@@ -93,14 +93,14 @@ def test_child_killed_mid_reply_gives_typed_error_and_restart_answers(host, tiny
 
 
 def test_hung_child_is_killed_after_the_timeout(tiny_model):
-    h = EngineHost(hang_timeout=1.5)
+    h = EngineHost(hang_timeout=5)
     list(h.load(tiny_model))
     pid = h.pid
     os.kill(pid, signal.SIGSTOP)
     started = time.monotonic()
     with pytest.raises(EngineHung, match="stopped answering"):
         list(h.complete("hello", GREEDY))
-    assert time.monotonic() - started < 10
+    assert time.monotonic() - started < 60  # killed after the 5 s timeout, not left hanging
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     h.close()
 

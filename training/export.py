@@ -13,11 +13,12 @@ import gguf
 import numpy as np
 
 from engine.gguf_info import inspect_gguf, sha256_file
+from engine.gguf_keys import IngleKeys
 from engine.library import ADAPTER_BASE_SHA_KEY
 from training.errors import ExportError
 
-DATASET_SHA_KEY = "ingle.dataset.sha256"
-SETTINGS_KEY = "ingle.training.settings"
+DATASET_SHA_KEY = IngleKeys.DATASET_SHA256
+SETTINGS_KEY = IngleKeys.TRAINING_SETTINGS
 # Architectures whose GGUF -> transformers -> GGUF route is verified.
 TRAINABLE_ARCHS = frozenset({"llama", "qwen2", "qwen3", "gemma2", "gemma3"})
 # Those whose q/k projections transformers permutes on load (undone when the adapter is written back).
@@ -126,7 +127,7 @@ def read_adapter(path: str | Path) -> tuple[float, dict[str, tuple[np.ndarray, n
             tuple(reversed(t.shape.tolist()))
         )
     pairs = {k: (v["lora_a"], v["lora_b"]) for k, v in parts.items() if "lora_a" in v and "lora_b" in v}
-    meta = {f.name: f.contents() for f in reader.fields.values() if f.name.startswith("ingle.")}
+    meta = {f.name: f.contents() for f in reader.fields.values() if f.name.startswith(IngleKeys.PREFIX)}
     return alpha, pairs, meta
 
 
@@ -233,7 +234,7 @@ def export(
     q = check_quant(qtype)
     out = Path(out)
     base_sha = sha256_file(base)
-    extra = {ADAPTER_BASE_SHA_KEY: base_sha, "ingle.export.quant": q, "ingle.export.scale": str(scale)}
+    extra = {ADAPTER_BASE_SHA_KEY: base_sha, IngleKeys.EXPORT_QUANT: q, IngleKeys.EXPORT_SCALE: str(scale)}
     if q == "F16":
         merge_f16(base, adapter, out, scale, extra, progress)
     else:

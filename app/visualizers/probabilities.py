@@ -88,7 +88,7 @@ class TokenProbabilities(QWidget):
             self.set_reply(message_id, [])
         if token.token_id >= 0:
             self.tokens.append(token)
-            self.flow.relayout()
+            self.flow.grow()
 
     def select(self, index: int) -> None:
         self.selected = index
@@ -123,15 +123,19 @@ class _ProbabilityFlow(ChipFlow):
         super().__init__(panel)
         self.panel = panel  # the tokens and the selection live there
 
-    def chip_texts(self) -> list[str]:
-        return [visible_piece(t.text) for t in self.panel.tokens]
+    def chip_count(self) -> int:
+        return len(self.panel.tokens)
+
+    def chip_text(self, index: int) -> str:
+        return visible_piece(self.panel.tokens[index].text)
 
     def paintEvent(self, _event) -> None:
-        base = self.palette().color(QPalette.Base)
-        colors = [
-            prob_color(math.exp(t.logprob)) if t.logprob is not None else base for t in self.panel.tokens
-        ]
-        self.paint_chips(colors, [QColor("black")] * len(colors), self.panel.selected)
+        base, black, tokens = self.palette().color(QPalette.Base), QColor("black"), self.panel.tokens
+
+        def color(i: int) -> QColor:
+            return prob_color(math.exp(tokens[i].logprob)) if tokens[i].logprob is not None else base
+
+        self.paint_chips(color, lambda _i: black, self.panel.selected)
 
     def mouseMoveEvent(self, event) -> None:
         i = self.chip_at(event.position().toPoint())

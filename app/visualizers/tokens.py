@@ -25,8 +25,12 @@ class TokenView(ChipFlow):
         self.pieces = list(pieces)
         self.relayout()
 
-    def chip_texts(self) -> list[str]:
-        return [p.text if p.special else visible_piece(p.text) for p in self.pieces]
+    def chip_count(self) -> int:
+        return len(self.pieces)
+
+    def chip_text(self, index: int) -> str:
+        piece = self.pieces[index]
+        return piece.text if piece.special else visible_piece(piece.text)
 
     def joined_bytes(self) -> bytes:
         return b"".join(p.data for p in self.pieces)
@@ -47,11 +51,11 @@ class TokenView(ChipFlow):
             mix(base, QColor(ROLE_COLORS["user"]), 0.18),
             mix(base, QColor(ROLE_COLORS["assistant"]), 0.22),
         )
-        colors = [
-            QColor(ROLE_COLORS["system"]) if p.special else shades[i % 2] for i, p in enumerate(self.pieces)
-        ]
-        fg = [QColor("white") if p.special else text for p in self.pieces]
-        self.paint_chips(colors, fg)
+        special, white = QColor(ROLE_COLORS["system"]), QColor("white")
+        self.paint_chips(
+            lambda i: special if self.pieces[i].special else shades[i % 2],
+            lambda i: white if self.pieces[i].special else text,
+        )
 
     def mouseMoveEvent(self, event) -> None:
         i = self.chip_at(event.position().toPoint())
