@@ -19,9 +19,10 @@ def gib(n: float, digits: int = 1) -> str:
     return f"{n / GIB:,.{digits}f} GiB"
 
 
-def size(n: float) -> str:
-    """`n` bytes in GiB from 1 GiB up (2 decimals), in MiB below (1 decimal)."""
-    return gib(n, 2) if n >= GIB else mib(n, 1)
+def size(n: float, mib_digits: int = 1) -> str:
+    """`n` bytes in GiB from 1 GiB up (2 decimals), in MiB below (`mib_digits` decimals: 2 where the figure is
+    set beside llama.cpp's own "27.00 MiB", as the KV cache views do)."""
+    return gib(n, 2) if n >= GIB else mib(n, mib_digits)
 
 
 def duration(seconds: float) -> str:

@@ -278,8 +278,8 @@ def test_a_long_reply_streams_into_the_probability_view_in_linear_time(qtbot):
     )
     assert took < 20  # every chip laid out again at each token: quadratic, minutes here
     assert probe.worst_ms < GAP_BOUND_MS
-    assert len(view.flow._rects) == n + 1
-    assert view.flow._rects[-1].width() < view.flow.width()  # the megabyte chip is elided
+    assert len(view.flow._chip_rects) == n + 1
+    assert view.flow._chip_rects[-1].width() < view.flow.width()  # the megabyte chip is elided
 
 
 @pytest.mark.parametrize("box", ["composer", "system_prompt"])

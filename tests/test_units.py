@@ -25,6 +25,14 @@ def test_size_switches_from_mib_to_gib_at_one_gib(n, text):
     assert units.size(n) == text
 
 
+def test_size_can_show_mib_to_two_decimals_and_gib_keeps_two():
+    assert (
+        units.size(27 << 20, mib_digits=2) == "27.00 MiB"
+        and units.size(1536 << 10, mib_digits=2) == "1.50 MiB"
+    )
+    assert units.size(int(4.5 * 2**30), mib_digits=0) == "4.50 GiB"
+
+
 def test_mib_and_gib_round_and_group_thousands():
     assert units.mib(3 << 20) == "3 MiB" and units.mib(5000 << 20) == "5,000 MiB"
     assert units.mib(2.25 * 2**20, 2) == "2.25 MiB" and units.gib(3 << 30) == "3.0 GiB"

@@ -92,7 +92,7 @@ def test_every_visualizer_shows_real_data_and_renders(qtbot, window, tmp_path):
     assert ins.context_bar.segments[-1].label == "reserved for the reply"
     # the map holds exactly what the engine's cache holds, coloured by message
     assert ins.kv_map.n_past == state.n_past == sum(e - s for _, s, e in budget.spans)
-    assert ins.kv_map.owner.count("draft") == budget.draft_tokens
+    assert ins.kv_map.cell_roles.count("draft") == budget.draft_tokens
     assert [s.name for s in ins.preview.stages] == ["model", "greedy"] and ins.preview.rows()  # temperature 0
     reply = window.store.message(mid)
     tokens = ins.probabilities.tokens
@@ -107,8 +107,8 @@ def test_every_visualizer_shows_real_data_and_renders(qtbot, window, tmp_path):
     ins.tokens.picker.activated.emit(1)
     wait_inspected(qtbot, window, "token_pieces")
     assert ins.tokens.view.joined_bytes() == reply.content.encode()
-    assert ins.kv_calculator.layout.total_bytes == sum(
-        g["bytes_k"] + g["bytes_v"] for g in ins.kv_calculator.layout.groups()
+    assert ins.kv_calculator.computed_layout.total_bytes == sum(
+        g["bytes_k"] + g["bytes_v"] for g in ins.kv_calculator.computed_layout.groups()
     )
     for key in VISUALIZERS:
         ins.show(key)
