@@ -155,7 +155,11 @@ def cmd_serve(args) -> int:
         verbose = logging.getLogger().isEnabledFor(logging.INFO)
         server = uvicorn.Server(uvicorn.Config(app, log_level="info" if verbose else "warning",
                                                access_log=verbose, lifespan="off"))  # fmt: skip
-        server.run(sockets=[sock])
+        try:
+            server.run(sockets=[sock])
+        except KeyboardInterrupt:  # uvicorn stops gracefully, then passes Ctrl+C on: the normal way to stop
+            pass
+        print("ingle: server stopped.", file=sys.stderr)
     finally:
         sock.close()
         engine.close()
