@@ -152,10 +152,21 @@ class Generation:
         if self.job._queue.empty() and self.job.done:
             self.job._queue.put_nowait(_END)
 
-    async def collect(self) -> tuple[list, ReplyDone]:
-        """Run to the end (non-streaming); the slot is released before returning."""
+    async def collect(self, request: Request) -> tuple[list, ReplyDone]:
+        """Run to the end (non-streaming); a client that hangs up cancels the generation. The slot is
+        released before returning."""
+
+        async def watch() -> None:  # the body has been read: the next message is the disconnect
+            while (await request.receive())["type"] != "http.disconnect":
+                pass
+            self.job.cancelled = True
+            self.job.engine.cancel()
+
         try:
-            events = [e async for e in self.events()]
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(watch)
+                events = [e async for e in self.events()]
+                tasks.cancel_scope.cancel()
         finally:
             await self.close()
         if self.error:

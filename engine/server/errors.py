@@ -44,7 +44,10 @@ def from_engine_error(err: BaseException) -> ApiError:
     if isinstance(err, SettingsError):
         return ApiError(400, str(err), param=err.field, code="invalid_value")
     if isinstance(err, ContextFullError):
-        return ApiError(400, str(err), param="messages", code="context_length_exceeded")
+        # the engine's first sentence has both numbers; its advice is for the chat window, not for an API
+        first = str(err).split(". ")[0].rstrip(".")
+        return ApiError(400, f"{first}. Shorten the prompt or max_tokens, or serve the model with a larger "
+                             "--ctx-size.", param="messages", code="context_length_exceeded")  # fmt: skip
     if isinstance(err, EngineDied):
         return ApiError(
             503,

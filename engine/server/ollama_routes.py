@@ -128,8 +128,9 @@ def routes(state: ServerState) -> list[Route]:
             return out
 
         if not stream:
-            _, done = await generation.collect()
-            state.record(path, 200, started, done)
+            _, done = await generation.collect(request)
+            cancelled = generation.job.cancelled  # the client hung up: nobody reads this reply
+            state.record(path, 499 if cancelled else 200, started, done, cancelled=cancelled)
             return JSONResponse(final(done, done.text))
 
         async def lines():

@@ -117,7 +117,7 @@ def routes(state: ServerState) -> list[Route]:
         kind = "chat.completion" if chat else "text_completion"
         want_logprobs = sampling.logprobs or sampling.top_logprobs > 0
         if not stream:
-            events, done = await generation.collect()
+            events, done = await generation.collect(request)
             tokens = [e for e in events if isinstance(e, Token)]
             choice: dict = {"index": 0, "finish_reason": FINISH[done.stats.stop_reason]}
             if chat:
@@ -126,7 +126,8 @@ def routes(state: ServerState) -> list[Route]:
             else:
                 choice["text"] = done.text
                 choice["logprobs"] = completion_logprobs(tokens) if want_logprobs else None
-            state.record(path, 200, started, done)
+            cancelled = generation.job.cancelled  # the client hung up: nobody reads this reply
+            state.record(path, 499 if cancelled else 200, started, done, cancelled=cancelled)
             return JSONResponse({"id": ident, "object": kind, "created": created, "model": config.model_name,
                                  "choices": [choice], "usage": usage(done), "system_fingerprint": None})  # fmt: skip
 
