@@ -154,7 +154,8 @@ def cmd_serve(args) -> int:
               "Ctrl+C stops.", file=sys.stderr, flush=True)  # fmt: skip
         verbose = logging.getLogger().isEnabledFor(logging.INFO)
         server = uvicorn.Server(uvicorn.Config(app, log_level="info" if verbose else "warning",
-                                               access_log=verbose, lifespan="off"))  # fmt: skip
+                                               access_log=verbose, lifespan="off",
+                                               timeout_graceful_shutdown=5))  # fmt: skip
         try:
             server.run(sockets=[sock])
         except KeyboardInterrupt:  # uvicorn stops gracefully, then passes Ctrl+C on: the normal way to stop

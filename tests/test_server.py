@@ -148,6 +148,13 @@ def test_json_schema_response_format_constrains_the_reply(client):
     assert json.loads(reply.choices[0].message.content)["color"] in ("red", "blue")
 
 
+def test_a_schema_that_makes_no_grammar_is_400_naming_response_format(client):
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(model="tiny", messages=MESSAGES, response_format={
+            "type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "frobnicate"}}})  # fmt: skip
+    assert err.value.body["param"] == "response_format" and "frobnicate" in err.value.body["message"]
+
+
 def test_ingle_samplers_as_extra_fields(client):
     a = client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=8, seed=3,
                                        extra_body={"min_p": 0.0, "top_k": 5, "dry_multiplier": 0.8,
@@ -165,7 +172,7 @@ def test_ingle_samplers_as_extra_fields(client):
     ("extra", "param"),
     [({"temperature": 9}, "temperature"), ({"n": 2}, "n"), ({"min-p": 0.1}, "min-p"),
      ({"max_tokens": N_CTX + 1}, "max_tokens"), ({"top_logprobs": 2}, "top_logprobs"),
-     ({"logit_bias": {"abc": 1}}, "logit_bias"), ({"stop": [1, 2]}, "stop"),
+     ({"logit_bias": {"abc": 1}}, "logit_bias"), ({"logit_bias": {"99999999": 1}}, "logit_bias"), ({"stop": [1, 2]}, "stop"),
      ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools")],
 )  # fmt: skip
 def test_bad_fields_are_400_naming_the_field(client, extra, param):
@@ -355,6 +362,22 @@ def test_engine_death_is_503_then_the_engine_restarts(server, client):
     assert err.value.status_code == 503 and err.value.body["code"] == "engine_restarting"
     reply = client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=4, temperature=0)
     assert reply.usage.completion_tokens == 4 and server.state.scheduler.restarts == 1
+    # killed mid-stream: the stream ends with the error object, and the next request is served again
+    body = {"model": "tiny", "messages": MESSAGES, "stream": True, "max_tokens": 4000,
+            "logit_bias": {"2": -100, "3": -100, "4": -100}}  # fmt: skip
+    events = []
+    with httpx.stream(
+        "POST", server.url + "/v1/chat/completions", json=body, headers=HEADERS, timeout=60
+    ) as r:
+        for line in r.iter_lines():
+            if line.startswith("data: "):
+                events.append(line[6:])
+                if len(events) == 3:
+                    os.kill(server.state.scheduler.engine.pid, signal.SIGKILL)
+    assert json.loads(events[-1])["error"]["code"] == "engine_restarting"
+    assert "[DONE]" not in events
+    reply = client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=4, temperature=0)
+    assert reply.usage.completion_tokens == 4 and server.state.scheduler.restarts == 2
 
 
 # ------------------------------------------------------------------ the command

@@ -110,6 +110,9 @@ class Generation:
             raise ApiError(503, f"The server is busy ({scheduler.waiting} requests are waiting); try again "
                                 "shortly.", kind="server_error", code="server_busy",
                            headers={"Retry-After": "1"}) from None  # fmt: skip
+        except Exception as err:  # the engine died earlier and could not be started again
+            raise ApiError(503, f"The engine could not be restarted: {err}", kind="server_error",
+                           code="engine_unavailable", headers={"Retry-After": "5"}) from None  # fmt: skip
         ahead: list = []
         try:
             job = Job(scheduler, call)

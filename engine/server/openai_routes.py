@@ -110,6 +110,12 @@ def routes(state: ServerState) -> list[Route]:
         try:
             generation = await Generation.start(scheduler, call)
         except ApiError as err:
+            if (
+                err.param in ("json_schema", "grammar")
+                and body.get("response_format")
+                and not body.get(err.param)
+            ):
+                err.param = "response_format"  # the schema came from response_format: name what was sent
             state.record(path, err.status, started, error=err.code)
             raise
         ident = ("chatcmpl-" if chat else "cmpl-") + secrets.token_hex(12)
