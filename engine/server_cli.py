@@ -118,18 +118,19 @@ def cmd_serve(args) -> int:
     if args.max_queue < 0:
         raise SettingsError("max-queue", "must be 0 or more")
     defaults = settings_from_args(args, SamplingSettings)
-    path = Library().resolve(args.model)
     load = settings_from_args(args, LoadSettings)
-    if args.n_ctx is None:  # as `ingle run`: never past what the model was trained on
-        from engine.gguf_info import inspect_gguf
-
-        trained = inspect_gguf(path).context_length
-        if 0 < trained < load.n_ctx:
-            load = load.replace(n_ctx=trained)
     adapters = [parse_adapter(a) for a in args.adapter or []]
-    sock = bind(args.host, args.port)  # before loading: a port in use fails at once
-    engine = open_engine()
+    sock = bind(args.host, args.port)  # before anything slow: a port in use fails at once
+    engine = None
     try:
+        path = Library().resolve(args.model)
+        if args.n_ctx is None:  # as `ingle run`: never past what the model was trained on
+            from engine.gguf_info import inspect_gguf
+
+            trained = inspect_gguf(path).context_length
+            if 0 < trained < load.n_ctx:
+                load = load.replace(n_ctx=trained)
+        engine = open_engine()
         loaded = load_model(engine, path, load, adapters, args.template)
 
         def reload(engine) -> None:
@@ -163,7 +164,8 @@ def cmd_serve(args) -> int:
         print("ingle: server stopped.", file=sys.stderr)
     finally:
         sock.close()
-        engine.close()
+        if engine is not None:
+            engine.close()
     return 0
 
 

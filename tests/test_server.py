@@ -9,6 +9,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -389,6 +390,16 @@ def test_serving_beyond_this_machine_needs_a_key():
                        capture_output=True, text=True, timeout=120)  # fmt: skip
     assert r.returncode == 2 and r.stderr.startswith("ingle: error: host:") and "--insecure" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+    with socket.socket() as taken:  # a port in use: one line, before any model is loaded
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        r = subprocess.run([sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
+                           capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert r.returncode == 2 and r.stderr.startswith("ingle: error: port:") and "--port" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "app.cli", "serve", "--api-key", "short"],
+                       capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert r.returncode == 2 and "at least 8" in r.stderr and "short" not in r.stderr.split(":", 3)[-1]
 
 
 def test_ingle_serve_command_end_to_end(tiny_model, tmp_path, reference):
