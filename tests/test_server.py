@@ -307,6 +307,46 @@ def test_queue_full_is_503_with_retry_after_then_the_waiter_is_served(server):
     assert waiter["r"].status_code == 200
 
 
+def test_waiting_requests_are_served_in_arrival_order(server):
+    sched = server.state.scheduler
+    held, release = threading.Event(), threading.Event()
+
+    async def hold():
+        async with sched.slot():
+            held.set()
+            while not release.is_set():
+                await asyncio.sleep(0.01)
+
+    sched.max_queue = 3
+    try:
+        holder = asyncio.run_coroutine_threadsafe(hold(), server.loop)
+        assert held.wait(30)
+        before = len(server.state.log)
+        threads = []
+        for n in (5, 3, 4):  # max_tokens tells the requests apart in the request log
+            body = {
+                "model": "tiny",
+                "messages": MESSAGES,
+                "max_tokens": n,
+                "logit_bias": {"2": -100, "4": -100},
+            }
+            t = threading.Thread(
+                target=raw, args=(server, "POST", "/v1/chat/completions"), kwargs={"json": body}
+            )
+            t.start()
+            threads.append(t)
+            deadline = time.monotonic() + 30
+            while sched.waiting < len(threads) and time.monotonic() < deadline:
+                time.sleep(0.01)
+        release.set()
+        holder.result(30)
+        for t in threads:
+            t.join(60)
+    finally:
+        sched.max_queue = 1
+    assert [e["completion_tokens"] for e in list(server.state.log)[before:]] == [5, 3, 4]
+
+
 @pytest.mark.parametrize("api", ["openai", "ollama"])
 def test_client_disconnect_cancels_the_generation(server, api):
     ban_eos = {"2": -100, "3": -100, "4": -100}  # </s>, <start_of_turn>, <end_of_turn>: never ends by itself

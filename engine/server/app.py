@@ -22,7 +22,7 @@ from starlette.responses import JSONResponse, StreamingResponse
 from engine.events import PromptEvaluated, ReplyDone
 from engine.server.config import ServerConfig
 from engine.server.errors import ApiError, from_engine_error
-from engine.server.scheduler import _END, Job, QueueFull, Scheduler
+from engine.server.scheduler import Job, QueueFull, Scheduler
 
 log = logging.getLogger("ingle.server")
 REQUEST_LOG_SIZE = 500
@@ -148,12 +148,9 @@ class Generation:
         with anyio.CancelScope(shield=True):
             await self._stack.aclose()
         # a stream the client left: its ReplyDone (stop reason "cancelled", tokens made) is still queued
-        while self.done is None and not self.job._queue.empty():
-            item = self.job._queue.get_nowait()
+        for item in self.job.unread():
             if isinstance(item, ReplyDone):
                 self.done = item
-        if self.job._queue.empty() and self.job.done:
-            self.job._queue.put_nowait(_END)
 
     async def collect(self, request: Request) -> tuple[list, ReplyDone]:
         """Run to the end (non-streaming); a client that hangs up cancels the generation. The slot is

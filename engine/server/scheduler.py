@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -88,7 +87,6 @@ class Job:
         self._queue: asyncio.Queue = asyncio.Queue()
         self._finished = asyncio.Event()
         self.cancelled = False
-        self.started = time.monotonic()
         self._thread = threading.Thread(target=self._run, args=(call,), name="ingle-server-job", daemon=True)
         self._thread.start()
 
@@ -129,6 +127,17 @@ class Job:
     @property
     def done(self) -> bool:
         return self._finished.is_set()
+
+    def unread(self) -> list[Any]:
+        """The events (and error) a finished job produced that nobody read: a stream the client left."""
+        items = []
+        while not self._queue.empty():
+            item = self._queue.get_nowait()
+            if item is not _END:
+                items.append(item)
+        if self.done:
+            self._queue.put_nowait(_END)
+        return items
 
     async def aclose(self) -> None:
         """Cancel a running generation and wait for the engine to finish it (shielded from cancellation:
