@@ -173,7 +173,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="serve a model over an OpenAI- and Ollama-compatible HTTP API")
     p.add_argument("model", nargs="?", help="library name or GGUF file (default: the starter model)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
-    p.add_argument("--port", type=int, default=8080)
+    p.add_argument(
+        "--port", type=int, default=8080, help="port to listen on (0 picks a free one; default %(default)s)"
+    )
     p.add_argument("--api-key", help=f"require this key (Authorization: Bearer KEY); ${KEY_ENV} also works")
     p.add_argument("--api-key-file", metavar="FILE", help="read the key from FILE (keeps it out of `ps`)")
     p.add_argument("--insecure", action="store_true",

@@ -463,3 +463,11 @@ def test_ingle_serve_command_end_to_end(tiny_model, tmp_path, reference):
         proc.send_signal(signal.SIGINT)
         assert proc.wait(30) == 0
         assert proc.stderr.read().strip() == "ingle: server stopped."
+
+
+def test_every_serve_flag_has_help():
+    from app.cli import build_parser
+
+    serve = next(a for a in build_parser()._actions if a.dest == "command").choices["serve"]
+    assert [a.option_strings for a in serve._actions if not a.help] == []
+    assert "--max-tokens-cap" in serve.format_help() and "--ctx-size" in serve.format_help()
