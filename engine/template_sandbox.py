@@ -6,6 +6,9 @@ strftime_now, dict and namespace. On top, every call, attribute, operator, filte
 checks a deadline, a size budget and a cancel flag. The checks never change what a template prints; they only
 stop one that runs too long or grows too big (nested range() loops, 'x' * 10**9, a list printed a million
 times), before it takes the engine's memory.
+
+Over 500 lines on purpose: the environment and its guards must be read together, one guard per way a template
+can run away; split, a missing guard would be harder to see.
 """
 
 from __future__ import annotations

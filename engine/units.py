@@ -25,6 +25,23 @@ def size(n: float, mib_digits: int = 1) -> str:
     return gib(n, 2) if n >= GIB else mib(n, mib_digits)
 
 
+def any_size(n: float) -> str:
+    """`n` bytes with the unit that fits, from bytes up (download speeds and small files): "512 B", "48.8 KiB"."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return ""
+
+
+def quantity(n: int) -> str:
+    """A large count, shortened: 270_000_000 -> "270.0 M" (parameters, tokens)."""
+    for limit, unit in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if n >= limit:
+            return f"{n / limit:.1f} {unit}"
+    return str(n)
+
+
 def duration(seconds: float) -> str:
     """Seconds up to 90 s, minutes up to 90 min, hours beyond: "45 s", "12 min", "2.5 h"."""
     if seconds < 90:
