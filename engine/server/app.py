@@ -176,32 +176,32 @@ class Generation:
         return events, self.done
 
 
-class ClosingSSE(EventSourceResponse):
-    """Server-sent events whose generation is cancelled when the client goes away (or anything else ends it)."""
+class _ClosesGeneration:
+    """A streaming response that cancels its generation when the stream ends for any reason (the client left)."""
+
+    generation: Generation
+
+    async def __call__(self, scope, receive, send):
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.generation.close()
+
+
+class ClosingSSE(_ClosesGeneration, EventSourceResponse):
+    """Server-sent events (OpenAI's streaming format)."""
 
     def __init__(self, content, generation: Generation, **kw):
         super().__init__(content, sep="\n", **kw)
         self.generation = generation
 
-    async def __call__(self, scope, receive, send):
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            await self.generation.close()
 
-
-class ClosingNDJSON(StreamingResponse):
-    """Newline-delimited JSON (Ollama's streaming format), cancelled like ClosingSSE."""
+class ClosingNDJSON(_ClosesGeneration, StreamingResponse):
+    """Newline-delimited JSON (Ollama's streaming format)."""
 
     def __init__(self, content, generation: Generation):
         super().__init__(content, media_type="application/x-ndjson")
         self.generation = generation
-
-    async def __call__(self, scope, receive, send):
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            await self.generation.close()
 
 
 class ServerState:
