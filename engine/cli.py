@@ -184,12 +184,14 @@ def cmd_models(args) -> int:
     if args.action == "import":
         entry = lib.import_file(args.file, link=args.link, name=args.name)
         print(
-            f"Imported {entry.name} ({entry.kind}, {entry.architecture} {entry.quant}, {'linked' if entry.linked else 'copied'})."
+            f"Imported {printable(entry.name)} ({entry.kind}, {printable(entry.architecture)} {printable(entry.quant)}, "
+            f"{'linked' if entry.linked else 'copied'})."
         )
     elif args.action == "rm":
         entry = lib.remove(args.name)
         print(
-            f"Removed {entry.name}" + (" (the linked original file was left alone)." if entry.linked else ".")
+            f"Removed {printable(entry.name)}"
+            + (" (the linked original file was left alone)." if entry.linked else ".")
         )
     else:
         lib.ensure_starter()
@@ -200,7 +202,8 @@ def cmd_models(args) -> int:
         for e in entries:
             missing = "" if e.present else "  [file missing]"
             print(
-                f"{e.name:<40} {e.kind:<8} {e.architecture:<10} {e.quant:<8} {units.mib(e.total_size, 1):>13}{missing}"
+                f"{printable(e.name):<40} {e.kind:<8} {printable(e.architecture):<10} {printable(e.quant):<8} "
+                f"{units.mib(e.total_size, 1):>13}{missing}"
             )
     return 0
 
