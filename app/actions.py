@@ -12,6 +12,9 @@ SCHEME = "ingle"
 NEUTRAL_SCHEME = "model-link"
 _HREF_RE = re.compile(r"""href\s*=\s*(["'])(.*?)\1""", re.I | re.S)
 _SCHEME_RE = re.compile(r"^[\s\x00-\x1f]*([A-Za-z][A-Za-z0-9+.\-]*)\s*:", re.S)
+# The view's own links inside HTML made from model text, and the argument each takes: a code block's index,
+# or nothing (the reasoning toggle, "show more").
+BODY_VERBS = {"copycode": str.isdigit, "think": lambda arg: arg == "", "more": lambda arg: arg == ""}
 
 
 @dataclass(frozen=True)
@@ -30,8 +33,9 @@ class ActionLinks:
 
     def __init__(self) -> None:
         self._map: dict[str, Action] = {}
-        # A secret that marks the app's own links inside HTML made from model text (code-block copy links),
-        # so they can be told apart from links the model wrote; it never leaves this process.
+        # A secret that marks the app's own links inside HTML made from model text (code-block copy links,
+        # the reasoning toggle, "show more"), so they can be told apart from links the model wrote; it never
+        # leaves this process.
         self.marker = secrets.token_hex(16)
 
     def reset(self) -> None:
@@ -59,15 +63,18 @@ class ActionLinks:
         return len(self._map)
 
     def sanitize(self, body: str, message: int) -> tuple[str, list[str]]:
-        """HTML made from model text with every `ingle:` link neutralized, except the renderer's own
-        code-copy links (marked with `marker`), which get tokens. Returns the HTML and the tokens it holds."""
+        """HTML made from model text with every `ingle:` link neutralized, except the view's own links
+        (`ingle:<verb>/<marker>/<arg>`, verbs in BODY_VERBS), which get tokens. Returns the HTML and the
+        tokens it holds."""
         issued: list[str] = []
-        own = f"{SCHEME}:copycode/{self.marker}/"
 
         def fix(m: re.Match) -> str:
             quote, url = m.group(1), m.group(2)
-            if url.startswith(own) and url[len(own) :].isdigit():
-                href = self.href("copycode", message, url[len(own) :])
+            verb, _, rest = url.removeprefix(f"{SCHEME}:").partition("/")
+            marker, _, arg = rest.partition("/")
+            own = url.startswith(f"{SCHEME}:") and verb in BODY_VERBS and marker == self.marker
+            if own and BODY_VERBS[verb](arg):
+                href = self.href(verb, message, arg)
                 issued.append(href)
                 return f"href={quote}{href}{quote}"
             scheme = _SCHEME_RE.match(url)

@@ -3,17 +3,87 @@
 from __future__ import annotations
 
 import html
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
 
-from PySide6.QtCore import QUrl, Signal
+from PySide6.QtCore import QMimeData, Qt, QUrl, Signal
 from PySide6.QtGui import QTextCursor
 from PySide6.QtWidgets import QTextBrowser
 
 from app.actions import NEUTRAL_SCHEME, SCHEME, ActionLinks
-from app.render import LIGHT, MarkdownRenderer, Theme, split_thinking
+from app.render import LIGHT, ZWSP, MarkdownRenderer, Theme, head, plain_html, split_thinking, tail
 from app.wording import count
 from engine.conversations import StoredMessage
 
 ROLE_NAMES = {"user": "You", "assistant": "Model", "system": "System"}
+
+# What one message may cost the GUI thread (a model can reply with megabytes): Markdown takes ~10 µs a
+# character in pure Python, and QTextDocument ~1 µs a character of HTML, so
+SHOW_CHARS = 20_000  # a message shows its first 20,000 characters; "show more" adds as many again
+SYNC_CHARS = 3_000  # longer messages are formatted in a worker thread; their plain text shows meanwhile
+STREAM_CHARS = 3_000  # a streaming reply longer than this shows its formatted end until it is done
+STREAM_BUDGET_S = 0.025  # a streaming reply that takes longer to format is shown plain until it is done
+# a body with more HTML than this is drawn below its message's box, not inside it (see _message_html)
+WRAP_CHARS = 6_000
+CACHE_SIZE = 400  # formatted message bodies kept
+
+
+def message_body(
+    renderer: MarkdownRenderer,
+    marker: str,
+    content: str,
+    expanded: bool,
+    streaming: bool,
+    limit: int,
+    formatted: bool = True,
+) -> tuple[str, list[str]]:
+    """The HTML of a message's text and its code blocks (`formatted` False: its text as it is). Touches no
+    widget, so a worker thread may run it (with a renderer of its own).
+
+    The view's own links in it (reasoning, show more, copy code) are written as `ingle:<verb>/<marker>/<arg>`
+    with the view's secret marker; ActionLinks.sanitize() turns them into tokens of the render that shows
+    the body and neutralizes every other `ingle:` link, which came from the model."""
+    t = renderer.theme
+    renderer.code_blocks = []
+
+    def render(text: str, prefix: str = "") -> str:
+        return renderer.render(text, prefix) if formatted else plain_html(text)
+
+    def own(verb: str) -> str:
+        return f"{SCHEME}:{verb}/{marker}/"
+
+    reasoning, answer, thinking_open = split_thinking(content)
+    body = ""
+    if reasoning or thinking_open:
+        shown = streaming or expanded
+        arrow = "▾" if shown else "▸"
+        label = (
+            "Thinking…"
+            if thinking_open and streaming
+            else f"Reasoning ({count(len(reasoning.split()), 'word')})"
+        )
+        body += f'<p style="color:{t.muted}"><a href="{own("think")}">{arrow} {label}</a></p>'
+        if shown:
+            part = tail(reasoning, STREAM_CHARS) if streaming else head(reasoning, limit)
+            body += f'<blockquote style="color:{t.muted}">{render(part)}</blockquote>'
+    text = answer if (reasoning or thinking_open) else content
+    if streaming and len(text) > STREAM_CHARS:
+        # re-rendering the whole reply at every redraw is quadratic: show the end, the rest when it is done
+        body += f'<p style="color:{t.muted}">… {len(text) - STREAM_CHARS:,} characters above, shown when the reply ends</p>'
+        body += render(tail(text, STREAM_CHARS), prefix=f"{marker}/")
+    else:
+        shown_text = text if streaming else head(text, limit)
+        body += render(shown_text, prefix=f"{marker}/")
+        if len(shown_text) < len(text):
+            body += (
+                f'<p style="color:{t.muted}">Showing {len(shown_text):,} of {len(text):,} characters · '
+                f'<a href="{own("more")}">show more</a> · copy takes all of it</p>'
+            )
+    return body, list(renderer.code_blocks)
+
+
+def _render_in_worker(theme: Theme, marker: str, *args) -> tuple[str, list[str]]:
+    return message_body(MarkdownRenderer(theme), marker, *args)
 
 
 def is_cut_off(msg: StoredMessage) -> bool:
@@ -33,15 +103,24 @@ class SafeBrowser(QTextBrowser):
         self.setOpenExternalLinks(False)
         self.refused_urls: list[str] = []  # what model output tried to load (tests read it)
 
-    def loadResource(self, kind: int, url: QUrl):  # noqa: N802 (Qt override)
+    def loadResource(self, kind: int, url: QUrl):
         self.refused_urls.append(url.toString())
         return None
+
+    def createMimeDataFromSelection(self) -> QMimeData:
+        """Copied text without the break points the renderer put into long words."""
+        fragment = self.textCursor().selection()
+        data = QMimeData()
+        data.setHtml(fragment.toHtml().replace(ZWSP, ""))
+        data.setText(fragment.toPlainText().replace(ZWSP, ""))
+        return data
 
 
 class ChatView(SafeBrowser):
     """Shows one branch of a conversation; the streaming reply is re-rendered alone at the end of the document."""
 
     action = Signal(str, int, str)  # verb, message id, argument
+    _formatted = Signal(object, object)  # body cache key, Future of message_body (from the worker thread)
 
     def __init__(self):
         super().__init__()
@@ -49,11 +128,22 @@ class ChatView(SafeBrowser):
         self.renderer = MarkdownRenderer(self.theme)
         self.code: dict[int, list[str]] = {}  # message id -> its code blocks, for copy links
         self.expanded_thinking: set[int] = set()
+        self.show_limit: dict[int, int] = {}  # message id -> characters shown, where "show more" was used
         self._stream_start: int | None = None
-        self._cache: dict[tuple, tuple[tuple[str, str], list[str]]] = {}  # finished messages' HTML
+        # finished messages' bodies, for long chats; their links are not yet sanitized (see message_body)
+        self._cache: dict[tuple, tuple[str, list[str]]] = {}
         self.actions = ActionLinks()  # the links of the current render
         self._stream_links: list[str] = []
+        self._pending: set[tuple] = set()  # bodies being formatted in the worker
+        self._plain_streams: set[int] = set()  # streaming replies shown unformatted (over STREAM_BUDGET_S)
+        # one thread: pure-Python formatting holds the GIL, so more threads would only slow the GUI thread
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingle-format")
+        self._shown: tuple[list, StoredMessage | None] = ([], None)  # what show_messages() last drew
+        # queued even when the worker is done before add_done_callback: never re-enter a redraw
+        self._formatted.connect(self._on_formatted, Qt.QueuedConnection)
         self.anchorClicked.connect(self._clicked)
+        worker = self._worker
+        self.destroyed.connect(lambda: worker.shutdown(wait=False, cancel_futures=True))
 
     def set_theme(self, theme: Theme) -> None:
         self.theme = theme
@@ -85,45 +175,79 @@ class ChatView(SafeBrowser):
         self, msg: StoredMessage, siblings: tuple[int, int] = (1, 1), streaming: bool = False
     ) -> str:
         """One message; its action links get tokens of the current render (see app/actions.py)."""
-        key = (msg.id, msg.content, msg.status, msg.id in self.expanded_thinking)
-        if not streaming and key in self._cache:
-            rendered, self.code[msg.id] = self._cache[key]
-        else:
-            rendered = self._model_html(msg, streaming)
-            if not streaming:
-                self._cache[key] = (rendered, self.code[msg.id])
-        return self._message_html(msg, siblings, streaming, rendered)
+        return self._message_html(msg, siblings, streaming)
 
-    def _model_html(self, msg: StoredMessage, streaming: bool) -> tuple[str, str]:
-        """(reasoning, answer) HTML made from the message's text; its links are not yet sanitized."""
-        reasoning, answer, thinking_open = split_thinking(msg.content)
-        shown = streaming or msg.id in self.expanded_thinking
-        thought = self.renderer.render(reasoning) if (reasoning or thinking_open) and shown else ""
-        body = self.renderer.render(
-            answer if (reasoning or thinking_open) else msg.content, prefix=f"{self.actions.marker}/"
+    def _body(self, msg: StoredMessage, streaming: bool) -> str:
+        """The message's formatted text: cached, or formatted now when short, or in the worker when long
+        (plain text is shown until it is done)."""
+        expanded = msg.id in self.expanded_thinking
+        limit = self.show_limit.get(msg.id, SHOW_CHARS)
+        args = (msg.content, expanded, streaming, limit)
+        marker = self.actions.marker
+        if streaming:
+            formatted = msg.id not in self._plain_streams
+            started = time.perf_counter()
+            body, self.code[msg.id] = message_body(self.renderer, marker, *args, formatted=formatted)
+            if formatted and time.perf_counter() - started > STREAM_BUDGET_S:
+                self._plain_streams.add(msg.id)  # text that is this slow to format is formatted at the end
+            return body
+        key = (self.theme.name, msg.id, *args)
+        if key not in self._cache and len(msg.content) <= SYNC_CHARS:
+            self._cache[key] = message_body(self.renderer, marker, *args)
+        if key in self._cache:
+            body, self.code[msg.id] = self._cache[key]
+            return body
+        if key not in self._pending:
+            self._pending.add(key)
+            future = self._worker.submit(_render_in_worker, self.theme, marker, *args)
+            future.add_done_callback(lambda f: self._emit_formatted(key, f))
+        self.code[msg.id] = []
+        answer = split_thinking(msg.content)[1]
+        shown = head(answer, min(limit, SHOW_CHARS))
+        more = len(shown) < len(answer)
+        return (
+            f'<p style="color:{self.theme.muted}">Formatting {len(answer):,} characters…</p>'
+            + plain_html(shown)
+            + (f'<p style="color:{self.theme.muted}">…</p>' if more else "")
         )
-        self.code[msg.id] = list(self.renderer.code_blocks)
-        return thought, body
 
-    def _message_html(
-        self, msg: StoredMessage, siblings: tuple[int, int], streaming: bool, rendered: tuple[str, str]
-    ) -> str:
+    def _emit_formatted(self, key: tuple, future: Future) -> None:
+        try:
+            self._formatted.emit(key, future)  # queued to the GUI thread
+        except RuntimeError:  # the view was deleted meanwhile
+            pass
+
+    def _on_formatted(self, key: tuple, future: Future) -> None:
+        self._pending.discard(key)
+        if future.cancelled() or key[0] != self.theme.name:
+            return
+        error = future.exception()
+        if error is not None:  # never lose the text: show it plain
+            content, limit = key[2], key[5]
+            result = (plain_html(head(content, limit)), [])
+        else:
+            result = future.result()
+        if len(self._cache) >= CACHE_SIZE:
+            self._cache.clear()
+        self._cache[key] = result
+        messages, streaming = self._shown
+        if any(m.id == key[1] and m.content == key[2] for m, _ in messages):
+            self._redraw_keeping_scroll()
+
+    def _redraw_keeping_scroll(self) -> None:
+        bar = self.verticalScrollBar()
+        at_bottom, value = bar.value() >= bar.maximum() - 4, bar.value()
+        self.show_messages(*self._shown)
+        bar.setValue(bar.maximum() if at_bottom else value)
+
+    def show_more(self, mid: int) -> None:
+        """Show SHOW_CHARS more of a long message."""
+        self.show_limit[mid] = self.show_limit.get(mid, SHOW_CHARS) + SHOW_CHARS
+        self._redraw_keeping_scroll()
+
+    def _message_html(self, msg: StoredMessage, siblings: tuple[int, int], streaming: bool) -> str:
         t = self.theme
-        reasoning, _answer, thinking_open = split_thinking(msg.content)
-        thought, answer_html = (self.actions.sanitize(part, msg.id)[0] for part in rendered)
-        body = ""
-        if reasoning or thinking_open:
-            shown = streaming or msg.id in self.expanded_thinking
-            arrow = "▾" if shown else "▸"
-            label = (
-                "Thinking…"
-                if thinking_open and streaming
-                else f"Reasoning ({count(len(reasoning.split()), 'word')})"
-            )
-            body += f'<p style="color:{t.muted}"><a href="{self.actions.href("think", msg.id)}">{arrow} {label}</a></p>'
-            if shown:
-                body += f'<blockquote style="color:{t.muted}">{thought}</blockquote>'
-        body += answer_html
+        body = self.actions.sanitize(self._body(msg, streaming), msg.id)[0]
         note = ""
         if msg.status == "interrupted":
             note = ' <span style="color:#c0392b">(interrupted)</span>'
@@ -132,16 +256,29 @@ class ChatView(SafeBrowser):
         elif streaming:
             note = f' <span style="color:{t.muted}">…</span>'
         bg = t.user_bg if msg.role == "user" else t.assistant_bg
+        header = (
+            f"<b>{html.escape(ROLE_NAMES.get(msg.role, msg.role))}</b>{note} "
+            f"&nbsp; {self._links(msg, siblings, streaming)}"
+        )
+        if len(body) > WRAP_CHARS:
+            # Qt lays a table out in one piece, but the document's own blocks a screenful at a time: a long
+            # body goes below its header instead of into the coloured box
+            return (
+                f'<table width="100%" cellpadding="10" cellspacing="0" style="margin:6px 0 0 0; background:{bg}">'
+                f"<tr><td>{header}</td></tr></table>{body}"
+                f'<table width="100%" cellpadding="2" cellspacing="0" style="margin:0 0 6px 0; background:{bg}">'
+                "<tr><td></td></tr></table>"
+            )
         return (
             f'<table width="100%" cellpadding="10" cellspacing="0" style="margin:6px 0; background:{bg}">'
-            f"<tr><td><b>{html.escape(ROLE_NAMES.get(msg.role, msg.role))}</b>{note} "
-            f"&nbsp; {self._links(msg, siblings, streaming)}<br/>{body}</td></tr></table>"
+            f"<tr><td>{header}<br/>{body}</td></tr></table>"
         )
 
     def show_messages(
         self, messages: list[tuple[StoredMessage, tuple[int, int]]], streaming: StoredMessage | None
     ) -> None:
         """Render the finished messages once; the streaming one (if any) is appended and updated separately."""
+        self._shown = (messages, streaming)
         self.code.clear()
         self.actions.reset()  # links of the previous render (and of other conversations) stop working
         self._stream_links = []
@@ -152,12 +289,15 @@ class ChatView(SafeBrowser):
         self._stream_start = None
         if streaming is not None:
             self.update_stream(streaming)
+        else:
+            self._plain_streams.clear()
         self.verticalScrollBar().setValue(self.verticalScrollBar().maximum())
 
     def _empty_html(self) -> str:
         return f'<p style="color:{self.theme.muted}">Type a message below to start.</p>'
 
     def update_stream(self, msg: StoredMessage) -> None:
+        self._shown = (self._shown[0], msg)
         bar = self.verticalScrollBar()
         at_bottom = bar.value() >= bar.maximum() - 4
         cursor = QTextCursor(self.document())
@@ -185,5 +325,9 @@ class ChatView(SafeBrowser):
             self.action.emit("external", 0, url.toString())  # never followed; the window offers to copy it
             return
         found = self.actions.resolve(url.scheme(), url.path())
-        if found is not None:
+        if found is None:
+            return
+        if found.verb == "more":  # only changes what this view shows
+            self.show_more(found.message)
+        else:
             self.action.emit(found.verb, found.message, found.arg)

@@ -12,7 +12,14 @@ from engine.errors import IngleError
 
 # Each module has register(subparsers). A module that is not installed is skipped; none may import torch at
 # module level (training imports it lazily inside its commands).
-COMMAND_MODULES = ("engine.cli", "engine.hub_cli", "engine.inspect_cli", "training.cli", "app.bench_cli")
+COMMAND_MODULES = (
+    "engine.cli",
+    "engine.hub_cli",
+    "engine.inspect_cli",
+    "engine.server_cli",
+    "training.cli",
+    "app.bench_cli",
+)
 
 
 class OneLineParser(argparse.ArgumentParser):

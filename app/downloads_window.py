@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 
-from PySide6.QtCore import QObject, Qt, QUrl, Signal, Slot
-from PySide6.QtGui import QColor, QDesktopServices, QFont
+from PySide6.QtCore import QObject, Qt, Signal, Slot
+from PySide6.QtGui import QColor, QFont
 from PySide6.QtWidgets import (
-    QAbstractItemView,
     QComboBox,
-    QFileDialog,
     QHBoxLayout,
     QHeaderView,
     QLabel,
@@ -21,47 +18,20 @@ from PySide6.QtWidgets import (
     QPushButton,
     QSpinBox,
     QSplitter,
-    QTableWidget,
-    QTableWidgetItem,
     QTabWidget,
-    QTextEdit,
     QVBoxLayout,
     QWidget,
 )
 
-from app.dialogs import show_error
+from app.library_tab import LibraryTab, item, table
 from app.ops import Op, describe_error
-from app.wording import count
 from engine import fit, hub, units
 from engine.downloads import DownloadManager, Job, State
-from engine.errors import Cancelled, IngleError
-from engine.gguf_info import inspect_cached
-from engine.library import Entry, Library
+from engine.errors import IngleError
+from engine.library import Library
 from engine.text import printable
 
 VERDICT_COLORS = {fit.Verdict.FITS: "#2e7d32", fit.Verdict.TIGHT: "#b26a00", fit.Verdict.WONT_FIT: "#c62828"}
-
-
-def human_size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return ""
-
-
-def human_count(n: int) -> str:
-    for limit, unit in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
-        if n >= limit:
-            return f"{n / limit:.1f} {unit}"
-    return str(n)
-
-
-def human_eta(seconds: float | None) -> str:
-    if seconds is None:
-        return "--"
-    seconds = int(seconds)
-    return f"{seconds // 60}m {seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
 class _JobBridge(QObject):
@@ -70,31 +40,7 @@ class _JobBridge(QObject):
     changed = Signal(object)
 
 
-def _item(text: str, data=None, align_right: bool = False) -> QTableWidgetItem:
-    item = QTableWidgetItem(text)
-    item.setFlags(item.flags() & ~Qt.ItemFlag.ItemIsEditable)
-    if data is not None:
-        item.setData(Qt.ItemDataRole.UserRole, data)
-    if align_right:
-        item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
-    return item
-
-
-def _table(headers: list[str]) -> QTableWidget:
-    table = QTableWidget(0, len(headers))
-    table.setHorizontalHeaderLabels(headers)
-    table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
-    table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
-    table.verticalHeader().setVisible(False)
-    table.setWordWrap(False)
-    table.setTextElideMode(Qt.TextElideMode.ElideMiddle)
-    table.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
-    for col in range(1, len(headers)):
-        table.horizontalHeader().setSectionResizeMode(col, QHeaderView.ResizeMode.ResizeToContents)
-    return table
-
-
-class DownloadManagerWindow(QMainWindow):
+class DownloadManagerWindow(LibraryTab, QMainWindow):
     """Find, download and keep models. Network and disk work runs off the GUI thread."""
 
     library_changed = Signal()
@@ -149,9 +95,9 @@ class DownloadManagerWindow(QMainWindow):
             top.addWidget(w)
         top.setStretch(0, 1)
 
-        self.results = _table(["Repository", "Downloads", "Likes", "Updated", "License", "Access"])
+        self.results = table(["Repository", "Downloads", "Likes", "Updated", "License", "Access"])
         self.results.itemSelectionChanged.connect(self._repo_selected)
-        self.options = _table(["File", "Quant", "Size", "Fit at context", ""])
+        self.options = table(["File", "Quant", "Size", "Fit at context", ""])
         self.options.setTextElideMode(
             Qt.TextElideMode.ElideLeft
         )  # the quant at the end of a name matters most
@@ -172,7 +118,7 @@ class DownloadManagerWindow(QMainWindow):
         split.addWidget(right)
         split.setSizes([490, 610])
 
-        self.queue = _table(["Download", "Status", "Progress", "Speed", "ETA"])
+        self.queue = table(["Download", "Status", "Progress", "Speed", "ETA"])
         self.queue.horizontalHeader().setSectionResizeMode(2, QHeaderView.ResizeMode.Fixed)
         self.queue.setColumnWidth(2, 220)
         self.queue.itemSelectionChanged.connect(self._update_buttons)
@@ -237,9 +183,9 @@ class DownloadManagerWindow(QMainWindow):
             row = self.results.rowCount()
             self.results.insertRow(row)
             updated = r.last_modified.date().isoformat() if r.last_modified else "?"
-            cells = [_item(printable(r.repo_id), r), _item(f"{r.downloads:,}", align_right=True),
-                     _item(f"{r.likes:,}", align_right=True), _item(updated), _item(printable(r.license or "?")),
-                     _item("gated" if r.gated else "open")]  # fmt: skip
+            cells = [item(printable(r.repo_id), r), item(f"{r.downloads:,}", align_right=True),
+                     item(f"{r.likes:,}", align_right=True), item(updated), item(printable(r.license or "?")),
+                     item("gated" if r.gated else "open")]  # fmt: skip
             for col, cell in enumerate(cells):
                 self.results.setItem(row, col, cell)
         self.show_info(f"{len(found)} repositories with GGUF files." if found else "No GGUF models match.")
@@ -276,17 +222,17 @@ class DownloadManagerWindow(QMainWindow):
             row = self.options.rowCount()
             self.options.insertRow(row)
             label = printable(o.label) + (f"  ({len(o.files)} parts)" if o.split else "")
-            cells = [_item(label, o), _item(o.quant), _item(human_size(o.size), align_right=True)]
+            cells = [item(label, o), item(o.quant), item(units.any_size(o.size), align_right=True)]
             if o.projector:
-                note = _item("projector")
+                note = item("projector")
                 note.setToolTip("A vision projector (mmproj) for image input, not a chat model by itself.")
-                cells += [_item("—"), note]
+                cells += [item("—"), note]
             else:
                 f = fit.estimate(o.size, o.quant, n_ctx, available)
-                verdict = _item(f"{f.verdict.value}  ({human_size(f.total)})")
+                verdict = item(f"{f.verdict.value}  ({units.any_size(f.total)})")
                 verdict.setForeground(QColor(VERDICT_COLORS[f.verdict]))
                 verdict.setToolTip(f.describe())
-                cells += [verdict, _item("★ recommended" if o is self._recommended else "")]
+                cells += [verdict, item("★ recommended" if o is self._recommended else "")]
             for col, cell in enumerate(cells):
                 if o.projector:
                     cell.setForeground(QColor("#888"))
@@ -296,7 +242,7 @@ class DownloadManagerWindow(QMainWindow):
                     cell.setBackground(QColor("#e8f5e9"))
                 self.options.setItem(row, col, cell)
         self.fit_note.setText(
-            f"Fit: weights + KV cache at {n_ctx:,} tokens vs {human_size(available)} available "
+            f"Fit: weights + KV cache at {n_ctx:,} tokens vs {units.any_size(available)} available "
             "(RAM free + GPU memory). Recommended: the largest quant that fits, 4-bit or better when possible."
         )
         if self._recommended is not None:
@@ -347,9 +293,9 @@ class DownloadManagerWindow(QMainWindow):
                 return row
         row = self.queue.rowCount()
         self.queue.insertRow(row)
-        self.queue.setItem(row, 0, _item(f"{printable(job.repo_id)} · {job.name}", job.id))
+        self.queue.setItem(row, 0, item(f"{printable(job.repo_id)} · {job.name}", job.id))
         for col in (1, 3, 4):
-            self.queue.setItem(row, col, _item(""))
+            self.queue.setItem(row, col, item(""))
         bar = QProgressBar()
         bar.setRange(0, 1000)
         self.queue.setCellWidget(row, 2, bar)
@@ -365,10 +311,12 @@ class DownloadManagerWindow(QMainWindow):
             self.queue.item(row, 1).setForeground(QColor("#b26a00"))
         bar: QProgressBar = self.queue.cellWidget(row, 2)
         bar.setValue(int(job.fraction * 1000))
-        bar.setFormat(f"{human_size(job.done_bytes)} / {human_size(job.total_bytes)}")
+        bar.setFormat(f"{units.any_size(job.done_bytes)} / {units.any_size(job.total_bytes)}")
         running = job.state is State.RUNNING
-        self.queue.item(row, 3).setText(f"{human_size(job.speed)}/s" if running and job.speed else "")
-        self.queue.item(row, 4).setText(human_eta(job.eta) if running else "")
+        self.queue.item(row, 3).setText(f"{units.any_size(job.speed)}/s" if running and job.speed else "")
+        self.queue.item(row, 4).setText(
+            (units.clock(job.eta) if job.eta is not None else "--") if running else ""
+        )
         if job.state in (State.QUEUED, State.RUNNING):
             self._asked.discard(job.id)  # a new attempt: a new failure may ask again
         if job.state is State.FAILED:
@@ -431,210 +379,6 @@ class DownloadManagerWindow(QMainWindow):
         self.cancel_button.setEnabled(state is not None and (not state.finished or state is State.FAILED))
 
     # ================================================================ library tab
-    def _build_library_tab(self) -> QWidget:
-        self.lib_table = _table(
-            ["Name", "Kind", "Architecture", "Quant", "Parameters", "Size", "Source", "Adapters / base"]
-        )
-        self.lib_table.itemSelectionChanged.connect(self._library_selected)
-        self.lib_details = QTextEdit(readOnly=True)
-        self.disk_label = QLabel()
-        import_button = QPushButton("Import file…")
-        import_button.clicked.connect(lambda: self.import_file())
-        self.reveal_button = QPushButton("Show in file manager")
-        self.reveal_button.clicked.connect(self.reveal_selected)
-        self.delete_button = QPushButton("Delete…")
-        self.delete_button.clicked.connect(lambda: self.delete_selected())
-        refresh = QPushButton("Refresh")
-        refresh.clicked.connect(self.refresh_library)
-        buttons = QHBoxLayout()
-        buttons.addWidget(self.disk_label)
-        buttons.addStretch(1)
-        for b in (import_button, self.reveal_button, self.delete_button, refresh):
-            buttons.addWidget(b)
-        split = QSplitter(Qt.Orientation.Vertical)
-        split.addWidget(self.lib_table)
-        split.addWidget(self.lib_details)
-        split.setSizes([420, 240])
-        page = QWidget()
-        layout = QVBoxLayout(page)
-        layout.addLayout(buttons)
-        layout.addWidget(split)
-        return page
-
-    def refresh_library(self) -> None:
-        try:
-            entries = self.library.entries()
-        except IngleError as err:
-            self.show_error(str(err))
-            entries = self.library.entries()
-        self.lib_table.setRowCount(0)
-        for e in sorted(entries, key=lambda e: (e.kind, e.name.lower())):
-            row = self.lib_table.rowCount()
-            self.lib_table.insertRow(row)
-            params = human_count(e.parameters) if e.parameters else ""
-            cells = [_item(e.name, e.name), _item(e.kind), _item(e.architecture), _item(e.quant),
-                     _item(params, align_right=True), _item(human_size(e.total_size), align_right=True),
-                     _item(e.source + (" (linked)" if e.linked else "")), _item(self._relation(e, entries))]  # fmt: skip
-            for col, cell in enumerate(cells):
-                if not e.present:
-                    cell.setForeground(QColor("#c62828"))
-                    cell.setToolTip(f"missing: {e.path}")
-                self.lib_table.setItem(row, col, cell)
-        self.disk_label.setText(
-            f"{count(len(entries), 'item')} · {human_size(self.library.disk_usage())} on disk in {self.library.root}"
-        )
-        self._library_selected()
-
-    @staticmethod
-    def _relation(entry: Entry, entries: list[Entry]) -> str:
-        """Models: how many adapters name them as base; adapters: their base model's name."""
-        if entry.kind == "model":
-            n = sum(
-                1 for a in entries if a.kind == "adapter" and entry.sha256 and a.base_sha256 == entry.sha256
-            )
-            return f"{n} adapter{'s' if n != 1 else ''}" if n else ""
-        base = next(
-            (m.name for m in entries if m.kind == "model" and m.sha256 and m.sha256 == entry.base_sha256), ""
-        )
-        return f"base: {base}" if base else ("base not in library" if entry.base_sha256 else "base unknown")
-
-    def selected_entry(self) -> Entry | None:
-        rows = self.lib_table.selectionModel().selectedRows()
-        if not rows:
-            return None
-        try:
-            return self.library.get(self.lib_table.item(rows[0].row(), 0).data(Qt.ItemDataRole.UserRole))
-        except IngleError:
-            return None
-
-    def select_entry(self, name: str) -> None:
-        for row in range(self.lib_table.rowCount()):
-            if self.lib_table.item(row, 0).data(Qt.ItemDataRole.UserRole) == name:
-                self.lib_table.selectRow(row)
-
-    def _library_selected(self) -> None:
-        entry = self.selected_entry()
-        self.reveal_button.setEnabled(entry is not None)
-        self.delete_button.setEnabled(entry is not None)
-        self.lib_details.setPlainText(self.describe_entry(entry) if entry else "Select a model or adapter.")
-
-    def describe_entry(self, entry: Entry) -> str:
-        lines = [f"{entry.name} ({entry.kind})", f"file: {entry.path}", f"source: {printable(entry.source)}"]
-        if entry.sha256:
-            lines.append(f"sha256: {entry.sha256}")
-        if entry.extra.get("verified") is False:
-            lines.append("NOT verified: the Hub gave no hash for this download; only its size was checked.")
-        elif entry.extra.get("check") in ("sha256", "git-sha1"):
-            lines.append(f"verified: the download matched the Hub's {entry.extra['check']}.")
-        if entry.description:
-            lines.append(entry.description)
-        if not entry.present:
-            return "\n".join([*lines, "The file is missing: delete this entry or import it again."])
-        try:
-            info = inspect_cached(entry.path, expect="any")
-        except IngleError as err:
-            return "\n".join([*lines, f"Cannot read the file: {err}"])
-        s = info.summary()
-        if entry.kind == "model":
-            lines.append(
-                f"{s['architecture']} · {human_count(s['parameters'])} parameters · {s['file_type']} · "
-                f"{s['layers']} layers · context {s['context_length']:,} · vocab {s['vocab_size']:,} · "
-                f"chat template: {'yes' if s['chat_template'] else 'no'}"
-            )
-            f = fit.estimate(entry.total_size, entry.quant, self.ctx.value(), info=info)
-            lines.append(f"At {self.ctx.value():,} tokens: {f.describe()}")
-            adapters = self.library.adapters_for(entry.sha256) if entry.sha256 else []
-            lines.append("Adapters for this model: " + (", ".join(a.name for a in adapters) or "none"))
-        else:
-            alpha = info.metadata.get("adapter.lora.alpha", "?")
-            lines.append(
-                f"{s['architecture']} LoRA adapter · {human_count(s['parameters'])} parameters · "
-                f"{len(info.tensors)} tensors · alpha {alpha}"
-            )
-            bases = [
-                m.name for m in self.library.entries("model") if m.sha256 and m.sha256 == entry.base_sha256
-            ]
-            if bases:
-                lines.append("Base model: " + ", ".join(bases))
-            elif entry.base_sha256:
-                lines.append(f"Base model: sha256 {entry.base_sha256[:16]}… (not in the library)")
-            else:
-                lines.append("Base model: unknown (the adapter does not name one)")
-        return "\n".join(lines)
-
-    def import_file(self, path: str | None = None) -> Op | None:
-        """Copy a GGUF into the library off the GUI thread, with a progress dialog (Cancel leaves nothing)."""
-        if path is None:
-            path, _ = QFileDialog.getOpenFileName(
-                self, "Import a GGUF model or adapter", "", "GGUF files (*.gguf)"
-            )
-            if not path:
-                return None
-        name = Path(path).name
-
-        def work(progress):
-            def copied(done: int, total: int) -> None:
-                progress(
-                    done / total if total else None,
-                    f"Copying {name}: {units.size(done)} of {units.size(total)}",
-                )
-
-            return self.library.import_file(path, progress=copied)
-
-        def failed(err: BaseException) -> None:
-            if isinstance(err, Cancelled):
-                self.show_info(f"Import of {name} cancelled; nothing was added.")
-                return
-            self.show_error(describe_error(err))
-            show_error(self, describe_error(err), "Import failed")
-
-        self.show_info(f"Importing {name}…")
-        return (
-            Op(self, work).with_progress(f"Importing {name}…").success(self._imported).failure(failed).run()
-        )
-
-    def _imported(self, entry: Entry) -> None:
-        self.show_info(f"Imported {entry.name}.")
-        self.refresh_library()
-        self.select_entry(entry.name)
-        self.library_changed.emit()
-
-    def reveal_path(self, entry: Entry) -> Path:
-        return entry.file.parent
-
-    @Slot()
-    def reveal_selected(self) -> None:
-        entry = self.selected_entry()
-        if entry is not None:
-            QDesktopServices.openUrl(QUrl.fromLocalFile(str(self.reveal_path(entry))))
-
-    def delete_selected(self) -> bool:
-        entry = self.selected_entry()
-        if entry is None:
-            return False
-        what = (
-            "forget the link (your file stays)"
-            if entry.linked
-            else f"delete {human_size(entry.total_size)} from disk"
-        )
-        answer = QMessageBox.question(
-            self, "Delete from library", f"Remove '{entry.name}' from the library and {what}?",
-            QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No, QMessageBox.StandardButton.No,
-        )  # fmt: skip
-        if answer != QMessageBox.StandardButton.Yes:
-            return False
-        try:
-            self.library.remove(entry.name)
-            if not entry.linked:  # the other parts of a split model lie beside the first
-                for part in entry.extra.get("parts", [])[1:]:
-                    (entry.file.parent / part).unlink(missing_ok=True)
-        except IngleError as err:
-            self.show_error(str(err))
-            return False
-        self.refresh_library()
-        self.library_changed.emit()
-        return True
-
-    def closeEvent(self, event) -> None:  # noqa: N802 (Qt)
+    def closeEvent(self, event) -> None:
         self.manager.shutdown()  # running downloads pause; their .part files resume next time
         super().closeEvent(event)

@@ -24,7 +24,7 @@ from PySide6.QtWidgets import (
 from app.forms import ERROR_STYLE
 from app.ops import Op
 from engine.chat_template import BUILTIN_TEMPLATES
-from engine.errors import IngleError
+from engine.errors import IngleError, LibraryError
 from engine.fit import Fit, Verdict, available_memory, estimate
 from engine.gguf_info import ModelInfo, inspect_cached
 from engine.library import Entry, Library
@@ -238,8 +238,14 @@ class ModelPanel(QWidget):
             self.model_box.setCurrentIndex(index)
 
     def entry(self) -> Entry | None:
+        """The selected library entry; None when nothing is selected or it was removed meanwhile."""
         name = self.model_box.currentData()
-        return self.library.get(name) if name else None
+        if not name:
+            return None
+        try:
+            return self.library.get(name)
+        except LibraryError:
+            return None
 
     def load_settings(self) -> LoadSettings:
         return LoadSettings(n_ctx=self.n_ctx.value(), n_gpu_layers=self.gpu_layers.value(),

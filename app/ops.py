@@ -21,8 +21,8 @@ from PySide6.QtCore import QObject, QRunnable, Qt, QThreadPool, QTimer, Signal
 from PySide6.QtWidgets import QProgressDialog, QWidget
 
 from app.dialogs import show_error
+from engine.child_process import die_with_parent
 from engine.errors import Cancelled, IngleError
-from engine.host import die_with_parent
 
 T = TypeVar("T")
 CHILD_POLL_MS = 100
@@ -73,7 +73,7 @@ class _Runnable(QRunnable):
         op = self.op
         try:
             result = op._work(op.progress)
-        except BaseException as err:  # noqa: BLE001 - every failure reaches the GUI as a message
+        except BaseException as err:  # every failure reaches the GUI as a message
             op._signals.failed.emit(err)
         else:
             op._signals.done.emit(result)
@@ -83,7 +83,7 @@ def _child_main(conn, work: Callable, args: tuple) -> None:
     die_with_parent()
     try:
         conn.send(("done", work(*args)))
-    except BaseException as err:  # noqa: BLE001
+    except BaseException as err:
         try:
             conn.send(("failed", err))
         except Exception:  # an error that does not pickle still arrives as a message

@@ -1,11 +1,16 @@
-"""Small widgets of the main window: the banner strip above the chat and the message box."""
+"""Small widgets of the main window: the banner strip above the chat, the message and system prompt boxes."""
 
 from __future__ import annotations
 
 import html
 
 from PySide6.QtCore import Qt, Signal
+from PySide6.QtGui import QTextOption
 from PySide6.QtWidgets import QFrame, QHBoxLayout, QLabel, QPlainTextEdit, QPushButton
+
+LONG_LINE = 2_000  # an editor holding a longer line wraps it anywhere (see TextEditor)
+PASTE_LINE = 200_000  # longest line a paste may bring: Qt lays out the whole line again at every key
+PASTE_CHARS = 2_000_000  # most text one paste may bring (far past any model's context)
 
 
 class Banner(QFrame):
@@ -43,13 +48,60 @@ class Banner(QFrame):
         self.show()
 
 
-class Composer(QPlainTextEdit):
+def longest_line(text: str) -> int:
+    return max(map(len, text.splitlines()), default=0)
+
+
+class TextEditor(QPlainTextEdit):
+    """A plain-text box that stays responsive with a pasted megabyte: Qt wraps a line at word boundaries in
+    time quadratic in its length (a pasted 1 MB line took 2 minutes, then 35 s a key), but anywhere in
+    linear time, so a box holding a line over LONG_LINE characters wraps anywhere until it is cleared."""
+
+    refused = Signal(str)  # why a paste was not taken
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.textChanged.connect(self._maybe_rewrap)
+
+    def _wrap_for(self, longest: int) -> None:
+        mode = QTextOption.WrapAnywhere if longest > LONG_LINE else QTextOption.WrapAtWordBoundaryOrAnywhere
+        if self.wordWrapMode() != mode:
+            self.setWordWrapMode(mode)
+
+    def _maybe_rewrap(self) -> None:
+        if self.wordWrapMode() == QTextOption.WrapAnywhere and self.document().characterCount() <= LONG_LINE:
+            self._wrap_for(0)  # short again: words are kept whole
+
+    def insertFromMimeData(self, source) -> None:
+        if source.hasText():
+            text = source.text()
+            longest = longest_line(text)
+            if len(text) > PASTE_CHARS or longest > PASTE_LINE:
+                what = (
+                    f"{len(text):,} characters"
+                    if len(text) > PASTE_CHARS
+                    else f"a line of {longest:,} characters"
+                )
+                self.refused.emit(
+                    f"Not pasted: the text has {what}; this box takes up to {PASTE_CHARS:,} characters in "
+                    f"lines of up to {PASTE_LINE:,}."
+                )
+                return
+            self._wrap_for(max(longest, len(self.textCursor().block().text())))
+        super().insertFromMimeData(source)
+
+    def setPlainText(self, text: str) -> None:
+        self._wrap_for(longest_line(text))
+        super().setPlainText(text)
+
+
+class Composer(TextEditor):
     """The message box: Enter sends, Shift+Enter starts a new line, Esc stops a reply."""
 
     send = Signal()
     stop = Signal()
 
-    def keyPressEvent(self, event) -> None:  # noqa: N802 (Qt override)
+    def keyPressEvent(self, event) -> None:
         if event.key() in (Qt.Key_Return, Qt.Key_Enter) and not event.modifiers() & Qt.ShiftModifier:
             self.send.emit()
         elif event.key() == Qt.Key_Escape:

@@ -12,6 +12,7 @@ from enum import Enum
 from pathlib import Path
 
 from engine import settings as settings_module
+from engine import units
 from engine.errors import EngineDied, EngineError, IngleError, SettingsError
 from engine.events import ContextTrimmed, LoadProgress, Message, ReplyDone, Token
 from engine.settings import LoadSettings, OverflowPolicy, SamplingSettings
@@ -166,10 +167,10 @@ def _hash_progress(path):
     size = Path(path).stat().st_size
     if size < 256 << 20:
         return None
-    progress = Progress("sha256", size >> 20, "MiB")
+    progress = Progress("sha256", size // units.MIB, "MiB")
 
     def update(done: int, total: int) -> None:
-        progress.update(done >> 20)
+        progress.update(done // units.MIB)
         if done >= total:
             progress.close()
 
@@ -183,12 +184,14 @@ def cmd_models(args) -> int:
     if args.action == "import":
         entry = lib.import_file(args.file, link=args.link, name=args.name)
         print(
-            f"Imported {entry.name} ({entry.kind}, {entry.architecture} {entry.quant}, {'linked' if entry.linked else 'copied'})."
+            f"Imported {printable(entry.name)} ({entry.kind}, {printable(entry.architecture)} {printable(entry.quant)}, "
+            f"{'linked' if entry.linked else 'copied'})."
         )
     elif args.action == "rm":
         entry = lib.remove(args.name)
         print(
-            f"Removed {entry.name}" + (" (the linked original file was left alone)." if entry.linked else ".")
+            f"Removed {printable(entry.name)}"
+            + (" (the linked original file was left alone)." if entry.linked else ".")
         )
     else:
         lib.ensure_starter()
@@ -199,7 +202,8 @@ def cmd_models(args) -> int:
         for e in entries:
             missing = "" if e.present else "  [file missing]"
             print(
-                f"{e.name:<40} {e.kind:<8} {e.architecture:<10} {e.quant:<8} {e.total_size / 2**20:>9.1f} MiB{missing}"
+                f"{printable(e.name):<40} {e.kind:<8} {printable(e.architecture):<10} {printable(e.quant):<8} "
+                f"{units.mib(e.total_size, 1):>13}{missing}"
             )
     return 0
 
@@ -451,8 +455,6 @@ def _not_utf8(line: str) -> int | None:
 
 
 def cmd_chat(args) -> int:
-    if hasattr(sys.stdin, "reconfigure"):
-        sys.stdin.reconfigure(errors="replace")  # a non-UTF-8 line becomes U+FFFD, not a crash
     if args.system:
         args.system = _valid_text(args.system, "system prompt")
     sampling = settings_from_args(args, SamplingSettings)
@@ -495,6 +497,16 @@ def cmd_chat(args) -> int:
             with _CancelOnInterrupt(engine):
                 try:
                     done = _stream(engine.chat(history, sampling, policy), args.stats)
+                except EngineDied as err:  # the conversation is kept: a fresh engine takes it up again
+                    history.pop()
+                    print(
+                        f"ingle: the engine stopped ({_how_it_died(err)}); starting it again…",
+                        file=sys.stderr,
+                    )
+                    engine.close()
+                    engine, loaded = _open_engine(args)
+                    print("ingle: ready again; send your message once more.", file=sys.stderr)
+                    continue
                 except IngleError as err:
                     history.pop()
                     print(f"ingle: {err}", file=sys.stderr)

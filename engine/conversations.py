@@ -3,181 +3,42 @@
 from __future__ import annotations
 
 import json
-import math
-import os
-import shutil
 import sqlite3
-import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.errors import IngleError, SettingsError
+from engine.conversation_import import MAX_IMPORT_BYTES, check_export, is_number, read_export
+from engine.conversation_schema import (
+    EXPORT_FORMAT,
+    ROLES,
+    SCHEMA,
+    STATUSES,
+    Conversation,
+    ConversationError,
+    StoredMessage,
+)
+from engine.errors import SettingsError
 from engine.library import data_dir
 from engine.settings import PRESETS, SamplingSettings
+from engine.store_recovery import DAMAGE_CODES, MAX_KEPT_WAL, Recovery, StoreDamaged, recover_store
 
-EXPORT_FORMAT = "ingle.conversation.v1"
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS conversations (
-    id INTEGER PRIMARY KEY,
-    title TEXT NOT NULL,
-    created REAL NOT NULL,
-    updated REAL NOT NULL,
-    pinned INTEGER NOT NULL DEFAULT 0,
-    deleted INTEGER NOT NULL DEFAULT 0,
-    system_prompt TEXT NOT NULL DEFAULT '',
-    settings TEXT NOT NULL DEFAULT '{}',
-    model TEXT NOT NULL DEFAULT '',
-    leaf INTEGER
-);
-CREATE TABLE IF NOT EXISTS messages (
-    id INTEGER PRIMARY KEY,
-    conversation INTEGER NOT NULL REFERENCES conversations(id) ON DELETE CASCADE,
-    parent INTEGER REFERENCES messages(id) ON DELETE CASCADE,
-    role TEXT NOT NULL,
-    content TEXT NOT NULL,
-    status TEXT NOT NULL DEFAULT 'done',
-    stats TEXT NOT NULL DEFAULT '{}',
-    created REAL NOT NULL,
-    deleted INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS messages_by_parent ON messages(conversation, parent);
-CREATE TABLE IF NOT EXISTS message_undo (
-    ticket INTEGER PRIMARY KEY,
-    conversation INTEGER NOT NULL,
-    leaf INTEGER
-);
-CREATE TABLE IF NOT EXISTS presets (
-    name TEXT PRIMARY KEY,
-    settings TEXT NOT NULL
-);
-"""
-
-ROLES = ("system", "user", "assistant")
-# done: complete; streaming: being written (after a crash it reads as interrupted); interrupted: the engine died
-# or the app was killed; stopped: the user pressed stop.
-STATUSES = ("done", "streaming", "interrupted", "stopped")
-
-
-class ConversationError(IngleError):
-    """A conversation or message that does not exist, or an import file that is not a conversation."""
-
-
-@dataclass(frozen=True)
-class Conversation:
-    id: int
-    title: str
-    created: float
-    updated: float
-    pinned: bool
-    system_prompt: str
-    model: str
-
-
-@dataclass(frozen=True)
-class StoredMessage:
-    id: int
-    conversation: int
-    parent: int | None
-    role: str
-    content: str
-    status: str
-    stats: dict[str, Any]
-    created: float
-
-
-MAX_IMPORT_BYTES = 256 * 2**20  # a conversation file larger than this is refused before it is read
-MAX_MESSAGES = 100_000
-MAX_TEXT = 16 * 2**20  # characters in one message, title or system prompt
-MAX_DEPTH = 16
-MAX_KEPT_WAL = (
-    64 * 2**20
-)  # a write-ahead log up to this size is kept byte for byte when the store is damaged  # nesting of JSON values inside a message's stats
-
-
-def _json_depth_ok(value: Any, depth: int = 0) -> bool:
-    """True when `value` is plain JSON nested no deeper than MAX_DEPTH."""
-    if depth > MAX_DEPTH:
-        return False
-    if isinstance(value, dict):
-        return all(isinstance(k, str) and _json_depth_ok(v, depth + 1) for k, v in value.items())
-    if isinstance(value, list):
-        return all(_json_depth_ok(v, depth + 1) for v in value)
-    return value is None or isinstance(value, (str, int, float, bool))
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _text(data: dict, key: str, default: str, where: str) -> str:
-    value = data.get(key, default)
-    if value is None:
-        value = default
-    if not isinstance(value, str):
-        raise ConversationError(f"{where}: '{key}' must be text, not {type(value).__name__}")
-    if len(value) > MAX_TEXT:
-        raise ConversationError(f"{where}: '{key}' is longer than {MAX_TEXT:,} characters")
-    return value
-
-
-def _check_export(data: Any) -> dict[str, Any]:
-    """The validated content of an export (see `export_json`), or ConversationError naming the first fault."""
-    if not isinstance(data, dict) or data.get("format") != EXPORT_FORMAT:
-        raise ConversationError(f"this is not an Ingle conversation export (expected format {EXPORT_FORMAT})")
-    title = _text(data, "title", "", "the conversation").strip() or "Imported chat"
-    settings_data = data.get("settings", {})
-    if not isinstance(settings_data, dict) or not _json_depth_ok(settings_data):
-        raise ConversationError("'settings' must be an object of sampling settings")
-    try:
-        settings = SamplingSettings.from_dict(settings_data)
-    except (IngleError, TypeError, ValueError, OverflowError, AttributeError) as err:
-        raise ConversationError(f"the sampling settings are not valid ({err})") from None
-    messages = data.get("messages")
-    if not isinstance(messages, list):
-        raise ConversationError("'messages' must be a list")
-    if len(messages) > MAX_MESSAGES:
-        raise ConversationError(
-            f"it has {len(messages):,} messages; at most {MAX_MESSAGES:,} can be imported"
-        )
-    out: list[dict[str, Any]] = []
-    seen: set[int] = set()
-    for n, m in enumerate(messages, 1):
-        where = f"message {n}"
-        if not isinstance(m, dict):
-            raise ConversationError(f"{where} is not an object")
-        mid, parent = m.get("id"), m.get("parent")
-        if not isinstance(mid, int) or isinstance(mid, bool) or mid in seen:
-            raise ConversationError(f"{where}: 'id' must be a whole number not used by another message")
-        if parent is not None and (isinstance(parent, bool) or parent not in seen):
-            raise ConversationError(f"{where}: 'parent' must be the id of an earlier message or null")
-        role = m.get("role")
-        if role not in ROLES:
-            raise ConversationError(f"{where}: 'role' must be one of {', '.join(ROLES)}")
-        status = m.get("status", "done")
-        if status not in STATUSES:
-            raise ConversationError(f"{where}: 'status' must be one of {', '.join(STATUSES)}")
-        stats = m.get("stats") or {}
-        if not isinstance(stats, dict) or not _json_depth_ok(stats):
-            raise ConversationError(f"{where}: 'stats' must be an object of plain values")
-        created = m.get("created", 0.0)
-        if not _number(created):
-            raise ConversationError(f"{where}: 'created' must be a number")
-        if "content" not in m:
-            raise ConversationError(f"{where} has no 'content'")
-        content = _text(m, "content", "", where)
-        seen.add(mid)
-        status = "interrupted" if status == "streaming" else status  # nothing is streaming in a file
-        out.append({"id": mid, "parent": parent, "role": role, "content": content, "status": status,
-                    "stats": stats, "created": float(created)})  # fmt: skip
-    leaf = data.get("leaf")
-    if leaf is not None and (isinstance(leaf, bool) or leaf not in seen):
-        raise ConversationError("'leaf' must be the id of one of its messages or null")
-    return {"title": title[:500], "system_prompt": _text(data, "system_prompt", "", "the conversation"),
-            "model": _text(data, "model", "", "the conversation")[:1000], "settings": settings,
-            "messages": out, "leaf": leaf}  # fmt: skip
+# Names the app and the tests import from here, whichever module holds them now.
+__all__ = [
+    "EXPORT_FORMAT",
+    "MAX_IMPORT_BYTES",
+    "ROLES",
+    "STATUSES",
+    "Conversation",
+    "ConversationError",
+    "ConversationStore",
+    "Recovery",
+    "StoreDamaged",
+    "StoredMessage",
+    "default_path",
+    "open_store",
+    "recover_store",
+]
 
 
 def _as_text(value: Any) -> str:
@@ -189,40 +50,11 @@ def _as_text(value: Any) -> str:
 
 
 def _as_number(value: Any) -> float:
-    return float(value) if _number(value) else 0.0
+    return float(value) if is_number(value) else 0.0
 
 
 def default_path() -> Path:
     return data_dir() / "conversations.sqlite3"
-
-
-# SQLite's own verdicts that the file's content is damaged (as opposed to locked, unreadable or a full disk)
-DAMAGE_CODES = frozenset({"SQLITE_CORRUPT", "SQLITE_NOTADB", "SQLITE_CORRUPT_INDEX", "SQLITE_CORRUPT_SEQUENCE",
-                          "SQLITE_CORRUPT_VTAB"})  # fmt: skip
-
-
-class StoreDamaged(sqlite3.DatabaseError):
-    """The conversations file is damaged: `open_store` keeps it aside and recovers what it can."""
-
-
-@dataclass(frozen=True)
-class Recovery:
-    """What happened when a damaged store was replaced at start-up."""
-
-    damaged: Path  # where the damaged file now lies, untouched
-    conversations: int  # how many were read back into the new store
-    messages: int
-    reason: str
-
-    def describe(self) -> str:
-        def n(k: int, noun: str) -> str:
-            return f"{k:,} {noun}{'' if k == 1 else 's'}"
-
-        return (
-            f"Your conversations file was damaged ({self.reason}). It was kept, unchanged, as {self.damaged}; "
-            f"{n(self.conversations, 'conversation')} and {n(self.messages, 'message')} could be read back into "
-            "a new file, and Ingle starts with those."
-        )
 
 
 def open_store(path: Path | str | None = None) -> tuple[ConversationStore, Recovery | None]:
@@ -241,108 +73,6 @@ def open_store(path: Path | str | None = None) -> tuple[ConversationStore, Recov
     except StoreDamaged as err:
         recovery = recover_store(db, str(err), saved_wal)
         return ConversationStore(db), recovery
-
-
-def _aside_name(path: Path) -> Path:
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    for n in range(1000):
-        suffix = f"-{n}" if n else ""
-        candidate = path.with_name(f"{path.name}.damaged-{stamp}{suffix}")
-        if not any(Path(f"{candidate}{x}").exists() for x in ("", "-wal", "-shm")):
-            return candidate
-    raise ConversationError(f"Cannot find a free name beside {path} to keep the damaged file.")
-
-
-def recover_store(path: Path, reason: str, saved_wal: bytes | None = None) -> Recovery:
-    """Move `path` (and its -wal/-shm) aside and write a new store at `path` from the rows SQLite can read.
-    `saved_wal`: the log's bytes from before SQLite first opened the file, kept beside it if SQLite dropped it."""
-    aside = _aside_name(path)
-    for x in ("", "-wal", "-shm"):  # same base name: SQLite still finds the WAL beside the kept copy
-        src = Path(f"{path}{x}")
-        if src.exists():
-            try:
-                os.link(src, f"{aside}{x}")  # fails rather than overwrite; then the original name goes
-                src.unlink()
-            except FileExistsError:
-                raise
-            except OSError:  # a file system without hard links; the name was checked free just now
-                os.rename(src, f"{aside}{x}")
-    kept_wal = Path(f"{aside}-wal")
-    if saved_wal is not None and not kept_wal.exists():
-        with open(kept_wal, "xb") as fh:  # x: never over an existing file
-            fh.write(saved_wal)
-    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".recover-") as tmp:
-        work = Path(tmp) / "damaged.sqlite3"  # read a copy: opening the kept file could rewrite its WAL
-        for x in ("", "-wal", "-shm"):
-            if Path(f"{aside}{x}").exists():
-                shutil.copyfile(f"{aside}{x}", f"{work}{x}")
-        fresh = Path(tmp) / "new.sqlite3"
-        counts = _copy_readable(work, fresh)
-        os.replace(fresh, path)
-    return Recovery(aside, counts.get("conversations", 0), counts.get("messages", 0), reason)
-
-
-def _readable_rows(src: sqlite3.Connection, table: str):
-    """Rows of `table` in rowid order, stepping over pages SQLite cannot read."""
-    last, skip, failures = -(2**63), 1, 0
-    while failures < 64:
-        try:
-            for row in src.execute(
-                f"SELECT rowid AS _rowid_, * FROM {table} WHERE rowid > ? ORDER BY rowid", (last,)
-            ):
-                last, skip = row["_rowid_"], 1
-                yield row
-            return
-        except sqlite3.DatabaseError:
-            failures += 1
-            last, skip = last + skip, skip * 4  # jump past the damage, further each time
-        except (OverflowError, ValueError):
-            return
-
-
-def _copy_readable(damaged: Path, fresh: Path) -> dict[str, int]:
-    out = sqlite3.connect(fresh, isolation_level=None)
-    out.executescript(SCHEMA)
-    counts: dict[str, int] = {}
-    try:
-        src = sqlite3.connect(f"file:{damaged}?mode=ro", uri=True)
-        src.row_factory = sqlite3.Row
-        tables = {r[0] for r in src.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-    except sqlite3.DatabaseError:
-        out.close()
-        return counts  # not even the schema can be read: start empty
-    out.execute("BEGIN")
-    for table in ("conversations", "messages", "presets", "message_undo"):
-        if table not in tables:
-            continue
-        columns = [r[1] for r in out.execute(f"PRAGMA table_info({table})")]
-        n = 0
-        for row in _readable_rows(src, table):
-            keep = [c for c in columns if c in row.keys()]
-            try:
-                out.execute(
-                    f"INSERT OR IGNORE INTO {table} ({', '.join(keep)}) VALUES ({', '.join('?' * len(keep))})",
-                    [row[c] for c in keep],
-                )
-                n += 1
-            except sqlite3.Error:
-                continue  # a row that breaks the schema's rules is lost; the others are kept
-        counts[table] = n
-    # messages whose conversation was lost go; replies whose parent was lost start their own branch
-    out.execute("DELETE FROM messages WHERE conversation NOT IN (SELECT id FROM conversations)")
-    out.execute(
-        "UPDATE messages SET parent=NULL WHERE parent IS NOT NULL AND parent NOT IN (SELECT id FROM messages)"
-    )
-    out.execute(
-        "UPDATE conversations SET leaf=(SELECT MAX(id) FROM messages m WHERE m.conversation=conversations.id) "
-        "WHERE leaf IS NULL OR leaf NOT IN (SELECT id FROM messages)"
-    )
-    counts["messages"] = out.execute("SELECT COUNT(*) FROM messages").fetchone()[0]
-    counts["conversations"] = out.execute("SELECT COUNT(*) FROM conversations").fetchone()[0]
-    out.execute("COMMIT")
-    src.close()
-    out.close()
-    return counts
 
 
 class ConversationStore:
@@ -663,17 +393,7 @@ class ConversationStore:
     def import_file(self, path: Path) -> Conversation:
         """Import an exported conversation file: checked whole first, then stored in one transaction."""
         path = Path(path)
-        try:
-            size = path.stat().st_size
-            if size > MAX_IMPORT_BYTES:
-                raise ConversationError(
-                    f"Cannot import {path.name}: it is {size / 2**20:.0f} MiB; a conversation file may be at "
-                    f"most {MAX_IMPORT_BYTES // 2**20} MiB."
-                )
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, ValueError, RecursionError) as err:
-            reason = "it is nested too deeply" if isinstance(err, RecursionError) else str(err)
-            raise ConversationError(f"Cannot read {path.name} as a conversation: {reason}.") from None
+        data = read_export(path)
         try:
             return self.import_json(data)
         except ConversationError as err:
@@ -682,7 +402,7 @@ class ConversationStore:
     def import_json(self, data: Any) -> Conversation:
         """Store an exported conversation as a new one. Everything is checked before anything is written, and
         it is written in one transaction: a damaged file imports nothing."""
-        spec = _check_export(data)
+        spec = check_export(data)
         self._db.execute("BEGIN")
         try:
             conv = self.create(spec["title"], spec["system_prompt"], spec["settings"], spec["model"])

@@ -12,29 +12,37 @@ are rejected) and against a hash wherever the Hub gives one: the LFS sha256, els
 the git blob sha1. A file with no hash at all is downloaded only when the user allows it (`allow_unverified`),
 and its library entry says it was not verified. A download the Hub rules out for good (404, no access, failed
 verification) removes its .part and sidecar, so it does not come back as a paused job at the next start.
+
+The job, its states and its files' names are in engine/download_job.py; the size and hash checks in
+engine/download_checks.py. This module is the queue and the transfer of each file.
 """
 
 from __future__ import annotations
 
-import enum
-import hashlib
 import json
 import logging
 import os
-import re
-import shutil
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
+from engine import units
+from engine.download_checks import check_length, check_sidecar, expected_of, verify
+from engine.download_job import (
+    DownloadRejected,
+    Expected,
+    Job,
+    NeedsConsent,
+    State,
+    Stopped,
+    free_disk_bytes,
+    library_names,
+    part_number,
+    part_path,
+)
 from engine.errors import IngleError, ModelFileError
 from engine.hub import (
-    SHA1_RE,
-    SHA256_RE,
-    SPLIT_RE,
-    FileMeta,
     HubError,
     HubFile,
     HubRefused,
@@ -44,147 +52,25 @@ from engine.hub import (
     open_url,
     raise_for_status,
 )
-from engine.library import Entry, Library, atomic_write_bytes
-from engine.text import MAX_NAME_LENGTH, check_name, name_from, printable
+from engine.library import Entry, Library
+from engine.text import check_name, printable
+
+# Names the app, the CLI and the tests import from here, whichever module holds them now.
+__all__ = [
+    "DownloadManager",
+    "DownloadRejected",
+    "Expected",
+    "Job",
+    "NeedsConsent",
+    "State",
+    "free_disk_bytes",
+    "library_names",
+    "part_path",
+]
 
 log = logging.getLogger(__name__)
 CHUNK = 64 * 1024
 DISK_MARGIN = 64 << 20
-_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
-
-
-class State(enum.StrEnum):
-    QUEUED = "queued"
-    RUNNING = "downloading"
-    PAUSED = "paused"
-    VERIFYING = "verifying"
-    DONE = "done"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-    @property
-    def finished(self) -> bool:
-        return self in (State.DONE, State.FAILED, State.CANCELLED)
-
-
-class _Stop(Exception):
-    """Raised inside a worker when the user paused or cancelled."""
-
-
-class DownloadRejected(HubRefused):
-    """The bytes the server sent are not the file the Hub announced (size or hash): deleted, never imported."""
-
-
-class NeedsConsent(HubError):
-    """The Hub gives no hash for the file: it is downloaded only when the user allows an unverified download."""
-
-
-@dataclass(frozen=True)
-class Expected:
-    """What a downloaded file must be: its size and the hashes the Hub gave (empty when it gave none)."""
-
-    size: int | None
-    sha256: str = ""
-    git_sha1: str = ""
-
-    @property
-    def check(self) -> str:
-        return "sha256" if self.sha256 else "git-sha1" if self.git_sha1 else "size"
-
-
-@dataclass
-class Job:
-    id: int
-    repo_id: str
-    revision: str
-    files: tuple[HubFile, ...]
-    name: str
-    state: State = State.QUEUED
-    done_bytes: int = 0
-    resumed_from: int = 0
-    speed: float = 0.0  # bytes/s, smoothed
-    error: str = ""
-    entry: Entry | None = None
-    allow_unverified: bool = (
-        False  # the user accepts a file the Hub gives no hash for (its size is still checked)
-    )
-    needs_consent: bool = False  # failed only because no hash exists: resume(allow_unverified=True) takes it
-    check: str = ""  # once done: "sha256", "git-sha1" or "size" (not verified by any hash)
-    part_names: tuple[str, ...] = ()  # the files' names in the library (a split model's parts side by side)
-    _expected: dict[str, Expected] = field(default_factory=dict, repr=False)
-    _sha256: str = field(default="", repr=False)  # the first file's sha256 as computed, for the library entry
-    _stop: str = field(default="", repr=False)  # "pause" or "cancel"
-    _response: object = field(default=None, repr=False)
-    _finished: threading.Event = field(default_factory=threading.Event, repr=False)
-
-    @property
-    def total_bytes(self) -> int:
-        return sum(f.size for f in self.files)
-
-    @property
-    def eta(self) -> float | None:
-        left = self.total_bytes - self.done_bytes
-        return left / self.speed if self.speed > 0 else None
-
-    @property
-    def fraction(self) -> float:
-        return self.done_bytes / self.total_bytes if self.total_bytes else 0.0
-
-    @property
-    def verified(self) -> bool:
-        """Done and checked against a hash from the Hub (not only its size)."""
-        return self.state is State.DONE and self.check in ("sha256", "git-sha1")
-
-    @property
-    def status(self) -> str:
-        """The state as the download window shows it."""
-        if self.state is State.DONE and not self.verified:
-            return "done (not verified)"
-        if self.needs_consent:
-            return "not verifiable"
-        return self.state.value
-
-
-def free_disk_bytes(path: Path) -> int:
-    """Free bytes where `path` lives (its nearest existing parent)."""
-    while not path.exists():
-        path = path.parent
-    return shutil.disk_usage(path).free
-
-
-def part_path(folder: Path, repo_id: str, file: str) -> Path:
-    """Where a file's partial download lives. Names from the Hub are made safe (and kept apart by a hash of the
-    original when that changed them): a file name never escapes the folder or hides in control characters."""
-    raw = f"{repo_id}--{file}".replace("/", "--")
-    safe = name_from(raw)
-    if safe != raw:
-        safe = f"{safe[:100]}-{hashlib.sha1(raw.encode('utf-8', 'surrogatepass')).hexdigest()[:12]}"
-    return folder / f"{safe}.part"
-
-
-def library_names(files: tuple[HubFile, ...], name: str | None = None) -> tuple[str, tuple[str, ...]]:
-    """The library name and the file name of each part. A split model is named after its first part and its
-    parts keep llama.cpp's `<prefix>-0000i-of-0000n.gguf` pattern (llama.cpp finds the others by it)."""
-    if len(files) == 1:
-        lib_name = (
-            check_name(name, "library name")
-            if name
-            else name_from(Path(files[0].path).name.removesuffix(".gguf"))
-        )
-        return lib_name, (f"{lib_name}.gguf",)
-    numbers = []
-    for f in files:
-        m = SPLIT_RE.search(f.path)
-        numbers.append((int(m.group(1)), int(m.group(2))) if m else (0, 0))
-    n = len(files)
-    if numbers != [(i, n) for i in range(1, n + 1)]:
-        raise HubError(
-            f"{printable(files[0].path)}: the parts of this split model are incomplete or out of order "
-            f"({', '.join(printable(Path(f.path).name) for f in files)}); pick another file."
-        )
-    prefix = name_from(Path(SPLIT_RE.sub("", files[0].path)).name)[: MAX_NAME_LENGTH - 15].rstrip(".-_+")
-    names = tuple(f"{prefix or 'model'}-{i:05d}-of-{n:05d}.gguf" for i in range(1, n + 1))
-    return check_name(names[0].removesuffix(".gguf")), names
 
 
 class DownloadManager:
@@ -217,7 +103,7 @@ class DownloadManager:
             raise HubError(f"Nothing to download from {printable(repo_id)}.")
         if len(files) > 1:
             # in part order: a split model keeps its first part's name (llama.cpp finds the others by it)
-            files = tuple(sorted(files, key=_part_number))
+            files = tuple(sorted(files, key=part_number))
             if name:
                 raise HubError(
                     "A split model keeps the names of its parts (llama.cpp finds the parts by them); "
@@ -369,10 +255,10 @@ class DownloadManager:
                 self._fetch_with_retries(job, f)
             job.state = State.VERIFYING
             self._notify(job)
-            self._verify(job)
+            verify(job, self._part)
             job.entry = self._import(job)
             job.state = State.DONE
-        except _Stop:
+        except Stopped:
             job.state = State.CANCELLED if job._stop == "cancel" else State.PAUSED
             if job.state is State.CANCELLED:
                 self._discard(job, locked=True)
@@ -404,8 +290,8 @@ class DownloadManager:
         free = free_disk_bytes(self.folder)
         if free < need + DISK_MARGIN:
             raise HubError(
-                f"Not enough disk space for {job.name}: it needs {need / 2**30:.2f} GiB more, "
-                f"{free / 2**30:.2f} GiB are free in {self.folder}. Free some space and resume."
+                f"Not enough disk space for {job.name}: it needs {units.gib(need, 2)} more, "
+                f"{units.gib(free, 2)} are free in {self.folder}. Free some space and resume."
             )
 
     def _fetch_with_retries(self, job: Job, f: HubFile) -> None:
@@ -416,12 +302,12 @@ class DownloadManager:
                 return self._fetch(job, f)
             except httpx2.TransportError as err:
                 if job._stop:
-                    raise _Stop from None
+                    raise Stopped from None
                 if attempt == self.retries:
                     got = self._part(job, f).stat().st_size if self._part(job, f).exists() else 0
                     raise HubError(
                         f"The connection to {endpoint()} was lost while downloading {printable(f.path)} "
-                        f"({got / 2**20:.1f} of {f.size / 2**20:.1f} MiB, tried {self.retries + 1} times: "
+                        f"({units.size(got)} of {units.size(f.size)}, tried {self.retries + 1} times: "
                         f"{type(err).__name__}). The partial file is kept; resume to continue."
                     ) from None
                 delay = self.backoff * 2**attempt
@@ -429,7 +315,7 @@ class DownloadManager:
                 deadline = time.monotonic() + delay
                 while time.monotonic() < deadline:  # stay responsive to pause/cancel while backing off
                     if job._stop:
-                        raise _Stop from None
+                        raise Stopped from None
                     time.sleep(0.05)
 
     def _fetch(self, job: Job, f: HubFile) -> None:
@@ -441,8 +327,8 @@ class DownloadManager:
         what = f"{printable(job.repo_id)}/{printable(f.path)}"
         try:
             meta = file_metadata(job.repo_id, f.path, job.revision, self.__token)
-            expected = self._expected(job, f, meta)
-            self._check_sidecar(part, f, job, meta)
+            expected = expected_of(job, f, meta)
+            check_sidecar(part, f, job, meta)
             offset = part.stat().st_size if part.exists() else 0
             if expected.size is not None and offset > expected.size:  # longer than the file: not this file
                 part.unlink()
@@ -469,70 +355,19 @@ class DownloadManager:
                 raise_for_status(r)
                 if offset and r.status_code != 206:  # the server ignored Range: start over
                     offset, job.done_bytes = 0, previous
-                self._check_length(r, offset, expected, what)
+                check_length(r, offset, expected, what)
                 self._stream(job, r, part, append=offset > 0, expected=expected, what=what)
         except HfHubHTTPError as err:
             raise describe_hub_error(err, f"{job.repo_id}/{f.path}") from None
         except httpx2.TransportError:
             if job._stop:
-                raise _Stop from None
+                raise Stopped from None
             raise
         finally:
             job._response = None
         got = part.stat().st_size
         if expected.size is not None and got < expected.size:
             raise httpx2.RemoteProtocolError(f"connection closed after {got} of {expected.size} bytes")
-
-    def _expected(self, job: Job, f: HubFile, meta: FileMeta) -> Expected:
-        """The size and hashes the file must have, from the repo listing and the file's HEAD."""
-        what = f"{printable(job.repo_id)}/{printable(f.path)}"
-        if meta.size is not None and f.size and meta.size != f.size:
-            raise HubError(f"{what}: the Hub lists {f.size} bytes but serves {meta.size}; try again later.")
-        etag = meta.etag.lower()
-        sha256, git_sha1 = f.sha256.lower(), f.git_sha1.lower()
-        for kind, listed, pattern in (("sha256", sha256, SHA256_RE), ("git sha1", git_sha1, SHA1_RE)):
-            if listed and pattern.fullmatch(etag) and etag != listed:
-                raise DownloadRejected(
-                    f"{what}: the Hub's file listing gives {kind} {listed[:16]}... but the file's etag is "
-                    f"{etag[:16]}...; the two disagree, so the file cannot be trusted. Nothing was downloaded."
-                )
-        sha256 = sha256 or (etag if SHA256_RE.fullmatch(etag) else "")
-        git_sha1 = git_sha1 or (etag if SHA1_RE.fullmatch(etag) else "")
-        expected = Expected(f.size or meta.size, sha256, git_sha1)
-        if expected.size is None:  # nothing would bound what a server streams into the part
-            raise DownloadRejected(
-                f"{what}: the Hub announces no size for this file, so the download could be neither bounded nor "
-                "checked. Nothing was downloaded; use the Hub itself or another mirror."
-            )
-        if expected.check == "size" and not job.allow_unverified:
-            raise NeedsConsent(
-                f"{what} cannot be verified: the Hub gives no sha256 or git hash for it (only its size can be "
-                "checked). Nothing was downloaded. To take it anyway, run the same `ingle pull` with "
-                "--allow-unverified, or answer 'Download anyway' in the download window."
-            )
-        job._expected[f.path] = expected
-        return expected
-
-    @staticmethod
-    def _check_length(response, offset: int, expected: Expected, what: str) -> None:
-        """A server that announces another length than the Hub's is refused before a byte is written."""
-        if expected.size is None:
-            return
-        if response.status_code == 206:
-            m = _CONTENT_RANGE.fullmatch(response.headers.get("Content-Range", "").strip())
-            if m and (int(m.group(1)) != offset or (m.group(3) != "*" and int(m.group(3)) != expected.size)):
-                raise DownloadRejected(
-                    f"{what}: the server answered range {printable(m.group(0))} for a file of {expected.size} "
-                    f"bytes from byte {offset}. The download was deleted; nothing was added to the library."
-                )
-            return
-        length = response.headers.get("Content-Length")
-        encoded = response.headers.get("Content-Encoding", "identity").lower() not in ("identity", "")
-        if length is not None and length.isdigit() and not encoded and int(length) != expected.size:
-            raise DownloadRejected(
-                f"{what}: the server sends {int(length)} bytes but the Hub announced {expected.size}. "
-                "The download was deleted; nothing was added to the library."
-            )
 
     def _stream(self, job: Job, response, part: Path, append: bool, expected: Expected, what: str) -> None:
         window_t, window_b = time.monotonic(), 0
@@ -541,7 +376,7 @@ class DownloadManager:
             room = None if expected.size is None else expected.size - fh.tell()
             for chunk in response.iter_bytes(CHUNK):
                 if job._stop:
-                    raise _Stop
+                    raise Stopped
                 if room is not None:
                     if len(chunk) > room:  # never store a byte past the announced size
                         raise DownloadRejected(
@@ -563,55 +398,7 @@ class DownloadManager:
             fh.flush()
             os.fsync(fh.fileno())
         if job._stop:
-            raise _Stop
-
-    @staticmethod
-    def _check_sidecar(part: Path, f: HubFile, job: Job, meta: FileMeta) -> None:
-        """A .part from another version of the file is thrown away rather than resumed."""
-        sidecar = part.with_suffix(".json")
-        want = {"sha256": f.sha256, "size": f.size, "etag": meta.etag, "revision": job.revision,
-                "repo_id": job.repo_id, "name": job.name, "allow_unverified": job.allow_unverified,
-                "files": [[g.path, g.size, g.sha256, g.git_sha1] for g in job.files]}  # fmt: skip
-        if sidecar.exists():
-            try:
-                have = json.loads(sidecar.read_text("utf-8"))
-                have = have if isinstance(have, dict) else {}
-            except (OSError, ValueError):
-                have = {}
-            etag = have.get("etag")
-            if have.get("sha256") != f.sha256 or have.get("size") != f.size or (etag and etag != meta.etag):
-                part.unlink(missing_ok=True)
-        elif part.exists():
-            part.unlink()
-        atomic_write_bytes(sidecar, json.dumps(want).encode())
-
-    def _verify(self, job: Job) -> None:
-        checks = set()
-        for f in job.files:
-            expected = job._expected[f.path]
-            part = self._part(job, f)
-            what = f"{printable(f.path)} from {printable(job.repo_id)}"
-            size = part.stat().st_size
-            if expected.size is not None and size != expected.size:
-                raise DownloadRejected(
-                    f"{what} has {size} bytes, the Hub announced {expected.size}. The download was deleted "
-                    "and nothing was added to the library. Try again; if it repeats, the server is broken."
-                )
-            sha256, git_sha1 = _digests(part, job, git=bool(expected.git_sha1))
-            for kind, want, got in (
-                ("sha256", expected.sha256, sha256),
-                ("git sha1", expected.git_sha1, git_sha1),
-            ):
-                if want and got != want:
-                    raise DownloadRejected(
-                        f"{what} failed verification: its {kind} is {got[:16]}..., the Hub says {want[:16]}.... "
-                        "The download was deleted and nothing was added to the library. Try again; if it "
-                        "repeats, the file on the Hub is broken."
-                    )
-            if f is job.files[0]:
-                job._sha256 = sha256  # the entry's sha256, whichever hash the Hub gave
-            checks.add(expected.check)
-        job.check = "size" if "size" in checks else "git-sha1" if "git-sha1" in checks else "sha256"
+            raise Stopped
 
     def _import(self, job: Job) -> Entry:
         """Move the verified parts into the library; a split model keeps its part names side by side."""
@@ -691,22 +478,3 @@ class DownloadManager:
     def partial_bytes(self, repo_id: str, files) -> int:
         """Bytes already on disk for these files (what a resume will not fetch again)."""
         return sum(p.stat().st_size for f in files if (p := part_path(self.folder, repo_id, f.path)).exists())
-
-
-def _part_number(f: HubFile) -> int:
-    m = SPLIT_RE.search(f.path)
-    return int(m.group(1)) if m else 0
-
-
-def _digests(path: Path, job: Job, git: bool) -> tuple[str, str]:
-    """sha256 of the file and, when asked, its git blob sha1 (sha1 of "blob <size>\0" + bytes), in one pass."""
-    sha256 = hashlib.sha256()
-    sha1 = hashlib.sha1(f"blob {path.stat().st_size}\0".encode()) if git else None
-    with open(path, "rb") as fh:
-        while chunk := fh.read(8 << 20):
-            if job._stop:
-                raise _Stop
-            sha256.update(chunk)
-            if sha1 is not None:
-                sha1.update(chunk)
-    return sha256.hexdigest(), sha1.hexdigest() if sha1 is not None else ""

@@ -76,6 +76,7 @@ class Token:
     text: str
     logprob: float | None = None
     alternatives: tuple[TokenAlternative, ...] = ()
+    piece: str = ""  # the token's own text, filled when log-probabilities were asked for (APIs report it)
 
 
 @dataclass(frozen=True)

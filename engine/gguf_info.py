@@ -1,11 +1,11 @@
-"""Read a GGUF file's metadata and tensor table without loading weights, and validate it before llama.cpp does."""
+"""Read a GGUF file's metadata and tensor table without loading weights, and validate it before llama.cpp does.
+
+The container itself (header, metadata, tensor table) is read by engine/gguf_reader.py."""
 
 from __future__ import annotations
 
 import hashlib
-import mmap
 import os
-import struct
 from collections import Counter
 from dataclasses import dataclass, field
 from functools import cache
@@ -15,60 +15,16 @@ from typing import Any
 import gguf
 
 from engine.errors import ModelFileError
+from engine.gguf_reader import ArrayLength, TensorInfo, read_gguf
 from engine.text import printable
 
-GGUF_MAGIC = b"GGUF"
-SUPPORTED_VERSIONS = (2, 3)
-DEFAULT_ALIGNMENT = 32
-# llama.cpp's own limits (ggml.h GGML_MAX_DIMS, llama-hparams.h LLAMA_MAX_LAYERS / LLAMA_MAX_EXPERTS): a file past
-# them makes llama.cpp abort the whole process (GGML_ASSERT) instead of failing the load, so they are refused here.
-MAX_DIMS = 4
+K = gguf.Keys  # the GGUF key names, from gguf-py (Ingle's own: engine.gguf_keys)
+
+# llama.cpp's own limits (llama-hparams.h LLAMA_MAX_LAYERS / LLAMA_MAX_EXPERTS): a file past them makes llama.cpp
+# abort the whole process (GGML_ASSERT) instead of failing the load, so they are refused here.
 MAX_LAYERS = 512
 MAX_EXPERTS = 1024
 ROPE_SCALING_TYPES = ("none", "linear", "yarn", "longrope")
-# Keys llama.cpp reads with getters that abort on any other stored type (gguf_get_val_* asserts): the LoRA
-# adapter loader reads these unchecked, so the stored type must be exactly this.
-EXACT_TYPES = {
-    "general.architecture": gguf.GGUFValueType.STRING,
-    "general.type": gguf.GGUFValueType.STRING,
-    "adapter.type": gguf.GGUFValueType.STRING,
-    "adapter.lora.alpha": gguf.GGUFValueType.FLOAT32,
-}
-_INT64_MAX = (1 << 63) - 1
-# Arrays longer than this are not kept in memory (token lists, scores); only their length is.
-MAX_KEPT_ARRAY = 256
-
-_SCALAR_FORMATS = {
-    gguf.GGUFValueType.UINT8: "<B",
-    gguf.GGUFValueType.INT8: "<b",
-    gguf.GGUFValueType.UINT16: "<H",
-    gguf.GGUFValueType.INT16: "<h",
-    gguf.GGUFValueType.UINT32: "<I",
-    gguf.GGUFValueType.INT32: "<i",
-    gguf.GGUFValueType.FLOAT32: "<f",
-    gguf.GGUFValueType.BOOL: "<?",
-    gguf.GGUFValueType.UINT64: "<Q",
-    gguf.GGUFValueType.INT64: "<q",
-    gguf.GGUFValueType.FLOAT64: "<d",
-}
-
-
-@dataclass(frozen=True)
-class ArrayLength:
-    """Stands in for a long array that was skipped: its element type and length."""
-
-    item_type: str
-    length: int
-
-
-@dataclass(frozen=True)
-class TensorInfo:
-    name: str
-    shape: tuple[int, ...]
-    type_name: str
-    offset: int
-    n_elements: int
-    n_bytes: int
 
 
 @dataclass(frozen=True)
@@ -130,249 +86,6 @@ class ModelInfo:
         }
 
 
-class _Cursor:
-    """Reads little-endian GGUF values from a buffer, turning short reads into a plain 'truncated' error."""
-
-    def __init__(self, buf: memoryview | bytes, path: Path):
-        self.buf = buf
-        self.pos = 0
-        self.path = path
-
-    def _need(self, n: int, what: str) -> None:
-        if self.pos + n > len(self.buf):
-            raise ModelFileError(
-                f"{self.path}: the file is truncated (it ends inside the {printable(what)}). Download or copy it again."
-            )
-
-    def scalar(self, fmt: str, what: str) -> Any:
-        size = struct.calcsize(fmt)
-        self._need(size, what)
-        (value,) = struct.unpack_from(fmt, self.buf, self.pos)
-        self.pos += size
-        return value
-
-    def string(self, what: str) -> str:
-        length = self.scalar("<Q", what)
-        self._need(length, what)
-        raw = bytes(self.buf[self.pos : self.pos + length])
-        self.pos += length
-        return raw.decode("utf-8", errors="replace")
-
-    def skip_string(self, what: str) -> None:
-        length = self.scalar("<Q", what)
-        self._need(length, what)
-        self.pos += length
-
-    def value(self, vtype: int, what: str) -> Any:
-        try:
-            vtype = gguf.GGUFValueType(vtype)
-        except ValueError:
-            raise ModelFileError(
-                f"{self.path}: metadata '{printable(what)}' has an unknown value type {vtype}; the file is corrupt."
-            ) from None
-        if vtype == gguf.GGUFValueType.STRING:
-            return self.string(what)
-        if vtype == gguf.GGUFValueType.ARRAY:
-            item_type = self.scalar("<I", what)
-            length = self.scalar("<Q", what)
-            if item_type == gguf.GGUFValueType.ARRAY:
-                # llama.cpp refuses arrays of arrays; reading them recursively would also let a file nest
-                # thousands deep and exhaust Python's stack
-                raise ModelFileError(
-                    f"{self.path}: metadata '{printable(what)}' is an array of arrays, which GGUF readers (llama.cpp) "
-                    "refuse; the file is corrupt."
-                )
-            if item_type not in _SCALAR_FORMATS and item_type != gguf.GGUFValueType.STRING:
-                raise ModelFileError(
-                    f"{self.path}: metadata '{printable(what)}' is an array of unknown value type {item_type}; "
-                    "the file is corrupt."
-                )
-            if length > MAX_KEPT_ARRAY:
-                self._skip_array(item_type, length, what)
-                return ArrayLength(gguf.GGUFValueType(item_type).name, length)
-            return [self.value(item_type, what) for _ in range(length)]
-        return self.scalar(_SCALAR_FORMATS[vtype], what)
-
-    def _skip_array(self, item_type: int, length: int, what: str) -> None:
-        if item_type == gguf.GGUFValueType.STRING:
-            # the hot loop of opening a model (a 262k-token vocabulary): locals only, one bounds check each
-            buf, pos, end, unpack = self.buf, self.pos, len(self.buf), struct.Struct("<Q").unpack_from
-            for _ in range(length):
-                if pos + 8 > end:
-                    break
-                pos += 8 + unpack(buf, pos)[0]
-                if pos > end:
-                    break
-            else:
-                self.pos = pos
-                return
-            self.pos = end + 1  # the last string runs past the end
-            self._need(0, what)
-        else:
-            size = struct.calcsize(_SCALAR_FORMATS[gguf.GGUFValueType(item_type)]) * length
-            self._need(size, what)
-            self.pos += size
-
-
-def _open_buffer(path: Path) -> tuple[Any, int]:
-    if not path.exists():
-        raise ModelFileError(f"{path}: no such file. Check the path, or pick a model from the library.")
-    if path.is_dir():
-        raise ModelFileError(f"{path}: is a folder, not a GGUF file.")
-    size = path.stat().st_size
-    if size == 0:
-        raise ModelFileError(f"{path}: the file is empty (0 bytes). Download or copy it again.")
-    try:
-        with path.open("rb") as fh:
-            return mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ), size
-    except OSError as err:
-        raise ModelFileError(f"{path}: cannot be read ({err.strerror}).") from None
-
-
-def read_gguf(path: str | Path) -> tuple[int, dict[str, Any], list[TensorInfo], int]:
-    """Parse the header: (version, metadata, tensors, file size). Raises ModelFileError on any defect."""
-    path = Path(path)
-    buf, size = _open_buffer(path)
-    view = memoryview(buf)
-    try:
-        cur = _Cursor(view, path)
-        magic = bytes(buf[:4])
-        if magic != GGUF_MAGIC:
-            hint = (
-                " It looks like a safetensors/PyTorch file; use a GGUF conversion."
-                if magic[:1] in (b"{", b"P")
-                else ""
-            )
-            raise ModelFileError(f"{path}: not a GGUF file (it starts with {magic!r}, not b'GGUF').{hint}")
-        cur.pos = 4
-        version = cur.scalar("<I", "header")
-        if version not in SUPPORTED_VERSIONS:
-            raise ModelFileError(
-                f"{path}: GGUF version {version} is not supported (this Ingle reads versions 2 and 3)."
-            )
-        n_tensors = cur.scalar("<Q", "header")
-        n_kv = cur.scalar("<Q", "header")
-        if n_tensors > 1_000_000 or n_kv > 1_000_000:
-            raise ModelFileError(
-                f"{path}: the header claims {n_tensors} tensors and {n_kv} keys; it is corrupt."
-            )
-        metadata: dict[str, Any] = {}
-        alignment = DEFAULT_ALIGNMENT
-        for _ in range(n_kv):
-            key = cur.string("metadata keys")
-            if key in metadata:
-                raise ModelFileError(
-                    f"{path}: metadata key '{printable(key)}' appears twice; the file is corrupt."
-                )
-            vtype = cur.scalar("<I", f"metadata '{key}'")
-            metadata[key] = cur.value(vtype, key)
-            if key == gguf.Keys.General.ALIGNMENT:
-                alignment = _alignment(metadata[key], vtype, path)
-            elif key in EXACT_TYPES and vtype != EXACT_TYPES[key]:
-                raise ModelFileError(
-                    f"{path}: '{key}' is stored as {_type_name(vtype)}, not as the "
-                    f"{_type_name(EXACT_TYPES[key])} llama.cpp needs; the file is corrupt."
-                )
-        tensors = _read_tensor_infos(cur, n_tensors, alignment, size, path)
-        return version, metadata, tensors, size
-    finally:
-        view.release()
-        buf.close()
-
-
-def _alignment(value: Any, vtype: int, path: Path) -> int:
-    """general.alignment as llama.cpp accepts it: a uint32 that is a power of two."""
-    if vtype != gguf.GGUFValueType.UINT32:
-        raise ModelFileError(
-            f"{path}: 'general.alignment' is stored as {_type_name(vtype)}, not as the uint32 llama.cpp needs; "
-            "the file is corrupt."
-        )
-    if value <= 0 or value & (value - 1):
-        raise ModelFileError(
-            f"{path}: 'general.alignment' is {value}, which is not a power of two; the file is corrupt."
-        )
-    return value
-
-
-def _type_name(vtype: int) -> str:
-    try:
-        return gguf.GGUFValueType(vtype).name.lower()
-    except ValueError:
-        return f"type {vtype}"
-
-
-def _read_tensor_infos(
-    cur: _Cursor, n_tensors: int, alignment: int, size: int, path: Path
-) -> list[TensorInfo]:
-    raw = []
-    seen: set[str] = set()
-    for _ in range(n_tensors):
-        name = cur.string("tensor table")
-        if name in seen:
-            raise ModelFileError(f"{path}: tensor '{printable(name)}' appears twice; the file is corrupt.")
-        seen.add(name)
-        n_dims = cur.scalar("<I", "tensor table")
-        if n_dims > MAX_DIMS:
-            raise ModelFileError(
-                f"{path}: tensor '{printable(name)}' has {n_dims} dimensions; llama.cpp allows at most {MAX_DIMS}. "
-                "The file is corrupt."
-            )
-        shape = tuple(cur.scalar("<q", "tensor table") for _ in range(n_dims))
-        type_id = cur.scalar("<I", "tensor table")
-        offset = cur.scalar("<Q", "tensor table")
-        raw.append((name, shape, type_id, offset))
-    data_start = -(-cur.pos // alignment) * alignment
-    tensors = []
-    expected_offset = (
-        0  # llama.cpp wants the tensors' data packed in table order, each padded to the alignment
-    )
-    for name, shape, type_id, offset in raw:
-        try:
-            qtype = gguf.GGMLQuantizationType(type_id)
-            block, type_size = gguf.GGML_QUANT_SIZES[qtype]
-        except (ValueError, KeyError):
-            raise ModelFileError(
-                f"{path}: tensor '{printable(name)}' has tensor type {type_id}, unknown to this Ingle; "
-                "the file is corrupt or needs a newer version."
-            ) from None
-        if any(d < 0 for d in shape):
-            raise ModelFileError(
-                f"{path}: tensor '{printable(name)}' has a negative dimension {shape}; the file is corrupt."
-            )
-        n_elements = 1
-        for d in shape:
-            n_elements *= d
-        if n_elements > _INT64_MAX:
-            raise ModelFileError(
-                f"{path}: tensor '{printable(name)}' has an impossible shape {shape}; the file is corrupt."
-            )
-        if (shape[0] if shape else 1) % block:
-            raise ModelFileError(
-                f"{path}: tensor '{printable(name)}' has rows of {shape[0]} values, not a multiple of {qtype.name}'s "
-                f"block of {block}; the file is corrupt."
-            )
-        n_bytes = n_elements // block * type_size
-        if offset != expected_offset:
-            how = (
-                "overlaps the tensor before it"
-                if offset < expected_offset
-                else "leaves a gap or is misaligned"
-            )
-            raise ModelFileError(
-                f"{path}: tensor '{printable(name)}' starts at data offset {offset:,}, expected {expected_offset:,} "
-                f"(it {how}); llama.cpp refuses such a file. The file is corrupt."
-            )
-        expected_offset += -(-n_bytes // alignment) * alignment
-        end = data_start + offset + n_bytes
-        if end > size:
-            raise ModelFileError(
-                f"{path}: tensor '{printable(name)}' ends at byte {end:,} but the file has only {size:,} bytes; "
-                "the file is truncated. Download or copy it again."
-            )
-        tensors.append(TensorInfo(name, shape, qtype.name, offset, n_elements, n_bytes))
-    return tensors
-
-
 def _int(md: dict, key: str, default: int, path: Path, per_layer: bool = False) -> int:
     """An integer key (a per-layer array of integers where llama.cpp allows one: its largest value).
 
@@ -405,7 +118,7 @@ def _text(md: dict, key: str, path: Path) -> str | None:
 
 
 def _vocab_size(md: dict, path: Path) -> int:
-    tokens = md.get("tokenizer.ggml.tokens")
+    tokens = md.get(K.Tokenizer.LIST)
     if tokens is None:
         return 0
     if isinstance(tokens, ArrayLength) and tokens.item_type == "STRING":
@@ -429,38 +142,45 @@ def _layers_with_tensors(tensors: list[TensorInfo]) -> int:
 def _check_hyperparameters(md: dict, arch: str, tensors: list[TensorInfo], path: Path) -> None:
     """Refuse the combinations llama.cpp does not fail on but aborts on (GGML_ASSERT kills the process)."""
 
-    def key(name: str) -> str:
-        return f"{arch}.{name}"
+    def key(template: str) -> str:
+        return template.format(arch=arch)
 
     def bad(text: str) -> ModelFileError:
         return ModelFileError(f"{path}: {text}; the file is corrupt or was written by a broken converter.")
 
-    if key("context_length") in md and _int(md, key("context_length"), 0, path) <= 0:
-        raise bad(f"'{key('context_length')}' is {md[key('context_length')]}, it must be positive")
-    if key("embedding_length") in md and _int(md, key("embedding_length"), 0, path) <= 0:
-        raise bad(f"'{key('embedding_length')}' is {md[key('embedding_length')]}, it must be positive")
-    n_layers = _int(md, key("block_count"), 0, path)
-    if key("block_count") in md:
+    if key(K.LLM.CONTEXT_LENGTH) in md and _int(md, key(K.LLM.CONTEXT_LENGTH), 0, path) <= 0:
+        raise bad(f"'{key(K.LLM.CONTEXT_LENGTH)}' is {md[key(K.LLM.CONTEXT_LENGTH)]}, it must be positive")
+    if key(K.LLM.EMBEDDING_LENGTH) in md and _int(md, key(K.LLM.EMBEDDING_LENGTH), 0, path) <= 0:
+        raise bad(
+            f"'{key(K.LLM.EMBEDDING_LENGTH)}' is {md[key(K.LLM.EMBEDDING_LENGTH)]}, it must be positive"
+        )
+    n_layers = _int(md, key(K.LLM.BLOCK_COUNT), 0, path)
+    if key(K.LLM.BLOCK_COUNT) in md:
         if not 0 < n_layers <= MAX_LAYERS:
-            raise bad(f"'{key('block_count')}' is {n_layers:,}; llama.cpp handles 1 to {MAX_LAYERS} layers")
+            raise bad(
+                f"'{key(K.LLM.BLOCK_COUNT)}' is {n_layers:,}; llama.cpp handles 1 to {MAX_LAYERS} layers"
+            )
         present = _layers_with_tensors(tensors)
-        split = md.get(
-            gguf.Keys.Split.LLM_KV_SPLIT_COUNT, 1
-        )  # a split model's first part holds some layers only
+        # a split model's first part holds some of the layers only
+        split = md.get(gguf.Keys.Split.LLM_KV_SPLIT_COUNT, 1)
         if present and n_layers > present and not (isinstance(split, int) and split > 1):
             raise bad(
-                f"'{key('block_count')}' says {n_layers:,} layers but the file holds weights for {present}"
+                f"'{key(K.LLM.BLOCK_COUNT)}' says {n_layers:,} layers but the file holds weights for {present}"
             )
-    if _int(md, key("nextn_predict_layers"), 0, path) > n_layers:
-        raise bad(f"'{key('nextn_predict_layers')}' is larger than the {n_layers} layers")
-    n_expert = _int(md, key("expert_count"), 0, path)
-    n_used = _int(md, key("expert_used_count"), 0, path, per_layer=True)
-    n_groups = _int(md, key("expert_group_count"), 0, path)
-    n_group_used = _int(md, key("expert_group_used_count"), 0, path)
+    if _int(md, key(K.LLM.NEXTN_PREDICT_LAYERS), 0, path) > n_layers:
+        raise bad(f"'{key(K.LLM.NEXTN_PREDICT_LAYERS)}' is larger than the {n_layers} layers")
+    n_expert = _int(md, key(K.LLM.EXPERT_COUNT), 0, path)
+    n_used = _int(md, key(K.LLM.EXPERT_USED_COUNT), 0, path, per_layer=True)
+    n_groups = _int(md, key(K.LLM.EXPERT_GROUP_COUNT), 0, path)
+    n_group_used = _int(md, key(K.LLM.EXPERT_GROUP_USED_COUNT), 0, path)
     if n_expert > MAX_EXPERTS:
-        raise bad(f"'{key('expert_count')}' is {n_expert:,}; llama.cpp handles at most {MAX_EXPERTS} experts")
+        raise bad(
+            f"'{key(K.LLM.EXPERT_COUNT)}' is {n_expert:,}; llama.cpp handles at most {MAX_EXPERTS} experts"
+        )
     if n_expert == 0 and (n_used or n_groups):
-        raise bad(f"it sets '{key('expert_used_count')}' or expert groups but has no '{key('expert_count')}'")
+        raise bad(
+            f"it sets '{key(K.LLM.EXPERT_USED_COUNT)}' or expert groups but has no '{key(K.LLM.EXPERT_COUNT)}'"
+        )
     if n_expert:
         if not 0 < n_used <= n_expert:
             raise bad(f"it uses {n_used} experts per token out of {n_expert}; it must be 1 to {n_expert}")
@@ -474,14 +194,14 @@ def _check_hyperparameters(md: dict, arch: str, tensors: list[TensorInfo], path:
             value = md.get(key(name))
             if isinstance(value, list) and len(value) > n_layers:
                 raise bad(f"'{key(name)}' lists {len(value)} layers but the model has {n_layers}")
-    n_head = _int(md, key("attention.head_count"), 0, path, per_layer=True)
-    n_head_kv = _int(md, key("attention.head_count_kv"), n_head, path, per_layer=True)
+    n_head = _int(md, key(K.Attention.HEAD_COUNT), 0, path, per_layer=True)
+    n_head_kv = _int(md, key(K.Attention.HEAD_COUNT_KV), n_head, path, per_layer=True)
     if n_head and n_head_kv > n_head:
         raise bad(f"it has more key/value heads ({n_head_kv}) than attention heads ({n_head})")
-    scaling = _text(md, key("rope.scaling.type"), path)
+    scaling = _text(md, key(K.Rope.SCALING_TYPE), path)
     if scaling is not None and scaling not in ROPE_SCALING_TYPES:
         raise bad(
-            f"'{key('rope.scaling.type')}' is '{printable(scaling)}', not one of {', '.join(ROPE_SCALING_TYPES)}"
+            f"'{key(K.Rope.SCALING_TYPE)}' is '{printable(scaling)}', not one of {', '.join(ROPE_SCALING_TYPES)}"
         )
 
 
@@ -504,8 +224,8 @@ def inspect_gguf(path: str | Path, expect: str = "model") -> ModelInfo:
     """
     path = Path(path)
     version, md, tensors, size = read_gguf(path)
-    kind = "adapter" if md.get("general.type") == "adapter" else "model"
-    arch = md.get("general.architecture")
+    kind = "adapter" if md.get(K.General.TYPE) == "adapter" else "model"
+    arch = md.get(K.General.ARCHITECTURE)
     if not isinstance(arch, str) or not arch:
         raise ModelFileError(f"{path}: the file has no 'general.architecture'; it is not a usable model.")
     if expect == "model" and kind == "adapter":
@@ -526,10 +246,10 @@ def inspect_gguf(path: str | Path, expect: str = "model") -> ModelInfo:
     mix: Counter[str] = Counter()
     for t in tensors:
         mix[t.type_name] += t.n_elements
-    n_heads = _int(md, f"{arch}.attention.head_count", 0, path, per_layer=True)
-    n_embd = _int(md, f"{arch}.embedding_length", 0, path)
+    n_heads = _int(md, K.Attention.HEAD_COUNT.format(arch=arch), 0, path, per_layer=True)
+    n_embd = _int(md, K.LLM.EMBEDDING_LENGTH.format(arch=arch), 0, path)
     default_head = n_embd // n_heads if n_heads else 0
-    file_type = md.get("general.file_type")
+    file_type = md.get(K.General.FILE_TYPE)
     try:
         file_type_name = (
             gguf.LlamaFileType(file_type).name if file_type is not None else _guess_file_type(mix)
@@ -542,20 +262,20 @@ def inspect_gguf(path: str | Path, expect: str = "model") -> ModelInfo:
         version=version,
         kind=kind,
         architecture=arch,
-        name=str(md.get("general.name") or path.stem),
+        name=str(md.get(K.General.NAME) or path.stem),
         file_type=file_type_name,
         parameter_count=sum(mix.values()),
         quant_mix=dict(mix.most_common()),
-        n_layers=_int(md, f"{arch}.block_count", 0, path),
+        n_layers=_int(md, K.LLM.BLOCK_COUNT.format(arch=arch), 0, path),
         n_heads=n_heads,
-        n_kv_heads=_int(md, f"{arch}.attention.head_count_kv", n_heads, path, per_layer=True),
-        head_dim_k=_int(md, f"{arch}.attention.key_length", default_head, path),
-        head_dim_v=_int(md, f"{arch}.attention.value_length", default_head, path),
+        n_kv_heads=_int(md, K.Attention.HEAD_COUNT_KV.format(arch=arch), n_heads, path, per_layer=True),
+        head_dim_k=_int(md, K.Attention.KEY_LENGTH.format(arch=arch), default_head, path),
+        head_dim_v=_int(md, K.Attention.VALUE_LENGTH.format(arch=arch), default_head, path),
         n_embd=n_embd,
-        context_length=_int(md, f"{arch}.context_length", 0, path),
-        sliding_window=_int(md, f"{arch}.attention.sliding_window", 0, path),
+        context_length=_int(md, K.LLM.CONTEXT_LENGTH.format(arch=arch), 0, path),
+        sliding_window=_int(md, K.Attention.SLIDING_WINDOW.format(arch=arch), 0, path),
         vocab_size=_vocab_size(md, path),
-        chat_template=_text(md, "tokenizer.chat_template", path),
+        chat_template=_text(md, K.Tokenizer.CHAT_TEMPLATE, path),
         tensors=tuple(tensors),
         metadata=md,
     )

@@ -9,7 +9,6 @@ import secrets
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import traceback
@@ -18,6 +17,7 @@ from multiprocessing.connection import Client, Listener
 from pathlib import Path
 from typing import Any
 
+from engine.child_process import STDERR_TAIL_BYTES, die_with_parent, keep_crash_log, new_log
 from engine.errors import EngineDied, EngineError, EngineHung, IngleError
 from engine.events import Event, Message, PromptEvaluated
 from engine.hardware import Hardware
@@ -26,84 +26,6 @@ from engine.settings import LoadSettings, OverflowPolicy, SamplingSettings
 from engine.visual import ContextBudget, PreviewStage, TokenPiece
 
 log = logging.getLogger("ingle.host")
-
-STDERR_TAIL_BYTES = 4000
-LOG_PREFIX = "ingle-engine-"
-CRASH_LOGS_KEPT = 10
-
-
-def log_dir() -> Path:
-    """Where engine logs live: a per-user folder (INGLE_HOME/logs when set, else the platform's log folder).
-
-    Falls back to the temp folder when that cannot be created (a read-only home must not stop the engine)."""
-    home = os.environ.get("INGLE_HOME")
-    if home:
-        folder = Path(home).expanduser() / "logs"
-    else:
-        from platformdirs import user_log_dir
-
-        folder = Path(user_log_dir("Ingle", appauthor=False))
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        if os.access(folder, os.W_OK):
-            return folder
-    except OSError:
-        pass
-    return Path(tempfile.gettempdir())
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OSError):
-        return True  # someone else's process: alive, and not ours to judge
-    return True
-
-
-def clean_stale_logs(folder: Path) -> list[Path]:
-    """Delete the logs of engines whose parent process is gone (killed before it could tidy up).
-
-    A live engine's log is named `ingle-engine-<parent pid>-<random>.log`; crash logs kept for the user
-    (`ingle-engine-crash-*.log`) are pruned to the newest CRASH_LOGS_KEPT. Returns what was deleted."""
-    removed = []
-    try:
-        logs = list(folder.glob(f"{LOG_PREFIX}*.log"))
-    except OSError:
-        return removed
-    crashes = []
-    for path in logs:
-        rest = path.name[len(LOG_PREFIX) :]
-        if rest.startswith("crash-"):
-            crashes.append(path)
-            continue
-        pid = rest.partition("-")[0]
-        if pid.isdigit() and not _pid_alive(int(pid)):
-            try:
-                path.unlink()
-                removed.append(path)
-            except OSError:
-                pass
-    crashes.sort(key=lambda p: p.name, reverse=True)  # the name starts with a sortable timestamp
-    for path in crashes[CRASH_LOGS_KEPT:]:
-        try:
-            path.unlink()
-            removed.append(path)
-        except OSError:
-            pass
-    return removed
-
-
-def die_with_parent() -> None:
-    """Linux: the kernel kills us when the parent dies, even by SIGKILL (no orphans)."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        try:
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-        except OSError:
-            pass
 
 
 def engine_command() -> list[str]:
@@ -211,16 +133,12 @@ class EngineHost:
         authkey = secrets.token_bytes(32)
         family = "AF_PIPE" if sys.platform == "win32" else "AF_UNIX"
         listener = Listener(family=family, authkey=authkey)
-        folder = log_dir()
-        clean_stale_logs(folder)
-        # the parent's pid in the name lets a later start tell a dead parent's log from a live one
-        fd, self._stderr_path = tempfile.mkstemp(
-            prefix=f"{LOG_PREFIX}{os.getpid()}-", suffix=".log", dir=folder
-        )
+        # the parent's pid in the log's name lets a later start tell a dead parent's log from a live one
+        self._stderr_path = str(new_log())
         env = dict(os.environ, INGLE_HOST_AUTHKEY=authkey.hex())
         # an abort's native backtrace would attach a debugger to the child: slow, and nothing a user can act on
         env.setdefault("GGML_NO_BACKTRACE", "1")
-        with os.fdopen(fd, "wb") as stderr:
+        with open(self._stderr_path, "wb") as stderr:
             self._proc = subprocess.Popen(
                 [*engine_command(), listener.address],
                 stdin=subprocess.DEVNULL,
@@ -292,13 +210,7 @@ class EngineHost:
         if not self._stderr_path:
             return
         self._crash_tail = self.stderr_tail()
-        src = Path(self._stderr_path)
-        dest = src.with_name(f"{LOG_PREFIX}crash-{time.strftime('%Y%m%d-%H%M%S')}-{self.pid or 0}.log")
-        try:
-            os.replace(src, dest)
-            self.crash_log = dest
-        except OSError:
-            self.crash_log = None
+        self.crash_log = keep_crash_log(self._stderr_path, self.pid)
         self._stderr_path = None
 
     def _died(self) -> EngineDied:

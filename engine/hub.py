@@ -1,16 +1,15 @@
-"""Hugging Face Hub search and repo listing for GGUF models: quant groups, split files, projectors, the token.
+"""Hub search and repo listing for GGUF models (quant groups, split files, projectors), over one HTTP path.
 
 Every request to the Hub goes through `open_url`, which follows redirects by hand so that the access token is sent
 only to the HF_ENDPOINT origin (a CDN, a mirror's storage or a `Link: next` page on another host never sees it),
 makes one attempt (offline fails at once, without huggingface_hub's retry loop and its log lines) and reads
-bounded answers.
+bounded answers. The token is kept by engine/hub_token.py; the errors and their messages are in engine/hub_errors.py.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import time
 from collections.abc import Iterator
@@ -20,10 +19,32 @@ from datetime import datetime
 from pathlib import Path
 from urllib.parse import quote, urljoin, urlsplit
 
-from engine.errors import IngleError
+from engine import units
+from engine.hub_errors import (
+    DEFAULT_ENDPOINT,
+    HubError,
+    HubRefused,
+    describe_hub_error,
+    endpoint,
+    network_errors,
+)
+from engine.hub_token import check_token, clear_token, given_or_saved, load_token, save_token, token_path
 from engine.text import printable
 
-DEFAULT_ENDPOINT = "https://huggingface.co"
+# Names the app, the CLIs and the tests use from here, whichever module holds them now.
+__all__ = [
+    "DEFAULT_ENDPOINT",
+    "HubError",
+    "HubRefused",
+    "check_token",
+    "clear_token",
+    "describe_hub_error",
+    "endpoint",
+    "load_token",
+    "save_token",
+    "token_path",
+]
+
 SORTS = {"downloads": "downloads", "likes": "likes", "recent": "last_modified"}
 SPLIT_RE = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$", re.IGNORECASE)
 # Longest names first so "Q4_K_M" wins over "Q4_K" and "IQ4_XS" over "Q4".
@@ -46,93 +67,6 @@ API_TIMEOUT = 30.0  # seconds without a byte
 API_DEADLINE = 120.0  # seconds for a whole API answer
 CONNECT_TIMEOUT = 10.0
 _DEFAULT_PORTS = {"http": 80, "https": 443}
-
-
-class HubError(IngleError):
-    """The Hub could not give what was asked (not found, gated, network, bad data)."""
-
-
-class HubRefused(HubError):
-    """The Hub's answer rules the request out for good (no such repo or file, no access): retrying cannot help."""
-
-    def __init__(self, message: str, auth: bool = False):
-        super().__init__(message)
-        self.auth = auth  # 401/403/gated: a new token may change the answer
-
-    def __reduce__(self):
-        return (type(self), (str(self), self.auth))
-
-
-def endpoint() -> str:
-    """HF_ENDPOINT read now, not at import: huggingface_hub.constants freezes it when first imported."""
-    return os.environ.get("HF_ENDPOINT", DEFAULT_ENDPOINT).rstrip("/")
-
-
-# ------------------------------------------------------------------ token
-def token_path() -> Path:
-    from engine.library import data_dir
-
-    return data_dir() / "hf_token"
-
-
-TOKEN_RE = re.compile(r"[\x21-\x7e]{1,1000}")  # visible ASCII: it goes into an HTTP header
-
-
-def check_token(token: str, where: str) -> str:
-    """A token is one word of visible ASCII (Hub tokens look like hf_...); anything else is refused before it can
-    reach an HTTP header or a file. The message never repeats the token."""
-    token = token.strip()
-    if not TOKEN_RE.fullmatch(token):
-        raise HubError(
-            f"{where} does not hold a Hub access token (one word of letters and digits, like hf_...); "
-            "copy the token from the Hub's settings page again."
-        )
-    return token
-
-
-def save_token(token: str) -> Path:
-    """Store the access token readable by this user only (0600, written whole then renamed); never logged or shown."""
-    import tempfile
-
-    token = check_token(token, "The token given")
-    path = token_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".hf_token.", suffix=".tmp")  # created 0600
-    try:
-        with os.fdopen(fd, "w", encoding="ascii") as fh:
-            fh.write(token)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def load_token() -> str | None:
-    """The saved token, else HF_TOKEN from the environment, else None."""
-    path = token_path()
-    if path.exists():
-        try:
-            text = path.read_text("ascii").strip()
-        except (OSError, ValueError) as err:
-            raise HubError(
-                f"Cannot read the saved Hub token {path}: {printable(err)}. Save it again."
-            ) from None
-        if text:
-            return check_token(text, f"The saved token file {path}")
-    env = os.environ.get("HF_TOKEN", "").strip()
-    return check_token(env, "HF_TOKEN") if env else None
-
-
-def clear_token() -> None:
-    token_path().unlink(missing_ok=True)
-
-
-def _token(token: str | None) -> str | None:
-    return check_token(token, "The token given") if token is not None else load_token()
 
 
 # ------------------------------------------------------------------ HTTP
@@ -256,7 +190,7 @@ def get_json(url: str, *, token: str | None, params=None, what: str):
             body += chunk
             if len(body) > MAX_API_BYTES:
                 raise HubError(
-                    f"{what}: the Hub's answer is larger than {MAX_API_BYTES >> 20} MiB; "
+                    f"{what}: the Hub's answer is larger than {units.mib(MAX_API_BYTES)}; "
                     f"{endpoint()} is not behaving like the Hub."
                 )
             if time.monotonic() > deadline:
@@ -305,63 +239,6 @@ def file_metadata(repo_id: str, path: str, revision: str, token: str | None) -> 
     if size_ is not None and size_ < 0:
         size_ = None
     return FileMeta(location, etag, size_, commit)
-
-
-# ------------------------------------------------------------------ errors
-def describe_hub_error(err: Exception, what: str) -> HubError:
-    """A huggingface_hub / network exception -> one message a user can act on."""
-    import httpx2
-    from huggingface_hub.errors import (
-        EntryNotFoundError,
-        GatedRepoError,
-        HfHubHTTPError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-
-    what = printable(what)
-    status = getattr(getattr(err, "response", None), "status_code", None)
-    if isinstance(err, GatedRepoError) or status == 401 and "gated" in str(err).lower():
-        return HubRefused(
-            f"{what} is gated: accept its terms on the Hub page, then give Ingle an access token "
-            "(`ingle pull --token-file FILE` or the Token field in the download manager).",
-            auth=True,
-        )
-    if isinstance(err, RevisionNotFoundError):
-        return HubRefused(f"{what}: that revision does not exist on the Hub.")
-    if isinstance(err, RepositoryNotFoundError) or status == 401:
-        return HubRefused(
-            f"{what} was not found on the Hub (check the name; private repos need a token).", auth=True
-        )
-    if isinstance(err, EntryNotFoundError) or status in (404, 410):
-        return HubRefused(
-            f"{what} was not found on the Hub (the repo has no such file; list it with `ingle search`)."
-        )
-    if status == 403:
-        return HubRefused(
-            f"{what}: the Hub refused access (HTTP 403); check the token's permissions.", auth=True
-        )
-    if isinstance(err, HfHubHTTPError | httpx2.HTTPStatusError):
-        return HubError(f"{what}: the Hub answered HTTP {status}. Try again later.")
-    if isinstance(err, httpx2.ConnectError | httpx2.ConnectTimeout):
-        return HubError(
-            f"{what}: could not reach {endpoint()} ({_reason(err)}). Check the connection or HF_ENDPOINT."
-        )
-    return HubError(
-        f"{what}: the connection to {endpoint()} failed ({type(err).__name__}: {_reason(err)}). Try again."
-    )
-
-
-def _reason(err: Exception) -> str:
-    text = str(err).strip() or type(err).__name__
-    return printable(text.splitlines()[-1] if text.splitlines() else text)[:200]
-
-
-def _network_errors() -> tuple[type[Exception], ...]:
-    import httpx2
-    from huggingface_hub.errors import HfHubHTTPError
-
-    return (HfHubHTTPError, httpx2.HTTPError, httpx2.InvalidURL, OSError)
 
 
 # ------------------------------------------------------------------ search
@@ -426,8 +303,10 @@ def search(
     if query:
         params["search"] = query
     try:
-        found = get_json(f"{endpoint()}/api/models", token=_token(token), params=params, what=printable(what))
-    except _network_errors() as err:
+        found = get_json(
+            f"{endpoint()}/api/models", token=given_or_saved(token), params=params, what=printable(what)
+        )
+    except network_errors() as err:
         raise describe_hub_error(err, what) from None
     if not isinstance(found, list):
         raise HubError(
@@ -542,8 +421,8 @@ def repo_files(repo_id: str, revision: str | None = None, token: str | None = No
     if revision is not None:
         url += f"/revision/{quote(revision, safe='')}"
     try:
-        data = get_json(url, token=_token(token), params={"blobs": True}, what=repo_id)
-    except _network_errors() as err:
+        data = get_json(url, token=given_or_saved(token), params={"blobs": True}, what=repo_id)
+    except network_errors() as err:
         raise describe_hub_error(err, repo_id) from None
     info = _model_info(data, repo_id)
     try:

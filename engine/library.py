@@ -10,12 +10,13 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from filelock import FileLock
 
+from engine import units
 from engine.errors import LibraryError, ModelFileError
 from engine.gguf_info import ModelInfo, inspect_gguf, sha256_file
 from engine.gguf_keys import IngleKeys
@@ -202,10 +203,11 @@ class Library:
         if not isinstance(item, dict):
             raise TypeError(f"entry '{printable(name)}' is not an object")
         check_name(name, "library name in the index")
+        known = {f.name for f in fields(Entry)}
         for key, value in item.items():
-            want = _FIELD_TYPES.get(key)
-            if want is None:
+            if key not in known:
                 raise TypeError(f"entry '{name}' has an unknown field '{printable(key)}'")
+            want = _FIELD_TYPES.get(key, object)  # a field added later without a type here: any JSON value
             if not isinstance(value, want) or (want is int and isinstance(value, bool)):
                 raise TypeError(f"entry '{name}' field '{key}' has the wrong type")
         entry = Entry(**item)
@@ -382,8 +384,8 @@ class Library:
         size = src.stat().st_size
         if not move and free < size + (64 << 20):
             raise LibraryError(
-                f"Not enough disk space in {dest.parent}: the file needs {size / 2**30:.2f} GiB, "
-                f"{free / 2**30:.2f} GiB are free. Free some space or link the file instead of copying."
+                f"Not enough disk space in {dest.parent}: the file needs {units.gib(size, 2)}, "
+                f"{units.gib(free, 2)} are free. Free some space or link the file instead of copying."
             )
         tmp = dest.with_name(f".{dest.name}.part")
         try:

@@ -7,19 +7,11 @@ import sys
 import time
 from typing import TextIO
 
+from engine.units import clock as duration  # the name callers of this module use
+
 _BAR = 24
 _REDRAW_SECONDS = 0.1  # a terminal bar is redrawn at most this often
 PLAIN_INTERVAL_SECONDS = 10.0  # without a terminal, a line at least this often (and at every tenth done)
-
-
-def duration(seconds: float) -> str:
-    """12s, 3m05s, 1h02m."""
-    seconds = max(0, int(round(seconds)))
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
 class Progress:

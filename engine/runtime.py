@@ -535,7 +535,7 @@ class Runtime:
                 else (None, ())
             )
             text = stream.push(self.token_bytes(token))
-            yield Token(token, text, logprob, alternatives)
+            yield Token(token, text, logprob, alternatives, self.token_text(token) if want_logprobs else "")
             if stream.stopped:
                 reason = StopReason.STOP_STRING
                 break

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import os
 import random
+import sys
+import tempfile
+from collections.abc import Iterator
 
 import llama_cpp
 
 from engine.errors import SettingsError
 from engine.settings import SamplingSettings
+from engine.text import printable
 
 # Stage names in chain order; the visualizer shows the distribution after each of them.
 STAGE_ORDER = (
@@ -56,10 +62,14 @@ class SamplerStages:
     def _build(self, vocab, n_vocab: int, s: SamplingSettings, n_ctx: int, seed: int) -> None:
         grammar = s.grammar or (json_schema_grammar(s.json_schema) if s.json_schema else "")
         if grammar:
-            smpl = llama_cpp.llama_sampler_init_grammar(vocab, grammar.encode(), b"root")
+            with _stderr_of_llama() as said:
+                smpl = llama_cpp.llama_sampler_init_grammar(vocab, grammar.encode(), b"root")
             if not smpl:
+                why = [line.split("error parsing grammar:", 1)[-1].strip() for line in said[0].splitlines()
+                       if "error parsing grammar" in line]  # fmt: skip
                 raise SettingsError(
-                    "grammar", "llama.cpp could not parse the grammar (see the log for the line)"
+                    "grammar",
+                    f"llama.cpp could not parse the grammar: {printable(why[0])[:200] if why else 'no reason given'}",
                 )
             self._add("grammar", smpl)
         if s.logit_bias:
@@ -131,6 +141,27 @@ class SamplerStages:
         for _, smpl in self.stages:
             llama_cpp.llama_sampler_free(smpl)
         self.stages = []
+
+
+@contextlib.contextmanager
+def _stderr_of_llama() -> Iterator[list[str]]:
+    """What llama.cpp writes to stderr meanwhile (its grammar parser says why with fprintf, not through the log
+    callback), so the error can say it: the user may have no log to look at. Passed on to stderr afterwards."""
+    said: list[str] = []
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield said
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            data = tmp.read()
+            said.append(data.decode("utf-8", "replace"))
+            if data and not any("error parsing grammar" in line for line in said[0].splitlines()):
+                os.write(2, data)
 
 
 class SamplerChain:

@@ -6,6 +6,9 @@ strftime_now, dict and namespace. On top, every call, attribute, operator, filte
 checks a deadline, a size budget and a cancel flag. The checks never change what a template prints; they only
 stop one that runs too long or grows too big (nested range() loops, 'x' * 10**9, a list printed a million
 times), before it takes the engine's memory.
+
+Over 500 lines on purpose: the environment and its guards must be read together, one guard per way a template
+can run away; split, a missing guard would be harder to see.
 """
 
 from __future__ import annotations
@@ -387,11 +390,11 @@ def _tojson(
     return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
 
 
-def _strftime_now(format: str) -> str:  # noqa: A002 - the name templates call it with
+def _strftime_now(format: str) -> str:  # the name templates call it with
     return datetime.now().strftime(format)
 
 
-def _lipsum(n: int = 5, html: bool = True, min: int = 20, max: int = 100) -> str:  # noqa: A002
+def _lipsum(n: int = 5, html: bool = True, min: int = 20, max: int = 100) -> str:
     if isinstance(n, int) and isinstance(max, int):
         _too_big(n * max * 12)
     from jinja2.utils import generate_lorem_ipsum
@@ -412,7 +415,7 @@ class _TemplateDict:
 class _TemplateNamespace(Namespace):
     """transformers' `namespace`: no underscore names, so a template cannot reach CPython internals."""
 
-    def __init__(*args: Any, **kwargs: Any) -> None:  # noqa: N805 - Jinja's signature trick for namespace(self=...)
+    def __init__(*args: Any, **kwargs: Any) -> None:  # Jinja's signature trick for namespace(self=...)
         self, args = args[0], args[1:]
         attrs = dict(*args, **kwargs)
         for name in attrs:
@@ -488,7 +491,7 @@ class BoundedEnvironment(ImmutableSandboxedEnvironment):
         _tick()
         return super().getitem(obj, argument)
 
-    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
+    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
         _tick()
         _check_method(__obj, args, kwargs)
         return _check_value(super().call(__context, __obj, *args, **kwargs))

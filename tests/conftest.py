@@ -50,3 +50,16 @@ def fresh_home(tmp_path, monkeypatch) -> Path:
     home = tmp_path / "home"
     monkeypatch.setenv("INGLE_HOME", str(home))
     return home
+
+
+@pytest.fixture(scope="session")
+def tiny_runtime(tiny_model):
+    """One in-process engine on the tiny model (context 512) for the whole session: loading once keeps the
+    suite fast; tests that need other load settings make their own."""
+    from engine.runtime import Runtime
+    from engine.settings import LoadSettings
+
+    rt = Runtime()
+    list(rt.load(tiny_model, LoadSettings(n_ctx=512)))
+    yield rt
+    rt.close()

@@ -22,7 +22,7 @@ from engine.settings import SamplingSettings
 REPO = Path(__file__).resolve().parents[1]
 TINY_EOG = ((2, -100.0), (4, -100.0))  # </s> and <end_of_turn> in the tiny vocab: banned so replies run long
 GEMMA_EOG = ((1, -100.0), (106, -100.0))  # <eos> and <end_of_turn>
-LOAD_TIMEOUT = 120_000
+LOAD_TIMEOUT = 300_000
 
 
 def open_window(qtbot, db: Path, model: Path) -> MainWindow:
@@ -40,7 +40,7 @@ def new_chat(window: MainWindow, **settings) -> int:
     return window.conversation
 
 
-def send_and_wait(qtbot, window: MainWindow, text: str, timeout: int = 60_000) -> StoredMessage:
+def send_and_wait(qtbot, window: MainWindow, text: str, timeout: int = 300_000) -> StoredMessage:
     with qtbot.waitSignal(window.reply_finished, timeout=timeout) as blocker:
         assert window.send(text)
     assert not window.bridge.busy  # reply_finished means the engine is free for the next action
@@ -106,7 +106,7 @@ def test_continue_goes_on_writing_a_cut_off_reply_in_the_same_message(qtbot, win
     anchors = re.findall(r'<a href="(ingle:[^"]+)"[^>]*>(.*?)</a>', window.view.toHtml(), re.S)
     links = [href for href, text in anchors if re.sub(r"<[^>]+>", "", text) == "continue"]
     assert len(links) == 1  # the "continue" link is offered, on the cut-off reply
-    with qtbot.waitSignal(window.reply_finished, timeout=60_000) as blocker:
+    with qtbot.waitSignal(window.reply_finished, timeout=300_000) as blocker:
         window.view.anchorClicked.emit(QUrl(links[0]))
     assert blocker.args[0] == cut.id  # same message, grown
     grown = window.store.message(cut.id)
@@ -124,7 +124,7 @@ def test_overflow_policy_is_chosen_in_the_sampling_panel_and_remembered(qtbot, d
 def test_regenerate_keeps_both_and_edit_branches_survive_a_restart(qtbot, db, tiny_model, window):
     cid = new_chat(window, max_tokens=12, seed=-1, temperature=1.0, logit_bias=TINY_EOG)
     first = send_and_wait(qtbot, window, "Question one")
-    with qtbot.waitSignal(window.reply_finished, timeout=60_000) as blocker:
+    with qtbot.waitSignal(window.reply_finished, timeout=300_000) as blocker:
         window.regenerate(first.id)
     assert not window.bridge.busy
     second = window.store.message(blocker.args[0])

@@ -33,12 +33,12 @@ def window(qtbot, fake_hub, fresh_home):
 def _search(qtbot, win, text: str) -> None:
     win.query.setText(text)
     qtbot.mouseClick(win.search_button, Qt.MouseButton.LeftButton)
-    qtbot.waitUntil(lambda: win.results.rowCount() > 0, timeout=10_000)
+    qtbot.waitUntil(lambda: win.results.rowCount() > 0, timeout=120_000)
 
 
 def _open_repo(qtbot, win, row: int = 0) -> None:
     win.results.selectRow(row)
-    qtbot.waitUntil(lambda: win.options.rowCount() > 0, timeout=10_000)
+    qtbot.waitUntil(lambda: win.options.rowCount() > 0, timeout=120_000)
 
 
 def _job_state(win, state: State):
@@ -59,7 +59,7 @@ def test_search_pick_quant_download_into_library(qtbot, window, gguf_bytes):
     assert window.options.item(1, 3).text().startswith("fits")
     window.select_option("Q4_K_M")
     qtbot.mouseClick(window.download_button, Qt.MouseButton.LeftButton)
-    qtbot.waitUntil(_job_state(window, State.DONE), timeout=15_000)
+    qtbot.waitUntil(_job_state(window, State.DONE), timeout=120_000)
     qtbot.waitUntil(lambda: window.lib_table.rowCount() == 1)
     assert window.lib_table.item(0, 0).text() == "tiny-llama.Q4_K_M"
     assert "verified" in window.status.text()
@@ -81,7 +81,7 @@ def test_cancel_then_download_again_and_pause_resume(qtbot, window, fake_hub):
     _open_repo(qtbot, window)
     window.select_option("Q8_0")
     qtbot.mouseClick(window.download_button, Qt.MouseButton.LeftButton)
-    qtbot.waitUntil(lambda: window.manager.jobs()[-1].done_bytes > 40_000, timeout=10_000)
+    qtbot.waitUntil(lambda: window.manager.jobs()[-1].done_bytes > 40_000, timeout=120_000)
     window.queue.selectRow(0)
     assert window.pause_button.isEnabled() and not window.resume_button.isEnabled()
     qtbot.waitUntil(lambda: "/s" in window.queue.item(0, 3).text(), timeout=30_000)
@@ -95,7 +95,7 @@ def test_cancel_then_download_again_and_pause_resume(qtbot, window, fake_hub):
 
     qtbot.mouseClick(window.download_button, Qt.MouseButton.LeftButton)  # again, from zero
     qtbot.waitUntil(lambda: len(window.manager.jobs()) == 2 and window.manager.jobs()[1].done_bytes > 40_000,
-                    timeout=10_000)  # fmt: skip
+                    timeout=120_000)  # fmt: skip
     window.queue.selectRow(1)
     qtbot.mouseClick(window.pause_button, Qt.MouseButton.LeftButton)
     qtbot.waitUntil(lambda: window.queue.item(1, 1).text() == "paused", timeout=30_000)
@@ -103,7 +103,7 @@ def test_cancel_then_download_again_and_pause_resume(qtbot, window, fake_hub):
     kept = window.manager.jobs()[1].done_bytes
     fake_hub.bytes_per_second = None
     qtbot.mouseClick(window.resume_button, Qt.MouseButton.LeftButton)
-    qtbot.waitUntil(_job_state(window, State.DONE), timeout=15_000)
+    qtbot.waitUntil(_job_state(window, State.DONE), timeout=120_000)
     requests = fake_hub.file_requests("tiny-llama.Q8_0.gguf")
     assert [r.range for r in requests] == [None, None, f"bytes={kept}-"]
     assert window.lib_table.rowCount() == 1
@@ -112,14 +112,14 @@ def test_cancel_then_download_again_and_pause_resume(qtbot, window, fake_hub):
 def test_errors_show_in_the_window(qtbot, window, fake_hub):
     _search(qtbot, window, "gated")
     window.results.selectRow(0)
-    qtbot.waitUntil(lambda: "is gated" in window.status.text(), timeout=10_000)
+    qtbot.waitUntil(lambda: "is gated" in window.status.text(), timeout=120_000)
     window.query.setText("nothing-matches")
     qtbot.mouseClick(window.search_button, Qt.MouseButton.LeftButton)
-    qtbot.waitUntil(lambda: window.status.text() == "No GGUF models match.", timeout=10_000)
+    qtbot.waitUntil(lambda: window.status.text() == "No GGUF models match.", timeout=120_000)
     _search(qtbot, window, "tiny")
     fake_hub.stop()  # the Hub goes away (a failed search would retry with backoff for ~20 s first)
     window.results.selectRow(1)
-    qtbot.waitUntil(lambda: "could not reach" in window.status.text(), timeout=15_000)
+    qtbot.waitUntil(lambda: "could not reach" in window.status.text(), timeout=120_000)
     assert window.search_button.isEnabled() and window.options.rowCount() == 0
 
 
@@ -165,7 +165,7 @@ def test_partial_download_reappears_paused_after_reopening(qtbot, fake_hub, fres
     _open_repo(qtbot, first)
     first.select_option("Q8_0")
     qtbot.mouseClick(first.download_button, Qt.MouseButton.LeftButton)
-    qtbot.waitUntil(lambda: first.manager.jobs()[-1].done_bytes > 30_000, timeout=10_000)
+    qtbot.waitUntil(lambda: first.manager.jobs()[-1].done_bytes > 30_000, timeout=120_000)
     first.close()  # the app quits mid-download: the job pauses, its .part stays
     qtbot.waitUntil(lambda: first.manager.jobs()[-1].state is State.PAUSED, timeout=30_000)
     fake_hub.bytes_per_second = None
@@ -174,7 +174,7 @@ def test_partial_download_reappears_paused_after_reopening(qtbot, fake_hub, fres
     assert again.queue.rowCount() == 1 and again.queue.item(0, 1).text() == "paused"
     again.queue.selectRow(0)
     qtbot.mouseClick(again.resume_button, Qt.MouseButton.LeftButton)
-    qtbot.waitUntil(lambda: again.lib_table.rowCount() == 1, timeout=15_000)
+    qtbot.waitUntil(lambda: again.lib_table.rowCount() == 1, timeout=120_000)
     assert fake_hub.file_requests("tiny-llama.Q8_0.gguf")[-1].range.startswith("bytes=")
 
 
@@ -228,7 +228,7 @@ def test_unverifiable_download_asks_first_and_is_shown_not_verified(qtbot, windo
     _open_repo(qtbot, window)
     qtbot.mouseClick(window.download_button, Qt.MouseButton.LeftButton)
     qtbot.waitUntil(
-        lambda: window.unverified_box is not None and window.unverified_box.isVisible(), timeout=15_000
+        lambda: window.unverified_box is not None and window.unverified_box.isVisible(), timeout=120_000
     )
     assert window.queue.item(0, 1).text() == "not verifiable" and "cannot be verified" in window.status.text()
     assert fake_hub.file_requests("n-Q4_0.gguf") == []  # nothing is fetched before the user decides
@@ -237,10 +237,10 @@ def test_unverifiable_download_asks_first_and_is_shown_not_verified(qtbot, windo
     window.queue.selectRow(0)
     qtbot.mouseClick(window.resume_button, Qt.MouseButton.LeftButton)  # asked again on the next attempt
     qtbot.waitUntil(
-        lambda: window.unverified_box is not None and window.unverified_box.isVisible(), timeout=15_000
+        lambda: window.unverified_box is not None and window.unverified_box.isVisible(), timeout=120_000
     )
     _accept_button(window.unverified_box).click()
-    qtbot.waitUntil(_job_state(window, State.DONE), timeout=15_000)
+    qtbot.waitUntil(_job_state(window, State.DONE), timeout=120_000)
     qtbot.waitUntil(lambda: window.queue.item(0, 1).text() == "done (not verified)", timeout=5_000)
     assert "NOT verified" in window.status.text() and window.lib_table.rowCount() == 1
     SHOTS.mkdir(parents=True, exist_ok=True)

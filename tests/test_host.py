@@ -153,7 +153,7 @@ def _dead_pid() -> int:
 
 
 def test_stale_logs_of_dead_parents_are_cleaned_and_logs_live_in_a_per_user_folder(fresh_home, tiny_model):
-    from engine.host import log_dir
+    from engine.child_process import log_dir
 
     folder = log_dir()
     assert folder == fresh_home / "logs"
@@ -207,3 +207,34 @@ def test_a_load_failure_says_why_instead_of_pointing_at_a_log(host, tmp_path):
     assert "see the log" not in message and "llama.cpp could not load this model: " in message
     assert "tensors" in message and "\n" not in message  # llama.cpp's own reason: wrong number of tensors
     assert host.alive
+
+
+# ------------------------------------------------------------ one call in a child (eval, export)
+def test_call_in_child_returns_the_result_and_raises_typed_errors(fresh_home, tiny_model, corrupt_files):
+    from engine.child_process import call_in_child
+    from engine.gguf_info import inspect_gguf, sha256_file
+
+    assert call_in_child(sha256_file, tiny_model) == sha256_file(tiny_model)
+    with pytest.raises(ModelFileError, match="not a GGUF file"):
+        call_in_child(inspect_gguf, corrupt_files["wrong_magic"])
+    assert list((fresh_home / "logs").glob("*.log")) == []  # nothing left behind
+
+
+def test_call_in_child_survives_llama_cpp_aborting(fresh_home, tmp_path, capfd):
+    import gguf
+    from gguf_factory import write_tiny_llama
+
+    from engine.child_process import call_in_child
+    from training.evaluate import open_runtime
+
+    # passes Ingle's checks; this llama.cpp aborts in its vocabulary code (GGML_ABORT "fatal error")
+    path = write_tiny_llama(
+        tmp_path / "bert.gguf", kv={"tokenizer.ggml.model": ("bert", gguf.GGUFValueType.STRING)}
+    )
+    with pytest.raises((EngineDied, EngineError)) as err:
+        call_in_child(open_runtime, path, what="evaluation")
+    if isinstance(err.value, EngineDied):
+        (log,) = (fresh_home / "logs").glob("ingle-engine-crash-*.log")
+        assert str(log) in str(err.value) and "SIGABRT" in str(err.value) and "\n" not in str(err.value)
+        assert "fatal error" in log.read_text()
+    assert "fatal error" not in capfd.readouterr().err  # llama.cpp's output went to the log, not the terminal

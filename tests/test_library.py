@@ -219,3 +219,12 @@ def test_two_processes_changing_the_library_at_once_lose_no_entry(fresh_home, ti
     assert [p.wait(300) for p in procs] == [0, 0]
     names = {e.name for e in Library().entries()}
     assert names == {f"{who}-{i}" for who in ("window", "pull") for i in range(15)}
+
+
+def test_every_entry_field_has_its_index_type():
+    """The index check knows each field's type (a new Entry field must be added to _FIELD_TYPES)."""
+    from dataclasses import fields
+
+    from engine.library import _FIELD_TYPES, Entry
+
+    assert set(_FIELD_TYPES) == {f.name for f in fields(Entry)}

@@ -24,12 +24,9 @@ def run(events):
     return done, events
 
 
-@pytest.fixture(scope="module")
-def tiny_rt(tiny_model):
-    rt = Runtime()
-    list(rt.load(tiny_model, LoadSettings(n_ctx=512)))
-    yield rt
-    rt.close()
+@pytest.fixture
+def tiny_rt(tiny_runtime):
+    return tiny_runtime
 
 
 @pytest.fixture(scope="module")

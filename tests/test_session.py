@@ -9,19 +9,15 @@ import pytest
 from engine.conversations import ConversationStore
 from engine.errors import EngineDied
 from engine.events import ReplyDone, StopReason, Token
-from engine.runtime import Runtime
 from engine.session import ChatSession, Phase, SessionError
-from engine.settings import LoadSettings, SamplingSettings
+from engine.settings import SamplingSettings
 
 GREEDY = SamplingSettings(temperature=0, max_tokens=12, logit_bias=((2, float("-inf")), (4, float("-inf"))))
 
 
-@pytest.fixture(scope="module")
-def engine(tiny_model):
-    rt = Runtime()
-    list(rt.load(tiny_model, LoadSettings(n_ctx=512)))
-    yield rt
-    rt.close()
+@pytest.fixture
+def engine(tiny_runtime):
+    return tiny_runtime
 
 
 @pytest.fixture

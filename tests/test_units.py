@@ -25,6 +25,14 @@ def test_size_switches_from_mib_to_gib_at_one_gib(n, text):
     assert units.size(n) == text
 
 
+def test_size_can_show_mib_to_two_decimals_and_gib_keeps_two():
+    assert (
+        units.size(27 << 20, mib_digits=2) == "27.00 MiB"
+        and units.size(1536 << 10, mib_digits=2) == "1.50 MiB"
+    )
+    assert units.size(int(4.5 * 2**30), mib_digits=0) == "4.50 GiB"
+
+
 def test_mib_and_gib_round_and_group_thousands():
     assert units.mib(3 << 20) == "3 MiB" and units.mib(5000 << 20) == "5,000 MiB"
     assert units.mib(2.25 * 2**20, 2) == "2.25 MiB" and units.gib(3 << 30) == "3.0 GiB"
@@ -63,3 +71,8 @@ def test_this_machines_cpu_flags_are_found():
     assert flags and all(" " not in f for f in flags)
     if platform.machine() in ("x86_64", "AMD64"):
         assert {"fpu", "sse2"} <= flags
+
+
+def test_any_size_and_quantity_pick_the_unit_that_fits():
+    assert [units.any_size(n) for n in (512, 50_000, 3 << 20, 5 << 30)] == ["512 B", "48.8 KiB", "3.0 MiB", "5.0 GiB"]
+    assert [units.quantity(n) for n in (999, 1500, 270_000_000, 7_000_000_000)] == ["999", "1.5 K", "270.0 M", "7.0 B"]

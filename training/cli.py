@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from engine import units
 from engine.errors import SettingsError
 
 
@@ -105,7 +106,7 @@ def cmd_train(args) -> int:
                     steps.update(event.start_step)
                 elif isinstance(event, TrainStep):
                     steps.update(event.step, f"loss {event.loss:.4f}, lr {event.learning_rate:.2e}, "
-                                 f"{event.tokens_per_second:.0f} tok/s, mem {event.memory_bytes / 2**20:.0f} MiB",
+                                 f"{event.tokens_per_second:.0f} tok/s, mem {units.mib(event.memory_bytes)}",
                                  eta=event.eta_seconds)  # fmt: skip
                 elif isinstance(event, ValLoss):
                     steps.note(f"step {event.step}: validation loss {event.loss:.4f}")
@@ -114,7 +115,7 @@ def cmd_train(args) -> int:
                 elif isinstance(event, TrainDone):
                     if steps is not None:
                         steps.close()
-                    say("train", f"wrote {event.adapter_path} after {event.steps} steps in {event.seconds:.1f}s "
+                    say("train", f"wrote {event.adapter_path} after {event.steps} steps in {units.clock(event.seconds)} "
                         f"(train loss {event.final_loss:.4f}"
                         + (f", validation loss {event.val_loss:.4f})" if event.val_loss is not None else ")"))  # fmt: skip
                     if not args.no_library:
@@ -152,10 +153,28 @@ def _stop(run) -> int:
     return 130
 
 
-def cmd_export(args) -> int:
-    from engine.progress import Progress, say
-    from training.evaluate import export_report
+def _export(base: str, adapter: str, out: Path, q: str, scale: float, label: str) -> Path:
+    """One merged export, run in a child process (see call_in_child); its progress goes to the terminal."""
+    from engine.progress import Progress
     from training.export import export
+
+    return export(base, adapter, out, q, scale, _callback(Progress(label, unit="tensors")))
+
+
+def _export_report(base: str, adapter: str, outs: dict, data: str) -> dict:
+    """cmd_export's measuring, run in a child process (see call_in_child); its progress goes to the terminal."""
+    from engine.progress import Progress
+    from training.evaluate import export_report
+
+    return export_report(base, adapter, outs, data,
+                         lambda what: _callback(Progress(f"export: measuring {what}", unit="examples")))  # fmt: skip
+
+
+def cmd_export(args) -> int:
+    # llama.cpp (quantizing, evaluating) runs in child processes: a base model that makes it abort ends the
+    # child, and the command says so in one line
+    from engine.child_process import call_in_child
+    from engine.progress import Progress, say
 
     args.base = _resolve(args.base)
     outs = {}
@@ -171,8 +190,8 @@ def cmd_export(args) -> int:
             if q.upper() != "F16":
                 how += f", then quantizing to {q.upper()}"
             progress.note(f"{q.upper()} ({done + 1}/{len(args.quant)}): {how} -> {out}")
-            tensors = _callback(Progress(f"export: {q.upper()} merge", unit="tensors"))
-            outs[q.upper()] = export(args.base, args.adapter, out, q, args.scale, tensors)
+            outs[q.upper()] = call_in_child(_export, args.base, args.adapter, out, q, args.scale,
+                                            f"export: {q.upper()} merge", what="export")  # fmt: skip
             if not args.no_library:
                 description = f"{Path(args.base).stem} merged with {Path(args.adapter).stem}, {q.upper()}"
                 _add_to_library(out, description, progress.note)
@@ -181,10 +200,10 @@ def cmd_export(args) -> int:
         if "F16" not in outs:
             say("export", "F16 merge as the reference for KL")
             reference = Path(args.out).with_name(Path(args.out).stem + "-F16.gguf")
-            tensors = _callback(Progress("export: F16 merge", unit="tensors"))
-            outs = {"F16": export(args.base, args.adapter, reference, "F16", args.scale, tensors), **outs}
-        report = export_report(args.base, args.adapter, outs, args.data,
-                               lambda what: _callback(Progress(f"export: measuring {what}", unit="examples")))  # fmt: skip
+            merged = call_in_child(_export, args.base, args.adapter, reference, "F16", args.scale,
+                                   "export: F16 merge", what="export")  # fmt: skip
+            outs = {"F16": merged, **outs}
+        report = call_in_child(_export_report, args.base, args.adapter, outs, args.data, what="evaluation")
         _print_report(report, args.json)
     return 0
 
@@ -214,23 +233,33 @@ def _print_report(report: dict, as_json: bool) -> None:
         print(f"{name:>14}: perplexity {row['perplexity']:.3f} over {row['tokens']} tokens{extra}")
 
 
-def cmd_eval(args) -> int:
-    from engine.cli import parse_adapter
-    from engine.progress import Progress, say
-    from engine.text import printable
+def _perplexity(model: str, adapters: list, n_ctx: int, data: str, skip_bad_lines: bool) -> dict:
+    """cmd_eval's llama.cpp work, run in a child process (see call_in_child); its progress goes to the terminal."""
+    from engine.progress import Progress
     from training.evaluate import evaluation_items, open_runtime, perplexity
+
+    rt = open_runtime(model, adapters, n_ctx=n_ctx)
+    try:
+        items = evaluation_items(rt, data, n_ctx, skip_bad_lines,
+                                 _callback(Progress("eval: tokenizing", unit="examples")))  # fmt: skip
+        return perplexity(rt, items, _callback(Progress("eval: perplexity", unit="examples")))
+    finally:
+        rt.close()
+
+
+def cmd_eval(args) -> int:
+    from engine.child_process import call_in_child
+    from engine.cli import parse_adapter
+    from engine.progress import say
+    from engine.text import printable
 
     adapters = [parse_adapter(spec) for spec in args.adapter or []]
     model = _resolve(args.model)
     with_adapters = f" with {len(adapters)} adapter(s)" if adapters else ""
     say("eval", f"loading {printable(Path(model).name)}{with_adapters}")
-    rt = open_runtime(model, adapters, n_ctx=args.n_ctx)
-    try:
-        items = evaluation_items(rt, args.data, args.n_ctx, args.skip_bad_lines,
-                                 _callback(Progress("eval: tokenizing", unit="examples")))  # fmt: skip
-        result = perplexity(rt, items, _callback(Progress("eval: perplexity", unit="examples")))
-    finally:
-        rt.close()
+    # in a child process: a model that makes llama.cpp abort ends the child, not the command
+    result = call_in_child(_perplexity, model, adapters, args.n_ctx, args.data, args.skip_bad_lines,
+                           what="evaluation")  # fmt: skip
     _print_report({Path(args.model).name + (" + adapter" if adapters else ""): result}, args.json)
     return 0
 

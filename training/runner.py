@@ -11,6 +11,7 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
+from engine.child_process import describe_exit, keep_crash_log, new_log
 from engine.errors import EngineDied, EngineHung, IngleError
 from training.events import TrainDone
 
@@ -19,10 +20,11 @@ HEARTBEAT_SECONDS = 1.0
 HEARTBEAT = ("alive",)
 
 
-def _child(conn, kwargs: dict) -> None:
-    from engine.host import die_with_parent
+def _child(conn, kwargs: dict, log_path: str) -> None:
+    from engine.child_process import die_with_parent, native_stderr_to
 
     die_with_parent()
+    native_stderr_to(log_path)  # llama.cpp's messages (an abort's, too) go to the log, not over our lines
     # Ctrl+C in a terminal reaches the whole process group: the parent turns it into a cancel, which saves a
     # checkpoint; a KeyboardInterrupt here would lose the run and print a traceback
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -85,8 +87,10 @@ class TrainingRun:
         ctx = mp.get_context("spawn")
         self._conn, child_conn = ctx.Pipe()
         kwargs = {"base": str(base), "data": str(data), "out": str(out), "settings": settings, **options}
+        self.log_path = new_log()
+        self.crash_log: Path | None = None  # kept when the child dies, and named in the error
         self.process = ctx.Process(
-            target=_child, args=(child_conn, kwargs), name="ingle-training", daemon=True
+            target=_child, args=(child_conn, kwargs, str(self.log_path)), name="ingle-training", daemon=True
         )
         self.process.start()
         child_conn.close()
@@ -148,8 +152,13 @@ class TrainingRun:
 
     def _died(self):
         self.process.join(5)
-        raise EngineDied(f"The training process ended unexpectedly (exit code {self.process.exitcode}).",
-                         self.process.exitcode)  # fmt: skip
+        if self.crash_log is None:
+            self.crash_log = keep_crash_log(self.log_path, self.process.pid)
+        where = f" Its log: {self.crash_log}." if self.crash_log else ""
+        raise EngineDied(
+            f"The training process ended unexpectedly ({describe_exit(self.process.exitcode)}); a model file that "
+            f"llama.cpp or torch cannot handle can do this.{where}", self.process.exitcode,
+        )  # fmt: skip
 
     def _hung(self):
         self.process.kill()
@@ -174,6 +183,8 @@ class TrainingRun:
             self.process.kill()
             self.process.join(5)
         self._conn.close()
+        if self.crash_log is None:
+            self.log_path.unlink(missing_ok=True)
 
     def __enter__(self) -> TrainingRun:
         return self

@@ -41,7 +41,7 @@ class BasePage(QWizardPage):
         layout.addStretch(1)
         self.torch_missing = importlib.util.find_spec("torch") is None
 
-    def initializePage(self) -> None:  # noqa: N802 (Qt override)
+    def initializePage(self) -> None:
         current = self.models.currentData()
         self.models.blockSignals(True)
         self.models.clear()
@@ -101,6 +101,6 @@ class BasePage(QWizardPage):
             f"Estimated training: {units.gib(memory)} of RAM{when}, with the settings of step 3."
         )
 
-    def isComplete(self) -> bool:  # noqa: N802 (Qt override)
+    def isComplete(self) -> bool:
         info = self.owner.base_info
         return info is not None and info.architecture in TRAINABLE_ARCHS and not self.torch_missing

@@ -78,7 +78,7 @@ class DataPage(QWizardPage):
         layout.addWidget(self.preview, 1)
         self.report: dict | None = None
 
-    def initializePage(self) -> None:  # noqa: N802 (Qt override)
+    def initializePage(self) -> None:
         if self.report is None:
             self.check()
 
@@ -163,7 +163,7 @@ class DataPage(QWizardPage):
             parts.append(f"<p><b>line {ex['line']}</b><br><tt>{''.join(spans)}</tt></p>")
         return "".join(parts)
 
-    def isComplete(self) -> bool:  # noqa: N802 (Qt override)
+    def isComplete(self) -> bool:
         if self.report is None:
             return False
         return not self.report["problems"] or self.skip_bad.isChecked()

@@ -59,7 +59,7 @@ class EvaluatePage(QWizardPage):
         layout.addLayout(pair, 1)
         self.result: dict | None = None
 
-    def initializePage(self) -> None:  # noqa: N802 (Qt override)
+    def initializePage(self) -> None:
         prompts = (self.owner.data_page.report or {}).get("prompts") or ["Hello!"]
         self.prompt.setText(prompts[0])
         if self.result is None and not self.owner.jobs.busy:
@@ -120,5 +120,5 @@ class EvaluatePage(QWizardPage):
             tasks.ask_both, (str(self.owner.base), str(self.owner.adapter), prompt), done, self._failed
         )
 
-    def isComplete(self) -> bool:  # noqa: N802 (Qt override)
+    def isComplete(self) -> bool:
         return self.result is not None

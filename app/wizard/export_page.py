@@ -65,7 +65,7 @@ class ExportPage(QWizardPage):
         layout.addWidget(self.chat_button, 0, Qt.AlignRight)
         self.report: dict | None = None
 
-    def initializePage(self) -> None:  # noqa: N802 (Qt override)
+    def initializePage(self) -> None:
         entry = self.owner.adapter_entry
         size = units.mib(self.owner.adapter.stat().st_size, 1)
         name = entry.name if entry else "?"

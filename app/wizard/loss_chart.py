@@ -17,14 +17,14 @@ class LossChart(QWidget):
         self.total_steps = 1
         self.setMinimumHeight(180)
 
-    def sizeHint(self) -> QSize:  # noqa: N802 (Qt override)
+    def sizeHint(self) -> QSize:
         return QSize(560, 220)
 
     def clear(self) -> None:
         self.train, self.val = [], []
         self.update()
 
-    def paintEvent(self, _event) -> None:  # noqa: N802 (Qt override)
+    def paintEvent(self, _event) -> None:
         p = QPainter(self)
         p.setRenderHint(QPainter.Antialiasing)
         fm = QFontMetrics(self.font())

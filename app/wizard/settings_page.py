@@ -100,7 +100,7 @@ class SettingsPage(QWizardPage):
         widget.valueChanged.connect(self._changed)
         return widget
 
-    def initializePage(self) -> None:  # noqa: N802 (Qt override)
+    def initializePage(self) -> None:
         if not self.out.text() and self.owner.base is not None:
             stem = f"{self.owner.base.stem}-{Path(self.owner.data or 'data').stem}-lora"
             self.out.setText(str(self.owner.output_dir / f"{stem}.gguf"))
@@ -161,10 +161,10 @@ class SettingsPage(QWizardPage):
             self.estimate.setText(f"Estimate: {steps}about {when}, {units.gib(memory)} of RAM.")
         self.completeChanged.emit()
 
-    def isComplete(self) -> bool:  # noqa: N802 (Qt override)
+    def isComplete(self) -> bool:
         return not self.error.text() and bool(self.out.text().strip())
 
-    def validatePage(self) -> bool:  # noqa: N802 (Qt override)
+    def validatePage(self) -> bool:
         out = Path(self.out.text().strip()).expanduser()
         if out.suffix.lower() != ".gguf":
             self.error.show_error(f"{out.name}: the adapter is a GGUF file; end the name with .gguf.")

@@ -62,7 +62,7 @@ class FineTuneWizard(QWizard):
     def training_active(self) -> bool:
         return self.train_page.training_active()
 
-    def done(self, result: int) -> None:  # noqa: D102 (Qt override: closing stops the children)
+    def done(self, result: int) -> None:  # Qt override: closing stops the children
         if self.training_active():
             self.train_page.stop_for_exit()
         self.jobs.close()

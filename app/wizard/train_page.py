@@ -49,7 +49,7 @@ class TrainPage(QWizardPage):
         self._timer = QTimer(self, interval=200)
         self._timer.timeout.connect(self._poll)
 
-    def initializePage(self) -> None:  # noqa: N802 (Qt override)
+    def initializePage(self) -> None:
         if self.state in ("idle", "cancelled", "failed"):
             self.start(resume=False)
 
@@ -180,5 +180,5 @@ class TrainPage(QWizardPage):
             "paused", "Stopped with a checkpoint; resume from the wizard or with `ingle train --resume`."
         )
 
-    def isComplete(self) -> bool:  # noqa: N802 (Qt override)
+    def isComplete(self) -> bool:
         return self.state == "done"

@@ -1,0 +1,71 @@
+"""Where each reply's time went: prefill (reading the prompt) then decode (writing), with tok/s."""
+
+from __future__ import annotations
+
+from PySide6.QtCore import QRect, Qt
+from PySide6.QtGui import QColor, QFontMetrics, QPainter
+from PySide6.QtWidgets import QWidget
+
+from app.visualizers.common import ROLE_COLORS, HeightForWidthMixin, dim_color, text_color
+
+
+class TimingBar(HeightForWidthMixin, QWidget):
+    """Per reply, a timeline: prefill (reading the prompt) then decode (writing), with tok/s; newest on top."""
+
+    KEEP = 6
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.replies: list[dict] = []
+        self.setMinimumHeight(80)
+
+    def add_reply(self, stats) -> None:
+        """`stats`: engine.events.ReplyStats of a finished reply."""
+        self.replies.insert(0, {
+            "prefill_s": stats.prefill_seconds, "decode_s": stats.decode_seconds,
+            "prompt": stats.prompt_tokens, "reused": stats.reused_tokens, "evaluated": stats.evaluated_tokens,
+            "generated": stats.generated_tokens, "prefill_tok_s": stats.prefill_tok_s,
+            "decode_tok_s": stats.decode_tok_s, "ttft": stats.ttft_seconds,
+        })  # fmt: skip
+        del self.replies[self.KEEP :]
+        self.updateGeometry()
+        self.update()
+
+    def heightForWidth(self, _width: int) -> int:
+        fm = QFontMetrics(self.font())
+        return 12 + max(1, len(self.replies)) * (2 * fm.height() + 14) + fm.height()
+
+    def paintEvent(self, _event) -> None:
+        p = QPainter(self)
+        fm = QFontMetrics(self.font())
+        text = text_color(self)
+        p.setPen(text)
+        if not self.replies:
+            p.drawText(
+                self.rect().adjusted(8, 8, -8, -8), Qt.TextWordWrap, "Timing appears after the first reply."
+            )
+            p.end()
+            return
+        longest = max(r["prefill_s"] + r["decode_s"] for r in self.replies) or 1.0
+        width = self.width() - 16
+        y = 8
+        for i, r in enumerate(self.replies):
+            w_pre = max(2, int(width * r["prefill_s"] / longest))
+            w_dec = max(2, int(width * r["decode_s"] / longest))
+            p.fillRect(QRect(8, y, w_pre, fm.height()), QColor(ROLE_COLORS["user"]))
+            p.fillRect(QRect(8 + w_pre, y, w_dec, fm.height()), QColor(ROLE_COLORS["assistant"]))
+            p.setPen(text)
+            label = (
+                f"{'last reply' if i == 0 else f'{i + 1} replies ago'}: prefill {r['evaluated']} tok "
+                f"({r['reused']} from cache) in {r['prefill_s'] * 1000:.0f} ms = {r['prefill_tok_s']:.0f} tok/s · "
+                f"first token after {r['ttft'] * 1000:.0f} ms · decode {r['generated']} tok in "
+                f"{r['decode_s']:.2f} s = {r['decode_tok_s']:.1f} tok/s"
+            )
+            p.drawText(QRect(8, y + fm.height() + 2, width, fm.height() + 4), Qt.AlignLeft,
+                       fm.elidedText(label, Qt.ElideRight, width))  # fmt: skip
+            y += 2 * fm.height() + 14
+        p.setPen(dim_color(self))
+        p.drawText(
+            8, y + fm.ascent(), "blue: prefill (reading the prompt) · green: decode (writing the reply)"
+        )
+        p.end()
