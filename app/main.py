@@ -3,6 +3,7 @@ windows. Its layout and menus are in app/window_layout.py, conversation manageme
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from PySide6.QtCore import QSettings, QTimer, Signal
@@ -23,6 +24,7 @@ from engine.library import STARTER_NAME, Library, data_dir
 from engine.session import ChatSession, Phase
 from engine.settings import LoadSettings
 
+log = logging.getLogger(__name__)
 SAVE_INTERVAL = 0.5  # seconds between saves of a growing reply (a kill -9 loses at most this much)
 REDRAW_INTERVAL_MS = 40  # streamed text is redrawn at most this often
 STARTER_NOTE = (
