@@ -111,3 +111,18 @@ def test_the_window_loads_the_starter_with_its_adapter_and_remembers_none(qtbot,
     again = start()  # the next start keeps the choice
     assert again.last_load[2] == () and again.model_panel.adapter_box.currentData() == ""
     again.close()
+
+
+def test_the_library_links_the_bundled_adapter_and_never_deletes_or_overrides(fresh_home, starter_model):
+    library = Library(fresh_home)
+    library.import_file(starter_model, link=True, name="gemma-3-270m-q4_k_m", source="starter")
+    assert library.starter_adapter() is None  # linked when the starter is prepared
+    library.ensure_starter()
+    linked = library.starter_adapter()
+    assert linked is not None and linked.file == STARTER_ADAPTER_FILE and linked.kind == "adapter"
+    assert linked.base_sha256 == "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
+    library.remove(STARTER_ADAPTER_NAME)
+    assert STARTER_ADAPTER_FILE.is_file() and library.starter_adapter() is None
+    library.import_file(STARTER_ADAPTER_FILE, name=STARTER_ADAPTER_NAME)  # the user's own copy, same name
+    library.ensure_starter()
+    assert library.get(STARTER_ADAPTER_NAME).file.parent == fresh_home / "adapters"  # left alone
