@@ -8,130 +8,14 @@ import json
 import signal
 import sys
 from collections.abc import Iterator
-from enum import Enum
 from pathlib import Path
 
-from engine import settings as settings_module
 from engine import units
-from engine.errors import EngineDied, EngineError, IngleError, SettingsError
+from engine.cli_flags import add_settings_flags, parse_adapter, settings_from_args, valid_text
+from engine.errors import EngineDied, EngineError, SettingsError
 from engine.events import ContextTrimmed, LoadProgress, Message, ReplyDone, Token
 from engine.settings import LoadSettings, OverflowPolicy, SamplingSettings
 from engine.text import printable
-
-# Short aliases users know from llama.cpp's own tools.
-_ALIASES = {"n_ctx": ["-c", "--ctx-size"], "n_threads": ["-t", "--threads"], "n_gpu_layers": ["-ngl", "--gpu-layers"],
-            "max_tokens": ["-n"], "temperature": ["--temp"]}  # fmt: skip
-
-
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def add_settings_flags(parser: argparse.ArgumentParser, cls, title: str) -> None:
-    """One flag per settings field, typed from the dataclass; values are validated by the settings class."""
-    group = parser.add_argument_group(title)
-    for f in dataclasses.fields(cls):
-        flags = [_flag(f.name), *_ALIASES.get(f.name, [])]
-        helptext = f.metadata.get("help", "")
-        if f.type == "bool":
-            group.add_argument(
-                *flags, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=helptext
-            )
-        elif f.type.startswith("tuple[str"):
-            group.add_argument(
-                *flags, dest=f.name, action="append", metavar="TEXT", help=helptext + " (repeatable)"
-            )
-        elif f.type.startswith("tuple[tuple"):
-            group.add_argument(
-                *flags, dest=f.name, action="append", metavar="ID=BIAS", help=helptext + " (repeatable)"
-            )
-        elif isinstance(choices := getattr(settings_module, f.type, None), type) and issubclass(
-            choices, Enum
-        ):
-            values = [c.value for c in choices]
-            group.add_argument(
-                *flags,
-                dest=f.name,
-                default=None,
-                choices=values,
-                metavar="{" + ",".join(values) + "}",
-                help=helptext,
-            )
-        else:
-            kind = {"int": int, "float": float}.get(f.type, str)
-            group.add_argument(
-                *flags, dest=f.name, type=kind, default=None, metavar=f.type.upper(), help=helptext
-            )
-
-
-def settings_from_args(args: argparse.Namespace, cls):
-    values = {}
-    for f in dataclasses.fields(cls):
-        value = getattr(args, f.name, None)
-        if value is None:
-            continue
-        if f.type.startswith("tuple[tuple"):
-            value = [_parse_bias(item) for item in value]
-        elif f.name in ("grammar", "json_schema") and value.startswith("@"):
-            value = _read_text(value[1:], f.name)
-        elif isinstance(value, str):
-            value = _valid_text(value, _flag(f.name))
-        elif isinstance(value, list) and all(isinstance(v, str) for v in value):
-            value = [_valid_text(v, _flag(f.name)) for v in value]
-        values[f.name] = value
-    return cls.from_dict(values)
-
-
-def _parse_bias(item: str) -> tuple[int, float]:
-    tok, sep, bias = item.partition("=")
-    try:
-        return int(tok), float(bias if sep else "nan")
-    except ValueError:
-        raise SettingsError("logit_bias", f"'{item}' is not ID=BIAS (e.g. 42=-100)") from None
-
-
-def _read_text(path: str, field: str) -> str:
-    try:
-        data = Path(path).read_bytes()
-    except OSError as err:
-        raise SettingsError(field, f"cannot read {printable(path)}: {err.strerror}") from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise SettingsError(
-            field, f"{printable(path)} is not UTF-8 text (byte {err.start:,} is not); give a text file"
-        ) from None
-    if "\0" in text:
-        raise SettingsError(
-            field, f"{printable(path)} holds NUL bytes, so it is not a text file; give a text file"
-        )
-    return text
-
-
-def _valid_text(text: str, what: str) -> str:
-    """Text from argv or a terminal that was not valid UTF-8 (Python keeps such bytes as surrogates, which
-    cannot be tokenized): decode it with U+FFFD for the bad bytes, and say so."""
-    try:
-        text.encode("utf-8")
-        return text
-    except UnicodeEncodeError:
-        fixed = text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-        print(
-            f"ingle: note: the {what} is not valid UTF-8; the bad bytes were replaced by \ufffd.",
-            file=sys.stderr,
-        )
-        return fixed
-
-
-def parse_adapter(spec: str) -> tuple[str, float]:
-    """'FILE[:SCALE]' -> (path, scale)."""
-    path, sep, scale = spec.rpartition(":")
-    if sep and path and not Path(spec).exists():
-        try:
-            return path, float(scale)
-        except ValueError:
-            pass
-    return spec, 1.0
 
 
 # ---------------------------------------------------------------------------- commands
@@ -144,7 +28,7 @@ def cmd_info(args) -> int:
     info = inspect_gguf(path, expect="any")
     summary = info.summary()
     if args.sha256:
-        summary["sha256"] = sha256_file(info.path, _hash_progress(info.path))
+        summary["sha256"] = sha256_file(info.path, hash_progress(info.path))
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
@@ -159,7 +43,7 @@ def cmd_info(args) -> int:
     return 0
 
 
-def _hash_progress(path):
+def hash_progress(path):
     """Progress of hashing a file big enough to take a while (about 1 s per GiB on a fast disk, minutes on a
     slow one); None for a small one."""
     from engine.progress import Progress
@@ -215,7 +99,7 @@ def cmd_system(args) -> int:
     return 0
 
 
-class _CancelOnInterrupt:
+class CancelOnInterrupt:
     """Ctrl+C during a reply cancels it (the reply ends cleanly) instead of killing the program."""
 
     def __init__(self, engine):
@@ -264,10 +148,10 @@ def _crashed(engine, err: EngineDied, when: str, advice: str = "try again") -> E
     engine.close()
     log = getattr(engine, "crash_log", None)
     where = f"; llama.cpp's messages are in {log}" if log else ""
-    return EngineError(f"llama.cpp crashed {when} ({_how_it_died(err)}): {advice}{where}.")
+    return EngineError(f"llama.cpp crashed {when} ({how_it_died(err)}): {advice}{where}.")
 
 
-def _how_it_died(err: EngineDied) -> str:
+def how_it_died(err: EngineDied) -> str:
     if err.signal:
         try:
             return f"signal {signal.Signals(err.signal).name}"
@@ -276,7 +160,7 @@ def _how_it_died(err: EngineDied) -> str:
     return f"exit code {err.exitcode}"
 
 
-def _open_engine(args):
+def open_loaded_engine(args):
     from engine.library import Library
 
     library = Library()
@@ -312,7 +196,7 @@ def _open_engine(args):
     return engine, event
 
 
-def _stream(events: Iterator, show_stats: bool) -> ReplyDone | None:
+def stream_reply(events: Iterator, show_stats: bool) -> ReplyDone | None:
     done = None
     for event in events:
         if isinstance(event, Token):
@@ -335,13 +219,13 @@ def cmd_run(args) -> int:
         args.model, prompt = args.words
     else:
         raise SettingsError("run", "give [MODEL] PROMPT (quote the prompt)")
-    prompt = _valid_text(prompt, "prompt")
+    prompt = valid_text(prompt, "prompt")
     if args.system:
-        args.system = _valid_text(args.system, "system prompt")
+        args.system = valid_text(args.system, "system prompt")
     sampling = settings_from_args(args, SamplingSettings)
     policy = OverflowPolicy(args.policy)
-    engine, loaded = _open_engine(args)
-    for line in _loaded_lines(loaded, args.rope_scaling)[
+    engine, loaded = open_loaded_engine(args)
+    for line in loaded_lines(loaded, args.rope_scaling)[
         1:
     ]:  # adapters and warnings; stdout holds only the reply
         print(line, file=sys.stderr)
@@ -349,14 +233,14 @@ def cmd_run(args) -> int:
     own = loaded.template_source == "gguf" or bool(loaded.template_warning) or bool(args.template)
     own = own or args.starter_adapter  # the adapter taught the starter the chat turn format
     use_chat = args.chat if args.chat is not None else own
-    with _CancelOnInterrupt(engine) as interrupt:
+    with CancelOnInterrupt(engine) as interrupt:
         if use_chat:
             messages = ([Message("system", args.system)] if args.system else []) + [Message("user", prompt)]
             events = engine.chat(messages, sampling, policy)
         else:
             events = engine.complete(prompt, sampling, policy)
         try:
-            _stream(events, args.stats)
+            stream_reply(events, args.stats)
         except EngineDied as err:
             raise _crashed(engine, err, "while generating the reply") from None
     engine.close()
@@ -376,7 +260,7 @@ def context_warning(loaded, rope_scaling: str = "model") -> str | None:
     )
 
 
-def _loaded_lines(loaded, rope_scaling: str = "model") -> list[str]:
+def loaded_lines(loaded, rope_scaling: str = "model") -> list[str]:
     """What the user asked for and got: the model, its context, template, and every adapter with its scale."""
     from engine.text import printable
 
@@ -389,136 +273,6 @@ def _loaded_lines(loaded, rope_scaling: str = "model") -> list[str]:
     if warning:
         lines.append(warning)
     return lines
-
-
-CHAT_HELP = """commands:
-  /help          this list
-  /system TEXT   set the system prompt (the conversation goes on); /system alone shows it
-  /reset         forget the conversation (the system prompt stays)
-  /save FILE     write the conversation to FILE as JSON ({"messages": [...]}, the chat format `ingle train` reads)
-  /exit, /quit   leave (also Ctrl+D); Ctrl+C stops a reply, or leaves at the prompt
-  //TEXT         send a message that starts with /"""
-
-
-def _save_conversation(history: list[Message], target: str) -> str:
-    from engine.library import atomic_write_bytes
-
-    if not target:
-        raise SettingsError("save", "give a file: /save FILE")
-    path = Path(target).expanduser()
-    if not path.parent.is_dir():  # a typo in the folder must not create a tree of folders
-        raise SettingsError("save", f"cannot write {path}: the folder {path.parent} does not exist")
-    if path.is_dir():
-        raise SettingsError("save", f"cannot write {path}: it is a folder; give a file name")
-    record = {"messages": [{"role": m.role, "content": m.content} for m in history]}
-    try:
-        atomic_write_bytes(path, (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
-    except OSError as err:
-        raise SettingsError("save", f"cannot write {path}: {err.strerror}") from None
-    return str(path)
-
-
-def chat_command(line: str, history: list[Message]) -> tuple[str, list[Message]]:
-    """A /command typed in the chat -> (what to print, the history after it). '/exit' prints 'exit'."""
-    name, _, rest = line.strip().partition(" ")
-    rest = rest.strip()
-    system = history[0].content if history and history[0].role == "system" else None
-    body = history[1:] if system is not None else history
-    if name in ("/exit", "/quit"):
-        return "exit", history
-    if name in ("/help", "/?"):
-        return CHAT_HELP, history
-    if name == "/reset":
-        if system is None:
-            return "conversation reset", []
-        return "conversation reset (system prompt kept)", history[:1]
-    if name == "/system":
-        if rest:
-            return "system prompt set", [Message("system", rest), *body]
-        return (
-            f"system prompt: {system}" if system else "no system prompt; set one with /system TEXT",
-            history,
-        )
-    if name == "/save":
-        return f"saved {len(history)} messages to {_save_conversation(history, rest)}", history
-    hint = "/help lists the commands (start with // to send a line beginning with /)"
-    return f"unknown command {name}: {hint}", history
-
-
-def _not_utf8(line: str) -> int | None:
-    """The first byte that was not UTF-8 in a line read from stdin (Python carries such bytes as lone
-    surrogates, which nothing downstream can encode), or None."""
-    for ch in line:
-        if "\udc80" <= ch <= "\udcff":
-            return ord(ch) - 0xDC00
-    return None
-
-
-def cmd_chat(args) -> int:
-    if args.system:
-        args.system = _valid_text(args.system, "system prompt")
-    sampling = settings_from_args(args, SamplingSettings)
-    policy = OverflowPolicy(args.policy)
-    engine, loaded = _open_engine(args)
-    for line in _loaded_lines(loaded, args.rope_scaling):
-        print(line, file=sys.stderr)
-    print("Type /help for commands, /exit to leave.", file=sys.stderr)
-    history: list[Message] = [Message("system", args.system)] if args.system else []
-    if hasattr(sys.stdin, "reconfigure"):  # a line that is not UTF-8 is refused alone (see _not_utf8)
-        sys.stdin.reconfigure(errors="surrogateescape")
-    try:
-        while True:
-            try:
-                line = input("> ")
-            except EOFError:
-                print(file=sys.stderr)
-                break
-            if not line.strip():
-                continue
-            bad = _not_utf8(line)
-            if bad is not None:
-                print(
-                    f"ingle: that line is not valid UTF-8 (byte 0x{bad:02x}); type it again", file=sys.stderr
-                )
-                continue
-            if line.startswith("//"):
-                line = line[1:]
-            elif line.startswith("/"):
-                try:
-                    said, history = chat_command(line, history)
-                except IngleError as err:
-                    print(f"ingle: {err}", file=sys.stderr)
-                    continue
-                if said == "exit":
-                    break
-                print(said, file=sys.stderr)
-                continue
-            history.append(Message("user", line))
-            with _CancelOnInterrupt(engine):
-                try:
-                    done = _stream(engine.chat(history, sampling, policy), args.stats)
-                except EngineDied as err:  # the conversation is kept: a fresh engine takes it up again
-                    history.pop()
-                    print(
-                        f"ingle: the engine stopped ({_how_it_died(err)}); starting it again…",
-                        file=sys.stderr,
-                    )
-                    engine.close()
-                    engine, loaded = _open_engine(args)
-                    print("ingle: ready again; send your message once more.", file=sys.stderr)
-                    continue
-                except IngleError as err:
-                    history.pop()
-                    print(f"ingle: {err}", file=sys.stderr)
-                    continue
-            if done is not None:
-                history.append(Message("assistant", done.text))
-    except KeyboardInterrupt:  # Ctrl+C at the prompt leaves, with the shell's convention for it
-        print(file=sys.stderr)
-        return 130
-    finally:
-        engine.close()
-    return 0
 
 
 def _add_generation_flags(p: argparse.ArgumentParser) -> None:
@@ -585,4 +339,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("chat", help="interactive chat in the terminal")
     p.add_argument("model", nargs="?")
     _add_generation_flags(p)
+    from engine.chat_cli import cmd_chat
+
     p.set_defaults(func=cmd_chat)

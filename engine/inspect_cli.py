@@ -5,14 +5,8 @@ from __future__ import annotations
 import json
 
 from engine import units
-from engine.cli import (
-    _valid_text,
-    add_engine_flags,
-    add_settings_flags,
-    load_model,
-    open_engine,
-    settings_from_args,
-)
+from engine.cli import add_engine_flags, load_model, open_engine
+from engine.cli_flags import add_settings_flags, settings_from_args, valid_text
 from engine.events import Message
 from engine.settings import LoadSettings, SamplingSettings
 
@@ -28,7 +22,7 @@ def cmd_inspect(args) -> int:
         from engine.errors import SettingsError
 
         raise SettingsError("inspect", "give [MODEL] PROMPT (quote the prompt)")
-    prompt = _valid_text(prompt, "prompt")
+    prompt = valid_text(prompt, "prompt")
     sampling = settings_from_args(args, SamplingSettings)
     path = Library().resolve(model)
     load = settings_from_args(args, LoadSettings)

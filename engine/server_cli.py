@@ -11,7 +11,8 @@ import sys
 import time
 from pathlib import Path
 
-from engine.cli import add_settings_flags, load_model, parse_adapter, settings_from_args
+from engine.cli import load_model
+from engine.cli_flags import add_settings_flags, parse_adapter, settings_from_args
 from engine.errors import SettingsError
 from engine.server.config import DEFAULT_MAX_BODY, DEFAULT_MAX_QUEUE, DEFAULT_MAX_TOKENS_CAP
 from engine.settings import LoadSettings, SamplingSettings

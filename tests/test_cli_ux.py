@@ -268,15 +268,15 @@ def test_max_steps_is_the_total_number_of_steps_and_overrides_epochs():
 
 
 def test_hashing_a_big_file_shows_progress(tmp_path, capsys):
-    from engine.cli import _hash_progress
+    from engine.cli import hash_progress
     from engine.gguf_info import sha256_file
 
     small, big = tmp_path / "small.bin", tmp_path / "big.bin"
     small.write_bytes(b"x")
     with big.open("wb") as fh:  # sparse: no disk used
         fh.truncate(300 << 20)
-    assert _hash_progress(small) is None
-    digest = sha256_file(big, _hash_progress(big))
+    assert hash_progress(small) is None
+    digest = sha256_file(big, hash_progress(big))
     err = capsys.readouterr().err
     assert len(digest) == 64 and "sha256: 8/300 MiB" in err and "sha256: 300/300 MiB (100%)" in err
 

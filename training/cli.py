@@ -249,7 +249,7 @@ def _perplexity(model: str, adapters: list, n_ctx: int, data: str, skip_bad_line
 
 def cmd_eval(args) -> int:
     from engine.child_process import call_in_child
-    from engine.cli import parse_adapter
+    from engine.cli_flags import parse_adapter
     from engine.progress import say
     from engine.text import printable
 
@@ -265,7 +265,7 @@ def cmd_eval(args) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from engine.cli import add_settings_flags
+    from engine.cli_flags import add_settings_flags
     from training.lora import TrainSettings
 
     p = sub.add_parser("train", help="train a LoRA adapter on a GGUF base model (needs the train extra)")

@@ -1,0 +1,143 @@
+"""`ingle chat`: a conversation on the terminal, with /help, /system, /reset, /save and /exit; an engine that
+dies is started again and the conversation goes on."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from engine.cli import CancelOnInterrupt, how_it_died, loaded_lines, open_loaded_engine, stream_reply
+from engine.cli_flags import settings_from_args, valid_text
+from engine.errors import EngineDied, IngleError, SettingsError
+from engine.events import Message
+from engine.settings import OverflowPolicy, SamplingSettings
+
+CHAT_HELP = """commands:
+  /help          this list
+  /system TEXT   set the system prompt (the conversation goes on); /system alone shows it
+  /reset         forget the conversation (the system prompt stays)
+  /save FILE     write the conversation to FILE as JSON ({"messages": [...]}, the chat format `ingle train` reads)
+  /exit, /quit   leave (also Ctrl+D); Ctrl+C stops a reply, or leaves at the prompt
+  //TEXT         send a message that starts with /"""
+
+
+def _save_conversation(history: list[Message], target: str) -> str:
+    from engine.library import atomic_write_bytes
+
+    if not target:
+        raise SettingsError("save", "give a file: /save FILE")
+    path = Path(target).expanduser()
+    if not path.parent.is_dir():  # a typo in the folder must not create a tree of folders
+        raise SettingsError("save", f"cannot write {path}: the folder {path.parent} does not exist")
+    if path.is_dir():
+        raise SettingsError("save", f"cannot write {path}: it is a folder; give a file name")
+    record = {"messages": [{"role": m.role, "content": m.content} for m in history]}
+    try:
+        atomic_write_bytes(path, (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
+    except OSError as err:
+        raise SettingsError("save", f"cannot write {path}: {err.strerror}") from None
+    return str(path)
+
+
+def chat_command(line: str, history: list[Message]) -> tuple[str, list[Message]]:
+    """A /command typed in the chat -> (what to print, the history after it). '/exit' prints 'exit'."""
+    name, _, rest = line.strip().partition(" ")
+    rest = rest.strip()
+    system = history[0].content if history and history[0].role == "system" else None
+    body = history[1:] if system is not None else history
+    if name in ("/exit", "/quit"):
+        return "exit", history
+    if name in ("/help", "/?"):
+        return CHAT_HELP, history
+    if name == "/reset":
+        if system is None:
+            return "conversation reset", []
+        return "conversation reset (system prompt kept)", history[:1]
+    if name == "/system":
+        if rest:
+            return "system prompt set", [Message("system", rest), *body]
+        return (
+            f"system prompt: {system}" if system else "no system prompt; set one with /system TEXT",
+            history,
+        )
+    if name == "/save":
+        return f"saved {len(history)} messages to {_save_conversation(history, rest)}", history
+    hint = "/help lists the commands (start with // to send a line beginning with /)"
+    return f"unknown command {name}: {hint}", history
+
+
+def _not_utf8(line: str) -> int | None:
+    """The first byte that was not UTF-8 in a line read from stdin (Python carries such bytes as lone
+    surrogates, which nothing downstream can encode), or None."""
+    for ch in line:
+        if "\udc80" <= ch <= "\udcff":
+            return ord(ch) - 0xDC00
+    return None
+
+
+def cmd_chat(args) -> int:
+    if args.system:
+        args.system = valid_text(args.system, "system prompt")
+    sampling = settings_from_args(args, SamplingSettings)
+    policy = OverflowPolicy(args.policy)
+    engine, loaded = open_loaded_engine(args)
+    for line in loaded_lines(loaded, args.rope_scaling):
+        print(line, file=sys.stderr)
+    print("Type /help for commands, /exit to leave.", file=sys.stderr)
+    history: list[Message] = [Message("system", args.system)] if args.system else []
+    if hasattr(sys.stdin, "reconfigure"):  # a line that is not UTF-8 is refused alone (see _not_utf8)
+        sys.stdin.reconfigure(errors="surrogateescape")
+    try:
+        while True:
+            try:
+                line = input("> ")
+            except EOFError:
+                print(file=sys.stderr)
+                break
+            if not line.strip():
+                continue
+            bad = _not_utf8(line)
+            if bad is not None:
+                print(
+                    f"ingle: that line is not valid UTF-8 (byte 0x{bad:02x}); type it again", file=sys.stderr
+                )
+                continue
+            if line.startswith("//"):
+                line = line[1:]
+            elif line.startswith("/"):
+                try:
+                    said, history = chat_command(line, history)
+                except IngleError as err:
+                    print(f"ingle: {err}", file=sys.stderr)
+                    continue
+                if said == "exit":
+                    break
+                print(said, file=sys.stderr)
+                continue
+            history.append(Message("user", line))
+            with CancelOnInterrupt(engine):
+                try:
+                    done = stream_reply(engine.chat(history, sampling, policy), args.stats)
+                except EngineDied as err:  # the conversation is kept: a fresh engine takes it up again
+                    history.pop()
+                    print(
+                        f"ingle: the engine stopped ({how_it_died(err)}); starting it again…",
+                        file=sys.stderr,
+                    )
+                    engine.close()
+                    engine, loaded = open_loaded_engine(args)
+                    print("ingle: ready again; send your message once more.", file=sys.stderr)
+                    continue
+                except IngleError as err:
+                    history.pop()
+                    print(f"ingle: {err}", file=sys.stderr)
+                    continue
+            if done is not None:
+                history.append(Message("assistant", done.text))
+    except KeyboardInterrupt:  # Ctrl+C at the prompt leaves, with the shell's convention for it
+        print(file=sys.stderr)
+        return 130
+    finally:
+        engine.close()
+    return 0
