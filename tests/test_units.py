@@ -74,5 +74,15 @@ def test_this_machines_cpu_flags_are_found():
 
 
 def test_any_size_and_quantity_pick_the_unit_that_fits():
-    assert [units.any_size(n) for n in (512, 50_000, 3 << 20, 5 << 30)] == ["512 B", "48.8 KiB", "3.0 MiB", "5.0 GiB"]
-    assert [units.quantity(n) for n in (999, 1500, 270_000_000, 7_000_000_000)] == ["999", "1.5 K", "270.0 M", "7.0 B"]
+    assert [units.any_size(n) for n in (512, 50_000, 3 << 20, 5 << 30)] == [
+        "512 B",
+        "48.8 KiB",
+        "3.0 MiB",
+        "5.0 GiB",
+    ]
+    assert [units.quantity(n) for n in (999, 1500, 270_000_000, 7_000_000_000)] == [
+        "999",
+        "1.5 K",
+        "270.0 M",
+        "7.0 B",
+    ]

@@ -121,7 +121,9 @@ def test_moving_a_sampling_slider_updates_the_preview_without_running_the_model(
     ins = window.inspector
     before_stages = ins.preview.stages
     evaluations = window.bridge.host.evaluation_count()
-    with qtbot.waitSignal(window.inspector.updated, timeout=300_000, check_params_cb=lambda w: w == "preview"):
+    with qtbot.waitSignal(
+        window.inspector.updated, timeout=300_000, check_params_cb=lambda w: w == "preview"
+    ):
         window.sampling_panel.fields["top_k"].set_value(2)
     qtbot.waitUntil(lambda: window.bridge.idle, timeout=300_000)
     assert window.bridge.host.evaluation_count() == evaluations  # no llama_decode for a slider
