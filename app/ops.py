@@ -72,11 +72,14 @@ class _Runnable(QRunnable):
     def run(self) -> None:
         op = self.op
         try:
-            result = op._work(op.progress)
-        except BaseException as err:  # every failure reaches the GUI as a message
-            op._signals.failed.emit(err)
-        else:
-            op._signals.done.emit(result)
+            try:
+                result = op._work(op.progress)
+            except BaseException as err:  # every failure reaches the GUI as a message
+                op._signals.failed.emit(err)
+            else:
+                op._signals.done.emit(result)
+        except RuntimeError:  # the application is gone (its objects deleted at exit): nobody to tell
+            pass
 
 
 def _child_main(conn, work: Callable, args: tuple) -> None:
@@ -108,8 +111,14 @@ class Op(Generic[T]):
         self._signals.progress.connect(self._progress, Qt.QueuedConnection)
         self._signals.done.connect(self._done, Qt.QueuedConnection)
         self._signals.failed.connect(self._failed, Qt.QueuedConnection)
-        self.progress = Progress(lambda f, t: self._signals.progress.emit(f, t))
+        self.progress = Progress(self._report)
         self.finished = False
+
+    def _report(self, fraction: float | None, text: str) -> None:
+        try:
+            self._signals.progress.emit(fraction, text)
+        except RuntimeError:  # the application is gone: stop the work
+            self.progress.cancel()
 
     # ------------------------------------------------------------ building
     def success(self, callback: Callable[[T], None]) -> Op[T]:
