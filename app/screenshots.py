@@ -1,5 +1,5 @@
-"""Render the main window offscreen to PNG, light and dark, over a sample conversation, and each visualizer with
-real data from the starter model (for the README).
+"""Render the main window offscreen to PNG, light and dark, in a real session on the starter model with its chat
+adapter, and each visualizer with real data from the starter model (for the README).
 
 QT_QPA_PLATFORM=offscreen python -m app.screenshots [OUT_DIR]   (default assets/screenshots)
 QT_QPA_PLATFORM=offscreen python -m app.screenshots --wizard    (the whole fine-tuning wizard on the starter: minutes)
@@ -12,46 +12,45 @@ import sys
 import tempfile
 from pathlib import Path
 
-SAMPLE = [
-    ("user", "How do I reverse a list in Python?"),
-    (
-        "assistant",
-        "<think>The user wants the idiomatic ways; mention slicing and reverse().</think>"
-        "Two common ways:\n\n1. **In place** with `list.reverse()`\n2. **A reversed copy** with slicing:\n\n"
-        "```python\nnumbers = [1, 2, 3]\nbackwards = numbers[::-1]\nprint(backwards)  # [3, 2, 1]\n```\n\n"
-        "Use `reversed(numbers)` when you only need to iterate.",
-    ),
-    ("user", "And <b>tags</b> in a reply stay text: <script>alert(1)</script>"),
-    ("assistant", "Right: model output is shown as text, so `<script>` never runs."),
-]
+PROMPTS = (  # a real session on the starter with its bundled chat adapter: every reply comes from the model
+    ("What is the capital of Japan?",),
+    ("Hello! What can you do?", "Name three fruits."),
+)
 
 
 def render(out_dir: Path) -> list[Path]:
+    """The main window in a real session: the starter (with its chat adapter) loaded in the engine child, real
+    prompts sent, real replies and figures in the status bar; light, dark and the sampling panel."""
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     os.environ.setdefault("INGLE_HOME", tempfile.mkdtemp(prefix="ingle-shots-"))
+    from PySide6.QtCore import QEventLoop, QTimer
     from PySide6.QtWidgets import QApplication
 
     app = QApplication.instance() or QApplication(sys.argv)
     from app.main import MainWindow
     from engine.conversations import ConversationStore
-    from engine.library import Library
+    from engine.settings import SamplingSettings
 
-    Library().ensure_starter()  # the model picker shows the bundled model
+    def wait(signal, ms: int = 300_000) -> None:
+        loop = QEventLoop()
+        signal.connect(loop.quit)
+        QTimer.singleShot(ms, loop.quit)
+        loop.exec()
+        signal.disconnect(loop.quit)
+
     store = ConversationStore(Path(os.environ["INGLE_HOME"]) / "shots.sqlite3")
-    for title in ("Trip to Lisbon", "Regex help"):
-        store.create(title)
-    conv = store.create("Reverse a list")
-    parent = None
-    for role, text in SAMPLE:
-        parent = store.add_message(conv.id, parent, role, text).id
-    store.add_message(conv.id, store.message(parent).parent, "assistant", "An alternative reply.")
-    store.select(parent)
-    window = MainWindow(store=store, start_engine=False)
+    window = MainWindow(store=store)  # first start: the starter and its adapter, as a new user gets them
     window.resize(1400, 860)
-    window.model_label.setText("gemma-3-270m-q4_k_m · gemma3 Q4_K_M")
-    window.context_label.setText("Context 412 / 4,096")
-    window.speed_label.setText("46.2 tok/s · TTFT 84 ms")
     window.show()
+    wait(window.model_ready)
+    greedy = SamplingSettings(temperature=0, max_tokens=96)
+    for turns in PROMPTS:
+        window.new_chat()
+        window.store.set_settings(window.conversation, greedy)
+        window.sampling_panel.set_settings(greedy)
+        for text in turns:
+            window.send(text)
+            wait(window.reply_finished)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for theme in ("light", "dark"):
