@@ -13,6 +13,7 @@ class StopReason(StrEnum):
     MAX_TOKENS = "max_tokens"
     CONTEXT_FULL = "context_full"
     CANCELLED = "cancelled"
+    INTERRUPTED = "interrupted"  # a remote server's stream was cut midway: the reply so far is kept
 
 
 @dataclass(frozen=True)

@@ -25,14 +25,16 @@ def usage(done: ReplyDone) -> dict:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
-def _entry(token: str, logprob: float) -> dict:
-    return {"token": token, "logprob": logprob, "bytes": list(token.encode("utf-8"))}
+def _entry(token: str, logprob: float, token_id: int) -> dict:
+    # `id` is an extra llama.cpp's server sends too: a remote Ingle shows token ids from it
+    return {"id": token_id, "token": token, "logprob": logprob, "bytes": list(token.encode("utf-8"))}
 
 
 def chat_logprobs(tokens: list[Token]) -> dict:
     """OpenAI chat logprobs: {"content": [{token, logprob, bytes, top_logprobs: [...]}]}."""
     return {"content": [
-        {**_entry(t.piece, t.logprob), "top_logprobs": [_entry(a.piece, a.logprob) for a in t.alternatives]}
+        {**_entry(t.piece, t.logprob, t.token_id),
+         "top_logprobs": [_entry(a.piece, a.logprob, a.token_id) for a in t.alternatives]}
         for t in tokens if t.token_id >= 0 and t.logprob is not None
     ], "refusal": None}  # fmt: skip
 
