@@ -1,0 +1,164 @@
+"""Attention weights captured from llama.cpp agree with an independent numpy forward pass of the same tiny model,
+and on the starter they are distributions that respect causality and the sliding window."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import gguf
+import numpy as np
+import pytest
+
+from engine.attention_map import MAX_TOKENS, AttentionMap
+from engine.errors import SettingsError
+from engine.runtime import Runtime
+from engine.settings import LoadSettings
+
+TEXT = "the cat is on the moon and the dog is in the sun , hello world"
+
+
+def _rms(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
+    return x / np.sqrt((x * x).mean(-1, keepdims=True) + eps) * w
+
+
+def _rope_norm(x: np.ndarray, base: float = 10000.0) -> np.ndarray:
+    """llama.cpp's LLAMA_ROPE_TYPE_NORM (the llama arch): rotate adjacent pairs (x[2i], x[2i+1]) by pos*base^(-2i/d)."""
+    n, _, d = x.shape
+    theta = np.arange(n)[:, None] * base ** (-np.arange(0, d, 2) / d)[None, :]
+    cos, sin = np.cos(theta)[:, None, :], np.sin(theta)[:, None, :]
+    even, odd = x[..., 0::2], x[..., 1::2]
+    out = np.empty_like(x)
+    out[..., 0::2] = even * cos - odd * sin
+    out[..., 1::2] = even * sin + odd * cos
+    return out
+
+
+def numpy_llama_attention(path, tokens: list[int]) -> np.ndarray:
+    """The attention softmax of every layer and head of a tiny llama GGUF (F32 weights), computed in float64 from
+    the file's tensors with no llama.cpp code: [layer, head, query, key]."""
+    reader = gguf.GGUFReader(str(path))
+    t = {tensor.name: np.asarray(tensor.data, np.float64) for tensor in reader.tensors}
+
+    def field(key: str):
+        return reader.fields[key].contents()
+
+    n_layers, n_head = field("llama.block_count"), field("llama.attention.head_count")
+    n_kv, eps = field("llama.attention.head_count_kv"), field("llama.attention.layer_norm_rms_epsilon")
+    x = t["token_embd.weight"][tokens]
+    n, d = x.shape
+    hd = d // n_head
+    causal = np.tril(np.ones((n, n), bool))
+    out = []
+    for i in range(n_layers):
+        h = _rms(x, t[f"blk.{i}.attn_norm.weight"], eps)
+        q = _rope_norm((h @ t[f"blk.{i}.attn_q.weight"].T).reshape(n, n_head, hd))
+        k = _rope_norm((h @ t[f"blk.{i}.attn_k.weight"].T).reshape(n, n_kv, hd))
+        v = (h @ t[f"blk.{i}.attn_v.weight"].T).reshape(n, n_kv, hd)
+        k, v = np.repeat(k, n_head // n_kv, axis=1), np.repeat(v, n_head // n_kv, axis=1)  # grouped-query heads
+        scores = np.einsum("qhd,khd->hqk", q, k) / np.sqrt(hd)
+        scores = np.where(causal, scores, -np.inf)
+        p = np.exp(scores - scores.max(-1, keepdims=True))
+        p /= p.sum(-1, keepdims=True)
+        out.append(p)
+        x = x + np.einsum("hqk,khd->qhd", p, v).reshape(n, d) @ t[f"blk.{i}.attn_output.weight"].T
+        h = _rms(x, t[f"blk.{i}.ffn_norm.weight"], eps)
+        gate, up = h @ t[f"blk.{i}.ffn_gate.weight"].T, h @ t[f"blk.{i}.ffn_up.weight"].T
+        x = x + (gate / (1 + np.exp(-gate)) * up) @ t[f"blk.{i}.ffn_down.weight"].T
+    return np.stack(out)
+
+
+def test_captured_attention_matches_a_numpy_forward_pass(tiny_runtime, tiny_model):
+    amap = tiny_runtime.attention(TEXT)
+    assert isinstance(amap, AttentionMap)
+    assert amap.tokens[0] == 1 and len(amap.tokens) > 10  # the text got its BOS
+    expected = numpy_llama_attention(tiny_model, list(amap.tokens))
+    assert amap.weights.dtype == np.float32 and amap.weights.shape == expected.shape == (2, 4, len(amap.tokens), len(amap.tokens))
+    # llama.cpp runs this in float32 (weights and the K/V of this pass are F32), numpy in float64: the gap is
+    # float32 rounding accumulated over two layers of 64-wide dot products, ~1e-7 relative per operation. 2e-5
+    # absolute is well above that and far below a real mistake (a wrong RoPE, scale or head mapping moves
+    # weights by 1e-2 or more, as a shifted position shows below).
+    np.testing.assert_allclose(amap.weights, expected, atol=2e-5, rtol=0)
+    assert np.abs(amap.weights - expected).max() > 0  # two real computations, not one copied
+    shifted = numpy_llama_attention(tiny_model, [1, *amap.tokens[1:-1], amap.tokens[1]])
+    assert np.abs(shifted[:, :, -1] - amap.weights[:, :, -1]).max() > 1e-2  # the comparison can fail
+
+
+def test_rows_are_causal_distributions(tiny_runtime):
+    w = tiny_runtime.attention(TEXT).weights
+    np.testing.assert_allclose(w.sum(-1), 1.0, atol=1e-5)
+    assert np.triu(w, 1).max() == 0.0
+    assert (w >= 0).all()
+
+
+def test_token_ids_cap_and_bad_input(tiny_runtime):
+    ids = tiny_runtime.tokenize(TEXT, add_special=True)
+    from_ids = tiny_runtime.attention(ids)
+    assert list(from_ids.tokens) == ids and from_ids.dropped == 0
+    capped = tiny_runtime.attention(ids, max_tokens=5)
+    assert list(capped.tokens) == ids[-5:] and capped.dropped == len(ids) - 5 and capped.weights.shape[-1] == 5
+    long = tiny_runtime.attention(ids * 40)  # more than the cap
+    assert len(long.tokens) == MAX_TOKENS and long.dropped == len(ids) * 40 - MAX_TOKENS
+    for bad in (0, MAX_TOKENS + 1, True, 2.5):
+        with pytest.raises(SettingsError, match="max_tokens"):
+            tiny_runtime.attention(ids, max_tokens=bad)
+    with pytest.raises(SettingsError, match="vocabulary"):
+        tiny_runtime.attention([1, 10**7])
+    with pytest.raises(SettingsError, match="nothing to evaluate"):
+        tiny_runtime.attention([])
+
+
+def test_capture_leaves_the_chat_cache_alone(tiny_runtime):
+    tiny_runtime.evaluate(tiny_runtime.tokenize("hello world", add_special=True))
+    before = tiny_runtime.cached_tokens
+    tiny_runtime.attention(TEXT)
+    assert tiny_runtime.cached_tokens == before
+    assert tiny_runtime.positions() == (0, len(before) - 1)
+
+
+def test_json_dense_and_top_k_forms(tiny_runtime):
+    amap = tiny_runtime.attention(TEXT)
+    n = len(amap.tokens)
+    dense = amap.to_json()
+    assert dense["format"] == "dense" and dense["tokens"] == list(amap.tokens)
+    assert [len(row) for row in dense["weights"][1][2]] == list(range(1, n + 1))  # keys 0..query
+    assert dense["weights"][1][2][n - 1][3] == pytest.approx(float(amap.weights[1, 2, n - 1, 3]), abs=1e-6)
+    sparse = amap.to_json(dense_limit=4, top_k=3)
+    assert sparse["format"] == "top-k" and sparse["top_k"] == 3
+    pairs = sparse["weights"][0][1][n - 1]
+    best = np.argsort(-amap.weights[0, 1, n - 1])[:3]
+    assert [key for key, _ in pairs] == best.tolist()
+    assert [w for _, w in pairs] == sorted((w for _, w in pairs), reverse=True)
+
+
+def test_inspect_cli_attention_json(tiny_model):
+    out = subprocess.run(
+        [sys.executable, "-m", "engine.cli", "inspect", str(tiny_model), TEXT, "--attention", "--json", "--in-process"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    att = json.loads(out.stdout)["attention"]
+    n = len(att["tokens"])
+    assert att["format"] == "dense" and len(att["weights"]) == 2 and len(att["weights"][0]) == 4
+    assert all(abs(sum(row) - 1) < 1e-4 for row in att["weights"][1][3])
+    assert len(att["weights"][0][0]) == n and att["sliding_window_layers"] == []
+
+
+@pytest.fixture(scope="module")
+def starter(starter_model):
+    rt = Runtime()
+    list(rt.load(starter_model, LoadSettings(n_ctx=1024)))
+    yield rt
+    rt.close()
+
+
+def test_starter_attention_is_causal_and_marks_sliding_layers(starter):
+    amap = starter.attention("The capital of France is Paris. The capital of Italy is")
+    w = amap.weights
+    assert w.shape[:2] == (18, 4)
+    np.testing.assert_allclose(w.sum(-1), 1.0, atol=1e-4)
+    assert np.triu(w, 1).max() == 0.0
+    # Gemma 3: five sliding-window layers, then one global, repeated (llama.cpp's pattern 6 for gemma3)
+    assert amap.sliding_window == 512
+    assert amap.sliding_window_layers == tuple(i for i in range(18) if i % 6 != 5)
