@@ -59,7 +59,12 @@ def _ggml_lib() -> ctypes.CDLL:
         lib.ggml_get_name.restype = ctypes.c_char_p
         lib.ggml_nbytes.argtypes = [ctypes.c_void_p]
         lib.ggml_nbytes.restype = ctypes.c_size_t
-        lib.ggml_backend_tensor_get.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t]
+        lib.ggml_backend_tensor_get.argtypes = [
+            ctypes.c_void_p,
+            ctypes.c_void_p,
+            ctypes.c_size_t,
+            ctypes.c_size_t,
+        ]
         lib.ggml_backend_tensor_get.restype = None
         _ggml = lib
     return _ggml
@@ -67,14 +72,18 @@ def _ggml_lib() -> ctypes.CDLL:
 
 def _tokens_for(rt: Runtime, text_or_tokens: str | Sequence[int], max_tokens: int) -> tuple[list[int], int]:
     if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or not 1 <= max_tokens <= MAX_TOKENS:
-        raise SettingsError("max_tokens", f"must be a whole number from 1 to {MAX_TOKENS}, not {max_tokens!r}.")
+        raise SettingsError(
+            "max_tokens", f"must be a whole number from 1 to {MAX_TOKENS}, not {max_tokens!r}."
+        )
     if isinstance(text_or_tokens, str):
         tokens = rt.tokenize(text_or_tokens, add_special=True)
     else:
         tokens = [int(t) for t in text_or_tokens]
         bad = [t for t in tokens if not 0 <= t < rt.n_vocab]
         if bad:
-            raise SettingsError("tokens", f"token id {bad[0]} is not in this model's vocabulary (0..{rt.n_vocab - 1}).")
+            raise SettingsError(
+                "tokens", f"token id {bad[0]} is not in this model's vocabulary (0..{rt.n_vocab - 1})."
+            )
     if not tokens:
         raise SettingsError("text", "there is nothing to evaluate: give a text or at least one token.")
     # the most recent tokens matter most in a conversation; the ones before the cap are left out and counted
@@ -165,7 +174,9 @@ def _read(ggml: ctypes.CDLL, tensor: int, n: int) -> np.ndarray:
         raise EngineError(f"type {head.type}, expected F32")
     n_kv, n_q, n_head, n_stream = (int(x) for x in head.ne)
     if n_stream != 1 or n_q != n or n_kv < n or head.nb[0] != 4 or head.nb[1] != 4 * n_kv:
-        raise EngineError(f"shape {[n_kv, n_q, n_head, n_stream]}, expected [>={n}, {n}, heads, 1], contiguous")
+        raise EngineError(
+            f"shape {[n_kv, n_q, n_head, n_stream]}, expected [>={n}, {n}, heads, 1], contiguous"
+        )
     nbytes = ggml.ggml_nbytes(tensor)
     data = np.empty(nbytes // 4, np.float32)
     ggml.ggml_backend_tensor_get(tensor, data.ctypes.data, 0, nbytes)

@@ -8,7 +8,9 @@ from dataclasses import dataclass
 import numpy as np
 
 MAX_TOKENS = 512  # the most tokens one capture evaluates: [layers][heads][512][512] float32 is 1 MiB per head
-DENSE_LIMIT = 128  # up to this many tokens the JSON carries every weight; beyond, the top-k keys of each query
+DENSE_LIMIT = (
+    128  # up to this many tokens the JSON carries every weight; beyond, the top-k keys of each query
+)
 SPARSE_TOP_K = 16
 
 
@@ -61,7 +63,10 @@ class AttentionMap:
         if n <= dense_limit:
             out["format"] = "dense"
             out["weights"] = [
-                [[rounded[layer, head, q, : q + 1].tolist() for q in range(n)] for head in range(self.n_heads)]
+                [
+                    [rounded[layer, head, q, : q + 1].tolist() for q in range(n)]
+                    for head in range(self.n_heads)
+                ]
                 for layer in range(self.n_layers)
             ]
             return out
@@ -71,7 +76,10 @@ class AttentionMap:
         out["top_k"] = k
         out["weights"] = [
             [
-                [[[int(key), float(rounded[layer, head, q, key])] for key in order[layer, head, q]] for q in range(n)]
+                [
+                    [[int(key), float(rounded[layer, head, q, key])] for key in order[layer, head, q]]
+                    for q in range(n)
+                ]
                 for head in range(self.n_heads)
             ]
             for layer in range(self.n_layers)
