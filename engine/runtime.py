@@ -267,6 +267,7 @@ class Runtime:
 
     # ------------------------------------------------------------- tokens
     def tokenize(self, text: str, add_special: bool = False, parse_special: bool = True) -> list[int]:
+        self.require_model()  # llama.cpp aborts the process on a freed vocab
         data = text.encode("utf-8")
         cap = len(data) + 8
         buf = (llama_cpp.llama_token * cap)()
@@ -464,6 +465,7 @@ class Runtime:
     def render_tokens(
         self, messages: Sequence[Message], add_generation_prompt: bool = True, continue_last: bool = False
     ) -> list[int]:
+        self.require_model()  # after an unload the template outlives the vocab; tokenizing with it aborts
         if continue_last:  # the open assistant turn, then its text so far (as llama.cpp's server continues)
             text = self.template.render(messages[:-1], True) + messages[-1].content
         else:

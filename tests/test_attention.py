@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from engine.attention_map import MAX_TOKENS, AttentionMap
-from engine.errors import SettingsError
+from engine.errors import EngineError, SettingsError
 from engine.runtime import Runtime
 from engine.settings import LoadSettings
 
@@ -172,3 +172,12 @@ def test_starter_attention_is_causal_and_marks_sliding_layers(starter):
     # Gemma 3: five sliding-window layers, then one global, repeated (llama.cpp's pattern 6 for gemma3)
     assert amap.sliding_window == 512
     assert amap.sliding_window_layers == tuple(i for i in range(18) if i % 6 != 5)
+
+
+def test_after_an_unload_the_engine_says_so_instead_of_aborting(tiny_model):
+    rt = Runtime()
+    list(rt.load(tiny_model, LoadSettings(n_ctx=256)))
+    rt.unload()
+    for call in (lambda: rt.tokenize("hi"), lambda: rt.render_tokens([]), lambda: rt.attention("hi")):
+        with pytest.raises(EngineError, match="No model is loaded"):
+            call()
