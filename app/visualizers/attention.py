@@ -241,12 +241,16 @@ class AttentionView(QWidget):
         split.setStretchFactor(0, 1)
         split.setStretchFactor(1, 1)
         layout.addWidget(split, 1)
-        self.hint = QLabel("Hover a token (or a heatmap row) to see which earlier tokens it attends to.")
+        self.hint = QLabel(
+            "Hover a token (or a heatmap row) to see which earlier tokens it attends to: the strongest at full "
+            "colour. Heatmap colour: √weight, so weak attention beside a strong one still shows."
+        )
+        self.hint.setWordWrap(True)
         layout.addWidget(self.hint)
         self.layer_box.currentIndexChanged.connect(self._show)
         self.head_box.currentIndexChanged.connect(self._show)
-        self.heatmap.hovered.connect(self._focus)
-        self.text.hovered.connect(self._focus)
+        self.heatmap.hovered.connect(self.focus_token)
+        self.text.hovered.connect(self.focus_token)
 
     def set_busy(self) -> None:
         self.refresh_button.setEnabled(False)
@@ -312,7 +316,8 @@ class AttentionView(QWidget):
         self.heatmap.focus = self.text.focus
         self.text.set_matrix(matrix, self.amap.pieces)
 
-    def _focus(self, index: int) -> None:
+    def focus_token(self, index: int) -> None:
+        """Show what token `index` attends to (as hovering it does)."""
         self.text.set_focus(index)
         self.heatmap.focus = index
         self.heatmap.update()
