@@ -80,6 +80,7 @@ class Inspector(QObject):
         self.last_turn = (0, 0)  # (reused, evaluated) of the last reply's prompt
         self.token_message = -1  # index into self.messages shown in the token view
         self.token_pinned = False  # the user picked a message: keep it; else follow the newest
+        self.attention_messages: list = []  # the conversation the attention dock shows
         self.replies: dict[int, list[Token]] = {}  # streamed tokens per assistant message id (this session)
         self._draft_timer = QTimer(self, singleShot=True, interval=DRAFT_DEBOUNCE_MS)
         self._draft_timer.timeout.connect(self.refresh)
@@ -108,7 +109,7 @@ class Inspector(QObject):
         if shown and key == "kv_calculator":
             self.kv_calculator.refresh()
         elif shown and key == "attention":
-            self.refresh_attention()
+            self.refresh_attention(force=False)
         elif shown:
             self.refresh()
 
@@ -168,8 +169,9 @@ class Inspector(QObject):
             self._show_tokens(index)
         self.updated.emit("inspect")
 
-    def refresh_attention(self) -> None:
-        """Capture the attention over the open conversation (the last 512 tokens) in the engine child."""
+    def refresh_attention(self, force: bool = True) -> None:
+        """Capture the attention over the open conversation (the last 512 tokens) in the engine child; unless
+        `force`d, not again for the conversation already shown (a dock brought to the front)."""
         w = self.window
         if self.docks["attention"].isHidden() or w.loaded is None:
             return
@@ -177,14 +179,17 @@ class Inspector(QObject):
         if not messages:
             self.attention.clear("Nothing to show yet: send a message, then press Refresh.")
             return
+        if not force and self.attention.amap is not None and messages == self.attention_messages:
+            return
         self.attention.set_busy()
         self.bridge.call(
             lambda engine: engine.attention(engine.render_tokens(messages, add_generation_prompt=False)),
-            self._attention_captured, lambda err: self._failed("attention", err),
+            lambda amap: self._attention_captured(amap, messages), lambda err: self._failed("attention", err),
             background=True, key="attention",
         )  # fmt: skip
 
-    def _attention_captured(self, amap) -> None:
+    def _attention_captured(self, amap, messages: list) -> None:
+        self.attention_messages = messages
         self.attention.set_map(amap)
         self.updated.emit("attention")
 

@@ -10,6 +10,7 @@ import sys
 import gguf
 import numpy as np
 import pytest
+from tiny_gemma3 import write_tiny_gemma3
 
 from engine.attention_map import MAX_TOKENS, AttentionMap
 from engine.errors import EngineError, SettingsError
@@ -91,6 +92,89 @@ def test_captured_attention_matches_a_numpy_forward_pass(tiny_runtime, tiny_mode
     assert np.abs(amap.weights - expected).max() > 0  # two real computations, not one copied
     shifted = numpy_llama_attention(tiny_model, [1, *amap.tokens[1:-1], amap.tokens[1]])
     assert np.abs(shifted[:, :, -1] - amap.weights[:, :, -1]).max() > 1e-2  # the comparison can fail
+
+
+def _rope_neox(x: np.ndarray, base: float = 10000.0) -> np.ndarray:
+    """llama.cpp's LLAMA_ROPE_TYPE_NEOX (Gemma): rotate the pairs (x[i], x[i + d/2]) by pos*base^(-2i/d)."""
+    n, _, d = x.shape
+    theta = np.arange(n)[:, None] * base ** (-np.arange(0, d, 2) / d)[None, :]
+    cos, sin = np.cos(theta)[:, None, :], np.sin(theta)[:, None, :]
+    a, b = x[..., : d // 2], x[..., d // 2 :]
+    return np.concatenate([a * cos - b * sin, a * sin + b * cos], axis=-1)
+
+
+def numpy_gemma3_attention(path, tokens: list[int]) -> np.ndarray:
+    """The same for a tiny Gemma 3: embeddings scaled by sqrt(n_embd), q/k RMS-normed per head, NEOX RoPE,
+    post-attention and post-FFN norms, GELU (tanh form), and the sliding-window mask (a query sees the `window`
+    tokens up to itself) on the layers the GGUF's pattern marks."""
+    reader = gguf.GGUFReader(str(path))
+    t = {tensor.name: np.asarray(tensor.data, np.float64) for tensor in reader.tensors}
+
+    def field(key: str):
+        return reader.fields[f"gemma3.{key}"].contents()
+
+    n_head, n_kv, hd = (
+        field("attention.head_count"),
+        field("attention.head_count_kv"),
+        field("attention.key_length"),
+    )
+    eps, window = field("attention.layer_norm_rms_epsilon"), field("attention.sliding_window")
+    pattern = field("attention.sliding_window_pattern")
+    x = t["token_embd.weight"][tokens] * np.sqrt(t["token_embd.weight"].shape[1])
+    n = len(tokens)
+    qi, ki = np.arange(n)[:, None], np.arange(n)[None, :]
+    out = []
+    for i in range(field("block_count")):
+        visible = (ki <= qi) & ((qi - ki < window) if pattern[i] else True)
+        h = _rms(x, t[f"blk.{i}.attn_norm.weight"], eps)
+        q = (h @ t[f"blk.{i}.attn_q.weight"].T).reshape(n, n_head, hd)
+        k = (h @ t[f"blk.{i}.attn_k.weight"].T).reshape(n, n_kv, hd)
+        q = _rope_neox(_rms(q, t[f"blk.{i}.attn_q_norm.weight"], eps))
+        k = _rope_neox(_rms(k, t[f"blk.{i}.attn_k_norm.weight"], eps))
+        v = (h @ t[f"blk.{i}.attn_v.weight"].T).reshape(n, n_kv, hd)
+        k, v = np.repeat(k, n_head // n_kv, axis=1), np.repeat(v, n_head // n_kv, axis=1)
+        scores = np.where(visible, np.einsum("qhd,khd->hqk", q / np.sqrt(hd), k), -np.inf)
+        p = np.exp(scores - scores.max(-1, keepdims=True))
+        p /= p.sum(-1, keepdims=True)
+        out.append(p)
+        attn = np.einsum("hqk,khd->qhd", p, v).reshape(n, n_head * hd) @ t[f"blk.{i}.attn_output.weight"].T
+        x = x + _rms(attn, t[f"blk.{i}.post_attention_norm.weight"], eps)
+        h = _rms(x, t[f"blk.{i}.ffn_norm.weight"], eps)
+        gate = h @ t[f"blk.{i}.ffn_gate.weight"].T
+        gate = 0.5 * gate * (1 + np.tanh(np.sqrt(2 / np.pi) * (gate + 0.044715 * gate**3)))
+        ffn = (gate * (h @ t[f"blk.{i}.ffn_up.weight"].T)) @ t[f"blk.{i}.ffn_down.weight"].T
+        x = x + _rms(ffn, t[f"blk.{i}.post_ffw_norm.weight"], eps)
+    return np.stack(out)
+
+
+@pytest.fixture(scope="module")
+def tiny_gemma3(tmp_path_factory):
+    """Layer 0 slides with a 4-token window, layer 1 is global (the pattern written in the GGUF)."""
+    path = write_tiny_gemma3(
+        tmp_path_factory.mktemp("gemma3") / "tiny-gemma3.gguf", window=4, pattern=[True, False]
+    )
+    rt = Runtime()
+    list(rt.load(path, LoadSettings(n_ctx=256)))
+    yield path, rt
+    rt.close()
+
+
+def test_sliding_window_layers_match_numpy_and_are_banded(tiny_gemma3):
+    path, rt = tiny_gemma3
+    amap = rt.attention(TEXT)
+    assert amap.sliding_window == 4 and amap.sliding_window_layers == (0,)
+    w, n = amap.weights, len(amap.tokens)
+    qi, ki = np.arange(n)[:, None], np.arange(n)[None, :]
+    assert w[0][:, qi - ki >= 4].max() == 0.0  # outside the window: nothing
+    assert w[0][:, (qi - ki < 4) & (ki <= qi)].min() > 0.0  # inside it: something, for every head
+    assert w[1][:, qi - ki >= 4].max() > 0.01  # the global layer reaches further back
+    np.testing.assert_allclose(w.sum(-1), 1.0, atol=1e-5)
+    expected = numpy_gemma3_attention(path, list(amap.tokens))
+    # layer 0 depends only on the embeddings and attention: float32 rounding, measured 1.5e-7. Layer 1 also sees
+    # layer 0's FFN, where ggml's CPU GELU reads a table indexed by its input rounded to float16: measured
+    # 1.5e-4 against the exact GELU here (3.7e-5 when numpy rounds the same way), so 5e-4 for later layers.
+    np.testing.assert_allclose(w[0], expected[0], atol=1e-6, rtol=0)
+    np.testing.assert_allclose(w[1], expected[1], atol=5e-4, rtol=0)
 
 
 def test_rows_are_causal_distributions(tiny_runtime):

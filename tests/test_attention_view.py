@@ -9,10 +9,13 @@ import numpy as np
 import pytest
 from PySide6.QtCore import QPoint, Qt
 from PySide6.QtGui import QColor, QImage
+from tiny_gemma3 import write_tiny_gemma3
 
 from app.main import MainWindow
+from app.visualizers.attention import AttentionView
 from engine.conversations import ConversationStore
-from engine.settings import SamplingSettings
+from engine.runtime import Runtime
+from engine.settings import LoadSettings, SamplingSettings
 
 TIMEOUT = 300_000
 TINY_EOG = ((2, -100.0), (4, -100.0))  # the tiny vocab's end tokens, banned so the reply has its full length
@@ -105,8 +108,12 @@ def test_refresh_button_captures_again_and_errors_are_shown(qtbot, window):
     window.store.set_settings(window.conversation, SamplingSettings(max_tokens=4, seed=1))
     captured(qtbot, window, lambda: window.send("hello world"))
     first = ins.attention.amap
-    window.composer.setPlainText("")
     before = window.bridge.host.evaluation_count()
+    ins.docks["attention"].hide()  # shown again for the same conversation: no new capture
+    ins.show("attention")
+    qtbot.wait(300)
+    qtbot.waitUntil(lambda: window.bridge.idle, timeout=TIMEOUT)
+    assert window.bridge.host.evaluation_count() == before and ins.attention.amap is first
     captured(qtbot, window, lambda: qtbot.mouseClick(ins.attention.refresh_button, Qt.LeftButton))
     assert ins.attention.amap is not first and window.bridge.host.evaluation_count() == before + 1
     assert ins.attention.amap.tokens == first.tokens
@@ -130,3 +137,34 @@ def test_the_gui_process_reads_an_attention_map_without_llama_cpp():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})  # fmt: skip
     assert out.stdout.strip() == "(2, 2) False"
+
+
+def test_sliding_window_layers_are_marked_and_their_window_drawn(qtbot, tmp_path):
+    rt = Runtime()
+    list(
+        rt.load(
+            write_tiny_gemma3(tmp_path / "g3.gguf", window=4, pattern=[True, False]), LoadSettings(n_ctx=256)
+        )
+    )
+    try:
+        amap = rt.attention("the cat is on the moon and the dog is in the sun")
+    finally:
+        rt.close()
+    view = AttentionView()
+    qtbot.addWidget(view)
+    view.resize(1000, 520)
+    view.show()
+    view.set_map(amap)
+    assert view.layer_box.itemText(0) == "0 · sliding window 4" and view.layer_box.itemText(1) == "1 · global"
+    assert view.layer_box.currentIndex() == 1  # the last layer first
+
+    def greens(widget) -> int:
+        image = widget.grab().toImage()
+        sliding = QColor("#3a9d5d").rgb()
+        return sum(image.pixel(x, y) == sliding for x in range(image.width()) for y in range(image.height()))
+
+    assert greens(view.heatmap) == 0  # a global layer has no window edge
+    view.layer_box.setCurrentIndex(0)
+    assert "at most the 4 tokens" in view.layer_note.text()
+    assert greens(view.heatmap) > 50  # the window's edge, drawn along the band
+    assert view.grab().save(str(tmp_path / "attention-sliding.png"))

@@ -7,14 +7,15 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from PySide6.QtCore import QPoint, QRect, QSize, Qt, Signal
-from PySide6.QtGui import QColor, QFontMetrics, QPainter, QPalette, QPen
+from PySide6.QtCore import QPoint, QPointF, QRect, QSize, Qt, Signal
+from PySide6.QtGui import QColor, QFontMetrics, QPainter, QPalette, QPen, QPolygonF
 from PySide6.QtWidgets import (
     QComboBox,
     QHBoxLayout,
     QLabel,
     QPushButton,
     QScrollArea,
+    QSizePolicy,
     QSplitter,
     QToolTip,
     QVBoxLayout,
@@ -97,10 +98,15 @@ class AttentionHeatmap(QWidget):
                 if level:
                     x0, x1 = int(left + k * cell), int(left + (k + 1) * cell)
                     p.fillRect(x0, y0, max(1, x1 - x0), max(1, y1 - y0), palette[level])
-        if self.window_size and self.window_size < n:  # the window's far edge: keys before it get nothing
-            p.setPen(QPen(QColor(SLIDING_COLOR), 2, Qt.DashLine))
+        if self.window_size and self.window_size < n:  # the window's far edge: keys left of it get nothing
+            p.setPen(QPen(QColor(SLIDING_COLOR), 2))
             w = self.window_size
-            p.drawLine(int(left), int(top + w * cell), int(left + (n - w) * cell), int(top + n * cell))
+            edge = QPolygonF()
+            for q in range(w, n):  # row q sees keys q-w+1 .. q (llama.cpp masks q - k >= window)
+                x = left + (q - w + 1) * cell
+                edge.append(QPointF(x, top + q * cell))
+                edge.append(QPointF(x, top + (q + 1) * cell))
+            p.drawPolyline(edge)
         p.setPen(QPen(dim_color(self), 1))
         p.drawRect(QRect(left, top, math.ceil(side), math.ceil(side)))
         if 0 <= self.focus < n:
@@ -215,11 +221,14 @@ class AttentionView(QWidget):
         self.layer_box.setToolTip("Which layer; sliding-window layers see only the most recent tokens.")
         self.head_box = QComboBox()
         self.head_box.setToolTip("One attention head, or the mean over all heads of the layer.")
+        for box in (self.layer_box, self.head_box):
+            box.setSizeAdjustPolicy(QComboBox.AdjustToContents)
         self.refresh_button = QPushButton("Refresh")
         self.refresh_button.setToolTip("Capture the attention of the current conversation again.")
         self.refresh_button.clicked.connect(self.refresh_requested)
         self.status = QLabel("Open a conversation and press Refresh.")
         self.status.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        self.status.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Preferred)  # the pickers keep their width
         row.addWidget(QLabel("Layer"))
         row.addWidget(self.layer_box)
         row.addWidget(QLabel("Head"))
@@ -287,6 +296,7 @@ class AttentionView(QWidget):
             f"{count(amap.n_heads, 'head')} · captured in {amap.seconds:.2f} s"
         )
         self.refresh_button.setEnabled(True)
+        self.layout().activate()  # the pickers grew to their new items' width: lay out now, not at the next event
         if self.text.focus < 0 or self.text.focus >= len(amap.tokens):
             self.text.focus = len(amap.tokens) - 1  # the last token: what the next word is computed from
         self._show()
