@@ -73,7 +73,7 @@ def render_visualizers(out_dir: Path) -> list[Path]:
     """A real reply from the starter model (engine child), a draft being typed, then each visualizer's dock."""
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     os.environ.setdefault("INGLE_HOME", tempfile.mkdtemp(prefix="ingle-shots-"))
-    from PySide6.QtCore import QEventLoop, Qt, QTimer
+    from PySide6.QtCore import QEventLoop, QTimer
     from PySide6.QtWidgets import QApplication
 
     qapp = QApplication.instance() or QApplication(sys.argv)
@@ -124,8 +124,9 @@ def render_visualizers(out_dir: Path) -> list[Path]:
     written = []
     for key, dock in window.inspector.docks.items():
         dock.raise_()
-        if key == "attention":  # a heatmap needs height
-            window.resizeDocks([dock], [700], Qt.Vertical)
+        if key == "attention":  # a heatmap needs height: shown floating, as a user can drag it out
+            dock.setFloating(True)
+            dock.resize(1300, 760)
         wait(ms=200)
         path = out_dir / f"visualizer-{key.replace('_', '-')}.png"
         dock.grab().save(str(path))
