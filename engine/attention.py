@@ -98,6 +98,7 @@ def capture(rt: Runtime, text_or_tokens: str | Sequence[int], max_tokens: int = 
     chat's own context and KV cache are not touched."""
     rt.require_model()
     tokens, dropped = _tokens_for(rt, text_or_tokens, max_tokens)
+    rt._cancel.clear()  # a Stop from before this request is not for it; one during it ends the evaluation
     n = len(tokens)
     cells = -(-n // _PAD) * _PAD
     settings = rt.load_settings.replace(
