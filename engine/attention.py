@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import llama_cpp
 import numpy as np
 
-from engine.attention_map import MAX_TOKENS, AttentionMap
+from engine.attention_map import MAX_TOKENS, AttentionMap, token_cap
 from engine.errors import Cancelled, EngineError, SettingsError
 from engine.kv import sliding_layers
 from engine.llama_params import context_params
@@ -87,12 +87,16 @@ def _tokens_for(rt: Runtime, text_or_tokens: str | Sequence[int], max_tokens: in
     if not tokens:
         raise SettingsError("text", "there is nothing to evaluate: give a text or at least one token.")
     # the most recent tokens matter most in a conversation; the ones before the cap are left out and counted
-    dropped = max(0, len(tokens) - max_tokens)
+    cap = token_cap(
+        llama_cpp.llama_model_n_layer(rt.model), llama_cpp.llama_model_n_head(rt.model), max_tokens
+    )
+    dropped = max(0, len(tokens) - cap)
     return tokens[dropped:], dropped
 
 
 def capture(rt: Runtime, text_or_tokens: str | Sequence[int], max_tokens: int = MAX_TOKENS) -> AttentionMap:
-    """Evaluate `text_or_tokens` (a text gets the model's BOS) and return every layer's attention softmax.
+    """Evaluate `text_or_tokens` (a text gets the model's BOS) and return every layer's attention softmax, for
+    the last `max_tokens` tokens (fewer on big models: engine.attention_map.token_cap).
 
     K and V are kept in F32 for this pass, so the weights are the model's and not a cache quantization's; the
     chat's own context and KV cache are not touched."""
@@ -181,7 +185,14 @@ def _read(ggml: ctypes.CDLL, tensor: int, n: int) -> np.ndarray:
     nbytes = ggml.ggml_nbytes(tensor)
     data = np.empty(nbytes // 4, np.float32)
     ggml.ggml_backend_tensor_get(tensor, data.ctypes.data, 0, nbytes)
-    return np.ascontiguousarray(data.reshape(n_head, n_q, n_kv)[:, :, :n])
+    weights = data.reshape(n_head, n_q, n_kv)
+    if weights[
+        :, :, n:
+    ].any():  # cells past the last token must be masked padding, or cell i is not position i
+        raise EngineError(
+            f"weights on {n_kv - n} KV cells past the last token; cells do not map to positions"
+        )
+    return np.ascontiguousarray(weights[:, :, :n])
 
 
 def _apply_adapters(rt: Runtime, ctx) -> None:

@@ -8,10 +8,20 @@ from dataclasses import dataclass
 import numpy as np
 
 MAX_TOKENS = 512  # the most tokens one capture evaluates: [layers][heads][512][512] float32 is 1 MiB per head
+MAX_BYTES = (
+    256 << 20
+)  # and the most its weights may take (they cross a pipe to the GUI): big models get fewer
 DENSE_LIMIT = (
     128  # up to this many tokens the JSON carries every weight; beyond, the top-k keys of each query
 )
 SPARSE_TOP_K = 16
+
+
+def token_cap(n_layers: int, n_heads: int, max_tokens: int = MAX_TOKENS) -> int:
+    """How many tokens one capture may evaluate for a model of this shape: at most `max_tokens`, and fewer where
+    layers x heads x tokens² float32 weights would pass MAX_BYTES (a 32-layer, 32-head model: 256 tokens)."""
+    fits = int((MAX_BYTES / (4 * max(1, n_layers * n_heads))) ** 0.5)
+    return max(1, min(max_tokens, fits))
 
 
 @dataclass(frozen=True)

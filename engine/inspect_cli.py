@@ -97,7 +97,8 @@ def register(sub) -> None:
     p.add_argument(
         "--attention",
         action="store_true",
-        help=f"also capture every layer's attention weights (up to the last {MAX_TOKENS} tokens); with --json: "
+        help=f"also capture every layer's attention weights (the last {MAX_TOKENS} tokens at most, fewer on big "
+        f"models); with --json: "
         f"'attention' holds tokens, sliding_window_layers and weights[layer][head][query][key] (keys 0..query), "
         f"dense up to {DENSE_LIMIT} tokens, beyond that the top {SPARSE_TOP_K} [key, weight] pairs per query",
     )

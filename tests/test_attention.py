@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from tiny_gemma3 import write_tiny_gemma3
 
-from engine.attention_map import MAX_TOKENS, AttentionMap
+from engine.attention_map import MAX_BYTES, MAX_TOKENS, AttentionMap, token_cap
 from engine.errors import EngineError, SettingsError
 from engine.runtime import Runtime
 from engine.settings import LoadSettings
@@ -265,3 +265,12 @@ def test_after_an_unload_the_engine_says_so_instead_of_aborting(tiny_model):
     for call in (lambda: rt.tokenize("hi"), lambda: rt.render_tokens([]), lambda: rt.attention("hi")):
         with pytest.raises(EngineError, match="No model is loaded"):
             call()
+
+
+def test_big_models_get_fewer_tokens_so_the_weights_stay_bounded():
+    assert token_cap(18, 4) == MAX_TOKENS  # the starter: 18 x 4 x 512² floats = 72 MiB
+    assert token_cap(32, 32) == 256  # a 7B-class model: 256 MiB at 256 tokens, not 1 GiB at 512
+    assert token_cap(32, 32, max_tokens=100) == 100
+    for shape in ((18, 4), (32, 32), (80, 64)):
+        n = token_cap(*shape)
+        assert shape[0] * shape[1] * n * n * 4 <= MAX_BYTES
