@@ -55,8 +55,8 @@ class AttentionMap:
     def to_json(self, dense_limit: int = DENSE_LIMIT, top_k: int = SPARSE_TOP_K) -> dict:
         """The `attention` object of `ingle inspect --attention --json`.
 
-        Dense (`"format": "dense"`): `weights[layer][head][query][key]` for every key 0..query (the keys after
-        the query are zero by causality and left out, so row q has q+1 numbers). Beyond `dense_limit` tokens,
+        Dense (`"format": "dense"`): `weights[layer][head][query][key]`, every key of every query (the keys
+        after the query are 0: causal), so `numpy.array(weights)` is the 4-D array. Beyond `dense_limit` tokens,
         `"format": "top-k"`: `weights[layer][head][query]` is a list of `[key, weight]` pairs, the `top_k`
         largest weights of that query, largest first (the rest of the row's mass is left out)."""
         n = len(self.tokens)
@@ -72,13 +72,7 @@ class AttentionMap:
         }
         if n <= dense_limit:
             out["format"] = "dense"
-            out["weights"] = [
-                [
-                    [rounded[layer, head, q, : q + 1].tolist() for q in range(n)]
-                    for head in range(self.n_heads)
-                ]
-                for layer in range(self.n_layers)
-            ]
+            out["weights"] = rounded.tolist()
             return out
         k = min(top_k, n)
         order = np.argsort(-self.weights, axis=-1, kind="stable")[..., :k]

@@ -99,7 +99,7 @@ def register(sub) -> None:
         action="store_true",
         help=f"also capture every layer's attention weights (the last {MAX_TOKENS} tokens at most, fewer on big "
         f"models); with --json: "
-        f"'attention' holds tokens, sliding_window_layers and weights[layer][head][query][key] (keys 0..query), "
+        f"'attention' holds tokens, sliding_window_layers and weights[layer][head][query][key], "
         f"dense up to {DENSE_LIMIT} tokens, beyond that the top {SPARSE_TOP_K} [key, weight] pairs per query",
     )
     p.add_argument(
