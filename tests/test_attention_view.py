@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PySide6.QtCore import QPoint, Qt
-from PySide6.QtGui import QColor, QImage
+from PySide6.QtGui import QColor, QImage, QPalette
 from tiny_gemma3 import write_tiny_gemma3
 
 from app.main import MainWindow
@@ -167,4 +167,13 @@ def test_sliding_window_layers_are_marked_and_their_window_drawn(qtbot, tmp_path
     view.layer_box.setCurrentIndex(0)
     assert "at most the 4 tokens" in view.layer_note.text()
     assert greens(view.heatmap) > 50  # the window's edge, drawn along the band
+    heat = view.heatmap
+    left, top, cell = heat._geometry()
+    image = heat.grab().toImage()
+
+    def cell_colour(q: int, k: int) -> QColor:
+        return QColor(image.pixel(int(left + (k + 0.5) * cell), int(top + (q + 0.5) * cell)))
+
+    inside, outside = cell_colour(10, 8), cell_colour(10, 2)  # window 4: query 10 sees keys 7..10
+    assert outside == view.palette().color(QPalette.Base) and inside.red() - inside.blue() > 30
     assert view.grab().save(str(tmp_path / "attention-sliding.png"))

@@ -7,8 +7,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from PySide6.QtCore import QPoint, QPointF, QRect, QSize, Qt, Signal
-from PySide6.QtGui import QColor, QFontMetrics, QPainter, QPalette, QPen, QPolygonF
+from PySide6.QtCore import QPoint, QPointF, QRect, QRectF, QSize, Qt, Signal
+from PySide6.QtGui import QColor, QFontMetrics, QImage, QPainter, QPalette, QPen, QPolygonF
 from PySide6.QtWidgets import (
     QComboBox,
     QHBoxLayout,
@@ -34,6 +34,17 @@ MEAN = -1  # the head picker's "mean over heads"
 def heat(weight: float) -> float:
     """Colour intensity for a weight: the square root, so weak but real attention still shows beside a sink."""
     return math.sqrt(min(1.0, max(0.0, weight)))
+
+
+def heat_image(matrix: np.ndarray, base: QColor, hot: QColor) -> QImage:
+    """The [query, key] matrix as an image, one pixel per cell: `base` at 0 to `hot` at 1, by √weight."""
+    level = np.sqrt(np.clip(np.nan_to_num(matrix), 0.0, 1.0))[..., None]
+    lo, hi = np.array(base.getRgb()[:3], np.float64), np.array(hot.getRgb()[:3], np.float64)
+    rgb = (lo + (hi - lo) * level + 0.5).astype(np.uint8)
+    n_rows, n_cols = matrix.shape
+    pixels = np.ascontiguousarray(np.concatenate([rgb, np.full((n_rows, n_cols, 1), 255, np.uint8)], axis=-1))
+    # QImage does not own numpy's buffer: copy() before `pixels` goes away
+    return QImage(pixels.data, n_cols, n_rows, 4 * n_cols, QImage.Format_RGBA8888).copy()
 
 
 class AttentionHeatmap(QWidget):
@@ -84,20 +95,10 @@ class AttentionHeatmap(QWidget):
             p.end()
             return
         left, top, cell = self._geometry()
-        base, hot = self.palette().color(QPalette.Base), QColor(HEAT_COLOR)
+        base = self.palette().color(QPalette.Base)
         side = cell * n
-        p.fillRect(QRect(left, top, math.ceil(side), math.ceil(side)), base)
-        # one colour per cell; rows of cells under a pixel are drawn over each other (max wins visually enough)
-        levels = np.sqrt(np.clip(self.matrix, 0.0, 1.0))
-        palette = [mix(base, hot, i / 32) for i in range(33)]
-        for q in range(n):
-            y0, y1 = int(top + q * cell), int(top + (q + 1) * cell)
-            row = levels[q]
-            for k in range(q + 1):
-                level = int(row[k] * 32 + 0.5)
-                if level:
-                    x0, x1 = int(left + k * cell), int(left + (k + 1) * cell)
-                    p.fillRect(x0, y0, max(1, x1 - x0), max(1, y1 - y0), palette[level])
+        # one pixel per cell, scaled up without smoothing: 512 tokens are 131k cells, too many to fill one by one
+        p.drawImage(QRectF(left, top, side, side), heat_image(self.matrix, base, QColor(HEAT_COLOR)))
         if self.window_size and self.window_size < n:  # the window's far edge: keys left of it get nothing
             p.setPen(QPen(QColor(SLIDING_COLOR), 2))
             w = self.window_size
