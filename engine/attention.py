@@ -123,6 +123,11 @@ def capture(rt: Runtime, text_or_tokens: str | Sequence[int], max_tokens: int = 
                 captured[int(name[len(SOFTMAX_NAME) :])] = _read(ggml, tensor, n)
             except (ValueError, EngineError) as err:  # never raise through llama.cpp's C frames
                 problems.append(f"{name.decode(errors='replace')}: {err}")
+            if rt.heartbeat:  # one decode of 512 tokens can outlast the host's patience on a slow machine
+                try:
+                    rt.heartbeat()
+                except OSError:  # the pipe is gone, so is the parent; the child ends with it
+                    pass
         return not rt._cancel.is_set()
 
     cparams = context_params(settings, llama_cpp.llama_model_n_ctx_train(rt.model))
