@@ -136,7 +136,10 @@ def capture(rt: Runtime, text_or_tokens: str | Sequence[int], max_tokens: int = 
     started = time.perf_counter()
     ctx = llama_cpp.llama_init_from_model(rt.model, cparams)
     if not ctx:
-        raise EngineError(f"llama.cpp could not create a {cells}-token context to capture attention.")
+        raise EngineError(
+            f"llama.cpp could not create a {cells}-token context to capture attention; free some memory or "
+            "capture fewer tokens."
+        )
     batch = llama_cpp.llama_batch_init(cells, 0, 1)
     try:
         _apply_adapters(rt, ctx)
