@@ -12,7 +12,8 @@ from PySide6.QtGui import QColor, QImage, QPalette
 from tiny_gemma3 import write_tiny_gemma3
 
 from app.main import MainWindow
-from app.visualizers.attention import AttentionView
+from app.visualizers.attention import AttentionView, label
+from engine.attention_map import AttentionMap
 from engine.conversations import ConversationStore
 from engine.runtime import Runtime
 from engine.settings import LoadSettings, SamplingSettings
@@ -177,3 +178,19 @@ def test_sliding_window_layers_are_marked_and_their_window_drawn(qtbot, tmp_path
     inside, outside = cell_colour(10, 8), cell_colour(10, 2)  # window 4: query 10 sees keys 7..10
     assert outside == view.palette().color(QPalette.Base) and inside.red() - inside.blue() > 30
     assert view.grab().save(str(tmp_path / "attention-sliding.png"))
+
+
+def test_a_hostile_token_text_is_elided_not_measured_whole(qtbot):
+    # a model's vocabulary is untrusted: one "token" can be megabytes of text
+    weights = np.tril(np.ones((3, 3), np.float32))
+    weights /= weights.sum(-1, keepdims=True)
+    amap = AttentionMap((1, 2, 3), ("x" * 2_000_000, "\n\t", "ok"), weights[None, None], (), 0)
+    view = AttentionView()
+    qtbot.addWidget(view)
+    view.resize(900, 500)
+    view.show()
+    view.set_map(amap)
+    assert view.text.chip_text(1) == "↵⇥" and len(label(amap.pieces[0])) <= 40
+    assert not view.grab().isNull()
+    qtbot.mouseMove(view.text, view.text._chip_rects[2].center())
+    qtbot.waitUntil(lambda: view.text.focus == 2, timeout=10_000)

@@ -36,6 +36,11 @@ def heat(weight: float) -> float:
     return math.sqrt(min(1.0, max(0.0, weight)))
 
 
+def label(piece: str) -> str:
+    """A token as the heatmap and the tooltips name it: whitespace visible, a very long piece elided."""
+    return chip_label(visible_piece(piece))
+
+
 def heat_image(matrix: np.ndarray, base: QColor, hot: QColor) -> QImage:
     """The [query, key] matrix as an image, one pixel per cell: `base` at 0 to `hot` at 1, by √weight."""
     level = np.sqrt(np.clip(np.nan_to_num(matrix), 0.0, 1.0))[..., None]
@@ -117,14 +122,14 @@ class AttentionHeatmap(QWidget):
             fm = QFontMetrics(self.font())
             p.setPen(text_color(self))
             for i, piece in enumerate(self.pieces):
-                label = fm.elidedText(visible_piece(piece), Qt.ElideRight, left - 6)
+                text = fm.elidedText(label(piece), Qt.ElideRight, left - 6)
                 p.drawText(
-                    QRect(0, int(top + i * cell), left - 4, int(cell)), Qt.AlignRight | Qt.AlignVCenter, label
+                    QRect(0, int(top + i * cell), left - 4, int(cell)), Qt.AlignRight | Qt.AlignVCenter, text
                 )
                 p.save()
                 p.translate(left + i * cell, top - 4)
                 p.rotate(-90)
-                p.drawText(QRect(0, 0, top - 6, int(cell)), Qt.AlignLeft | Qt.AlignVCenter, label)
+                p.drawText(QRect(0, 0, top - 6, int(cell)), Qt.AlignLeft | Qt.AlignVCenter, text)
                 p.restore()
         p.end()
 
@@ -135,7 +140,7 @@ class AttentionHeatmap(QWidget):
             return
         self.hovered.emit(q)
         tip = (
-            f"query #{q} {visible_piece(self.pieces[q])!r} → key #{k} {visible_piece(self.pieces[k])!r}\n"
+            f"query #{q} {label(self.pieces[q])!r} → key #{k} {label(self.pieces[k])!r}\n"
             f"weight {self.matrix[q, k]:.4f}" + ("  (after the query: causal, always 0)" if k > q else "")
         )
         QToolTip.showText(event.globalPosition().toPoint(), tip, self)
@@ -200,7 +205,7 @@ class AttentionText(ChipFlow):
         self.hovered.emit(i)
         row = self.weights_from_focus()
         top = np.argsort(-row[: i + 1], kind="stable")[:3]
-        lines = "\n".join(f"  {visible_piece(self.pieces[k])!r} #{k}: {row[k]:.3f}" for k in top)
+        lines = "\n".join(f"  {label(self.pieces[k])!r} #{k}: {row[k]:.3f}" for k in top)
         QToolTip.showText(
             event.globalPosition().toPoint(),
             f"#{i} {chip_label(self.chip_text(i))!r} attends to:\n{lines}",
