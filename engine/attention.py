@@ -24,7 +24,6 @@ from engine.attention_map import MAX_TOKENS, AttentionMap, token_cap
 from engine.errors import Cancelled, EngineError, SettingsError
 from engine.kv import sliding_layers
 from engine.llama_params import context_params
-from engine.settings import CacheType, FlashAttention
 
 if TYPE_CHECKING:
     from engine.runtime import Runtime
@@ -105,10 +104,6 @@ def capture(rt: Runtime, text_or_tokens: str | Sequence[int], max_tokens: int = 
     rt._cancel.clear()  # a Stop from before this request is not for it; one during it ends the evaluation
     n = len(tokens)
     cells = -(-n // _PAD) * _PAD
-    settings = rt.load_settings.replace(
-        n_ctx=cells, n_batch=cells, n_ubatch=cells, flash_attn=FlashAttention.OFF, swa_full=True,
-        type_k=CacheType.F32, type_v=CacheType.F32,
-    )  # fmt: skip
     ggml = _ggml_lib()
     captured: dict[int, np.ndarray] = {}
     problems: list[str] = []
@@ -130,7 +125,14 @@ def capture(rt: Runtime, text_or_tokens: str | Sequence[int], max_tokens: int = 
                     pass
         return not rt._cancel.is_set()
 
-    cparams = context_params(settings, llama_cpp.llama_model_n_ctx_train(rt.model))
+    # the chat context's parameters (threads, RoPE scaling for its length), then this pass's own
+    cparams = context_params(rt.load_settings, llama_cpp.llama_model_n_ctx_train(rt.model))
+    cparams.n_ctx = cparams.n_batch = cparams.n_ubatch = cells  # one micro-batch: cell i holds position i
+    cparams.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED  # the softmax exists only without it
+    cparams.type_k = cparams.type_v = llama_cpp.GGML_TYPE_F32
+    cparams.swa_full = (
+        True  # sliding-window layers keep every cell too, so cells map to positions the same way
+    )
     cparams.cb_eval = on_tensor
     cparams.cb_eval_user_data = None
     started = time.perf_counter()

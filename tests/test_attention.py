@@ -15,7 +15,7 @@ from tiny_gemma3 import write_tiny_gemma3
 from engine.attention_map import MAX_BYTES, MAX_TOKENS, AttentionMap, token_cap
 from engine.errors import EngineError, SettingsError
 from engine.runtime import Runtime
-from engine.settings import LoadSettings
+from engine.settings import LoadSettings, RopeScaling
 
 TEXT = "the cat is on the moon and the dog is in the sun , hello world"
 
@@ -24,10 +24,11 @@ def _rms(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
     return x / np.sqrt((x * x).mean(-1, keepdims=True) + eps) * w
 
 
-def _rope_norm(x: np.ndarray, base: float = 10000.0) -> np.ndarray:
-    """llama.cpp's LLAMA_ROPE_TYPE_NORM (the llama arch): rotate adjacent pairs (x[2i], x[2i+1]) by pos*base^(-2i/d)."""
+def _rope_norm(x: np.ndarray, base: float = 10000.0, pos_scale: float = 1.0) -> np.ndarray:
+    """llama.cpp's LLAMA_ROPE_TYPE_NORM (the llama arch): rotate adjacent pairs (x[2i], x[2i+1]) by
+    pos*base^(-2i/d); linear RoPE scaling multiplies the positions by `pos_scale`."""
     n, _, d = x.shape
-    theta = np.arange(n)[:, None] * base ** (-np.arange(0, d, 2) / d)[None, :]
+    theta = (np.arange(n) * pos_scale)[:, None] * base ** (-np.arange(0, d, 2) / d)[None, :]
     cos, sin = np.cos(theta)[:, None, :], np.sin(theta)[:, None, :]
     even, odd = x[..., 0::2], x[..., 1::2]
     out = np.empty_like(x)
@@ -36,7 +37,7 @@ def _rope_norm(x: np.ndarray, base: float = 10000.0) -> np.ndarray:
     return out
 
 
-def numpy_llama_attention(path, tokens: list[int]) -> np.ndarray:
+def numpy_llama_attention(path, tokens: list[int], pos_scale: float = 1.0) -> np.ndarray:
     """The attention softmax of every layer and head of a tiny llama GGUF (F32 weights), computed in float64 from
     the file's tensors with no llama.cpp code: [layer, head, query, key]."""
     reader = gguf.GGUFReader(str(path))
@@ -54,8 +55,8 @@ def numpy_llama_attention(path, tokens: list[int]) -> np.ndarray:
     out = []
     for i in range(n_layers):
         h = _rms(x, t[f"blk.{i}.attn_norm.weight"], eps)
-        q = _rope_norm((h @ t[f"blk.{i}.attn_q.weight"].T).reshape(n, n_head, hd))
-        k = _rope_norm((h @ t[f"blk.{i}.attn_k.weight"].T).reshape(n, n_kv, hd))
+        q = _rope_norm((h @ t[f"blk.{i}.attn_q.weight"].T).reshape(n, n_head, hd), pos_scale=pos_scale)
+        k = _rope_norm((h @ t[f"blk.{i}.attn_k.weight"].T).reshape(n, n_kv, hd), pos_scale=pos_scale)
         v = (h @ t[f"blk.{i}.attn_v.weight"].T).reshape(n, n_kv, hd)
         k, v = (
             np.repeat(k, n_head // n_kv, axis=1),
@@ -175,6 +176,21 @@ def test_sliding_window_layers_match_numpy_and_are_banded(tiny_gemma3):
     # 1.5e-4 against the exact GELU here (3.7e-5 when numpy rounds the same way), so 5e-4 for later layers.
     np.testing.assert_allclose(w[0], expected[0], atol=1e-6, rtol=0)
     np.testing.assert_allclose(w[1], expected[1], atol=5e-4, rtol=0)
+
+
+def test_the_capture_uses_the_chats_rope_scaling(tiny_model):
+    # a 1024-token chat on a model trained for 512, stretched linearly: positions count half (scale 0.5)
+    rt = Runtime()
+    list(rt.load(tiny_model, LoadSettings(n_ctx=1024, rope_scaling=RopeScaling.LINEAR)))
+    try:
+        amap = rt.attention(TEXT)
+    finally:
+        rt.close()
+    np.testing.assert_allclose(
+        amap.weights, numpy_llama_attention(tiny_model, list(amap.tokens), 0.5), atol=1e-6
+    )
+    unscaled = numpy_llama_attention(tiny_model, list(amap.tokens))
+    assert np.abs(amap.weights - unscaled).max() > 1e-3
 
 
 def test_rows_are_causal_distributions(tiny_runtime):
