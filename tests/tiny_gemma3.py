@@ -8,7 +8,7 @@ from pathlib import Path
 
 import gguf
 import numpy as np
-from gguf_factory import build_vocab
+from gguf_factory import add_spm_vocab, build_vocab
 
 
 def write_tiny_gemma3(
@@ -36,15 +36,7 @@ def write_tiny_gemma3(
     if pattern is not None:
         w.add_array("gemma3.attention.sliding_window_pattern", list(pattern))
     w.add_file_type(gguf.LlamaFileType.ALL_F32)
-    w.add_tokenizer_model("llama")
-    w.add_token_list(tokens)
-    w.add_token_scores(scores)
-    w.add_token_types(types)
-    w.add_bos_token_id(1)
-    w.add_eos_token_id(2)
-    w.add_unk_token_id(0)
-    w.add_add_bos_token(True)
-    w.add_add_eos_token(False)
+    add_spm_vocab(w, tokens, scores, types)
 
     def t(name: str, *shape: int, ones: bool = False) -> None:
         w.add_tensor(
