@@ -4,6 +4,7 @@ and on the starter they are distributions that respect causality and the sliding
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -254,6 +255,18 @@ def test_inspect_cli_attention_json_through_the_engine_child(tiny_model):
     assert weights.shape == (2, 4, n, n) and att["sliding_window_layers"] == []
     np.testing.assert_allclose(weights.sum(-1), 1.0, atol=1e-4)
     assert np.triu(weights, 1).max() == 0.0
+    text = subprocess.run(
+        [sys.executable, "-m", "app.cli", "inspect", str(tiny_model), "the cat", "--attention", "--in-process"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert text.returncode == 0, text.stderr
+    assert "Attention: 2 layers x 4 heads over 3 tokens" in text.stdout
+    assert re.search(r"layer  1 \(global\): '(<s>| the| cat)' 0\.\d\d", text.stdout)
+    bad = subprocess.run(
+        [sys.executable, "-m", "app.cli", "inspect", "no-such-model", "hi", "--attention"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert bad.returncode == 2 and bad.stderr.startswith("ingle: error:") and "Traceback" not in bad.stderr
 
 
 @pytest.fixture(scope="module")
