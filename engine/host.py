@@ -17,6 +17,7 @@ from multiprocessing.connection import Client, Listener
 from pathlib import Path
 from typing import Any
 
+from engine.attention_map import MAX_TOKENS, AttentionMap
 from engine.child_process import STDERR_TAIL_BYTES, die_with_parent, keep_crash_log, new_log
 from engine.errors import EngineDied, EngineError, EngineHung, IngleError
 from engine.events import Event, Message, PromptEvaluated
@@ -393,6 +394,10 @@ class EngineHost:
 
     def hardware(self) -> Hardware:
         return self._call("hardware")
+
+    def attention(self, text_or_tokens: str | Sequence[int], max_tokens: int = MAX_TOKENS) -> AttentionMap:
+        data = text_or_tokens if isinstance(text_or_tokens, str) else list(text_or_tokens)
+        return self._call("attention", data, max_tokens)
 
     def __enter__(self) -> EngineHost:
         return self

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+from engine.attention_map import MAX_TOKENS, AttentionMap
 from engine.events import Event, Message, PromptEvaluated
 from engine.hardware import Hardware
 from engine.kv import KVLayout
@@ -141,6 +142,11 @@ class Engine(Protocol):
 
     def hardware(self) -> Hardware:
         """What the engine's process can run on (CPU, RAM, GPUs with free memory)."""
+        ...
+
+    def attention(self, text_or_tokens: str | Sequence[int], max_tokens: int = MAX_TOKENS) -> AttentionMap:
+        """Every layer's and head's attention weights for a text (with BOS) or tokens, up to `max_tokens` (the
+        last ones); evaluated in a separate context, so the chat's KV cache is untouched."""
         ...
 
 

@@ -21,7 +21,8 @@ from pathlib import Path
 import llama_cpp
 import numpy as np
 
-from engine import inspection
+from engine import attention, inspection
+from engine.attention_map import MAX_TOKENS, AttentionMap
 from engine.chat_template import ChatTemplate, template_for
 from engine.errors import Cancelled, ContextFullError, EngineError, ModelFileError
 from engine.events import (
@@ -105,6 +106,7 @@ class Runtime:
         self.load_settings: LoadSettings | None = None
         self.template: ChatTemplate | None = None
         self._adapters: list = []
+        self.adapter_scales: list[float] = []  # the scale of each of _adapters, in order
         self._cached: list[int] = []  # tokens whose K/V are in the cache, in order
         self._cancel = threading.Event()
         self._batch = None
@@ -215,6 +217,7 @@ class Runtime:
                 raise ModelFileError(f"{ainfo.path}: llama.cpp could not apply this adapter to the model.")
             handles.append(handle)
         self._adapters = handles
+        self.adapter_scales = [s for _, s in adapter_infos]
         arr = (llama_cpp.llama_adapter_lora_p_ctypes * len(handles))(*handles)
         scales = (ctypes.c_float * len(handles))(*(s for _, s in adapter_infos))
         if llama_cpp.llama_set_adapters_lora(self.ctx, arr, len(handles), scales) != 0:
@@ -264,6 +267,7 @@ class Runtime:
 
     # ------------------------------------------------------------- tokens
     def tokenize(self, text: str, add_special: bool = False, parse_special: bool = True) -> list[int]:
+        self.require_model()  # llama.cpp aborts the process on a freed vocab
         data = text.encode("utf-8")
         cap = len(data) + 8
         buf = (llama_cpp.llama_token * cap)()
@@ -461,6 +465,7 @@ class Runtime:
     def render_tokens(
         self, messages: Sequence[Message], add_generation_prompt: bool = True, continue_last: bool = False
     ) -> list[int]:
+        self.require_model()  # after an unload the template outlives the vocab; tokenizing with it aborts
         if continue_last:  # the open assistant turn, then its text so far (as llama.cpp's server continues)
             text = self.template.render(messages[:-1], True) + messages[-1].content
         else:
@@ -601,3 +606,6 @@ class Runtime:
         self, messages: Sequence[Message], draft: str, sampling: SamplingSettings, policy: OverflowPolicy
     ) -> ContextBudget:
         return inspection.context_budget(self, messages, draft, sampling, policy)
+
+    def attention(self, text_or_tokens: str | Sequence[int], max_tokens: int = MAX_TOKENS) -> AttentionMap:
+        return attention.capture(self, text_or_tokens, max_tokens)
