@@ -21,7 +21,7 @@ from pathlib import Path
 import llama_cpp
 import numpy as np
 
-from engine import inspection
+from engine import embedding_space, eval_context, inspection
 from engine.chat_template import ChatTemplate, template_for
 from engine.errors import Cancelled, ContextFullError, EngineError, ModelFileError
 from engine.events import (
@@ -601,3 +601,14 @@ class Runtime:
         self, messages: Sequence[Message], draft: str, sampling: SamplingSettings, policy: OverflowPolicy
     ) -> ContextBudget:
         return inspection.context_budget(self, messages, draft, sampling, policy)
+
+    def token_neighbours(self, token: int | str, k: int = 20) -> embedding_space.Neighbours:
+        return embedding_space.token_neighbours(self, token, k)
+
+    def embedding_projection(self, tokens: Sequence[int] | None = None) -> embedding_space.Projection:
+        return embedding_space.embedding_projection(self, tokens)
+
+    def eval_context(
+        self, lengths: Sequence[int], depths: Sequence[int], perplexity: bool = True
+    ) -> Iterator:
+        return eval_context.evaluate_context(self, lengths, depths, perplexity)
