@@ -21,6 +21,7 @@ from app.visualizers import (
     TokenPanel,
     TokenProbabilities,
 )
+from app.visualizers.embeddings import EmbeddingsView
 from engine.events import Message, ModelLoaded, PromptEvaluated, ReplyDone, Token
 from engine.interface import Inspection
 
@@ -50,6 +51,7 @@ class Inspector(QObject):
         self.probabilities = TokenProbabilities()
         self.preview = SamplingPreview()
         self.timing = TimingBar()
+        self.embeddings = EmbeddingsView()
         self.docks: dict[str, QDockWidget] = {}
         for key, title, widget in (
             ("context", "Context window", self.context_bar),
@@ -59,6 +61,7 @@ class Inspector(QObject):
             ("probabilities", "Token probabilities", self.probabilities),
             ("preview", "Sampling preview", _scrolled(self.preview)),
             ("timing", "Timing", self.timing),
+            ("embeddings", "Embeddings", self.embeddings),
         ):
             dock = QDockWidget(title, window)
             dock.setObjectName(f"inspector-{key}")  # saveState/restoreState key
@@ -68,7 +71,7 @@ class Inspector(QObject):
             window.addDockWidget(Qt.BottomDockWidgetArea, dock)
             self.docks[key] = dock
         first = self.docks["context"]
-        for key in ("tokens", "kv", "probabilities", "preview", "timing", "kv_calculator"):
+        for key in ("tokens", "kv", "probabilities", "preview", "timing", "kv_calculator", "embeddings"):
             window.tabifyDockWidget(first, self.docks[key])
         self.messages: list = []  # what the last inspect evaluated (Message list, draft included)
         self.has_draft = False
@@ -87,6 +90,8 @@ class Inspector(QObject):
         self.bridge.event.connect(self._on_event)
         self.tokens.message_chosen.connect(self._pick_tokens)
         self.probabilities.continue_requested.connect(window.continue_with)
+        self.embeddings.neighbours_requested.connect(self._neighbours)
+        self.embeddings.projection_requested.connect(self.refresh_projection)
 
     # ------------------------------------------------------------ visibility
     def active(self) -> bool:
@@ -157,7 +162,26 @@ class Inspector(QObject):
             index = self.token_message if pinned else len(labels) - 1
             self.tokens.set_messages(labels, index)
             self._show_tokens(index)
+        if not self.docks["embeddings"].isHidden():
+            self.refresh_projection()
         self.updated.emit("inspect")
+
+    def _neighbours(self, token, k: int) -> None:
+        if self.window.loaded is None:
+            self.embeddings.show_error("Load a model first.")
+            return
+        self.bridge.call(lambda engine: engine.token_neighbours(token, k), self.embeddings.show_neighbours,
+                         lambda err: self.embeddings.show_error(str(err)))  # fmt: skip
+
+    def refresh_projection(self) -> None:
+        """The tokens in the KV cache now (the conversation and draft the last inspect evaluated)."""
+        if self.window.loaded is None:
+            self.embeddings.show_error("Load a model first.")
+            return
+        self.bridge.call(
+            lambda engine: engine.embedding_projection(None), self.embeddings.show_projection,
+            lambda err: self.embeddings.show_error(str(err)), background=True, key="embedding_projection",
+        )  # fmt: skip
 
     def _previewed(self, stages: list) -> None:
         self.preview.set_stages(stages)

@@ -162,7 +162,7 @@ class WindowLayout:
         view_menu.addSeparator()
         for key, shortcut in (("context", "Ctrl+1"), ("tokens", "Ctrl+2"), ("kv", "Ctrl+3"),
                               ("probabilities", "Ctrl+4"), ("preview", "Ctrl+5"), ("timing", "Ctrl+6"),
-                              ("kv_calculator", "Ctrl+7")):  # fmt: skip
+                              ("kv_calculator", "Ctrl+7"), ("embeddings", "Ctrl+8")):  # fmt: skip
             dock = self.inspector.docks[key]
             action = dock.toggleViewAction()
             action.setShortcut(QKeySequence(shortcut))

@@ -175,10 +175,12 @@ def resolve_token(rt, token: int | str) -> int:
     """A token id, or text that is exactly one token of the model's vocabulary."""
     if isinstance(token, str):
         ids = rt.tokenize(token, add_special=False, parse_special=True)
+        if len(ids) != 1 and token.strip():  # SPM vocabularies add their own leading space: try without one
+            ids = rt.tokenize(token.strip(), add_special=False, parse_special=True)
         if len(ids) != 1:
-            shown = " | ".join(rt.piece(t) for t in ids[:8])
+            shown = " | ".join(repr(rt.piece(t)) for t in ids[:8])
             raise EngineError(
-                f"'{token}' is {len(ids)} tokens for this model ({shown}); type one token, e.g. the first piece."
+                f"{token!r} is {len(ids)} tokens for this model ({shown}); type one token, e.g. the first piece."
                 if ids
                 else "Type a token (the text is empty)."
             )
