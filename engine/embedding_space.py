@@ -93,11 +93,11 @@ def dequantized_rows(path: str | Path) -> tuple[Callable[[int, int], np.ndarray]
     return read, n_vocab, n_embd, info.type_name
 
 
-def load_matrix(path: str | Path) -> EmbeddingMatrix:
-    """Dequantize and row-normalize the token embedding matrix, chunk by chunk."""
+def load_matrix(path: str | Path, float32_limit: int = FLOAT32_LIMIT) -> EmbeddingMatrix:
+    """Dequantize and row-normalize the token embedding matrix, chunk by chunk (float16 past the limit)."""
     started = time.perf_counter()
     read, n_vocab, n_embd, type_name = dequantized_rows(path)
-    dtype = np.float32 if n_vocab * n_embd * 4 <= FLOAT32_LIMIT else np.float16
+    dtype = np.float32 if n_vocab * n_embd * 4 <= float32_limit else np.float16
     unit = np.empty((n_vocab, n_embd), dtype)
     for start in range(0, n_vocab, ROWS_PER_CHUNK):
         stop = min(n_vocab, start + ROWS_PER_CHUNK)

@@ -162,6 +162,7 @@ class EmbeddingsView(QWidget):
             row.addWidget(w, 1 if w is self.token_box else 0)
         layout.addLayout(row)
         self.status = MessageLabel(hide_when_empty=True)
+        self.failed = False
         layout.addWidget(self.status)
         split = QSplitter()
         self.neighbours = NeighbourList()
@@ -194,13 +195,17 @@ class EmbeddingsView(QWidget):
 
     def show_neighbours(self, result: Neighbours) -> None:
         how = "from memory" if result.cached else "read and dequantized the embedding matrix first"
+        self.failed = False
         self.status.show_message(f"{result.seconds * 1000:.0f} ms ({how}).")
         self.neighbours.set_result(result)
         self.plot.set_highlight({result.token, *(n.token for n in result.neighbours)})
 
     def show_projection(self, result: Projection) -> None:
-        self.status.clear()
+        if self.failed:  # the error was about an earlier request; keep a lookup's timing line
+            self.status.clear()
+            self.failed = False
         self.plot.set_projection(result)
 
     def show_error(self, message: str) -> None:
+        self.failed = True
         self.status.show_error(message)
