@@ -35,7 +35,8 @@ def ingle(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def starter_report(starter_model, tmp_path_factory) -> tuple[dict, str]:
     out = tmp_path_factory.mktemp("eval") / "report.json"
-    done = ingle("eval-context", str(starter_model), "--lengths", "256,512", "--depths", "0,50,100",
+    # one thread: on a busy machine two llama.cpp threads spin waiting for each other (DESIGN.md 6)
+    done = ingle("eval-context", str(starter_model), "--lengths", "256,512", "--depths", "0,50,100", "--threads", "1",
                  "--json", str(out))  # fmt: skip
     assert done.returncode == 0, done.stderr
     return json.loads(out.read_text()), done.stdout

@@ -4,7 +4,7 @@ the PCA plane of their input embeddings. Painted from engine.embedding_space res
 from __future__ import annotations
 
 from PySide6.QtCore import QPointF, QRectF, Qt, Signal
-from PySide6.QtGui import QColor, QFontMetrics, QPainter, QPen
+from PySide6.QtGui import QColor, QFontMetrics, QPainter, QPalette, QPen
 from PySide6.QtWidgets import (
     QHBoxLayout,
     QLabel,
@@ -124,13 +124,21 @@ class ProjectionPlot(QWidget):
         p.setPen(QPen(dim, 1, Qt.DashLine))
         p.drawRect(QRectF(10, 24, self.width() - 20, self.height() - 34))
         normal, accent = QColor(ROLE_COLORS["user"]), QColor(ROLE_COLORS["draft"])
-        for token, piece, at in zip(pr.tokens, pr.pieces, self.points(), strict=True):
+        backdrop = self.palette().color(QPalette.Window)
+        backdrop.setAlphaF(0.8)
+        items = sorted(
+            zip(pr.tokens, pr.pieces, self.points(), strict=True), key=lambda i: i[0] in self.highlight
+        )
+        for token, piece, at in items:  # the highlighted last, so no other label covers them
             colour = accent if token in self.highlight else normal
             p.setPen(Qt.NoPen)
             p.setBrush(colour)
             p.drawEllipse(at, 3.5, 3.5)
+            label = fm.elidedText(visible_piece(piece), Qt.ElideRight, 90)
+            box = QRectF(at.x() + 5, at.y() + 4 - fm.ascent(), fm.horizontalAdvance(label) + 2, fm.height())
+            p.fillRect(box, backdrop)  # a readable label where points crowd
             p.setPen(colour if token in self.highlight else text)
-            p.drawText(at + QPointF(5, 4), fm.elidedText(visible_piece(piece), Qt.ElideRight, 90))
+            p.drawText(at + QPointF(6, 4), label)
         p.end()
 
 
