@@ -19,7 +19,7 @@ from PySide6.QtWidgets import (
 from app.forms import ERROR_STYLE, MessageLabel, add_field_rows
 from engine.settings import LoadSettings, RopeScaling
 
-YARN_FIELDS = ("yarn_ext_factor", "yarn_attn_factor", "yarn_beta_fast", "yarn_beta_slow", "yarn_orig_ctx")
+YARN_FIELDS = ("yarn_ext_factor", "yarn_beta_fast", "yarn_beta_slow", "yarn_orig_ctx")
 
 
 class RopePanel(QGroupBox):

@@ -26,7 +26,7 @@ DEFAULT_LENGTHS = (1024, 2048, 4096)
 DEFAULT_DEPTHS = (0, 25, 50, 75, 100)
 ANSWER_TOKENS = 12  # the greedy answer's length: the value is a few words
 MARGIN = 128  # context kept beyond the longest haystack for the question, the needle and the answer
-ROPE_FIELDS = ("rope_scaling", "rope_freq_scale", "yarn_ext_factor", "yarn_attn_factor", "yarn_beta_fast",
+ROPE_FIELDS = ("rope_scaling", "rope_freq_scale", "yarn_ext_factor", "yarn_beta_fast",
                "yarn_beta_slow", "yarn_orig_ctx")  # fmt: skip
 
 

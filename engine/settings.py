@@ -206,13 +206,6 @@ class LoadSettings(SettingsBase):
         "YaRN extrapolation mix",
         "With yarn: how much of the unscaled (extrapolated) rotation fast dimensions keep, 0 to 1; -1: 1.",
     )
-    yarn_attn_factor: float = spec(
-        -1.0,
-        -1.0,
-        10.0,
-        "YaRN attention factor",
-        "With yarn: scales attention logits on top of YaRN's own temperature correction; -1: the model's.",
-    )
     yarn_beta_fast: float = spec(
         -1.0,
         -1.0,

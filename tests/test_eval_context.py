@@ -108,7 +108,7 @@ def test_base_settings_undo_only_the_stretch():
     assert base.n_ctx == 8192 and base.n_threads == 2
 
 
-def test_rope_settings_reach_llama_cpp_and_change_the_logits(tiny_model):
+def test_yarn_parameters_reach_llama_cpp_and_change_the_logits(tiny_model):
     from engine.llama_params import context_params
     from engine.runtime import Runtime
 
@@ -120,15 +120,18 @@ def test_rope_settings_reach_llama_cpp_and_change_the_logits(tiny_model):
     try:
         text = "the cat sat on the mat and then the dog sat on the log " * 6
         logits = {}
+        yarn = LoadSettings(n_ctx=1024, rope_scaling=RopeScaling.YARN, rope_freq_scale=0.5)
         for name, settings in (
-            ("base", LoadSettings(n_ctx=512)),
-            ("linear", LoadSettings(n_ctx=512, rope_scaling=RopeScaling.LINEAR, rope_freq_scale=0.5)),
+            ("yarn", yarn),
+            ("yarn, no extrapolation", yarn.replace(yarn_ext_factor=0.0)),
+            ("yarn, other betas", yarn.replace(yarn_beta_fast=4.0, yarn_beta_slow=0.5)),
         ):
             list(rt.load(tiny_model, settings))
             rt.evaluate(rt.tokenize(text, add_special=True))
             logits[name] = rt.last_logits().copy()
-        # positions stretched 2x: the same tokens give other logits (the RoPE setting is applied, not ignored)
-        assert abs(logits["base"] - logits["linear"]).max() > 1e-3
+        # each of YaRN's parameters is applied, not ignored: the same tokens give other logits
+        for name in list(logits)[1:]:
+            assert abs(logits[name] - logits["yarn"]).max() > 1e-3, name
     finally:
         rt.close()
 
