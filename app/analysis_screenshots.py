@@ -68,7 +68,7 @@ def render_eval_context(out_dir: Path, report_path: Path) -> Path:
     app = QApplication.instance() or QApplication([])
     report = json.loads(report_path.read_text())
     stretched = report["runs"][-1]["rope"]
-    dialog = ContextEvalDialog(report["model"], LoadSettings(**LoadSettings.from_dict(stretched).to_dict()))
+    dialog = ContextEvalDialog(report["model"], LoadSettings.from_dict(stretched))
     dialog.lengths.setText(",".join(str(n) for n in report["lengths"]))
     dialog.depths.setText(",".join(str(d) for d in report["depths"]))
     dialog.resize(900, 470)

@@ -46,7 +46,7 @@ def test_starter_report_shape_and_ranges(starter_report):
     report, stdout = starter_report
     assert report["lengths"] == [256, 512] and report["depths"] == [0, 50, 100]
     (run,) = report["runs"]
-    assert run["n_ctx"] == needed_context([256, 512]) and run["n_ctx_train"] == 32768
+    assert run["n_ctx"] >= needed_context([256, 512]) and run["n_ctx_train"] == 32768  # llama.cpp rounds up
     assert run["rope"]["rope_scaling"] == "model"
     cells = {(c["length"], c["depth"]) for c in run["needle"]}
     assert cells == {(n, d) for n in (256, 512) for d in (0, 50, 100)}
