@@ -295,7 +295,7 @@ class ModelPanel(QWidget):
         if entry is not None and not self._header_ready(entry):
             self.estimate.setText("Reading the model's header…")
             return
-        if entry is not None and hasattr(self, "rope"):
+        if entry is not None:
             try:
                 trained = inspect_cached(entry.file).context_length
             except IngleError:
