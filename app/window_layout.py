@@ -106,7 +106,11 @@ class WindowLayout:
         for editor in (self.composer, self.system_prompt):
             editor.refused.connect(lambda why: self.statusBar().showMessage(why, 10_000))
         self.system_prompt.textChanged.connect(self._system_prompt_changed)
-        self.side.addTab(self.model_panel, "Model")
+        model_scroll = QScrollArea()  # the RoPE and advanced sections unfold past a small window's height
+        model_scroll.setWidgetResizable(True)
+        model_scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
+        model_scroll.setWidget(self.model_panel)
+        self.side.addTab(model_scroll, "Model")
         self.side.addTab(sampling_scroll, "Sampling")
         self.side.addTab(self.system_prompt, "System prompt")
 
