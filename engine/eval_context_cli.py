@@ -6,9 +6,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from engine.cli import _crashed, add_engine_flags, open_engine
+from engine.cli import add_engine_flags, how_it_died, open_engine
 from engine.cli_flags import add_settings_flags, parse_adapter, settings_from_args
-from engine.errors import EngineDied, SettingsError
+from engine.errors import EngineDied, EngineError, SettingsError
 from engine.eval_context import (
     DEFAULT_DEPTHS,
     base_settings,
@@ -58,7 +58,10 @@ def cmd_eval_context(args) -> int:
     try:
         report = run_eval(engine, path, runs, lengths, depths, adapters, progress)
     except EngineDied as err:
-        raise _crashed(engine, err, "during the context eval") from None
+        log = getattr(engine, "crash_log", None)
+        where = f"; llama.cpp's messages are in {log}" if log else ""
+        raise EngineError(f"llama.cpp crashed during the context eval ({how_it_died(err)}): try shorter lengths "
+                          f"or other load settings{where}.") from None  # fmt: skip
     finally:
         engine.close()
         if sys.stderr.isatty():
