@@ -181,7 +181,8 @@ def test_eval_button_runs_in_the_background_and_draws_heatmaps(qtbot, panel):
     from app.eval_context_dialog import Heatmap
 
     panel.n_ctx.setValue(1024)
-    panel.threads.setValue(1)  # two llama.cpp threads spin on a busy machine (DESIGN.md 6); one is 10x faster here
+    # two llama.cpp threads spin on a busy machine (DESIGN.md 6); one ran this test 10x faster here
+    panel.threads.setValue(1)
     panel.rope.set_values(rope_scaling="linear", rope_freq_scale=0.5)
     panel.rope.eval_button.click()
     from app.eval_context_dialog import ContextEvalDialog
