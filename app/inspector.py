@@ -22,6 +22,7 @@ from app.visualizers import (
     TokenProbabilities,
 )
 from app.visualizers.attention import AttentionView
+from app.visualizers.embeddings import EmbeddingsView
 from engine.events import Message, ModelLoaded, PromptEvaluated, ReplyDone, Token
 from engine.interface import Inspection
 
@@ -54,6 +55,7 @@ class Inspector(QObject):
         self.preview = SamplingPreview()
         self.timing = TimingBar()
         self.attention = AttentionView()
+        self.embeddings = EmbeddingsView()
         self.docks: dict[str, QDockWidget] = {}
         for key, title, widget in (
             ("context", "Context window", self.context_bar),
@@ -64,6 +66,7 @@ class Inspector(QObject):
             ("preview", "Sampling preview", _scrolled(self.preview)),
             ("timing", "Timing", self.timing),
             ("attention", "Attention", self.attention),
+            ("embeddings", "Embeddings", self.embeddings),
         ):
             dock = QDockWidget(title, window)
             dock.setObjectName(f"inspector-{key}")  # saveState/restoreState key
@@ -73,7 +76,16 @@ class Inspector(QObject):
             window.addDockWidget(Qt.BottomDockWidgetArea, dock)
             self.docks[key] = dock
         first = self.docks["context"]
-        for key in ("tokens", "kv", "probabilities", "preview", "timing", "kv_calculator", "attention"):
+        for key in (
+            "tokens",
+            "kv",
+            "probabilities",
+            "preview",
+            "timing",
+            "kv_calculator",
+            "attention",
+            "embeddings",
+        ):
             window.tabifyDockWidget(first, self.docks[key])
         self.messages: list = []  # what the last inspect evaluated (Message list, draft included)
         self.has_draft = False
@@ -94,6 +106,8 @@ class Inspector(QObject):
         self.tokens.message_chosen.connect(self._pick_tokens)
         self.probabilities.continue_requested.connect(window.continue_with)
         self.attention.refresh_requested.connect(self.refresh_attention)
+        self.embeddings.neighbours_requested.connect(self._neighbours)
+        self.embeddings.projection_requested.connect(self.refresh_projection)
 
     # ------------------------------------------------------------ visibility
     def active(self) -> bool:
@@ -167,6 +181,8 @@ class Inspector(QObject):
             index = self.token_message if pinned else len(labels) - 1
             self.tokens.set_messages(labels, index)
             self._show_tokens(index)
+        if not self.docks["embeddings"].isHidden():
+            self.refresh_projection()
         self.updated.emit("inspect")
 
     def refresh_attention(self, force: bool = True) -> None:
@@ -192,6 +208,23 @@ class Inspector(QObject):
         self.attention_messages = messages
         self.attention.set_map(amap)
         self.updated.emit("attention")
+
+    def _neighbours(self, token, k: int) -> None:
+        if self.window.loaded is None:
+            self.embeddings.show_error("Load a model first.")
+            return
+        self.bridge.call(lambda engine: engine.token_neighbours(token, k), self.embeddings.show_neighbours,
+                         lambda err: self.embeddings.show_error(str(err)))  # fmt: skip
+
+    def refresh_projection(self) -> None:
+        """The tokens in the KV cache now (the conversation and draft the last inspect evaluated)."""
+        if self.window.loaded is None:
+            self.embeddings.show_error("Load a model first.")
+            return
+        self.bridge.call(
+            lambda engine: engine.embedding_projection(None), self.embeddings.show_projection,
+            lambda err: self.embeddings.show_error(str(err)), background=True, key="embedding_projection",
+        )  # fmt: skip
 
     def _previewed(self, stages: list) -> None:
         self.preview.set_stages(stages)

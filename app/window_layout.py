@@ -106,7 +106,11 @@ class WindowLayout:
         for editor in (self.composer, self.system_prompt):
             editor.refused.connect(lambda why: self.statusBar().showMessage(why, 10_000))
         self.system_prompt.textChanged.connect(self._system_prompt_changed)
-        self.side.addTab(self.model_panel, "Model")
+        model_scroll = QScrollArea()  # the RoPE and advanced sections unfold past a small window's height
+        model_scroll.setWidgetResizable(True)
+        model_scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
+        model_scroll.setWidget(self.model_panel)
+        self.side.addTab(model_scroll, "Model")
         self.side.addTab(sampling_scroll, "Sampling")
         self.side.addTab(self.system_prompt, "System prompt")
 
@@ -162,7 +166,8 @@ class WindowLayout:
         view_menu.addSeparator()
         for key, shortcut in (("context", "Ctrl+1"), ("tokens", "Ctrl+2"), ("kv", "Ctrl+3"),
                               ("probabilities", "Ctrl+4"), ("preview", "Ctrl+5"), ("timing", "Ctrl+6"),
-                              ("kv_calculator", "Ctrl+7"), ("attention", "Ctrl+8")):  # fmt: skip
+                              ("kv_calculator", "Ctrl+7"), ("attention", "Ctrl+8"),
+                              ("embeddings", "Ctrl+9")):  # fmt: skip
             dock = self.inspector.docks[key]
             action = dock.toggleViewAction()
             action.setShortcut(QKeySequence(shortcut))

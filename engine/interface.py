@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from engine.attention_map import MAX_TOKENS, AttentionMap
+from engine.embedding_space import Neighbours, Projection
 from engine.events import Event, Message, PromptEvaluated
 from engine.hardware import Hardware
 from engine.kv import KVLayout
@@ -149,9 +150,24 @@ class Engine(Protocol):
         last ones); evaluated in a separate context, so the chat's KV cache is untouched."""
         ...
 
+    def token_neighbours(self, token: int | str, k: int = 20) -> Neighbours:
+        """The k nearest tokens (cosine) to a token id or one-token text in the input embedding matrix."""
+        ...
+
+    def embedding_projection(self, tokens: Sequence[int] | None = None) -> Projection:
+        """The distinct tokens (default: the context in the KV cache) in the PCA plane of their embeddings."""
+        ...
+
+    def eval_context(
+        self, lengths: Sequence[int], depths: Sequence[int], perplexity: bool = True
+    ) -> Iterator:
+        """Needle in a haystack at each length and depth, and perplexity per length: EvalProgress events,
+        then a ContextEval (engine.eval_context)."""
+        ...
+
 
 # The methods that stream events; every other Engine method returns one value.
-STREAMING = frozenset({"load", "chat", "complete"})
+STREAMING = frozenset({"load", "chat", "complete", "eval_context"})
 # Every method an engine serves, by name: the host's wire protocol accepts these and nothing else.
 METHODS = frozenset(
     name for name in Engine.__dict__ if not name.startswith("_") and callable(getattr(Engine, name))

@@ -21,7 +21,7 @@ from pathlib import Path
 import llama_cpp
 import numpy as np
 
-from engine import attention, inspection
+from engine import attention, embedding_space, eval_context, inspection
 from engine.attention_map import MAX_TOKENS, AttentionMap
 from engine.chat_template import ChatTemplate, template_for
 from engine.errors import Cancelled, ContextFullError, EngineError, ModelFileError
@@ -609,3 +609,14 @@ class Runtime:
 
     def attention(self, text_or_tokens: str | Sequence[int], max_tokens: int = MAX_TOKENS) -> AttentionMap:
         return attention.capture(self, text_or_tokens, max_tokens)
+
+    def token_neighbours(self, token: int | str, k: int = 20) -> embedding_space.Neighbours:
+        return embedding_space.token_neighbours(self, token, k)
+
+    def embedding_projection(self, tokens: Sequence[int] | None = None) -> embedding_space.Projection:
+        return embedding_space.embedding_projection(self, tokens)
+
+    def eval_context(
+        self, lengths: Sequence[int], depths: Sequence[int], perplexity: bool = True
+    ) -> Iterator:
+        return eval_context.evaluate_context(self, lengths, depths, perplexity)

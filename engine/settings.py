@@ -199,6 +199,34 @@ class LoadSettings(SettingsBase):
         "RoPE frequency scale",
         "With linear or yarn scaling: trained length / context (0.25 stretches 4x); 0 works it out from both.",
     )
+    yarn_ext_factor: float = spec(
+        -1.0,
+        -1.0,
+        1.0,
+        "YaRN extrapolation mix",
+        "With yarn: how much of the unscaled (extrapolated) rotation fast dimensions keep, 0 to 1; -1: 1.",
+    )
+    yarn_beta_fast: float = spec(
+        -1.0,
+        -1.0,
+        1000.0,
+        "YaRN beta fast",
+        "With yarn: dimensions turning more often than this over the trained length are not stretched; -1: 32.",
+    )
+    yarn_beta_slow: float = spec(
+        -1.0,
+        -1.0,
+        1000.0,
+        "YaRN beta slow",
+        "With yarn: dimensions turning less often than this are stretched fully; between, a ramp; -1: 1.",
+    )
+    yarn_orig_ctx: int = spec(
+        0,
+        0,
+        1 << 20,
+        "YaRN original context",
+        "With yarn: the context the model was trained on, YaRN's reference length; 0 reads it from the model.",
+    )
 
     def _validate_more(self) -> None:
         if (
