@@ -61,6 +61,7 @@ class ServerPanel(QWidget):
         self.control = control
         self.settings = settings
         self.loaded = loaded
+        self.status_note: QLabel | None = None  # the window's status-bar note (server_dock)
         mono = QFontDatabase.systemFont(QFontDatabase.FixedFont)
 
         self.status = QLabel("Stopped.")
@@ -104,6 +105,7 @@ class ServerPanel(QWidget):
         self.table = QTableWidget(0, len(COLUMNS))
         self.table.setHorizontalHeaderLabels(COLUMNS)
         self.table.verticalHeader().hide()
+        self.table.verticalHeader().setDefaultSectionSize(self.table.fontMetrics().height() + 6)
         self.table.setEditTriggers(QTableWidget.NoEditTriggers)
         self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeToContents)
         self.table.horizontalHeader().setStretchLastSection(True)
@@ -326,9 +328,19 @@ class ServerPanel(QWidget):
 
 
 def server_dock(window, panel: ServerPanel) -> QDockWidget:
+    """The panel as a (hidden) dock of `window`, and a status-bar note while the server runs (the dock may be
+    closed while it serves)."""
     dock = QDockWidget("API server", window)
     dock.setObjectName("server-panel")  # saveState/restoreState key
     dock.setWidget(panel)
     dock.hide()
     window.addDockWidget(Qt.RightDockWidgetArea, dock)
+    note = QLabel()
+    note.setTextFormat(Qt.PlainText)
+    note.setContentsMargins(10, 0, 10, 0)
+    note.hide()
+    window.statusBar().addPermanentWidget(note)
+    panel.control.started.connect(lambda url: (note.setText(f"API server: {url}"), note.show()))
+    panel.control.stopped.connect(lambda _why: note.hide())
+    panel.status_note = note
     return dock

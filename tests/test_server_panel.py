@@ -14,6 +14,7 @@ from pathlib import Path
 import openai
 import pytest
 from PySide6.QtCore import QSettings
+from PySide6.QtGui import QGuiApplication
 
 from app.main import MainWindow
 from app.server_panel import ServerPanel, curl_example
@@ -21,7 +22,7 @@ from engine.conversations import ConversationStore
 from engine.errors import SettingsError
 from engine.events import Token
 from engine.server.keyfile import check_key, key_path, load_key, save_key
-from engine.server.request_log import prompt_text
+from engine.server.request_log import error_code, prompt_text
 from engine.settings import SamplingSettings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -107,6 +108,7 @@ def test_panel_serves_the_loaded_model_to_the_openai_client_with_its_key(qtbot, 
     panel = start_panel(qtbot, window)
     url, key = panel.url.text(), panel.key.text()
     assert url.startswith("http://127.0.0.1:") and url.endswith("/v1")
+    assert panel.status_note.isVisible() and url in panel.status_note.text()
     assert key and key == load_key() and stat.S_IMODE(os.stat(key_path()).st_mode) == 0o600
     assert panel.key.echoMode() == panel.key.EchoMode.Password  # shown masked
     curl = panel.curl.toPlainText()
@@ -120,7 +122,11 @@ def test_panel_serves_the_loaded_model_to_the_openai_client_with_its_key(qtbot, 
     rows = panel.log_texts()
     assert rows[0][1:3] == ["POST", "/v1/chat/completions"] and int(rows[0][4]) > 0
     assert rows[0][5] == "6" and rows[0][7] == "200" and rows[0][3] == "tiny"
-    assert rows[1][7].startswith("401")
+    assert rows[1][7] == "401 invalid_api_key"
+    panel.copy_url.click()
+    assert QGuiApplication.clipboard().text() == url
+    panel.copy_key.click()
+    assert QGuiApplication.clipboard().text() == key
     text = all_log_text(panel)
     assert key not in text and "wrong-key-12345" not in text
     assert "secret-prompt-one" not in text  # "log prompts" is off
@@ -137,6 +143,7 @@ def test_panel_serves_the_loaded_model_to_the_openai_client_with_its_key(qtbot, 
         panel.start_stop.click()
     assert port_is_free(port)
     assert panel.start_stop.text() == "Start server" and "Stopped" in panel.status.text()
+    assert not panel.status_note.isVisible()
     with pytest.raises(openai.APIConnectionError):
         in_thread(qtbot, lambda: ask(url, key, "hello"))
 
@@ -266,6 +273,9 @@ def test_prompt_text_and_curl_example():
     assert prompt_text(b'{"prompt": "' + b"x" * 3000 + b'"}').endswith("…")
     for bad in (b"not json", b"[1, 2]", b'{"messages": "no"}', b"\xff\xfe", b'{"prompt": 5}'):
         assert prompt_text(bad) is None
+        assert error_code(bad) == ""
+    assert error_code(b'{"error": {"code": "invalid_api_key"}}') == "invalid_api_key"
+    assert error_code(b'{"error": "ollama style"}') == ""
     curl = curl_example("http://127.0.0.1:8080/v1", "it's", with_key=True)
     assert "Authorization: Bearer $INGLE_API_KEY" in curl and "'\"'\"'" in curl  # quoted for the shell
     assert "Authorization" not in curl_example("http://127.0.0.1:8080/v1", "m", with_key=False)

@@ -63,6 +63,16 @@ def prompt_text(body: bytes) -> str | None:
     return short + ("…" if len(text) > PROMPT_CHARS else "")
 
 
+def error_code(body: bytes) -> str:
+    """The `code` of an OpenAI error object (the key check's refusals name why), else ""."""
+    try:
+        error = json.loads(body.decode("utf-8")).get("error")
+    except (UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        return ""
+    code = error.get("code") if isinstance(error, dict) else None
+    return printable(code[:60]) if isinstance(code, str) else ""
+
+
 class RequestLog:
     """ASGI middleware: `sink(LoggedRequest)` after each HTTP request ends (called on the server's thread)."""
 
@@ -97,6 +107,8 @@ class RequestLog:
         async def send_and_note(message):
             if message["type"] == "http.response.start":
                 entry["status"] = message["status"]
+            elif message["type"] == "http.response.body" and entry.get("status", 200) >= 400:
+                entry["error"] = error_code(message.get("body", b""))  # refusals before any route (401)
             await send(message)
 
         try:
@@ -112,6 +124,6 @@ class RequestLog:
             status=route.get("status", entry.get("status", 500)),
             model=route.get("model", ""), prompt_tokens=route.get("prompt_tokens"),
             completion_tokens=route.get("completion_tokens"), tok_s=route.get("tok_s"),
-            seconds=round(time.monotonic() - entry["started"], 3), error=route.get("error", ""),
+            seconds=round(time.monotonic() - entry["started"], 3), error=route.get("error") or entry.get("error", ""),
             prompt=prompt_text(bytes(body)) if body else None,
         )  # fmt: skip
