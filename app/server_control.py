@@ -133,6 +133,11 @@ class ServerControl(QObject):
 
     def _finish_stop(self, why: str) -> None:
         self.stopping = False
+        try:  # the server thread has ended: nothing submits through it any more
+            if self.engine is not None:
+                self.engine.deleteLater()
+        except RuntimeError:  # already gone with the bridge, its parent (the window closed)
+            pass
         self.engine = self.scheduler = None
         self.stopped.emit(why)
 

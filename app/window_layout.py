@@ -125,9 +125,8 @@ class WindowLayout:
             label.setContentsMargins(10, 0, 10, 0)
             self.statusBar().addPermanentWidget(label)
         self.inspector = Inspector(self)
-        self.server = ServerControl(
-            self.bridge, self
-        )  # the API server on the loaded model (app/server_panel.py)
+        # the API server on the loaded model, through this window's engine (app/server_panel.py)
+        self.server = ServerControl(self.bridge, self)
         self.server_panel = ServerPanel(self.server, self.gui_settings, lambda: self.loaded)
         self.server_dock = server_dock(self, self.server_panel)
         self._build_menus()
