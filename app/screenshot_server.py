@@ -102,7 +102,7 @@ def render(out_dir: Path) -> Path:
         app.processEvents(QEventLoop.AllEvents, 50)
     window.send("Hello! What can you do?")  # the chat window's turn comes next; the server keeps taking turns
     window.server_dock.setFloating(True)
-    window.server_dock.resize(820, 760)
+    window.server_dock.resize(880, 760)
     for _ in range(10):
         app.processEvents(QEventLoop.AllEvents, 50)
     out_dir.mkdir(parents=True, exist_ok=True)
