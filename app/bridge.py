@@ -67,11 +67,13 @@ class _Worker(QObject):
     def __init__(self, host: EngineHost):
         super().__init__()
         self.host = host
+        # what requests run on: the engine child, or a RemoteEngine (app/remote_models.py)
+        self.engine: Any = host
 
     @Slot(object)
     def run(self, request: Request) -> None:
         try:
-            result = request.work(self.host)
+            result = request.work(self.engine)
             if request.streaming:
                 stream: Iterator[Any] = result
                 for ev in stream:
@@ -151,9 +153,9 @@ class EngineBridge(QObject):
         """Start (or restart after a crash) the engine child; `done` gets the hardware it can use (the GUI
         process never loads llama.cpp, so GPUs and their free memory come from the child)."""
 
-        def restart(host: EngineHost) -> Hardware:
-            host.restart()
-            return host.hardware()
+        def restart(_engine) -> Hardware:  # the child, even while chats run on a remote server
+            self.host.restart()
+            return self.host.hardware()
 
         return self.call(restart, done, failed)
 
@@ -205,14 +207,14 @@ class EngineBridge(QObject):
             request.state = State.CANCELLED
             self._update_busy()
         elif request is self.running and request.streaming:
-            self.host.cancel()
+            self._worker.engine.cancel()
 
     def cancel(self) -> None:
         """Stop the running stream (the Stop button): thread-safe, takes effect before the next token. A
         background stream (an API request) is not the user's to stop here."""
         running = self.running
         if running is None or running.priority == Priority.USER:
-            self.host.cancel()
+            self._worker.engine.cancel()
 
     # ------------------------------------------------------------ answers (GUI thread)
     def _on_event(self, request: Request, ev: object) -> None:
@@ -256,7 +258,25 @@ class EngineBridge(QObject):
         for r in self._queue:
             r.state = State.CANCELLED
         self._queue = []
-        self.host.cancel()
+        self._worker.engine.cancel()
         self._thread.quit()
         self._thread.wait(10_000)
+        if self._worker.engine is not self.host:
+            self._worker.engine.close()
         self.host.close()
+
+    # ------------------------------------------------------------ remote engines (worker thread only)
+    @property
+    def remote(self) -> Any:
+        """The RemoteEngine chats run on now; None while they run on the engine child (a local model)."""
+        engine = self._worker.engine
+        return None if engine is self.host else engine
+
+    def use_engine(self, engine: Any) -> Any:
+        """Make `engine` (a RemoteEngine, or None for the engine child) the one requests run on, and return it.
+        Call it only inside a request's work (the worker thread), so no request sees the switch midway."""
+        engine = self.host if engine is None else engine
+        old, self._worker.engine = self._worker.engine, engine
+        if old is not self.host and old is not engine:
+            old.close()
+        return engine

@@ -268,6 +268,7 @@ class Inspector(QObject):
             self.replies.setdefault(streaming.id, []).append(ev)
             if ev.token_id >= 0:
                 self.kv_map.add_generated()
+            if ev.token_id != -1:  # -1: held-back text; a remote server's tokens (-2) have probabilities
                 self.probabilities.add_token(streaming.id, ev)
         elif isinstance(ev, ReplyDone):
             self.timing.add_reply(ev.stats)

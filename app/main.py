@@ -15,6 +15,7 @@ from PySide6.QtWidgets import (
 
 from app.bridge import EngineBridge
 from app.ops import Op, describe_error
+from app.remote_models import RemoteChoice, load_remote, remote_loaded, show_notices
 from app.window_conversations import ConversationActions
 from app.window_layout import WindowLayout
 from engine.conversations import ConversationStore, StoredMessage
@@ -205,9 +206,16 @@ class MainWindow(WindowLayout, ConversationActions, QMainWindow):
         self.model_panel.set_loading(0.0)
         self.model_label.setText(f"Loading {Path(path).name}…")
         self.bridge.stream(
-            lambda engine: engine.load(path, load, adapters, template),
+            lambda _engine: self.bridge.use_engine(None).load(path, load, adapters, template),
             event=self._on_load_event, done=self._load_done, failed=self._load_failed,
         )  # fmt: skip
+
+    def load_remote(self, choice: RemoteChoice) -> None:
+        """Chat with a model on a saved remote server (app/remote_models.py); a local load switches back."""
+        if self._refuse_while_busy("loading"):
+            return
+        self._stop_server("The server stopped: the chat window uses a remote model now.")
+        load_remote(self, choice)
 
     def _on_load_event(self, ev) -> None:
         if isinstance(ev, LoadProgress):
@@ -232,7 +240,7 @@ class MainWindow(WindowLayout, ConversationActions, QMainWindow):
         self._stop_server("The server stopped: the model was unloaded.")
         self.loaded = None
         self.model_label.setText("No model")
-        self.bridge.call(lambda engine: engine.unload())
+        self.bridge.call(lambda _engine: self.bridge.use_engine(None).unload())
 
     def restart_engine(self) -> None:
         self.fault_banner.hide()
@@ -256,6 +264,9 @@ class MainWindow(WindowLayout, ConversationActions, QMainWindow):
     def _model_loaded(self, ev: ModelLoaded) -> None:
         self.loaded = ev
         self.model_panel.set_loading(None)
+        if ev.info.get("kind") == "remote":
+            remote_loaded(self, ev)
+            return
         name = Path(ev.path).stem
         self.model_label.setText(f"{name} · {ev.info.get('architecture', '')} {ev.info.get('file_type', '')}")
         self.context_label.setText(f"Context 0 / {ev.n_ctx:,}")
@@ -300,14 +311,23 @@ class MainWindow(WindowLayout, ConversationActions, QMainWindow):
 
     def continue_reply(self, mid: int) -> None:
         """Let the model go on writing a reply that was stopped or cut off, in the same message."""
-        if self._can_chat():
+        if self._can_chat() and not self._needs_local_model("Continuing a reply"):
             self._start(lambda chat: chat.continue_reply(mid))
 
     def continue_with(self, mid: int, text: str) -> None:
         """A new branch beside reply `mid` that starts with `text` (its tokens up to one, then another choice
         there), which the model then goes on writing."""
-        if self._can_chat():
+        if self._can_chat() and not self._needs_local_model("Continuing from a chosen token"):
             self._start(lambda chat: chat.continue_with(mid, text))
+
+    def _needs_local_model(self, what: str) -> bool:
+        """True (and the reason in the status bar) when a remote model is loaded: `what` needs a local one."""
+        remote = self.bridge.remote
+        if remote is not None:
+            self.statusBar().showMessage(
+                f"{what} needs a local model: the server at {remote.host} can only reply anew.", 8000
+            )
+        return remote is not None
 
     def engine_messages(self) -> list[Message]:
         """The open conversation as the engine gets it (for the visualizers)."""
@@ -357,6 +377,7 @@ class MainWindow(WindowLayout, ConversationActions, QMainWindow):
         """The request has ended (the engine is free): the reply is stored, as done or stopped."""
         if chat.stopped_without_reply() is not None:  # cancelled before any token came
             self.render_conversation()
+        show_notices(self)
         self.reply_finished.emit(mid)
 
     def _chat_failed(self, chat: ChatSession, mid: int, err: Exception) -> None:

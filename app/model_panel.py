@@ -23,6 +23,7 @@ from PySide6.QtWidgets import (
 
 from app.forms import ERROR_STYLE
 from app.ops import Op
+from app.remote_models import RemoteChoice, RemotePicker, RemotesDialog
 from app.rope_panel import RopePanel
 from engine.chat_template import BUILTIN_TEMPLATES
 from engine.errors import IngleError, LibraryError
@@ -55,6 +56,7 @@ class ModelPanel(QWidget):
     """Emits `load_requested(path, LoadSettings, adapters)` and `unload_requested()`; the window runs them."""
 
     load_requested = Signal(str, object, object)
+    remote_load_requested = Signal(object)  # app.remote_models.RemoteChoice
     unload_requested = Signal()
 
     def __init__(self, library: Library):
@@ -67,7 +69,16 @@ class ModelPanel(QWidget):
         layout = QVBoxLayout(self)
         self.model_box = QComboBox()
         self.model_box.currentIndexChanged.connect(self._update_estimate)
-        layout.addWidget(self.model_box)
+        self.remotes = RemotePicker(self, self.refresh)
+        self.remotes_button = QPushButton("Remote servers…")
+        self.remotes_button.setToolTip(
+            "Add or remove OpenAI-compatible servers whose models the picker lists"
+        )
+        self.remotes_button.clicked.connect(self.open_remotes)
+        picker_row = QHBoxLayout()
+        picker_row.addWidget(self.model_box, 1)
+        picker_row.addWidget(self.remotes_button)
+        layout.addLayout(picker_row)
         self.description = QLabel()
         self.description.setTextFormat(Qt.PlainText)  # descriptions quote file names (a dataset's, a model's)
         self.description.setWordWrap(True)
@@ -130,6 +141,7 @@ class ModelPanel(QWidget):
         layout.addWidget(self.force)
         layout.addStretch(1)
         self.refresh()
+        self.remotes.fetch()
 
     def _build_advanced(self, specs: dict) -> QWidget:
         """The rest of LoadSettings (batch sizes, threads for the prompt, mmap/mlock, SWA cache, repacking),
@@ -217,10 +229,14 @@ class ModelPanel(QWidget):
             self.template_box.setCurrentIndex(self._template_index)
 
     def refresh(self) -> None:
+        chosen = self.model_box.currentData()  # a listing that arrives must not undo the user's choice
         self.model_box.blockSignals(True)
         self.model_box.clear()
         for entry in self.library.entries("model"):
             self.model_box.addItem(entry_label(entry), entry.name)
+        self.remotes.add_items(self.model_box)
+        if chosen is not None and self._index_of(chosen) >= 0:
+            self.model_box.setCurrentIndex(self._index_of(chosen))
         self.model_box.blockSignals(False)
         chosen = self.adapter_box.currentData()  # a library change must not undo the user's choice
         self.adapter_box.clear()
@@ -237,15 +253,21 @@ class ModelPanel(QWidget):
             self.adapter_box.setCurrentIndex(index)
             self.adapter_scale.setValue(scale)
 
-    def select(self, name: str) -> None:
-        index = self.model_box.findData(name)
+    def _index_of(self, data) -> int:
+        """findData by equality (it cannot compare Python objects such as a RemoteChoice)."""
+        box = self.model_box
+        return next((i for i in range(box.count()) if box.itemData(i) == data), -1)
+
+    def select(self, name) -> None:
+        """Select a library model by name, or a remote one by its RemoteChoice."""
+        index = self._index_of(name)
         if index >= 0:
             self.model_box.setCurrentIndex(index)
 
     def entry(self) -> Entry | None:
         """The selected library entry; None when nothing is selected or it was removed meanwhile."""
         name = self.model_box.currentData()
-        if not name:
+        if not name or not isinstance(name, str):  # nothing, or a remote model
             return None
         try:
             return self.library.get(name)
@@ -289,7 +311,23 @@ class ModelPanel(QWidget):
         self.hardware = hardware
         self._update_estimate()
 
+    def remote_choice(self) -> RemoteChoice | None:
+        data = self.model_box.currentData()
+        return data if isinstance(data, RemoteChoice) else None
+
+    def open_remotes(self) -> RemotesDialog:
+        dialog = RemotesDialog(self)
+        dialog.changed.connect(self.remotes.fetch)
+        dialog.resize(640, 420)
+        dialog.show()
+        return dialog
+
     def _update_estimate(self, *_args) -> None:
+        if (choice := self.remote_choice()) is not None:
+            self.description.setText(self.remotes.describe(choice))
+            self.estimate.setText("")
+            self.estimate.setStyleSheet("")
+            return
         entry = self.entry()
         self.description.setText(entry.description if entry else "No models in the library yet.")
         if entry is not None and not self._header_ready(entry):
@@ -314,6 +352,9 @@ class ModelPanel(QWidget):
         )
 
     def _load(self) -> None:
+        if (choice := self.remote_choice()) is not None:
+            self.remote_load_requested.emit(choice)
+            return
         entry = self.entry()
         if entry is None:
             return

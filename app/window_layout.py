@@ -87,6 +87,7 @@ class WindowLayout:
         self.side = QTabWidget()
         self.model_panel = ModelPanel(self.library)
         self.model_panel.load_requested.connect(self.load_model)
+        self.model_panel.remote_load_requested.connect(self.load_remote)
         self.model_panel.unload_requested.connect(self.unload_model)
         self.sampling_panel = SamplingPanel(self.store)
         self.sampling_panel.settings_changed.connect(self._settings_changed)

@@ -536,6 +536,18 @@ class RemoteEngine:
     def hardware(self):
         self._local_only("The hardware report")
 
+    def attention(self, text_or_tokens, max_tokens: int = 512):
+        self._local_only("The attention view")
+
+    def token_neighbours(self, token, k: int = 20):
+        self._local_only("The embeddings view")
+
+    def embedding_projection(self, tokens=None):
+        self._local_only("The embeddings view")
+
+    def eval_context(self, lengths, depths, perplexity: bool = True):
+        self._local_only("The context-length eval")
+
 
 class _Interrupted(Exception):
     """The stream ended without [DONE]: cancelled here, or cut by the server or the network."""

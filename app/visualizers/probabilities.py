@@ -67,7 +67,7 @@ class TokenProbabilities(QWidget):
 
     def set_reply(self, message_id: int | None, tokens: Sequence[Token]) -> None:
         self.message_id = message_id
-        self.tokens = [t for t in tokens if t.token_id >= 0]
+        self.tokens = [t for t in tokens if t.token_id != -1]  # -1: held-back text, not a token
         self.selected = -1
         self.alternatives.clear()
         self.detail.clear()
@@ -86,7 +86,7 @@ class TokenProbabilities(QWidget):
     def add_token(self, message_id: int, token: Token) -> None:
         if message_id != self.message_id:
             self.set_reply(message_id, [])
-        if token.token_id >= 0:
+        if token.token_id != -1:  # a remote server's tokens have no id (-2), yet a probability
             self.tokens.append(token)
             self.flow.grow()
 
@@ -99,10 +99,12 @@ class TokenProbabilities(QWidget):
         self.alternatives.clear()
         for alt in tok.alternatives:
             item = QListWidgetItem(
-                f"{math.exp(alt.logprob):7.2%}  {visible_piece(alt.piece)}  (id {alt.token_id})"
+                f"{math.exp(alt.logprob):7.2%}  {visible_piece(alt.piece)}"
+                + (f"  (id {alt.token_id})" if alt.token_id >= 0 else "")
             )
             item.setData(Qt.UserRole, alt.piece)
-            if alt.token_id == tok.token_id:
+            # a remote server's tokens have no ids: the chosen one is known by its text
+            if alt.token_id == tok.token_id if tok.token_id >= 0 else alt.piece == tok.piece:
                 item.setText(item.text() + "  ← chosen")
             self.alternatives.addItem(item)
         self.continue_button.setEnabled(False)
@@ -142,7 +144,11 @@ class _ProbabilityFlow(ChipFlow):
         if i >= 0:
             tok = self.panel.tokens[i]
             p = f"{math.exp(tok.logprob):.2%}" if tok.logprob is not None else "unknown"
-            QToolTip.showText(event.globalPosition().toPoint(), f"id {tok.token_id} · p {p}", self)
+            QToolTip.showText(
+                event.globalPosition().toPoint(),
+                (f"id {tok.token_id} · " if tok.token_id >= 0 else "") + f"p {p}",
+                self,
+            )
 
     def mousePressEvent(self, event) -> None:
         i = self.chip_at(event.position().toPoint())
