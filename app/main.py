@@ -377,7 +377,7 @@ class MainWindow(WindowLayout, ConversationActions, QMainWindow):
         """The request has ended (the engine is free): the reply is stored, as done or stopped."""
         if chat.stopped_without_reply() is not None:  # cancelled before any token came
             self.render_conversation()
-        show_notices(self)
+        show_notices(self, mid)
         self.reply_finished.emit(mid)
 
     def _chat_failed(self, chat: ChatSession, mid: int, err: Exception) -> None:

@@ -287,8 +287,15 @@ def remote_loaded(window, ev: ModelLoaded) -> None:
     window.info_banner.hide()
 
 
-def show_notices(window) -> None:
-    """Settings the server ignored or refused for the last reply, shown rather than dropped."""
+def show_notices(window, mid: int) -> None:
+    """After a remote reply: a stream cut midway, and the settings the server ignored or refused (shown rather
+    than dropped)."""
     remote = window.bridge.remote
-    if remote is not None and remote.notices:
+    if remote is None:
+        return
+    if window.store.message(mid).status == "interrupted":
+        window.fault_banner.show_message(
+            f"The server at {remote.host} cut the reply off midway; what arrived is kept, marked interrupted."
+        )
+    if remote.notices:
         window.info_banner.show_message(" ".join(remote.notices))

@@ -147,8 +147,9 @@ class ChatSession:
         if isinstance(event, ReplyDone):
             self.text = self.prefix + event.text
             self.stats = event.stats
-            stopped = event.stats.stop_reason == StopReason.CANCELLED
-            self._end("stopped" if stopped else "done", reply_stats(event.stats))
+            # a remote server's stream cut midway ends with what arrived: kept, marked interrupted
+            status = {StopReason.CANCELLED: "stopped", StopReason.INTERRUPTED: "interrupted"}
+            self._end(status.get(event.stats.stop_reason, "done"), reply_stats(event.stats))
             return True
         return False
 
