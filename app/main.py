@@ -392,7 +392,8 @@ class MainWindow(WindowLayout, ConversationActions, QMainWindow):
         self.reply_finished.emit(mid)
 
     def _show_stats(self, n_past: int, n_ctx: int, tok_s: float, ttft: float) -> None:
-        self.context_label.setText(f"Context {n_past:,} / {n_ctx:,}")
+        size = f"{n_ctx:,}" if n_ctx else "?"  # a remote server that does not say its context size
+        self.context_label.setText(f"Context {n_past:,} / {size}")
         self.speed_label.setText(f"{tok_s:.1f} tok/s · TTFT {ttft * 1000:.0f} ms")
 
     def _update_buttons(self, busy: bool) -> None:

@@ -323,7 +323,11 @@ class ModelPanel(QWidget):
         return dialog
 
     def _update_estimate(self, *_args) -> None:
-        if (choice := self.remote_choice()) is not None:
+        choice = self.remote_choice()
+        for widget in (self.n_ctx, self.gpu_layers, self.threads, self.type_k, self.type_v, self.flash,
+                       self.adapter_box, self.adapter_scale, self.rope, self.advanced, self.force):  # fmt: skip
+            widget.setEnabled(choice is None)  # a remote server loads its model its own way
+        if choice is not None:
             self.description.setText(self.remotes.describe(choice))
             self.estimate.setText("")
             self.estimate.setStyleSheet("")

@@ -7,8 +7,8 @@ from __future__ import annotations
 import stat
 
 import pytest
-from test_chat_window import after_tokens, new_chat, open_window, send_and_wait
 import test_remote
+from test_chat_window import after_tokens, new_chat, open_window, send_and_wait
 from test_remote import KEY, delta, free_port, sse
 
 from app.main import MainWindow
@@ -110,7 +110,14 @@ def test_chat_on_a_remote_then_switch_back_regenerating_locally_gives_the_same_g
     window = local_window
     add_remote("box", ingle_server, KEY)
     host = ingle_server.split("/")[2]
-    choose(window, qtbot, RemoteChoice("box", "tiny", host))
+    panel = window.model_panel
+    panel.remotes.fetch()
+    qtbot.waitUntil(lambda: not panel.remotes.fetching, timeout=TIMEOUT)
+    panel.select(RemoteChoice("box", "tiny", host))
+    assert not panel.n_ctx.isEnabled()  # the server loads its model its own way
+    with qtbot.waitSignal(window.model_ready, timeout=TIMEOUT):
+        panel.load_button.click()
+    assert window.bridge.remote is not None
     assert window.model_label.text() == f"tiny · remote on {host}"
     assert not window.bridge.host.alive or window.bridge.host.pid  # the child stays for local models
     new_chat(window, temperature=0, max_tokens=12, logit_bias=((2, -100.0),))
@@ -127,12 +134,18 @@ def test_chat_on_a_remote_then_switch_back_regenerating_locally_gives_the_same_g
     qtbot.waitUntil(lambda: "needs a local model" in window.inspector.context_bar.note, timeout=TIMEOUT)
     window.resize(1100, 700)
     window.grab().save("/tmp/j-remote-chat.png")
+    window.inspector.show("probabilities")
+    window.grab().save("/tmp/j-remote-probabilities.png")
     # continuing needs a local model: said in the status bar, nothing is sent
     window.continue_reply(remote.id)
     assert "needs a local model" in window.statusBar().currentMessage() and not window.bridge.busy
     # back to the local engine child: the same greedy reply as a second branch
+    Library().import_file(tiny_model, link=True, name="tiny-local")
+    panel.refresh()
+    panel.select("tiny-local")
+    assert panel.n_ctx.isEnabled()
     with qtbot.waitSignal(window.model_ready, timeout=TIMEOUT):
-        window.load_model(str(tiny_model))
+        panel.load_button.click()
     assert window.bridge.remote is None
     with qtbot.waitSignal(window.reply_finished, timeout=TIMEOUT) as blocker:
         window.regenerate(remote.id)
@@ -190,3 +203,21 @@ def test_a_cut_stream_and_a_garbage_server_lose_nothing_and_say_what_happened(
     window.load_remote(RemoteChoice("gone", "m", "x"))
     qtbot.waitUntil(lambda: "Cannot reach the server" in window.fault_banner.label.text(), timeout=TIMEOUT)
     assert window.bridge.remote is not None and window.bridge.remote.host == cut.url.split("/")[2]
+
+
+def test_a_remote_engine_answers_every_engine_method_the_gui_may_call():
+    """The bridge hands the visualizers whichever engine is current: each method exists, and those that need
+    logits or the KV cache raise NeedsLocalModel (shown in the dock), never AttributeError."""
+    from engine.interface import METHODS
+    from engine.remote import NeedsLocalModel, RemoteEngine
+
+    engine = RemoteEngine("http://127.0.0.1:9")
+    assert sorted(m for m in METHODS if not callable(getattr(engine, m, None))) == []
+    for call in (
+        lambda: engine.attention("x"),
+        lambda: engine.token_neighbours(1),
+        engine.embedding_projection,
+    ):
+        with pytest.raises(NeedsLocalModel, match="needs a local model: the server at 127.0.0.1:9"):
+            call()
+    engine.close()
