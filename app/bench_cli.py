@@ -30,6 +30,11 @@ def register(subparsers) -> None:
         help="modes to run, by name or number, e.g. reference,engine,host or 1-3,5 (default: all): "
         "1 reference, 2 engine, 3 host, 4 chat, 5 streaming, 6 gui, 7 training",
     )
+    from engine.remote_cli import add_remote_flags
+
+    add_remote_flags(
+        p
+    )  # `--remote URL|NAME`: the remote engine's overhead over the same server called directly
     p.set_defaults(func=cmd_bench)
 
 
@@ -45,6 +50,8 @@ def cmd_bench(args) -> int:
     from engine.library import Library
     from engine.progress import Progress
 
+    if args.remote:
+        return cmd_bench_remote(args)
     modes = parse_modes(args.modes) if args.modes else MODES
     path = Library().resolve(args.model)
     cfg = BenchConfig(
@@ -73,6 +80,35 @@ def cmd_bench(args) -> int:
         from engine.library import atomic_write_bytes
 
         text = json.dumps(result.to_dict(), indent=2, default=str) + "\n"
+        try:
+            atomic_write_bytes(Path(args.json), text.encode("utf-8"))
+        except OSError as err:
+            raise SettingsError("json", f"cannot write {args.json}: {err.strerror or err}") from None
+    return 0
+
+
+def cmd_bench_remote(args) -> int:
+    """`ingle bench --remote URL`: decode tok/s through RemoteEngine against the same requests sent directly."""
+    from engine.remote_bench import bench_remote
+    from engine.remote_cli import open_remote
+
+    gen_tokens = _check("gen_tokens", args.gen_tokens, 3, 8192)
+    reps, warmup = _check("reps", args.reps, 1, 1000), _check("warmup", args.warmup, 0, 100)
+    args.adapter = args.template = None
+    engine, _loaded = open_remote(args)
+    with engine:
+        result = bench_remote(
+            engine,
+            gen_tokens=gen_tokens,
+            reps=reps,
+            warmup=warmup,
+            log=lambda msg: print(f"bench: {msg}", file=sys.stderr, flush=True),
+        )
+    print(result.markdown())
+    if args.json:
+        from engine.library import atomic_write_bytes
+
+        text = json.dumps(result.to_dict(), indent=2) + "\n"
         try:
             atomic_write_bytes(Path(args.json), text.encode("utf-8"))
         except OSError as err:

@@ -221,3 +221,31 @@ def test_a_remote_engine_answers_every_engine_method_the_gui_may_call():
         with pytest.raises(NeedsLocalModel, match="needs a local model: the server at 127.0.0.1:9"):
             call()
     engine.close()
+
+
+def test_bench_remote_times_the_engine_and_the_direct_client_on_a_real_server(
+    ingle_server, fresh_home, tmp_path
+):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    key_file = tmp_path / "key"
+    key_file.write_text(KEY)
+    env = dict(os.environ, INGLE_HOME=str(fresh_home))
+    out = tmp_path / "bench.json"
+    run = [sys.executable, "-m", "app.cli", "bench", "--remote", ingle_server, "--api-key-file", str(key_file),
+           "--gen-tokens", "12", "--reps", "2", "--warmup", "0", "--json", str(out)]  # fmt: skip
+    done = subprocess.run(run, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "| RemoteEngine.chat |" in done.stdout and "Overhead:" in done.stdout
+    figures = json.loads(out.read_text())
+    assert len(figures["direct_tok_s"]) == len(figures["engine_tok_s"]) == 2
+    assert all(rate > 0 for rate in figures["direct_tok_s"] + figures["engine_tok_s"])
+    assert figures["server_kind"] == "ingle" and KEY not in done.stdout + done.stderr
+    dead = subprocess.run([sys.executable, "-m", "app.cli", "bench", "--remote", f"http://127.0.0.1:{free_port()}"],
+                          capture_output=True, text=True, env=env, timeout=60)  # fmt: skip
+    assert dead.returncode == 2 and dead.stderr.startswith("ingle: error: Cannot reach the server")
+    bad = subprocess.run(run[:8] + ["--gen-tokens", "1"], capture_output=True, text=True, env=env, timeout=60)
+    assert bad.returncode == 2 and "gen_tokens" in bad.stderr and "Traceback" not in bad.stderr
