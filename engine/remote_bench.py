@@ -1,10 +1,11 @@
 """`ingle bench --remote URL`: what the remote engine costs on top of the server it talks to.
 
-Each repetition streams the same greedy chat request twice, in turn: once through RemoteEngine.chat (SSE parsing,
+Each repetition streams the same greedy completion request twice, in turn: once through RemoteEngine.complete (SSE parsing,
 event objects, log-probability mapping) and once "directly": the identical request body sent with httpx and its
 server-sent events read with the least work that still reads every chunk. Decode speed is measured the same way
 for both, on the client: tokens after the first over the time from the first to the last content chunk. The
-server does the same work for both, so the difference is the client's.
+server does the same work for both, so the difference is the client's. A plain completion (not a chat) keeps a
+base model such as the starter writing to the end under any server's chat template.
 """
 
 from __future__ import annotations
@@ -17,11 +18,13 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from engine.events import Message, ReplyDone, Token
+from engine.events import ReplyDone, Token
 from engine.remote import RemoteEngine, RemoteError
 from engine.settings import SamplingSettings
 
-PROMPT = "Write a long story about a lighthouse keeper and a storm. Do not stop early."
+PROMPT = (
+    "The lighthouse keeper climbed the stairs as the storm came in. It was the longest night of his life, and"
+)
 
 
 @dataclass
@@ -34,6 +37,9 @@ class RemoteBench:
     direct: list[float] = field(default_factory=list)  # decode tok/s per repetition
     engine: list[float] = field(default_factory=list)
     tokens: list[int] = field(default_factory=list)  # tokens generated per repetition (engine)
+    # this process's CPU time per token (µs): the client's own cost, which a busy machine does not blur
+    direct_cpu_us: list[float] = field(default_factory=list)
+    engine_cpu_us: list[float] = field(default_factory=list)
 
     @property
     def overhead(self) -> float:
@@ -46,6 +52,7 @@ class RemoteBench:
             "host": self.host, "model": self.model, "server_kind": self.server_kind,
             "gen_tokens": self.gen_tokens, "reps": self.reps, "direct_tok_s": self.direct,
             "engine_tok_s": self.engine, "tokens": self.tokens, "overhead": self.overhead,
+            "direct_cpu_us_per_token": self.direct_cpu_us, "engine_cpu_us_per_token": self.engine_cpu_us,
         }  # fmt: skip
 
     def markdown(self) -> str:
@@ -54,10 +61,10 @@ class RemoteBench:
             f"Remote engine overhead on {self.host} ({self.model}, server: {self.server_kind or 'unknown'}), "
             f"{self.reps} reps of {statistics.median(self.tokens):.0f} tokens, medians:",
             "",
-            "| client | decode tok/s |",
-            "|---|---:|",
-            f"| direct (httpx + SSE) | {d:.1f} |",
-            f"| RemoteEngine.chat | {e:.1f} |",
+            "| client | decode tok/s | client CPU µs/token |",
+            "|---|---:|---:|",
+            f"| direct (httpx + SSE) | {d:.1f} | {statistics.median(self.direct_cpu_us):.0f} |",
+            f"| RemoteEngine.complete | {e:.1f} | {statistics.median(self.engine_cpu_us):.0f} |",
             "",
             f"Overhead: {self.overhead * 100:+.1f}% of decode speed (target: under 5%).",
         ])  # fmt: skip
@@ -73,7 +80,7 @@ def _rate(stamps: list[float]) -> float:
 def direct_run(client: httpx.Client, engine: RemoteEngine, body: dict) -> float:
     """The same request with httpx alone: each `data:` line parsed, content chunks time-stamped."""
     stamps: list[float] = []
-    url = engine.url + "/chat/completions"
+    url = engine.url + "/completions"
     with client.stream("POST", url, json=body, headers=engine._headers(url)) as response:
         if response.status_code >= 400:
             raise RemoteError(
@@ -92,17 +99,15 @@ def direct_run(client: httpx.Client, engine: RemoteEngine, body: dict) -> float:
                     f"The server at {engine.host} streamed something that is not JSON."
                 ) from None
             for choice in choices:
-                if (choice.get("delta") or {}).get("content"):
+                if choice.get("text"):
                     stamps.append(time.perf_counter())
     return _rate(stamps)
 
 
-def engine_run(
-    engine: RemoteEngine, messages: list[Message], sampling: SamplingSettings
-) -> tuple[float, int]:
+def engine_run(engine: RemoteEngine, sampling: SamplingSettings) -> tuple[float, int]:
     stamps: list[float] = []
     done = None
-    for ev in engine.chat(messages, sampling):
+    for ev in engine.complete(PROMPT, sampling):
         if isinstance(ev, Token) and ev.text:
             stamps.append(time.perf_counter())
         elif isinstance(ev, ReplyDone):
@@ -118,21 +123,26 @@ def bench_remote(
     log: Callable[[str], None] = print,
 ) -> RemoteBench:
     """Interleaved repetitions (engine, then direct) on a loaded RemoteEngine, so a noisy machine slows both alike."""
-    messages = [Message("user", PROMPT)]
     sampling = SamplingSettings(temperature=0.0, max_tokens=gen_tokens, seed=1)
-    body = engine.request_fields(sampling, chat=True)
-    body.update(messages=[{"role": m.role, "content": m.content} for m in messages], model=engine.model,
+    body = engine.request_fields(sampling, chat=False)
+    body.update(prompt=PROMPT, model=engine.model,
                 stream=True, stream_options={"include_usage": True})  # fmt: skip
     result = RemoteBench(engine.host, engine.model, engine.server_kind, gen_tokens, reps)
     with httpx.Client(timeout=httpx.Timeout(300.0, connect=10.0)) as client:
         for i in range(warmup + reps):
-            rate, tokens = engine_run(engine, messages, sampling)
+            cpu = time.process_time()
+            rate, tokens = engine_run(engine, sampling)
+            engine_cpu = (time.process_time() - cpu) / max(tokens, 1) * 1e6
+            cpu = time.process_time()
             direct = direct_run(client, engine, body)
+            direct_cpu = (time.process_time() - cpu) / max(tokens, 1) * 1e6
             if i < warmup:
                 continue
             result.engine.append(rate)
             result.direct.append(direct)
             result.tokens.append(tokens)
+            result.engine_cpu_us.append(engine_cpu)
+            result.direct_cpu_us.append(direct_cpu)
             log(
                 f"rep {i - warmup + 1}/{reps}: engine {rate:.1f} tok/s, direct {direct:.1f} tok/s ({tokens} tokens)"
             )

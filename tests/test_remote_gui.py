@@ -239,7 +239,7 @@ def test_bench_remote_times_the_engine_and_the_direct_client_on_a_real_server(
            "--gen-tokens", "12", "--reps", "2", "--warmup", "0", "--json", str(out)]  # fmt: skip
     done = subprocess.run(run, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert "| RemoteEngine.chat |" in done.stdout and "Overhead:" in done.stdout
+    assert "| RemoteEngine.complete |" in done.stdout and "Overhead:" in done.stdout
     figures = json.loads(out.read_text())
     assert len(figures["direct_tok_s"]) == len(figures["engine_tok_s"]) == 2
     assert all(rate > 0 for rate in figures["direct_tok_s"] + figures["engine_tok_s"])
