@@ -318,7 +318,6 @@ class ModelPanel(QWidget):
     def open_remotes(self) -> RemotesDialog:
         dialog = RemotesDialog(self)
         dialog.changed.connect(self.remotes.fetch)
-        dialog.resize(640, 420)
         dialog.show()
         return dialog
 

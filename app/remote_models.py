@@ -182,6 +182,7 @@ class RemotesDialog(QDialog):
         self.add_button.clicked.connect(self.add)
         buttons.rejected.connect(self.reject)
         layout.addWidget(buttons)
+        self.resize(640, 420)
         self.refresh()
 
     def refresh(self) -> None:

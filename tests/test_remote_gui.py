@@ -4,6 +4,7 @@ loopback (and small real HTTP servers that misbehave), then switches back to the
 
 from __future__ import annotations
 
+import json
 import stat
 
 import pytest
@@ -175,7 +176,14 @@ def test_a_cut_stream_and_a_garbage_server_lose_nothing_and_say_what_happened(
     qtbot.addWidget(window)
     choose(window, qtbot, RemoteChoice("cut", "m", cut.url.split("/")[2]))
     new_chat(window, top_k=5)
+    window.store.set_system_prompt(window.conversation, "Be brief.")
     first = send_and_wait(qtbot, window, "story")
+    sent = json.loads(cut.seen[-1][3])  # the system prompt and the samplers reach the server
+    assert sent["messages"] == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "story"},
+    ]
+    assert sent["top_k"] == 5 and sent["stream"] is True
     assert first.content == "Once upon" and first.status == "interrupted"
     assert "cut the reply off midway" in window.fault_banner.label.text()
     # the extra sampler fields an unknown server may ignore are shown, not dropped
@@ -226,7 +234,6 @@ def test_a_remote_engine_answers_every_engine_method_the_gui_may_call():
 def test_bench_remote_times_the_engine_and_the_direct_client_on_a_real_server(
     ingle_server, fresh_home, tmp_path
 ):
-    import json
     import os
     import subprocess
     import sys
