@@ -256,3 +256,20 @@ def test_bench_remote_times_the_engine_and_the_direct_client_on_a_real_server(
     assert dead.returncode == 2 and dead.stderr.startswith("ingle: error: Cannot reach the server")
     bad = subprocess.run(run[:8] + ["--gen-tokens", "1"], capture_output=True, text=True, env=env, timeout=60)
     assert bad.returncode == 2 and "gen_tokens" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_a_damaged_remotes_file_is_one_greyed_line_in_the_picker_and_an_error_in_the_dialog(
+    qtbot, fresh_home
+):
+    from engine.remotes import remotes_path
+
+    remotes_path().parent.mkdir(parents=True, exist_ok=True)
+    remotes_path().write_text("{not json")
+    panel = ModelPanel(Library())
+    qtbot.addWidget(panel)
+    items = listed(qtbot, panel)
+    assert len(items) == 1 and not items[0][1] and "not reachable" in items[0][0]
+    assert "Cannot read the list of remote servers" in panel.model_box.itemData(0, 3)
+    dialog = panel.open_remotes()
+    assert "Cannot read the list of remote servers" in dialog.message.text() and dialog.saved.count() == 0
+    dialog.close()
