@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import llama_cpp
 
-from engine.errors import EngineError
+from engine.errors import EngineError, SettingsError
 from engine.events import Event, Message, ReplyDone, StopReason, ToolCallsMade
 from engine.sampling import json_schema_grammar
 from engine.settings import OverflowPolicy, SamplingSettings
@@ -51,9 +51,7 @@ def chat_tools(
     tokens = rt.tokenize(text, add_special=add_bos, parse_special=True)
     if active:
         if sampling.grammar or sampling.json_schema:
-            raise EngineError(
-                "A request cannot constrain the reply with both tools and a grammar or JSON schema."
-            )
+            raise SettingsError("tools", "cannot be combined with a grammar or JSON schema (response_format)")
         grammar = wrap_grammar(json_schema_grammar(call_schema(active, style)), style)
         triggers = () if tools.forced else (style.trigger,)
         sampling = sampling.replace(grammar=grammar, grammar_triggers=triggers)
