@@ -38,12 +38,16 @@ def is_embedding_model(info: ModelInfo) -> bool:
 def _inputs(value: Any, field: str = "input") -> list[str | list[int]]:
     """OpenAI's input: a string, a list of strings, a token array, or a list of token arrays."""
     if isinstance(value, str):
+        if not value:
+            raise bad_field(field, "is empty; give text to embed")
         return [value]
     if isinstance(value, list) and value:
         if all(isinstance(t, int) and not isinstance(t, bool) for t in value):
             return [value]
         out: list[str | list[int]] = []
         for i, item in enumerate(value):
+            if item == "" or item == []:
+                raise bad_field(f"{field}[{i}]", "is empty; give text to embed")
             if isinstance(item, str) or (
                 isinstance(item, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in item)
             ):
