@@ -56,7 +56,7 @@ def server(starter_model):
 
 @pytest.fixture
 def client(server):
-    return openai.OpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=0, timeout=300)
+    return openai.OpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=0, timeout=600)
 
 
 def check_call(call) -> dict:
@@ -67,10 +67,21 @@ def check_call(call) -> dict:
     return args
 
 
+REQUIRED = dict(
+    model="starter", messages=ASK, tools=TOOLS, tool_choice="required", temperature=0, max_tokens=120
+)
+
+
+@pytest.fixture(scope="module")
+def required_reply(server):
+    """One greedy `required` reply, shared: the starter takes a while per call on a busy machine."""
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=0, timeout=600)
+    return client.chat.completions.create(**REQUIRED)
+
+
 # ------------------------------------------------------------------ through the server, the starter model
-def test_required_returns_a_call_that_validates(client):
-    reply = client.chat.completions.create(model="starter", messages=ASK, tools=TOOLS, tool_choice="required",
-                                           temperature=0, max_tokens=120)  # fmt: skip
+def test_required_returns_a_call_that_validates(required_reply):
+    reply = required_reply
     choice = reply.choices[0]
     assert choice.finish_reason == "tool_calls" and len(choice.message.tool_calls) == 1
     check_call(choice.message.tool_calls[0])
@@ -96,12 +107,9 @@ def test_none_answers_in_text(client):
     assert choice.finish_reason in ("stop", "length")
 
 
-def test_streamed_deltas_assemble_into_the_same_call(client):
-    kw = dict(
-        model="starter", messages=ASK, tools=TOOLS, tool_choice="required", temperature=0, max_tokens=120
-    )
-    whole = client.chat.completions.create(**kw).choices[0].message.tool_calls[0]
-    chunks = list(client.chat.completions.create(**kw, stream=True))
+def test_streamed_deltas_assemble_into_the_same_call(client, required_reply):
+    whole = required_reply.choices[0].message.tool_calls[0]
+    chunks = list(client.chat.completions.create(**REQUIRED, stream=True))
     calls: dict[int, dict] = {}
     for chunk in chunks:
         for delta in chunk.choices[0].delta.tool_calls or []:
