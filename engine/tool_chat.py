@@ -6,16 +6,25 @@ the model (its template, tokenizer and sampler), so it runs in the engine's proc
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 import llama_cpp
 
 from engine.errors import EngineError, SettingsError
-from engine.events import Event, Message, ReplyDone, StopReason, ToolCallsMade
+from engine.events import Event, Message, ReplyDone, StopReason, Token, ToolCallsMade
 from engine.sampling import json_schema_grammar
 from engine.settings import OverflowPolicy, SamplingSettings
-from engine.tools import ToolSet, call_schema, generic_messages, parse_reply, style_for, wrap_grammar
+from engine.tools import (
+    CallStyle,
+    ToolSet,
+    call_schema,
+    generic_messages,
+    parse_reply,
+    style_for,
+    wrap_grammar,
+)
 
 if TYPE_CHECKING:
     from engine.runtime import Runtime
@@ -56,7 +65,10 @@ def chat_tools(
         triggers = () if tools.forced else (style.trigger,)
         sampling = sampling.replace(grammar=grammar, grammar_triggers=triggers)
     keep = 1 if tokens and tokens[0] == llama_cpp.llama_vocab_bos(rt.vocab) else 0
+    held = _Holdback(style)
     for event in rt._generate(tokens, sampling, policy, keep):
+        if isinstance(event, Token) and active:
+            event = dataclasses.replace(event, text=held.feed(event.text))
         if isinstance(event, ReplyDone) and active:
             if event.stats.stop_reason in (StopReason.EOS, StopReason.STOP_STRING):
                 parsed = parse_reply(event.text, tools, style)
@@ -64,3 +76,41 @@ def chat_tools(
             else:  # cut off (length, cancel): whatever was written is text, a half call included
                 yield ToolCallsMade(event.text, ())
         yield event
+
+
+class _Holdback:
+    """Token text for display, minus what may be a tool call: from the call's marker on (or a piece of text
+    that could be the start of it) nothing is shown; ToolCallsMade carries the reply whole at the end."""
+
+    def __init__(self, style: CallStyle):
+        self.style = style
+        self.marker = style.prefix.strip() or '{"name"'
+        self.text = ""
+        self.shown = 0
+        self.found = False
+
+    def feed(self, piece: str) -> str:
+        self.text += piece
+        if self.found:
+            return ""
+        end = self._safe_end()
+        out = self.text[self.shown : end]
+        self.shown = max(self.shown, end)
+        return out
+
+    def _safe_end(self) -> int:
+        text, marker = self.text, self.marker
+        if not self.style.prefix:  # llama3: a call is the whole reply, so only its start can be one
+            head = text.lstrip()
+            if head.startswith(marker) or marker.startswith(head):
+                self.found = head.startswith(marker)
+                return 0
+            return len(text)
+        at = text.find(marker)
+        if at >= 0:
+            self.found = True
+            return at
+        for n in range(min(len(marker) - 1, len(text)), 0, -1):  # the text ends with the marker's beginning
+            if text.endswith(marker[:n]):
+                return len(text) - n
+        return len(text)

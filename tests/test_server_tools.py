@@ -253,3 +253,17 @@ def test_an_invalid_call_is_a_clear_error(text, why):
 def test_tool_choice_none_means_no_tools():
     assert toolset(TOOLS, "none") is None and toolset(None, None) is None
     assert toolset(TOOLS, None).choice == "auto"
+
+
+@pytest.mark.parametrize(
+    ("style", "pieces", "shown"),
+    [(HERMES, ["It is", " sunny <", "b>!"], ["It is", " sunny ", "<b>!"]),  # a '<' that was no marker: shown
+     (HERMES, ["Let me look. <tool", "_call>\n{", '"name"'], ["Let me look. ", "", ""]),
+     (LLAMA3, [' {"na', 'me": "add"'], ["", ""]),
+     (LLAMA3, ["Hello", ' {"name"'], ["Hello", ' {"name"'])],  # llama3 calls only at the start
+)  # fmt: skip
+def test_streamed_text_stops_where_a_call_may_begin(style, pieces, shown):
+    from engine.tool_chat import _Holdback
+
+    held = _Holdback(style)
+    assert [held.feed(p) for p in pieces] == shown

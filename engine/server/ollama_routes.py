@@ -82,8 +82,7 @@ def routes(state: ServerState) -> list[Route]:
         messages = mapping.messages(body)
         if tools is None and not any(m.role == "tool" or m.tool_calls for m in messages):
             return await _run(request, body, lambda engine, s: engine.chat(messages, s), "message")
-        return await _run(request, body, lambda engine, s: engine.chat_tools(messages, tools, s), "message",
-                          hold=tools is not None)  # fmt: skip
+        return await _run(request, body, lambda engine, s: engine.chat_tools(messages, tools, s), "message")
 
     async def generate(request: Request):
         body = await read_json(request, config)
@@ -105,9 +104,9 @@ def routes(state: ServerState) -> list[Route]:
         msgs = ([Message("system", system)] if system else []) + [Message("user", prompt)]
         return await _run(request, body, lambda engine, s: engine.chat(msgs, s), "response")
 
-    async def _run(request: Request, body: dict, call, field: str, hold: bool = False):
-        """Run `call` and answer in Ollama's shape; `hold`: the reply may be a tool call, so its text is held
-        back and sent whole with the calls (as `message.tool_calls`, arguments as objects)."""
+    async def _run(request: Request, body: dict, call, field: str):
+        """Run `call` and answer in Ollama's shape; tool calls come as `message.tool_calls`, arguments as
+        objects, in one chunk before the last (the engine holds back the text that may be a call)."""
         started = time.monotonic()
         path = request.url.path
         stream = body.get("stream", True)  # Ollama streams unless told not to
@@ -148,11 +147,15 @@ def routes(state: ServerState) -> list[Route]:
 
         async def lines():
             finished = False
+            sent = ""  # the text streamed so far
             try:
                 async for event in generation.events():
                     if isinstance(event, ToolCallsMade):
-                        yield json.dumps(piece(event.content, event), ensure_ascii=False) + "\n"
-                    elif isinstance(event, Token) and event.text and not hold:
+                        rest = event.content[len(sent) :] if event.content.startswith(sent) else ""
+                        if rest or event.calls:
+                            yield json.dumps(piece(rest, event), ensure_ascii=False) + "\n"
+                    elif isinstance(event, Token) and event.text:
+                        sent += event.text
                         yield json.dumps(piece(event.text), ensure_ascii=False) + "\n"
                 if generation.error is not None:
                     state.record(path, generation.error.status, started, error=generation.error.code)
