@@ -344,6 +344,11 @@ class SamplingSettings(SettingsBase):
                 ) from None
         if self.grammar_triggers and not self.grammar:
             raise SettingsError("grammar_triggers", "need a grammar to switch on")
+        from engine.tools import check_trigger_pattern  # here: engine.tools imports the events, not settings
+
+        for pattern in self.grammar_triggers:
+            if why := check_trigger_pattern(pattern) if isinstance(pattern, str) else "is not text":
+                raise SettingsError("grammar_triggers", f"{pattern!r:.60} {why}")
         for item in self.stop:
             if not isinstance(item, str) or not item:
                 raise SettingsError("stop", f"stop strings must be non-empty text, got {item!r}")

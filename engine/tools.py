@@ -116,6 +116,46 @@ def style_for(template_text: str, native: bool) -> CallStyle:
 
 
 # ------------------------------------------------------------------------------------------ validation
+_QUANTIFIER = re.compile(r"\{\d+(,\d*)?\}")
+_ESCAPES = set("sSdDwWbBntrfv0")
+
+
+def check_trigger_pattern(pattern: str) -> str:
+    """Why a lazy-grammar trigger would not compile the same in llama.cpp (C++ std::regex, ECMAScript, which
+    aborts the engine on a bad pattern) as in Python, or "" when it is fine: only the common subset passes."""
+    if len(pattern) > 1000:
+        return "is longer than 1000 characters"
+    try:
+        re.compile(pattern)
+    except re.error as err:
+        return f"is not a regular expression ({err})"
+    in_class, i = False, 0
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "\\":
+            nxt = pattern[i + 1 : i + 2]
+            if nxt.isalnum() and nxt not in _ESCAPES:
+                return f"uses the escape \\{nxt}; allowed: \\s \\S \\d \\D \\w \\W \\b \\B \\n \\t \\r and escaped punctuation"
+            i += 2
+            continue
+        if in_class:
+            in_class = c != "]"
+        elif c == "[":
+            in_class = True
+        elif c == "(" and pattern[i + 1 : i + 2] == "?" and pattern[i + 2 : i + 3] not in (":", "=", "!"):
+            return "uses a group syntax other than (?:...), (?=...) or (?!...)"
+        elif c == "{":
+            m = _QUANTIFIER.match(pattern, i)
+            if not m or i == 0 or pattern[i - 1] in "(|":
+                return "has a '{' that is not a quantifier such as {2} or {1,3} (escape it as \\{)"
+            i = m.end()
+            continue
+        elif c in "}]":
+            return f"has an unescaped '{c}' (escape it as \\{c})"
+        i += 1
+    return ""
+
+
 def parse_tools(raw: Any, field: str = "tools") -> tuple[Tool, ...]:
     """OpenAI (and Ollama) `tools` -> Tools; a bad one raises SettingsError naming the field."""
     if raw is None:

@@ -19,7 +19,7 @@ from engine.host import EngineHost
 from engine.server import Scheduler, ServerConfig
 from engine.server.runner import ServerThread
 from engine.server_cli import bind
-from engine.settings import LoadSettings
+from engine.settings import LoadSettings, SamplingSettings
 from engine.tools import HERMES, LLAMA3, MISTRAL, ToolSet, parse_reply, parse_tools, style_for, toolset
 
 KEY = "tools-key-0123456789"
@@ -164,7 +164,9 @@ def test_ollama_chat_returns_calls_with_object_arguments(server):
       "tool_choice.function.name"),
      ({"tool_choice": "required"}, "tool_choice"),
      ({"tools": TOOLS, "tool_choice": "sometimes"}, "tool_choice"),
-     ({"tools": TOOLS, "response_format": {"type": "json_object"}}, "tools")],
+     ({"tools": TOOLS, "response_format": {"type": "json_object"}}, "tools"),
+     # a pattern C++'s std::regex refuses would abort the engine: refused before it gets there
+     ({"grammar": 'root ::= "a"', "grammar_triggers": ["(?P<x>a)"]}, "grammar_triggers")],
 )  # fmt: skip
 def test_bad_tools_are_400_naming_the_field(client, extra, param):
     with pytest.raises(openai.BadRequestError) as err:
@@ -267,3 +269,15 @@ def test_streamed_text_stops_where_a_call_may_begin(style, pieces, shown):
 
     held = _Holdback(style)
     assert [held.feed(p) for p in pieces] == shown
+
+
+@pytest.mark.parametrize("pattern", ["(?P<x>a)", "a{", "\\Aa", "[]a]", "(", "(?i)a"])
+def test_trigger_patterns_outside_what_both_regex_engines_read_alike_are_refused(pattern):
+    with pytest.raises(SettingsError) as err:
+        SamplingSettings(grammar='root ::= "a"', grammar_triggers=(pattern,))
+    assert err.value.field == "grammar_triggers"
+
+
+def test_the_call_styles_triggers_are_accepted():
+    for style in (HERMES, MISTRAL, LLAMA3):
+        assert SamplingSettings(grammar='root ::= "a"', grammar_triggers=(style.trigger,)).grammar_triggers
