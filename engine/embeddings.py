@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
 MAX_INPUTS = 2048  # OpenAI's limit per request
 MAX_EMBED_CTX = 8192  # the largest input we accept, in tokens, whatever the model was trained for
+OUTPUT_BUDGET_BYTES = 256 << 20  # llama.cpp's per-batch output buffer for a chat model's embeddings
 POOLING_NAMES = {llama_cpp.LLAMA_POOLING_TYPE_MEAN: "mean", llama_cpp.LLAMA_POOLING_TYPE_CLS: "cls",
                  llama_cpp.LLAMA_POOLING_TYPE_LAST: "last"}  # fmt: skip
 
@@ -44,6 +45,7 @@ class _Embedder:
     n_ctx: int
     pooling: int
     owns_model: bool
+    chunk: int  # tokens per llama_decode
 
     def free(self) -> None:
         if self.ctx:
@@ -153,11 +155,19 @@ def _declared_pooling(model) -> int:
     return llama_cpp.LLAMA_POOLING_TYPE_MEAN
 
 
-def _new_embedder(key: str, model, owns: bool, limit: int) -> _Embedder:
+def _new_embedder(key: str, model, owns: bool, limit: int, chunk: int | None = None) -> _Embedder:
+    """An embedding context. A chat model's input goes in chunks that bound llama.cpp's output buffer (with
+    embeddings on it keeps every token's logits: n_vocab floats each, 1 MB per token for a 262k vocabulary);
+    an embedding model (small vocabulary, maybe bidirectional attention) gets the whole input in one batch."""
     n_ctx = max(8, min(limit, llama_cpp.llama_model_n_ctx_train(model) or limit, MAX_EMBED_CTX))
+    vocab = llama_cpp.llama_model_get_vocab(model)
+    if chunk is None:
+        n_vocab = llama_cpp.llama_vocab_n_tokens(vocab)
+        chunk = n_ctx if key else max(32, min(n_ctx, OUTPUT_BUDGET_BYTES // (4 * n_vocab)))
     pooling = _declared_pooling(model)
     params = llama_cpp.llama_context_default_params()
-    params.n_ctx = params.n_batch = params.n_ubatch = n_ctx  # one input is one batch (BERT needs it whole)
+    params.n_ctx = n_ctx
+    params.n_batch = params.n_ubatch = min(chunk, n_ctx)
     params.n_seq_max = 1
     params.embeddings = True
     params.pooling_type = pooling
@@ -166,29 +176,38 @@ def _new_embedder(key: str, model, owns: bool, limit: int) -> _Embedder:
     ctx = llama_cpp.llama_init_from_model(model, params)
     if not ctx:
         raise EngineError(f"llama.cpp could not create an embedding context of {n_ctx} tokens.")
-    vocab = llama_cpp.llama_model_get_vocab(model)
-    return _Embedder(key, model, ctx, vocab, llama_cpp.llama_n_ctx(ctx), pooling, owns)
+    return _Embedder(
+        key, model, ctx, vocab, llama_cpp.llama_n_ctx(ctx), pooling, owns, llama_cpp.llama_n_ubatch(ctx)
+    )
 
 
 def _embed_one(e: _Embedder, tokens: list[int]) -> tuple[float, ...]:
+    """Pooled per chunk (llama.cpp pools each batch; the cache carries the context between them), combined as
+    one pooling over the whole input would be: the token-weighted mean, the first chunk's CLS, the last's."""
     llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(e.ctx), True)
-    batch = llama_cpp.llama_batch_init(len(tokens), 0, 1)
+    n_embd = llama_cpp.llama_model_n_embd(e.model)
+    total = [0.0] * n_embd
+    batch = llama_cpp.llama_batch_init(e.chunk, 0, 1)
     try:
-        for i, tok in enumerate(tokens):
-            batch.token[i] = tok
-            batch.pos[i] = i
-            batch.n_seq_id[i] = 1
-            batch.seq_id[i][0] = 0
-            batch.logits[i] = True
-        batch.n_tokens = len(tokens)
-        if llama_cpp.llama_decode(e.ctx, batch) != 0:
-            raise EngineError("llama.cpp failed to compute the embedding.")
+        for start in range(0, len(tokens), e.chunk):
+            part = tokens[start : start + e.chunk]
+            for i, tok in enumerate(part):
+                batch.token[i] = tok
+                batch.pos[i] = start + i
+                batch.n_seq_id[i] = 1
+                batch.seq_id[i][0] = 0
+                batch.logits[i] = True
+            batch.n_tokens = len(part)
+            if llama_cpp.llama_decode(e.ctx, batch) != 0:
+                raise EngineError("llama.cpp failed to compute the embedding.")
+            ptr = llama_cpp.llama_get_embeddings_seq(e.ctx, 0)
+            if not ptr:
+                raise EngineError("llama.cpp returned no pooled embedding for this input.")
+            if e.pooling == llama_cpp.LLAMA_POOLING_TYPE_MEAN:
+                total = [t + float(ptr[i]) * len(part) for i, t in enumerate(total)]
+            elif e.pooling == llama_cpp.LLAMA_POOLING_TYPE_LAST or start == 0:
+                total = [float(ptr[i]) for i in range(n_embd)]
     finally:
         llama_cpp.llama_batch_free(batch)
-    n_embd = llama_cpp.llama_model_n_embd(e.model)
-    ptr = llama_cpp.llama_get_embeddings_seq(e.ctx, 0)
-    if not ptr:
-        raise EngineError("llama.cpp returned no pooled embedding for this input.")
-    values = [float(ptr[i]) for i in range(n_embd)]
-    norm = math.sqrt(sum(v * v for v in values))
-    return tuple(v / norm for v in values) if norm > 0 else tuple(values)
+    norm = math.sqrt(sum(v * v for v in total))
+    return tuple(v / norm for v in total) if norm > 0 else tuple(total)

@@ -144,3 +144,23 @@ def test_an_embedding_model_from_the_library(server, client, tmp_path, fresh_hom
     assert err.value.body["param"] == "model" and "not an embedding model" in err.value.body["message"]
     with pytest.raises(openai.NotFoundError):
         client.embeddings.create(model="no-such-model", input="x")
+
+
+def test_pooling_in_chunks_equals_one_batch(tiny_runtime):
+    """A chat model embeds long inputs in chunks (bounding llama.cpp's per-token logits buffer); the pooled
+    result is the one a single batch gives."""
+    from engine import embeddings
+
+    tokens = tiny_runtime.tokenize("The sea is calm tonight. " * 8, add_special=True, parse_special=False)
+    whole = embeddings._new_embedder("", tiny_runtime.model, False, 512, chunk=512)
+    parts = embeddings._new_embedder("", tiny_runtime.model, False, 512, chunk=8)
+    try:
+        assert parts.chunk == 8 and len(tokens) > 4 * parts.chunk and whole.chunk >= len(tokens)
+        np.testing.assert_allclose(
+            embeddings._embed_one(parts, tokens), embeddings._embed_one(whole, tokens), atol=1e-4
+        )
+        # a text shorter than a chunk is the same either way; a different text is not
+        assert embeddings._embed_one(parts, tokens[:5]) != embeddings._embed_one(whole, tokens)
+    finally:
+        whole.free()
+        parts.free()
