@@ -38,6 +38,7 @@ class ModelLoaded:
     adapters: tuple[tuple[str, float], ...] = ()
     template_source: str = ""  # "gguf", a built-in's name, "<built-in> (fallback)" or "file <name>"
     template_warning: str = ""  # why the model's own template failed (a built-in stands in): show it
+    fit_note: str = ""  # with "Fit automatically": what was chosen and why
 
 
 @dataclass(frozen=True)

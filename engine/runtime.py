@@ -21,7 +21,7 @@ from pathlib import Path
 import llama_cpp
 import numpy as np
 
-from engine import inspection
+from engine import fit, inspection
 from engine.chat_template import ChatTemplate, template_for
 from engine.errors import Cancelled, ContextFullError, EngineError, ModelFileError
 from engine.events import (
@@ -37,7 +37,7 @@ from engine.events import (
     Token,
 )
 from engine.gguf_info import ModelInfo, inspect_gguf
-from engine.hardware import Hardware, detect
+from engine.hardware import Hardware, current
 from engine.interface import Inspection, KVState
 from engine.kv import KVLayout, parse_kv_report
 from engine.llama_params import context_params, model_params
@@ -134,6 +134,8 @@ class Runtime:
                 raise ModelFileError(
                     f"{ainfo.path}: adapter is for '{ainfo.architecture}' models but the model is '{info.architecture}'."
                 )
+        extra = sum(a.file_size for a, _ in adapter_infos)
+        settings, fit_note = fit.settings_for_load(info, settings, extra)  # refuse up front what cannot fit
         self.unload()
         self._cancel.clear()
         _recent_errors.clear()
@@ -187,6 +189,7 @@ class Runtime:
             adapters=tuple((str(a.path), s) for a, s in adapter_infos),
             template_source=self.template.source,
             template_warning=self.template.warning,
+            fit_note=fit_note,
         )
 
     def _create_context(self, settings: LoadSettings) -> None:
@@ -573,7 +576,7 @@ class Runtime:
     @staticmethod
     def hardware() -> Hardware:
         """What llama.cpp can use in this process: CPU features, RAM, GPUs with free memory (for fit verdicts)."""
-        return detect()
+        return current()  # free memory as of now, not as of start-up
 
     # ---------------------------------------------------------- visualizer numbers (engine.inspection)
     def preview(self, sampling: SamplingSettings, top_n: int = 20) -> list[PreviewStage]:

@@ -199,6 +199,16 @@ class LoadSettings(SettingsBase):
         "RoPE frequency scale",
         "With linear or yarn scaling: trained length / context (0.25 stretches 4x); 0 works it out from both.",
     )
+    fit: bool = spec(
+        False,
+        label="Fit automatically",
+        help="Pick GPU layers, context length and KV cache type so the model fits the free memory.",
+    )
+    fit_check: bool = spec(
+        True,
+        label="Refuse what won't fit",
+        help="Refuse a load that needs more memory than is free, before llama.cpp runs out of it.",
+    )
 
     def _validate_more(self) -> None:
         if (
