@@ -22,6 +22,7 @@ from engine.errors import EngineDied, EngineError, EngineHung, IngleError
 from engine.events import Event, Message, PromptEvaluated
 from engine.hardware import Hardware
 from engine.interface import METHODS, STREAMING, Inspection, KVState
+from engine.kv_store import StateRestored, StateSaved
 from engine.settings import LoadSettings, OverflowPolicy, SamplingSettings
 from engine.visual import ContextBudget, PreviewStage, TokenPiece
 
@@ -393,6 +394,12 @@ class EngineHost:
 
     def hardware(self) -> Hardware:
         return self._call("hardware")
+
+    def save_state(self, path: str, messages: Sequence[Message] | None = None) -> StateSaved:
+        return self._call("save_state", str(path), None if messages is None else list(messages))
+
+    def restore_state(self, path: str, messages: Sequence[Message] | None = None) -> StateRestored:
+        return self._call("restore_state", str(path), None if messages is None else list(messages))
 
     def __enter__(self) -> EngineHost:
         return self

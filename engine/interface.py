@@ -16,6 +16,7 @@ from typing import Protocol, runtime_checkable
 from engine.events import Event, Message, PromptEvaluated
 from engine.hardware import Hardware
 from engine.kv import KVLayout
+from engine.kv_store import StateRestored, StateSaved
 from engine.settings import LoadSettings, OverflowPolicy, SamplingSettings
 from engine.visual import ContextBudget, PreviewStage, TokenPiece
 
@@ -141,6 +142,14 @@ class Engine(Protocol):
 
     def hardware(self) -> Hardware:
         """What the engine's process can run on (CPU, RAM, GPUs with free memory)."""
+        ...
+
+    def save_state(self, path: str, messages: Sequence[Message] | None = None) -> StateSaved:
+        """Save the KV cache (instant reopen), cut back to the part that starts `messages` as rendered."""
+        ...
+
+    def restore_state(self, path: str, messages: Sequence[Message] | None = None) -> StateRestored:
+        """Reuse a saved KV cache if it matches this model, settings, adapters and conversation; else delete it."""
         ...
 
 

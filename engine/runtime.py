@@ -21,7 +21,7 @@ from pathlib import Path
 import llama_cpp
 import numpy as np
 
-from engine import fit, inspection
+from engine import fit, inspection, kv_store
 from engine.chat_template import ChatTemplate, template_for
 from engine.errors import Cancelled, ContextFullError, EngineError, ModelFileError
 from engine.events import (
@@ -105,6 +105,7 @@ class Runtime:
         self.load_settings: LoadSettings | None = None
         self.template: ChatTemplate | None = None
         self._adapters: list = []
+        self.adapter_specs: tuple[tuple[str, float], ...] = ()  # (path, scale) of the adapters applied
         self._cached: list[int] = []  # tokens whose K/V are in the cache, in order
         self._cancel = threading.Event()
         self._batch = None
@@ -180,6 +181,7 @@ class Runtime:
             self.unload()
             raise
         self.load_settings = settings
+        self.adapter_specs = tuple((str(a.path), s) for a, s in adapter_infos)
         yield ModelLoaded(
             path=str(path),
             info=info.summary(),
@@ -342,6 +344,16 @@ class Runtime:
 
     def _memory(self):
         return llama_cpp.llama_get_memory(self.ctx)
+
+    def keep_prefix(self, n: int) -> None:
+        """Keep the first `n` cached tokens, drop the rest (for engine.kv_store)."""
+        if n <= 0 or not llama_cpp.llama_memory_seq_rm(self._memory(), 0, n, -1):
+            return self._clear_cache()
+        del self._cached[n:]
+
+    def adopt_cache(self, tokens: Sequence[int]) -> None:
+        """The cache now holds `tokens` (restored by engine.kv_store)."""
+        self._cached = list(tokens)
 
     def _clear_cache(self) -> None:
         llama_cpp.llama_memory_clear(self._memory(), False)
@@ -577,6 +589,12 @@ class Runtime:
     def hardware() -> Hardware:
         """What llama.cpp can use in this process: CPU features, RAM, GPUs with free memory (for fit verdicts)."""
         return current()  # free memory as of now, not as of start-up
+
+    def save_state(self, path: str, messages: Sequence[Message] | None = None) -> kv_store.StateSaved:
+        return kv_store.save(self, path, messages)
+
+    def restore_state(self, path: str, messages: Sequence[Message] | None = None) -> kv_store.StateRestored:
+        return kv_store.restore(self, path, messages)
 
     # ---------------------------------------------------------- visualizer numbers (engine.inspection)
     def preview(self, sampling: SamplingSettings, top_n: int = 20) -> list[PreviewStage]:
