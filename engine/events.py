@@ -120,4 +120,23 @@ class ReplyDone:
     tokens: tuple[int, ...] = field(default=(), repr=False)
 
 
-Event = LoadProgress | ModelLoaded | ContextTrimmed | PromptEvaluated | Token | ReplyDone
+@dataclass(frozen=True)
+class ThreadsChosen:
+    """The CPU threads a reply runs on (engine.threads), sent before its prompt is read."""
+
+    threads: int
+    threads_batch: int  # for reading the prompt
+    cores: int  # CPUs the engine may use
+    idle: int  # of them idle when chosen; -1: not measured (the load settings gave the count)
+    source: str  # "idle cores" or "setting"
+
+    def describe(self) -> str:
+        if self.source == "setting":
+            return f"{self.threads} threads (set in the load settings)"
+        busy = self.cores - self.idle
+        return f"{self.threads} threads: {self.idle} of {self.cores} cores idle" + (
+            f" ({busy} busy with other work)" if busy > 0 else ""
+        )
+
+
+Event = LoadProgress | ModelLoaded | ContextTrimmed | PromptEvaluated | Token | ReplyDone | ThreadsChosen

@@ -21,7 +21,7 @@ from pathlib import Path
 import llama_cpp
 import numpy as np
 
-from engine import fit, inspection, kv_store
+from engine import fit, inspection, kv_store, threads
 from engine.chat_template import ChatTemplate, template_for
 from engine.errors import Cancelled, ContextFullError, EngineError, ModelFileError
 from engine.events import (
@@ -182,6 +182,7 @@ class Runtime:
             raise
         self.load_settings = settings
         self.adapter_specs = tuple((str(a.path), s) for a, s in adapter_infos)
+        threads.at_load(self)
         yield ModelLoaded(
             path=str(path),
             info=info.summary(),
@@ -513,11 +514,13 @@ class Runtime:
         tokens, trimmed = fit_prompt(self.n_ctx, tokens, self.reply_reserve(sampling), policy, keep)
         if trimmed:
             yield trimmed
+        yield threads.apply(self)  # from the cores idle now, unless the settings say how many
         chain = SamplerChain(self.vocab, self.n_vocab, sampling, self.n_ctx)
         try:
             yield from self._sample_loop(tokens, sampling, policy, keep, chain, started)
         finally:
             chain.close()
+            threads.reply_ended(self)
 
     def _sample_loop(self, tokens, sampling, policy, keep, chain, started) -> Iterator[Event]:
         evaluated = self.evaluate(tokens)
