@@ -131,10 +131,11 @@ class ThreadsChosen:
     source: str  # "idle cores" or "setting"
 
     def describe(self) -> str:
+        n = f"{self.threads} thread{'s' if self.threads != 1 else ''}"
         if self.source == "setting":
-            return f"{self.threads} threads (set in the load settings)"
+            return f"{n} (set in the load settings)"
         busy = self.cores - self.idle
-        return f"{self.threads} threads: {self.idle} of {self.cores} cores idle" + (
+        return f"{n}: {self.idle} of {self.cores} cores idle" + (
             f" ({busy} busy with other work)" if busy > 0 else ""
         )
 

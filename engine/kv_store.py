@@ -183,9 +183,24 @@ def restore(rt, path: str | os.PathLike, messages: Sequence[Message] | None = No
 class StateFolder:
     """The folder of saved states: one file per conversation, a size cap, least recently used evicted first."""
 
-    def __init__(self, root: str | os.PathLike | None = None, cap: int = DEFAULT_CAP):
+    def __init__(self, root: str | os.PathLike | None = None, cap: int | None = None):
         self.root = Path(root) if root else data_dir() / "kv-states"
-        self.cap = cap
+        self.cap = self.saved_cap() if cap is None else cap
+
+    def saved_cap(self) -> int:
+        """The cap the user chose (Settings), kept in the folder so the app and `ingle chat` share it."""
+        try:
+            value = json.loads((self.root / "cap.json").read_text())["cap_bytes"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return DEFAULT_CAP
+        return value if isinstance(value, int) and value >= 0 else DEFAULT_CAP
+
+    def set_cap(self, cap: int) -> list[Path]:
+        """Keep `cap` (bytes; 0 saves nothing) and evict down to it; returns what was deleted."""
+        self.cap = max(0, int(cap))
+        self.root.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(self.root / "cap.json", json.dumps({"cap_bytes": self.cap}).encode())
+        return self.evict()
 
     def path_for(self, conversation_id: int) -> Path:
         return self.root / f"conversation-{int(conversation_id)}{SUFFIX}"

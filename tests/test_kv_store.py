@@ -200,3 +200,14 @@ def test_lru_eviction_keeps_the_cap(runtime, tmp_path):
     folder.cap = 1  # nothing fits: even the one just saved goes, last
     assert [p.name for p in folder.evict(keep=folder.path_for(3))][-1] == "conversation-3.ingle-kv"
     assert folder.usage() == 0
+
+
+def test_the_cap_is_kept_in_the_folder_and_a_bad_one_is_ignored(tmp_path):
+    folder = StateFolder(tmp_path / "states")
+    assert folder.cap == 2 << 30
+    (tmp_path / "states").mkdir()
+    (tmp_path / "states" / "keep.ingle-kv").write_bytes(b"x" * 1000)
+    assert folder.set_cap(10) == [tmp_path / "states" / "keep.ingle-kv"]
+    assert StateFolder(tmp_path / "states").cap == 10
+    (tmp_path / "states" / "cap.json").write_text('{"cap_bytes": "lots"}')
+    assert StateFolder(tmp_path / "states").cap == 2 << 30
