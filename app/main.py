@@ -256,6 +256,8 @@ class MainWindow(WindowLayout, ConversationActions, QMainWindow):
         # remembered, so "none" chosen for the starter stays chosen at the next start
         if name == STARTER_NAME:
             self.gui_settings.setValue("starter_adapter", bool(self.last_load and self.last_load[2]))
+        if ev.fit_note:  # what "Fit automatically" chose, and why
+            self.model_panel.estimate.setText(ev.fit_note)
         if ev.template_warning:
             self.info_banner.show_message(ev.template_warning)
         elif name == STARTER_NAME:
