@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import re
 import time
 
 from app.main import MainWindow
@@ -41,6 +42,10 @@ def test_switching_and_closing_save_and_a_restart_reuses_the_cache(qtbot, fresh_
     window = _open(qtbot, db, tiny_model)
     folder = window.reopen.folder
     first = _chat(qtbot, window, "Tell me a long story about cats, the moon and a small red boat.")
+    timing = window.inspector.timing  # the Timing view says how many threads the reply ran on, and why
+    assert re.fullmatch(r"\d+ threads?: \d+ of \d+ cores idle.*", timing.replies[0]["threads"])
+    timing.resize(700, timing.heightForWidth(700))
+    timing.grab().save("/tmp/f2-fit-timing.png")
     second = _chat(qtbot, window, "And one about dogs?")  # switching away saves the first
     qtbot.waitUntil(lambda: folder.path_for(first).exists(), timeout=60_000)
     assert window.reopen.last_save.tokens > 20
