@@ -28,7 +28,7 @@ def register(subparsers) -> None:
         default=None,
         metavar="LIST",
         help="modes to run, by name or number, e.g. reference,engine,host or 1-3,5 (default: all): "
-        "1 reference, 2 engine, 3 host, 4 chat, 5 streaming, 6 gui, 7 training",
+        "1 reference, 2 engine, 3 host, 4 chat, 5 streaming, 6 gui, 7 training, 8 under_load, 9 reopen",
     )
     p.set_defaults(func=cmd_bench)
 

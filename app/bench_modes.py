@@ -28,7 +28,7 @@ from engine.settings import LoadSettings, SamplingSettings
 
 TIMED_MODES = ("reference", "engine", "host")
 # Every mode by name; its number (1-7) is its place here. `--modes` picks among them.
-MODES = (*TIMED_MODES, "chat", "streaming", "gui", "training")
+MODES = (*TIMED_MODES, "chat", "streaming", "gui", "training", "under_load", "reopen")
 
 
 def parse_modes(text: str) -> tuple[str, ...]:
