@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from app.bench_modes import (
+    DEFAULT_MODES,
     MODES,
     TIMED_MODES,
     BenchConfig,
@@ -32,6 +33,7 @@ from app.bench_report import markdown
 
 # The names app/bench_cli.py, the tests and the README use, whichever module now holds them.
 __all__ = [
+    "DEFAULT_MODES",
     "MODES",
     "TIMED_MODES",
     "BenchConfig",
