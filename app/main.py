@@ -400,4 +400,5 @@ class MainWindow(WindowLayout, ConversationActions, QMainWindow):
         self.reopen.save_on_close()
         self.bridge.shutdown()
         self.store.purge()
+        self.reopen.forget_missing()  # a deleted conversation's saved cache goes with it
         super().closeEvent(event)

@@ -116,6 +116,20 @@ class ReopenCache(QObject):
         finally:
             host.hang_timeout = old
 
+    def forget_missing(self) -> list:
+        """Delete the saved caches of conversations that are gone (a cache holds the conversation's tokens)."""
+        live = {c.id for c in self.window.store.conversations()}
+        gone = [p for p in self.folder.files() if _conversation_id(p) not in live]
+        for path in gone:
+            path.unlink(missing_ok=True)
+        return gone
+
+
+def _conversation_id(path) -> int | None:
+    stem = path.name.removesuffix(".ingle-kv")
+    number = stem.removeprefix("conversation-")
+    return int(number) if stem != number and number.isdigit() else None
+
 
 class ReopenSettings(QDialog):
     """Settings: how much disk the saved conversation caches may use, what they use now, delete them all."""

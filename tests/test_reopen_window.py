@@ -66,7 +66,10 @@ def test_switching_and_closing_save_and_a_restart_reuses_the_cache(qtbot, fresh_
         assert reopened.send("Go on.")
     assert evaluated and evaluated[-1].reused_tokens >= restored.tokens
     assert evaluated[-1].evaluated_tokens < evaluated[-1].prompt_tokens - 20  # only the new message was read
-    reopened.close()
+    qtbot.waitUntil(lambda: not reopened.bridge.busy, timeout=60_000)
+    reopened.store.delete(second)
+    reopened.close()  # the deleted conversation is purged, and its saved cache (its tokens) with it
+    assert not folder.path_for(second).exists() and folder.path_for(first).exists()
 
 
 def test_settings_shows_the_space_used_and_the_cap_evicts(qtbot, tmp_path):
