@@ -29,8 +29,10 @@ class CompetingLoad:
 
     def __enter__(self) -> CompetingLoad:
         for cpu in self.cpus:
+            # spins on its CPU; checks now and then that the bench is still there (a killed bench leaves none behind)
             code = (
-                f"import os\ntry: os.sched_setaffinity(0, {{{cpu}}})\nexcept OSError: pass\nwhile True: pass"
+                f"import os\nparent = os.getppid()\ntry: os.sched_setaffinity(0, {{{cpu}}})\nexcept OSError: pass\n"
+                "while os.getppid() == parent:\n    for _ in range(1_000_000): pass"
             )
             self.procs.append(subprocess.Popen([sys.executable, "-c", code]))
         time.sleep(1.0)  # let the spinners take their CPUs, and the engine's CPU accounting see them
@@ -43,47 +45,74 @@ class CompetingLoad:
             proc.wait(10)
 
 
-def _engine_decode(
-    cfg: BenchConfig, n_threads: int, prompt: str, sampling: SamplingSettings, reps: int
-) -> dict:
-    """Median decode tok/s of the engine in-process with `n_threads` (0: its automatic choice)."""
-    from engine.runtime import Runtime
+class _EngineRun:
+    """One loaded engine in-process with `n_threads` (0: its automatic choice), run a reply at a time."""
 
-    settings = cfg.load_settings().replace(n_threads=n_threads, n_threads_batch=0)
-    rt = Runtime()
-    try:
-        list(rt.load(cfg.model, settings))
-        rates, chosen = [], None
-        for _ in range(reps):
-            time.sleep(
-                0.15
-            )  # a pause between replies, as in a chat: the automatic choice re-checks the cores
-            for event in rt.complete(prompt, sampling):
-                if isinstance(event, ThreadsChosen):
-                    chosen = event
-                elif isinstance(event, ReplyDone):
-                    rates.append(event.stats.decode_tok_s)
-        return {"decode_tok_s": statistics.median(rates), "values": rates,
-                "threads": chosen.threads if chosen else n_threads, "why": chosen.describe() if chosen else ""}  # fmt: skip
-    finally:
-        rt.close()
+    def __init__(self, cfg: BenchConfig, n_threads: int, prompt: str, sampling: SamplingSettings):
+        from engine.runtime import Runtime
+
+        self.rt = Runtime()
+        list(self.rt.load(cfg.model, cfg.load_settings().replace(n_threads=n_threads, n_threads_batch=0)))
+        self.prompt, self.sampling, self.n_threads = prompt, sampling, n_threads
+        self.rates: list[float] = []
+        self.chosen: ThreadsChosen | None = None
+
+    def rep(self) -> None:
+        time.sleep(0.15)  # a pause between replies, as in a chat: the automatic choice re-checks the cores
+        for event in self.rt.complete(self.prompt, self.sampling):
+            if isinstance(event, ThreadsChosen):
+                self.chosen = event
+            elif isinstance(event, ReplyDone):
+                self.rates.append(event.stats.decode_tok_s)
+
+    def result(self) -> dict:
+        chosen = self.chosen
+        return {"decode_tok_s": statistics.median(self.rates), "values": self.rates,
+                "threads": chosen.threads if chosen else self.n_threads, "why": chosen.describe() if chosen else ""}  # fmt: skip
+
+    def close(self) -> None:
+        self.rt.close()
 
 
-def _reference_decode(cfg: BenchConfig, n_threads: int, tokens: list[int], banned, reps: int) -> dict:
-    from engine.reference import Reference
+class _ReferenceRun:
+    def __init__(self, cfg: BenchConfig, n_threads: int, tokens: list[int], banned):
+        from engine.reference import Reference
 
-    ref = Reference(cfg.model, cfg.load_settings().replace(n_threads=n_threads, n_threads_batch=0), banned)
-    try:
-        rates = [ref.run(tokens, cfg.gen_tokens)["decode_tok_s"] for _ in range(reps)]
-    finally:
-        ref.close()
-    return {"decode_tok_s": statistics.median(rates), "values": rates, "threads": n_threads}
+        self.ref = Reference(
+            cfg.model, cfg.load_settings().replace(n_threads=n_threads, n_threads_batch=0), banned
+        )
+        self.tokens, self.n_gen, self.n_threads = tokens, cfg.gen_tokens, n_threads
+        self.rates: list[float] = []
+
+    def rep(self) -> None:
+        self.rates.append(self.ref.run(self.tokens, self.n_gen)["decode_tok_s"])
+
+    def result(self) -> dict:
+        return {
+            "decode_tok_s": statistics.median(self.rates),
+            "values": self.rates,
+            "threads": self.n_threads,
+        }
+
+    def close(self) -> None:
+        self.ref.close()
+
+
+def _interleaved(runs: dict, reps: int, log: Callable[[str], None]) -> dict:
+    """One repetition of each run in turn, the order rotating, so a machine whose load drifts slows them alike."""
+    names = list(runs)
+    for rep in range(reps):
+        k = rep % len(names)
+        for name in names[k:] + names[:k]:
+            runs[name].rep()
+        log(f"under load: rep {rep + 1}/{reps}: " + ", ".join(f"{n} {runs[n].rates[-1]:.1f}" for n in names))
+    return {name: run.result() for name, run in runs.items()}
 
 
 def run_under_load(cfg: BenchConfig, log: Callable[[str], None] = lambda _m: None) -> dict:
     """Decode tok/s of the engine (automatic threads and every fixed count) and of the reference loop (the same
-    counts; for "auto" the count the engine chose) while one busy process runs on every CPU but one; and, first,
-    one thread on the idle machine (what one idle core gives)."""
+    counts; for "auto" the count the engine chose) while one busy process runs on every CPU but one, all
+    interleaved rep by rep; and, first, one thread on the machine as it is (what one idle core gives)."""
     from engine.reference import Reference, eog_tokens
     from engine.threads import allowed_cpus
 
@@ -94,22 +123,30 @@ def run_under_load(cfg: BenchConfig, log: Callable[[str], None] = lambda _m: Non
     prompt, tokens = exact_prompt(probe.tokenize, min(cfg.prompt_tokens, 64))
     probe.close()
     sampling = bench_sampling(cfg, banned)
-    log(f"under load: one idle thread first, then {len(cpus) - 1} busy process(es) on {len(cpus)} CPUs")
-    idle_one = _engine_decode(cfg, 1, prompt, sampling, reps)
+    log(
+        f"under load: one thread without the load first, then {len(cpus) - 1} busy process(es) on {len(cpus)} CPUs"
+    )
+    one = _EngineRun(cfg, 1, prompt, sampling)
+    try:
+        idle_one = _interleaved({"1 thread, no load": one}, reps, log)["1 thread, no load"]
+    finally:
+        one.close()
     counts = list(range(1, len(cpus) + 1))
-    engine, reference = {}, {}
-    with CompetingLoad(cpus):
-        engine["auto"] = _engine_decode(cfg, 0, prompt, sampling, reps)
-        log(
-            f"under load: automatic choice {engine['auto']['why']}: {engine['auto']['decode_tok_s']:.1f} tok/s"
-        )
-        for n in counts:
-            engine[str(n)] = _engine_decode(cfg, n, prompt, sampling, reps)
-            log(f"under load: engine, {n} thread(s): {engine[str(n)]['decode_tok_s']:.1f} tok/s")
-        for n in dict.fromkeys([engine["auto"]["threads"], *counts]):
-            reference[str(n)] = _reference_decode(cfg, n, tokens, banned, reps)
-            log(f"under load: reference loop, {n} thread(s): {reference[str(n)]['decode_tok_s']:.1f} tok/s")
-    reference["auto"] = reference[str(engine["auto"]["threads"])]
+    runs: dict = {}
+    try:
+        with CompetingLoad(cpus):
+            runs["engine auto"] = _EngineRun(cfg, 0, prompt, sampling)
+            for n in counts:
+                runs[f"engine {n}"] = _EngineRun(cfg, n, prompt, sampling)
+                runs[f"reference {n}"] = _ReferenceRun(cfg, n, tokens, banned)
+            done = _interleaved(runs, reps, log)
+    finally:
+        for run in runs.values():
+            run.close()
+    engine = {"auto": done["engine auto"], **{str(n): done[f"engine {n}"] for n in counts}}
+    reference = {str(n): done[f"reference {n}"] for n in counts}
+    reference["auto"] = reference[str(min(engine["auto"]["threads"], len(cpus)))]
+    log(f"under load: automatic choice: {engine['auto']['why']}")
     best = max(engine[str(n)]["decode_tok_s"] for n in counts)
     auto = engine["auto"]["decode_tok_s"]
     return {
