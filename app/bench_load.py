@@ -244,7 +244,7 @@ def markdown_sections(under_load: dict, reopen: dict) -> list[str]:
     if under_load:
         u = under_load
         lines += ["", f"Under load: {u['busy_processes']} busy process(es) on {u['cpus']} CPUs (one spinning per "
-                  f"CPU but one); one thread on the idle machine: {u['idle_one_thread_tok_s']:.1f} tok/s.", "",
+                  f"CPU but one); one thread without that load: {u['idle_one_thread_tok_s']:.1f} tok/s.", "",
                   "| threads | engine decode tok/s | reference loop decode tok/s |", "|---|---|---|"]  # fmt: skip
         for key, e in u["engine"].items():
             r = u["reference"].get(key, {})
