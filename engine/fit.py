@@ -119,6 +119,7 @@ def recommend(options, n_ctx: int, available: int | None = None):
 
 # ------------------------------------------------------------------ choosing settings that fit
 MIN_FIT_CTX = 512  # below this a chat is not worth loading: "nothing fits" instead
+USEFUL_CTX = 4096  # partly offloaded, more GPU layers are preferred down to this context, not below
 GPU_OVERHEAD_BYTES = 256 << 20  # the GPU backend's compute buffers, roughly, when any layer is offloaded
 RAM_SHARE = 0.9  # leave the system a tenth of what is free now (page cache churn, the GUI, other programs)
 _QUANT_CACHES = (CacheType.F16, CacheType.Q8_0)  # tried in this order at each context length
@@ -189,16 +190,30 @@ def need_for(info, settings: LoadSettings, extra_bytes: int = 0) -> Need:
     share of the weights and of the KV cache to the GPU; the output layer goes last (llama.cpp's n_gpu_layers
     counts it as layer n_layers + 1). `extra_bytes`: adapters, counted where the weights are."""
     n_layers = max(1, info.n_layers)
-    kv = kv_layout(
+    kv = _kv_bytes(
         info, settings.n_ctx, settings.type_k, settings.type_v, settings.n_ubatch, settings.swa_full
     )
     weights = info.file_size + extra_bytes
     ngl = n_layers + 1 if settings.n_gpu_layers < 0 else min(settings.n_gpu_layers, n_layers + 1)
     gpu_weights = weights * ngl // (n_layers + 1)
-    gpu_kv = kv.total_bytes * min(ngl, n_layers) // n_layers
+    gpu_kv = kv * min(ngl, n_layers) // n_layers
     vram = gpu_weights + gpu_kv + (GPU_OVERHEAD_BYTES if ngl else 0)
-    ram = weights - gpu_weights + kv.total_bytes - gpu_kv + OVERHEAD_BYTES
-    return Need(ram, vram, kv.total_bytes)
+    ram = weights - gpu_weights + kv - gpu_kv + OVERHEAD_BYTES
+    return Need(ram, vram, kv)
+
+
+def _kv_bytes(info, n_ctx: int, type_k, type_v, n_ubatch: int, swa_full: bool) -> int:
+    """The KV cache's size, remembered for the last model (the chooser asks for the same few sizes often)."""
+    shape = (info.path, info.architecture, info.n_layers, info.n_kv_heads, info.head_dim_k, info.head_dim_v)
+    key = (*shape, info.sliding_window, n_ctx, type_k, type_v, n_ubatch, swa_full)
+    if key not in _KV_MEMO:
+        if len(_KV_MEMO) > 4096:
+            _KV_MEMO.clear()
+        _KV_MEMO[key] = kv_layout(info, n_ctx, type_k, type_v, n_ubatch, swa_full).total_bytes
+    return _KV_MEMO[key]
+
+
+_KV_MEMO: dict = {}
 
 
 def _contexts(want: int) -> list[int]:
@@ -210,25 +225,38 @@ def _contexts(want: int) -> list[int]:
     return out or [want]
 
 
+def _candidates(n_layers: int, asked_ctx: int, gpu: bool):
+    """(GPU layers, context) in order of preference: all layers on the GPU at the longest context that fits; then
+    as many layers as fit with a useful context (USEFUL_CTX, or the one asked for if shorter); then shorter
+    contexts. Without a GPU: the longest context."""
+    contexts = _contexts(asked_ctx)
+    if not gpu:
+        yield from ((0, c) for c in contexts)
+        return
+    yield from ((-1, c) for c in contexts)
+    useful = [c for c in contexts if c >= min(USEFUL_CTX, asked_ctx)]
+    for ngl in range(n_layers, -1, -1):
+        yield from ((ngl, c) for c in useful)
+    for ngl in range(n_layers, -1, -1):
+        yield from ((ngl, c) for c in contexts if c not in useful)
+
+
 def choose(info, settings: LoadSettings, budget: Budget, extra_bytes: int = 0) -> FitChoice | None:
-    """GPU layers, context length and KV cache type that fit `budget`: full offload first, then the longest
-    context (from `settings.n_ctx`, halving), then an F16 cache before Q8_0. None when nothing fits."""
-    n_layers = max(1, info.n_layers)
-    layer_options = [-1, *range(n_layers, -1, -1)] if budget.vram > 0 else [0]
+    """GPU layers, context length and KV cache type that fit `budget` (see _candidates for the order; at each,
+    an F16 cache before Q8_0). None when nothing fits."""
     caches = _QUANT_CACHES if settings.flash_attn is not FlashAttention.OFF else _QUANT_CACHES[:1]
     if (
         settings.type_k is not CacheType.F16 or settings.type_v is not CacheType.F16
     ):  # the user chose: keep it
         caches = (None,)
-    for ngl in layer_options:
-        for n_ctx in _contexts(settings.n_ctx):
-            for cache in caches:
-                tried = settings.replace(n_gpu_layers=ngl, n_ctx=n_ctx)
-                if cache is not None:
-                    tried = tried.replace(type_k=cache, type_v=cache)
-                need = need_for(info, tried, extra_bytes)
-                if need.within(budget):
-                    return FitChoice(tried, need, budget, _why(info, settings, tried, need, budget))
+    for ngl, n_ctx in _candidates(max(1, info.n_layers), settings.n_ctx, budget.vram > 0):
+        for cache in caches:
+            tried = settings.replace(n_gpu_layers=ngl, n_ctx=n_ctx)
+            if cache is not None:
+                tried = tried.replace(type_k=cache, type_v=cache)
+            need = need_for(info, tried, extra_bytes)
+            if need.within(budget):
+                return FitChoice(tried, need, budget, _why(info, settings, tried, need, budget))
     return None
 
 

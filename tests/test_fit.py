@@ -78,6 +78,21 @@ def test_the_chooser_prefers_full_offload_then_longer_context(models):
     assert cpu.settings.n_gpu_layers == 0 and cpu.settings.n_ctx == 32768 and "on the CPU" in cpu.reason
 
 
+def test_partly_offloaded_more_layers_win_down_to_a_useful_context(models):
+    info = models["big70b"]  # 40 GiB of weights, a 24 GiB GPU: full offload cannot fit
+    ask = LoadSettings(n_ctx=32768)
+    choice = choose(info, ask, Budget(64 * GIB, 24 * GIB))
+    assert 0 < choice.settings.n_gpu_layers < info.n_layers and choice.settings.n_ctx >= 4096
+    assert f"{choice.settings.n_gpu_layers} of {info.n_layers + 1} layers on the GPU" in choice.reason
+    # one more layer does not fit even at the shortest useful context with the smaller cache
+    more = ask.replace(n_gpu_layers=choice.settings.n_gpu_layers + 1, n_ctx=4096, type_k=CacheType.Q8_0,
+                       type_v=CacheType.Q8_0)  # fmt: skip
+    assert not need_for(info, more).within(Budget(64 * GIB, 24 * GIB))
+    # ... though it would at a context too short to be useful: that is not taken either
+    shortest = more.replace(n_ctx=512)
+    assert need_for(info, shortest).vram < need_for(info, more).vram
+
+
 def test_a_users_cache_type_is_kept(models):
     ask = LoadSettings(n_ctx=4096, type_k=CacheType.Q4_0, type_v=CacheType.F16)
     choice = choose(models["starter"], ask, Budget(2 * GIB))
