@@ -64,10 +64,12 @@ class ReopenCache(QObject):
             self.folder.remove(cid)
             return
         path = str(self.folder.path_for(cid))
+        # housekeeping: ahead of the next conversation's requests (the cache still holds this one), never "busy"
         self.window.bridge.call(
             lambda engine: engine.save_state(path, messages),
             lambda result: self._saved(cid, result),
             self._failed,
+            housekeeping=True,
         )
 
     def _saved(self, cid: int, result) -> None:
@@ -80,7 +82,10 @@ class ReopenCache(QObject):
         messages = self._messages(cid)
         path = str(self.folder.path_for(cid))
         self.window.bridge.call(
-            lambda engine: engine.restore_state(path, messages), self._restored, self._failed
+            lambda engine: engine.restore_state(path, messages),
+            self._restored,
+            self._failed,
+            housekeeping=True,
         )
 
     def _restored(self, result) -> None:
