@@ -27,8 +27,9 @@ def register(subparsers) -> None:
         "--modes",
         default=None,
         metavar="LIST",
-        help="modes to run, by name or number, e.g. reference,engine,host or 1-3,5 (default: all): "
-        "1 reference, 2 engine, 3 host, 4 chat, 5 streaming, 6 gui, 7 training",
+        help="modes to run, by name or number, e.g. reference,engine,host or 1-3,5: "
+        "1 reference, 2 engine, 3 host, 4 chat, 5 streaming, 6 gui, 7 training (default: 1-7), 8 under_load, "
+        "9 reopen",
     )
     p.set_defaults(func=cmd_bench)
 
@@ -40,12 +41,12 @@ def _check(name: str, value: int, low: int, high: int) -> int:
 
 
 def cmd_bench(args) -> int:
-    from app.bench import MODES, BenchConfig, markdown, parse_modes, run_bench
+    from app.bench import DEFAULT_MODES, BenchConfig, markdown, parse_modes, run_bench
     from engine.hardware import default_threads
     from engine.library import Library
     from engine.progress import Progress
 
-    modes = parse_modes(args.modes) if args.modes else MODES
+    modes = parse_modes(args.modes) if args.modes else DEFAULT_MODES
     path = Library().resolve(args.model)
     cfg = BenchConfig(
         model=Path(path),

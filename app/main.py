@@ -15,6 +15,7 @@ from PySide6.QtWidgets import (
 
 from app.bridge import EngineBridge
 from app.ops import Op, describe_error
+from app.reopen import ReopenCache, ReopenSettings
 from app.window_conversations import ConversationActions
 from app.window_layout import WindowLayout
 from engine.conversations import ConversationStore, StoredMessage
@@ -69,6 +70,8 @@ class MainWindow(WindowLayout, ConversationActions, QMainWindow):
         convs = self.store.conversations()
         self.open_conversation(convs[0].id if convs else None)  # a bad one shows its error, another opens
         self._restore_layout()
+        self.reopen = ReopenCache(self)  # saves and restores conversations' KV caches (instant reopen)
+        self.reopen.open_cid = self.conversation
         self.initial_model = model
         if start_engine:
             self.start_engine()
@@ -263,6 +266,8 @@ class MainWindow(WindowLayout, ConversationActions, QMainWindow):
         # remembered, so "none" chosen for the starter stays chosen at the next start
         if name == STARTER_NAME:
             self.gui_settings.setValue("starter_adapter", bool(self.last_load and self.last_load[2]))
+        if ev.fit_note:  # what "Fit automatically" chose, and why
+            self.model_panel.estimate.setText(ev.fit_note)
         if ev.template_warning:
             self.info_banner.show_message(ev.template_warning)
         elif name == STARTER_NAME:
@@ -378,6 +383,9 @@ class MainWindow(WindowLayout, ConversationActions, QMainWindow):
         self.send_button.setEnabled(not busy)
         self.stop_button.setEnabled(busy)
 
+    def open_settings(self) -> None:
+        ReopenSettings(self.reopen.folder, self).exec()
+
     # ------------------------------------------------------------ shutdown
     def closeEvent(self, event) -> None:
         if self.wizard is not None and self.wizard.training_active():
@@ -399,7 +407,9 @@ class MainWindow(WindowLayout, ConversationActions, QMainWindow):
         self.gui_settings.setValue("side_visible", "true" if self.side.isVisible() else "false")
         if self.chat is not None:
             self.chat.suspend()  # a reply being written is kept as stopped
+        self.reopen.save_on_close()
         self.server.stop_now("The window is closing.")  # before the engine child it uses goes
         self.bridge.shutdown()
         self.store.purge()
+        self.reopen.forget_missing()  # a deleted conversation's saved cache goes with it
         super().closeEvent(event)

@@ -26,7 +26,7 @@ from app.ops import Op
 from app.rope_panel import RopePanel
 from engine.chat_template import BUILTIN_TEMPLATES
 from engine.errors import IngleError, LibraryError
-from engine.fit import Fit, Verdict, available_memory, estimate
+from engine.fit import RAM_SHARE, Budget, Fit, Verdict, available_memory, choose, estimate
 from engine.gguf_info import ModelInfo, inspect_cached
 from engine.library import Entry, Library
 from engine.settings import CacheType, FlashAttention, LoadSettings
@@ -95,6 +95,14 @@ class ModelPanel(QWidget):
             (widget.valueChanged if isinstance(widget, QSpinBox) else widget.currentTextChanged).connect(
                 self._update_estimate
             )
+        self.fit = QCheckBox(specs["fit"].metadata["label"])
+        self.fit.setToolTip(
+            specs["fit"].metadata["help"]
+            + " The context length above is then the longest wanted; full offload comes "
+            "first, then the longest context, then an F16 cache before Q8_0."
+        )
+        self.fit.toggled.connect(self._fit_toggled)
+        form.addRow("", self.fit)
         self.adapter_box = QComboBox()
         self.adapter_scale = QDoubleSpinBox()
         self.adapter_scale.setRange(-4.0, 4.0)
@@ -256,8 +264,25 @@ class ModelPanel(QWidget):
         return LoadSettings(n_ctx=self.n_ctx.value(), n_gpu_layers=self.gpu_layers.value(),
                             n_threads=self.threads.value(), type_k=CacheType(self.type_k.currentText()),
                             type_v=CacheType(self.type_v.currentText()),
-                            flash_attn=FlashAttention(self.flash.currentText()),
-                            **self._advanced_values(), **self.rope.values())  # fmt: skip
+                            flash_attn=FlashAttention(self.flash.currentText()), fit=self.fit.isChecked(),
+                            fit_check=not self.force.isChecked(), **self._advanced_values(), **self.rope.values())  # fmt: skip
+
+    def _fit_toggled(self, on: bool) -> None:
+        # the engine picks these when fitting automatically
+        for widget in (self.gpu_layers, self.type_k, self.type_v):
+            widget.setEnabled(not on)
+        self._update_estimate()
+
+    def fit_preview(self):
+        """What "Fit automatically" would choose for the selected model (engine.fit.FitChoice, or None), against
+        the engine child's view of free memory (RAM only until it has reported)."""
+        entry = self.entry()
+        if entry is None:
+            return None
+        budget = Budget.from_hardware(self.hardware) if self.hardware is not None else Budget(
+            int(available_memory() * RAM_SHARE)
+        )  # fmt: skip
+        return choose(inspect_cached(entry.file), self.load_settings(), budget)
 
     def current_estimate(self) -> Fit | None:
         """The memory estimate for the selected model (its header is read here if it was not yet)."""
@@ -308,6 +333,16 @@ class ModelPanel(QWidget):
         except IngleError as err:
             self.estimate.setText(str(err))
             return
+        if self.fit.isChecked() and estimate is not None:
+            choice = self.fit_preview()
+            text = (
+                choice.reason
+                if choice
+                else "Nothing fits the free memory, even at a short context: loading says what would."
+            )
+            self.estimate.setText(text)
+            self.estimate.setStyleSheet("" if choice else ERROR_STYLE)
+            return
         self.estimate.setText(estimate.describe() if estimate else "")
         self.estimate.setStyleSheet(
             "" if estimate is None or estimate.verdict is Verdict.FITS else ERROR_STYLE
@@ -323,7 +358,11 @@ class ModelPanel(QWidget):
         except IngleError as err:
             self.estimate.setText(str(err))
             return
-        if estimate and estimate.verdict is Verdict.WONT_FIT and not self.force.isChecked():
+        if (
+            estimate
+            and estimate.verdict is Verdict.WONT_FIT
+            and not (self.force.isChecked() or self.fit.isChecked())
+        ):
             self.estimate.setText(estimate.describe() + ". Lower the context length or tick 'Load even if…'.")
             return
         adapters = ()

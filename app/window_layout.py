@@ -150,6 +150,7 @@ class WindowLayout:
         add(file_menu, "Import conversation (JSON)…", self._import_json)
         add(file_menu, "Export as Markdown…", lambda: self._export("md"))
         add(file_menu, "Export as JSON…", lambda: self._export("json"))
+        add(file_menu, "Settings…", self.open_settings)
         add(file_menu, "Quit", self.close, "Ctrl+Q")
         models_menu = self.menuBar().addMenu("&Models")
         add(models_menu, "Download models…", lambda: self.open_model_manager(0), "Ctrl+Shift+D")

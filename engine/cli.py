@@ -13,7 +13,7 @@ from pathlib import Path
 from engine import units
 from engine.cli_flags import add_settings_flags, parse_adapter, settings_from_args, valid_text
 from engine.errors import EngineDied, EngineError, SettingsError
-from engine.events import ContextTrimmed, LoadProgress, Message, ReplyDone, StopReason, Token
+from engine.events import ContextTrimmed, LoadProgress, Message, ReplyDone, StopReason, ThreadsChosen, Token
 from engine.remote_cli import add_remote_flags, register_models_remote
 from engine.settings import LoadSettings, OverflowPolicy, SamplingSettings
 from engine.text import printable
@@ -202,7 +202,7 @@ def open_loaded_engine(args):
 
 
 def stream_reply(events: Iterator, show_stats: bool) -> ReplyDone | None:
-    done = None
+    done = threads = None
     for event in events:
         if isinstance(event, Token):
             sys.stdout.write(event.text)
@@ -211,11 +211,15 @@ def stream_reply(events: Iterator, show_stats: bool) -> ReplyDone | None:
             print(f"\n[{event.description}]", file=sys.stderr)
         elif isinstance(event, ReplyDone):
             done = event
+        elif isinstance(event, ThreadsChosen):
+            threads = event
     sys.stdout.write("\n")
     if done and done.stats.stop_reason == StopReason.INTERRUPTED:
         print("ingle: the server's stream was cut midway; the reply above is incomplete.", file=sys.stderr)
     if show_stats and done:
         print("stats: " + done.stats.describe(), file=sys.stderr)
+        if threads is not None:
+            print("threads: " + threads.describe(), file=sys.stderr)
     return done
 
 
@@ -278,6 +282,8 @@ def loaded_lines(loaded, rope_scaling: str = "model") -> list[str]:
              f"template: {printable(loaded.template_source)}."]  # fmt: skip
     for path, scale in loaded.adapters:
         lines.append(f"adapter {printable(Path(path).name)} at scale {scale:g} on")
+    if getattr(loaded, "fit_note", ""):
+        lines.append(loaded.fit_note)
     warning = context_warning(loaded, rope_scaling)
     if warning:
         lines.append(warning)
@@ -349,6 +355,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("chat", help="interactive chat in the terminal")
     p.add_argument("model", nargs="?")
+    p.add_argument("--resume", metavar="CONVERSATION",
+                   help="go on with a conversation of the app (its number or title), reusing its saved KV cache")  # fmt: skip
     _add_generation_flags(p)
     from engine.chat_cli import cmd_chat
 

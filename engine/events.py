@@ -52,6 +52,7 @@ class ModelLoaded:
     adapters: tuple[tuple[str, float], ...] = ()
     template_source: str = ""  # "gguf", a built-in's name, "<built-in> (fallback)" or "file <name>"
     template_warning: str = ""  # why the model's own template failed (a built-in stands in): show it
+    fit_note: str = ""  # with "Fit automatically": what was chosen and why
 
 
 @dataclass(frozen=True)
@@ -141,4 +142,33 @@ class ToolCallsMade:
     calls: tuple[ToolCall, ...]
 
 
-Event = LoadProgress | ModelLoaded | ContextTrimmed | PromptEvaluated | Token | ToolCallsMade | ReplyDone
+@dataclass(frozen=True)
+class ThreadsChosen:
+    """The CPU threads a reply runs on (engine.threads), sent before its prompt is read."""
+
+    threads: int
+    threads_batch: int  # for reading the prompt
+    cores: int  # CPUs the engine may use
+    idle: int  # of them idle when chosen; -1: not measured (the load settings gave the count)
+    source: str  # "idle cores" or "setting"
+
+    def describe(self) -> str:
+        n = f"{self.threads} thread{'s' if self.threads != 1 else ''}"
+        if self.source == "setting":
+            return f"{n} (set in the load settings)"
+        busy = self.cores - self.idle
+        return f"{n}: {self.idle} of {self.cores} cores idle" + (
+            f" ({busy} busy with other work)" if busy > 0 else ""
+        )
+
+
+Event = (
+    LoadProgress
+    | ModelLoaded
+    | ContextTrimmed
+    | PromptEvaluated
+    | Token
+    | ToolCallsMade
+    | ReplyDone
+    | ThreadsChosen
+)

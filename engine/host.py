@@ -24,6 +24,7 @@ from engine.errors import EngineDied, EngineError, EngineHung, IngleError
 from engine.events import Event, Message, PromptEvaluated
 from engine.hardware import Hardware
 from engine.interface import METHODS, STREAMING, Embeddings, Inspection, KVState
+from engine.kv_store import StateRestored, StateSaved
 from engine.settings import LoadSettings, OverflowPolicy, SamplingSettings
 from engine.tools import ToolSet
 from engine.visual import ContextBudget, PreviewStage, TokenPiece
@@ -423,6 +424,12 @@ class EngineHost:
         self, lengths: Sequence[int], depths: Sequence[int], perplexity: bool = True
     ) -> Iterator:
         return self._call("eval_context", list(lengths), list(depths), perplexity)
+
+    def save_state(self, path: str, messages: Sequence[Message] | None = None) -> StateSaved:
+        return self._call("save_state", str(path), None if messages is None else list(messages))
+
+    def restore_state(self, path: str, messages: Sequence[Message] | None = None) -> StateRestored:
+        return self._call("restore_state", str(path), None if messages is None else list(messages))
 
     def __enter__(self) -> EngineHost:
         return self

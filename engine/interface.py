@@ -18,6 +18,7 @@ from engine.embedding_space import Neighbours, Projection
 from engine.events import Event, Message, PromptEvaluated
 from engine.hardware import Hardware
 from engine.kv import KVLayout
+from engine.kv_store import StateRestored, StateSaved
 from engine.settings import LoadSettings, OverflowPolicy, SamplingSettings
 from engine.tools import ToolSet
 from engine.visual import ContextBudget, PreviewStage, TokenPiece
@@ -190,6 +191,14 @@ class Engine(Protocol):
     ) -> Iterator:
         """Needle in a haystack at each length and depth, and perplexity per length: EvalProgress events,
         then a ContextEval (engine.eval_context)."""
+        ...
+
+    def save_state(self, path: str, messages: Sequence[Message] | None = None) -> StateSaved:
+        """Save the KV cache (instant reopen), cut back to the part that starts `messages` as rendered."""
+        ...
+
+    def restore_state(self, path: str, messages: Sequence[Message] | None = None) -> StateRestored:
+        """Reuse a saved KV cache if it matches this model, settings, adapters and conversation; else delete it."""
         ...
 
 

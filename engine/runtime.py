@@ -21,7 +21,17 @@ from pathlib import Path
 import llama_cpp
 import numpy as np
 
-from engine import attention, embedding_space, embeddings, eval_context, inspection, tool_chat
+from engine import (
+    attention,
+    embedding_space,
+    embeddings,
+    eval_context,
+    fit,
+    inspection,
+    kv_store,
+    threads,
+    tool_chat,
+)
 from engine.attention_map import MAX_TOKENS, AttentionMap
 from engine.chat_template import ChatTemplate, template_for
 from engine.errors import Cancelled, ContextFullError, EngineError, ModelFileError
@@ -38,7 +48,7 @@ from engine.events import (
     Token,
 )
 from engine.gguf_info import ModelInfo, inspect_gguf
-from engine.hardware import Hardware, detect
+from engine.hardware import Hardware, current
 from engine.interface import Embeddings, Inspection, KVState
 from engine.kv import KVLayout, parse_kv_report
 from engine.llama_params import context_params, model_params
@@ -108,6 +118,7 @@ class Runtime:
         self.template: ChatTemplate | None = None
         self._adapters: list = []
         self.adapter_scales: list[float] = []  # the scale of each of _adapters, in order
+        self.adapter_specs: tuple[tuple[str, float], ...] = ()  # (path, scale) of the adapters applied
         self._cached: list[int] = []  # tokens whose K/V are in the cache, in order
         self._cancel = threading.Event()
         self._batch = None
@@ -137,6 +148,8 @@ class Runtime:
                 raise ModelFileError(
                     f"{ainfo.path}: adapter is for '{ainfo.architecture}' models but the model is '{info.architecture}'."
                 )
+        extra = sum(a.file_size for a, _ in adapter_infos)
+        settings, fit_note = fit.settings_for_load(info, settings, extra)  # refuse up front what cannot fit
         self.unload()
         self._cancel.clear()
         _recent_errors.clear()
@@ -181,6 +194,8 @@ class Runtime:
             self.unload()
             raise
         self.load_settings = settings
+        self.adapter_specs = tuple((str(a.path), s) for a, s in adapter_infos)
+        threads.at_load(self)
         yield ModelLoaded(
             path=str(path),
             info=info.summary(),
@@ -190,6 +205,7 @@ class Runtime:
             adapters=tuple((str(a.path), s) for a, s in adapter_infos),
             template_source=self.template.source,
             template_warning=self.template.warning,
+            fit_note=fit_note,
         )
 
     def _create_context(self, settings: LoadSettings) -> None:
@@ -345,6 +361,16 @@ class Runtime:
 
     def _memory(self):
         return llama_cpp.llama_get_memory(self.ctx)
+
+    def keep_prefix(self, n: int) -> None:
+        """Keep the first `n` cached tokens, drop the rest (for engine.kv_store)."""
+        if n <= 0 or not llama_cpp.llama_memory_seq_rm(self._memory(), 0, n, -1):
+            return self._clear_cache()
+        del self._cached[n:]
+
+    def adopt_cache(self, tokens: Sequence[int]) -> None:
+        """The cache now holds `tokens` (restored by engine.kv_store)."""
+        self._cached = list(tokens)
 
     def _clear_cache(self) -> None:
         llama_cpp.llama_memory_clear(self._memory(), False)
@@ -517,11 +543,13 @@ class Runtime:
         tokens, trimmed = fit_prompt(self.n_ctx, tokens, self.reply_reserve(sampling), policy, keep)
         if trimmed:
             yield trimmed
+        yield threads.apply(self)  # from the cores idle now, unless the settings say how many
         chain = SamplerChain(self.vocab, self.n_vocab, sampling, self.n_ctx)
         try:
             yield from self._sample_loop(tokens, sampling, policy, keep, chain, started)
         finally:
             chain.close()
+            threads.reply_ended(self)
 
     def _sample_loop(self, tokens, sampling, policy, keep, chain, started) -> Iterator[Event]:
         evaluated = self.evaluate(tokens)
@@ -592,7 +620,13 @@ class Runtime:
     @staticmethod
     def hardware() -> Hardware:
         """What llama.cpp can use in this process: CPU features, RAM, GPUs with free memory (for fit verdicts)."""
-        return detect()
+        return current()  # free memory as of now, not as of start-up
+
+    def save_state(self, path: str, messages: Sequence[Message] | None = None) -> kv_store.StateSaved:
+        return kv_store.save(self, path, messages)
+
+    def restore_state(self, path: str, messages: Sequence[Message] | None = None) -> kv_store.StateRestored:
+        return kv_store.restore(self, path, messages)
 
     # ---------------------------------------------------------- visualizer numbers (engine.inspection)
     def preview(self, sampling: SamplingSettings, top_n: int = 20) -> list[PreviewStage]:

@@ -149,6 +149,8 @@ def cmd_serve(args) -> int:
             print(f"ingle: {warning}", file=sys.stderr)
         if loaded.template_warning:
             print(f"ingle: warning: {printable(loaded.template_warning)}", file=sys.stderr)
+        if loaded.fit_note:  # --fit: what was chosen and why
+            print(f"ingle: {loaded.fit_note}", file=sys.stderr)
         port = sock.getsockname()[1]
         shown = f"[{args.host}]" if ":" in args.host else args.host
         print(f"Serving {printable(config.model_name)} (context {loaded.n_ctx}) at http://{shown}:{port}/v1 "

@@ -227,6 +227,16 @@ class LoadSettings(SettingsBase):
         "YaRN original context",
         "With yarn: the context the model was trained on, YaRN's reference length; 0 reads it from the model.",
     )
+    fit: bool = spec(
+        False,
+        label="Fit automatically",
+        help="Pick GPU layers, context length and KV cache type so the model fits the free memory.",
+    )
+    fit_check: bool = spec(
+        True,
+        label="Refuse what won't fit",
+        help="Refuse a load that needs more memory than is free, before llama.cpp runs out of it.",
+    )
 
     def _validate_more(self) -> None:
         if (

@@ -17,7 +17,12 @@ class TimingBar(HeightForWidthMixin, QWidget):
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
         self.replies: list[dict] = []
+        self.threads = None  # engine.events.ThreadsChosen of the reply running or last run
         self.setMinimumHeight(80)
+
+    def set_threads(self, chosen) -> None:
+        """The threads the coming reply runs on (engine.events.ThreadsChosen); shown with it when it ends."""
+        self.threads = chosen
 
     def add_reply(self, stats) -> None:
         """`stats`: engine.events.ReplyStats of a finished reply."""
@@ -26,14 +31,16 @@ class TimingBar(HeightForWidthMixin, QWidget):
             "prompt": stats.prompt_tokens, "reused": stats.reused_tokens, "evaluated": stats.evaluated_tokens,
             "generated": stats.generated_tokens, "prefill_tok_s": stats.prefill_tok_s,
             "decode_tok_s": stats.decode_tok_s, "ttft": stats.ttft_seconds,
+            "threads": self.threads.describe() if self.threads is not None else "",
         })  # fmt: skip
+        self.threads = None
         del self.replies[self.KEEP :]
         self.updateGeometry()
         self.update()
 
     def heightForWidth(self, _width: int) -> int:
         fm = QFontMetrics(self.font())
-        return 12 + max(1, len(self.replies)) * (2 * fm.height() + 14) + fm.height()
+        return 12 + max(1, len(self.replies)) * (3 * fm.height() + 16) + fm.height()
 
     def paintEvent(self, _event) -> None:
         p = QPainter(self)
@@ -63,7 +70,11 @@ class TimingBar(HeightForWidthMixin, QWidget):
             )
             p.drawText(QRect(8, y + fm.height() + 2, width, fm.height() + 4), Qt.AlignLeft,
                        fm.elidedText(label, Qt.ElideRight, width))  # fmt: skip
-            y += 2 * fm.height() + 14
+            if r["threads"]:  # how many CPU threads it ran on, and why (engine.threads)
+                p.setPen(dim_color(self))
+                line = QRect(8, y + 2 * fm.height() + 4, width, fm.height() + 4)
+                p.drawText(line, Qt.AlignLeft, fm.elidedText("CPU: " + r["threads"], Qt.ElideRight, width))
+            y += 3 * fm.height() + 16
         p.setPen(dim_color(self))
         p.drawText(
             8, y + fm.ascent(), "blue: prefill (reading the prompt) · green: decode (writing the reply)"
