@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import re
 import socket
@@ -150,8 +151,8 @@ class Server:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 return False
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(health, timeout=2).status_code == 200:
+            with contextlib.suppress(httpx.HTTPError), httpx.Client(trust_env=False) as client:
+                if client.get(health, timeout=2).status_code == 200:
                     return True
             time.sleep(0.2)
         self.stop()
@@ -201,7 +202,7 @@ async def stream(
             data = line[5:].strip()
             if data == "[DONE]":
                 break
-            obj = httpx.Response(200, content=data).json()
+            obj = json.loads(data)
             if "error" in obj:
                 raise EngineError(f"{url} sent an error mid-stream: {printable(obj['error'])[:200]}")
             usage = obj.get("usage") or usage
@@ -244,9 +245,16 @@ def round_figures(results: list[dict]) -> dict:
     }
 
 
+def _client(limits: httpx.Limits | None = None) -> httpx.AsyncClient:
+    # trust_env off: a proxy from the environment must not sit between the bench and 127.0.0.1
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(600, connect=30), limits=limits or httpx.Limits(), trust_env=False
+    )
+
+
 async def _concurrent(url: str, cfg: ServerBenchConfig, n: int, start: int) -> list[dict]:
     limits = httpx.Limits(max_connections=n + 8)
-    async with httpx.AsyncClient(timeout=httpx.Timeout(600, connect=30), limits=limits) as client:
+    async with _client(limits) as client:
         jobs = [stream(client, url, prompt(start + i, cfg.prompt_words), cfg.tokens) for i in range(n)]
         return list(await asyncio.gather(*jobs))
 
@@ -254,7 +262,7 @@ async def _concurrent(url: str, cfg: ServerBenchConfig, n: int, start: int) -> l
 async def _busy_ttft(url: str, cfg: ServerBenchConfig, slots: int, start: int) -> dict:
     """Time to first token of one request sent while `cfg.busy` streams decode (or, beyond the server's slots,
     wait for one: then the new request waits too, which is what a client would see)."""
-    async with httpx.AsyncClient(timeout=httpx.Timeout(600, connect=30)) as client:
+    async with _client() as client:
         seen = [asyncio.Event() for _ in range(cfg.busy)]
         busy = [asyncio.ensure_future(stream(client, url, prompt(start + i, cfg.prompt_words), 3 * cfg.tokens, e))
                 for i, e in enumerate(seen)]  # fmt: skip
@@ -278,7 +286,7 @@ async def _busy_ttft(url: str, cfg: ServerBenchConfig, slots: int, start: int) -
 
 
 async def _idle_ttft(url: str, cfg: ServerBenchConfig, start: int) -> list[float]:
-    async with httpx.AsyncClient(timeout=httpx.Timeout(600, connect=30)) as client:
+    async with _client() as client:
         out = []
         for i in range(cfg.reps):
             r = await stream(client, url, prompt(start + i, cfg.prompt_words), 2)
@@ -352,9 +360,7 @@ def run_server_bench(cfg: ServerBenchConfig, log: Callable[[str], None] = lambda
             "endpoint": "/v1/completions (stream, temperature 0, ignore_eos)",
         },  # fmt: skip
         "results": figures,
-        "skipped": None
-        if cfg.llama_server
-        else "no --llama-server given: the llama-server column is skipped",
+        "skipped": None if cfg.llama_server else "no --llama-server given",
     }
     out.update(ratios_and_targets(out))
     return out
