@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -101,6 +102,10 @@ def write_json(path: str, data: dict) -> None:
         raise SettingsError("json", f"cannot write {path}: {err.strerror or err}") from None
 
 
+def _interrupt(_signum, _frame) -> None:
+    raise KeyboardInterrupt
+
+
 def cmd_bench_server(args) -> int:
     from app.bench import machine_summary
     from app.bench_server import ServerBenchConfig, check_llama_server, parse_streams, run_server_bench
@@ -123,7 +128,12 @@ def cmd_bench_server(args) -> int:
     )
     if llama_server is None:
         print("bench: llama-server column skipped: no --llama-server given", file=sys.stderr)
-    result = run_server_bench(cfg, lambda msg: print(f"bench: {msg}", file=sys.stderr, flush=True))
+    # a `kill` ends the run like Ctrl+C: the servers it started are stopped on the way out
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        result = run_server_bench(cfg, lambda msg: print(f"bench: {msg}", file=sys.stderr, flush=True))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     result["machine"] = machine_summary()
     print(markdown(result))
     if args.json:

@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 import json
+import math
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
+import psutil
 import pytest
 
 from app.bench import exact_prompt
@@ -165,8 +172,6 @@ def test_llama_server_without_server_mode_is_refused(tiny_model, capsys):
 
 
 def test_ignore_eos_bans_every_end_of_generation_token():
-    import math
-
     from engine.server import mapping
     from engine.server.config import ServerConfig
     from engine.server.errors import ApiError
@@ -190,3 +195,29 @@ def test_served_model_eog_tokens_come_from_its_vocabulary(tiny_model):
     from engine.reference import model_eog_tokens
 
     assert 2 in model_eog_tokens(tiny_model)  # </s>, the tiny vocab's end of sequence
+
+
+def test_a_killed_server_bench_stops_the_servers_it_started(tiny_model):
+    root = Path(__file__).resolve().parents[1]
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))
+    )
+    argv = ["bench", str(tiny_model), "--server", "--streams", "1", "--tokens", "100", "--reps", "1000"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", *argv, "--prompt-tokens", "8", "-t", "1"],
+        stderr=subprocess.PIPE, text=True, env=env, cwd=root,
+    )  # fmt: skip
+    try:
+        for line in proc.stderr:
+            if "round 1/1000" in line:  # a server is up and being measured
+                break
+        children = psutil.Process(proc.pid).children(recursive=True)
+        assert any("serve" in c.cmdline() for c in children)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(120) == 130  # ended as by Ctrl+C
+        assert "ingle: interrupted" in proc.stderr.read()
+        _gone, alive = psutil.wait_procs(children, timeout=60)
+        assert alive == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
