@@ -49,7 +49,7 @@ def ratios_and_targets(out: dict) -> dict:
 def _target(name: str, value: float | None, ok, missing: str) -> dict:
     if value is None:
         return {"target": name, "value": None, "pass": None, "why": missing}
-    return {"target": name, "value": round(value, 3), "pass": bool(ok(value))}
+    return {"target": name, "value": value, "pass": bool(ok(value))}
 
 
 def markdown(out: dict) -> str:
