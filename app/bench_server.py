@@ -89,6 +89,14 @@ def prompt(i: int, words: int) -> str:
     return f"Request {i}: {body}"
 
 
+def _amx() -> bool:
+    """Ingle loads without weight repacking on AMX CPUs, where llama.cpp's repacked matmul crashes (DESIGN.md
+    section 4); llama-server is started the same way there."""
+    from engine.hardware import cpu_has_amx
+
+    return cpu_has_amx()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -115,7 +123,7 @@ class Server:
         if self.kind == LLAMA:
             return [str(c.llama_server), "-m", str(c.model), "--host", "127.0.0.1", "--port", str(self.port),
                     "-np", str(n), "-kvu", "-c", ctx, "-t", t, "-tb", t, "-b", "512", "-ub", "512",
-                    "-ngl", "0", "--cache-ram", "0", "--no-webui"]  # fmt: skip
+                    "-ngl", "0", "--cache-ram", "0", "--no-webui"] + (["--no-repack"] if _amx() else [])  # fmt: skip
         argv = [sys.executable, "-m", "app.cli", "serve", str(c.model), "--port", str(self.port), "-c", ctx,
                 "-t", t, "--n-threads-batch", t, "--max-queue", "64"]  # fmt: skip
         return argv + (["--parallel", str(n)] if with_parallel else [])
