@@ -133,9 +133,15 @@ class EngineBridge(QObject):
         event: Callable[[Any], None] | None = None,
         done: Callable[[Any], None] | None = None,
         failed: Callable[[Exception], None] | None = None,
+        *,
+        background: bool = False,
     ) -> Request:
-        """Queue a streaming call (load, chat, complete): `event` per engine event, then `done(None)`."""
-        return self._enqueue(Request(work, True, Priority.USER, None, event, done, failed))
+        """Queue a streaming call (load, chat, complete): `event` per engine event, then `done(None)`.
+
+        A background stream (the API server's requests) waits behind user work, does not make the bridge
+        busy, and its events go to its own `event` callback only, not to the window's `event` signal."""
+        priority = Priority.BACKGROUND if background else Priority.USER
+        return self._enqueue(Request(work, True, priority, None, event, done, failed))
 
     def start_engine(
         self,
@@ -202,14 +208,18 @@ class EngineBridge(QObject):
             self.host.cancel()
 
     def cancel(self) -> None:
-        """Stop the running stream (the Stop button): thread-safe, takes effect before the next token."""
-        self.host.cancel()
+        """Stop the running stream (the Stop button): thread-safe, takes effect before the next token. A
+        background stream (an API request) is not the user's to stop here."""
+        running = self.running
+        if running is None or running.priority == Priority.USER:
+            self.host.cancel()
 
     # ------------------------------------------------------------ answers (GUI thread)
     def _on_event(self, request: Request, ev: object) -> None:
         if request.on_event is not None:
             request.on_event(ev)
-        self.event.emit(ev)
+        if request.priority == Priority.USER:
+            self.event.emit(ev)
 
     def _on_done(self, request: Request, result: object) -> None:
         self.running = None

@@ -16,6 +16,7 @@ COMMAND_MODULES = (
     "engine.cli",
     "engine.hub_cli",
     "engine.inspect_cli",
+    "engine.eval_context_cli",
     "engine.server_cli",
     "training.cli",
     "app.bench_cli",

@@ -21,6 +21,8 @@ from app.visualizers import (
     TokenPanel,
     TokenProbabilities,
 )
+from app.visualizers.attention import AttentionView
+from app.visualizers.embeddings import EmbeddingsView
 from engine.events import Message, ModelLoaded, PromptEvaluated, ReplyDone, Token
 from engine.interface import Inspection
 
@@ -37,7 +39,9 @@ def _scrolled(widget: QWidget) -> QScrollArea:
 
 
 class Inspector(QObject):
-    updated = Signal(str)  # "inspect", "preview" or "token_pieces": a view was refreshed (or failed)
+    updated = Signal(
+        str
+    )  # "inspect", "preview", "token_pieces" or "attention": a view was refreshed (or failed)
 
     def __init__(self, window):
         super().__init__(window)
@@ -50,6 +54,8 @@ class Inspector(QObject):
         self.probabilities = TokenProbabilities()
         self.preview = SamplingPreview()
         self.timing = TimingBar()
+        self.attention = AttentionView()
+        self.embeddings = EmbeddingsView()
         self.docks: dict[str, QDockWidget] = {}
         for key, title, widget in (
             ("context", "Context window", self.context_bar),
@@ -59,6 +65,8 @@ class Inspector(QObject):
             ("probabilities", "Token probabilities", self.probabilities),
             ("preview", "Sampling preview", _scrolled(self.preview)),
             ("timing", "Timing", self.timing),
+            ("attention", "Attention", self.attention),
+            ("embeddings", "Embeddings", self.embeddings),
         ):
             dock = QDockWidget(title, window)
             dock.setObjectName(f"inspector-{key}")  # saveState/restoreState key
@@ -68,13 +76,23 @@ class Inspector(QObject):
             window.addDockWidget(Qt.BottomDockWidgetArea, dock)
             self.docks[key] = dock
         first = self.docks["context"]
-        for key in ("tokens", "kv", "probabilities", "preview", "timing", "kv_calculator"):
+        for key in (
+            "tokens",
+            "kv",
+            "probabilities",
+            "preview",
+            "timing",
+            "kv_calculator",
+            "attention",
+            "embeddings",
+        ):
             window.tabifyDockWidget(first, self.docks[key])
         self.messages: list = []  # what the last inspect evaluated (Message list, draft included)
         self.has_draft = False
         self.last_turn = (0, 0)  # (reused, evaluated) of the last reply's prompt
         self.token_message = -1  # index into self.messages shown in the token view
         self.token_pinned = False  # the user picked a message: keep it; else follow the newest
+        self.attention_messages: list = []  # the conversation the attention dock shows
         self.replies: dict[int, list[Token]] = {}  # streamed tokens per assistant message id (this session)
         self._draft_timer = QTimer(self, singleShot=True, interval=DRAFT_DEBOUNCE_MS)
         self._draft_timer.timeout.connect(self.refresh)
@@ -82,15 +100,19 @@ class Inspector(QObject):
         window.sampling_panel.settings_changed.connect(lambda _s: self.refresh_preview())
         window.sampling_panel.policy_box.currentIndexChanged.connect(lambda _i: self.refresh())
         window.reply_finished.connect(self._reply_finished)
-        window.model_ready.connect(lambda _ev: self.refresh())
+        window.model_ready.connect(lambda _ev: (self.refresh(), self.refresh_attention()))
         window.conversation_opened.connect(self._conversation_opened)
         self.bridge.event.connect(self._on_event)
         self.tokens.message_chosen.connect(self._pick_tokens)
         self.probabilities.continue_requested.connect(window.continue_with)
+        self.attention.refresh_requested.connect(self.refresh_attention)
+        self.embeddings.neighbours_requested.connect(self._neighbours)
+        self.embeddings.projection_requested.connect(self.refresh_projection)
 
     # ------------------------------------------------------------ visibility
     def active(self) -> bool:
-        return any(not d.isHidden() for k, d in self.docks.items() if k != "kv_calculator")
+        # the calculator and the attention dock need no inspection: they ask for their own data
+        return any(not d.isHidden() for k, d in self.docks.items() if k not in ("kv_calculator", "attention"))
 
     def show(self, key: str) -> None:
         dock = self.docks[key]
@@ -100,6 +122,8 @@ class Inspector(QObject):
     def _dock_shown(self, key: str, shown: bool) -> None:
         if shown and key == "kv_calculator":
             self.kv_calculator.refresh()
+        elif shown and key == "attention":
+            self.refresh_attention(force=False)
         elif shown:
             self.refresh()
 
@@ -157,13 +181,60 @@ class Inspector(QObject):
             index = self.token_message if pinned else len(labels) - 1
             self.tokens.set_messages(labels, index)
             self._show_tokens(index)
+        if not self.docks["embeddings"].isHidden():
+            self.refresh_projection()
         self.updated.emit("inspect")
+
+    def refresh_attention(self, force: bool = True) -> None:
+        """Capture the attention over the open conversation (the last 512 tokens) in the engine child; unless
+        `force`d, not again for the conversation already shown (a dock brought to the front)."""
+        w = self.window
+        if self.docks["attention"].isHidden() or w.loaded is None:
+            return
+        messages = w.engine_messages()
+        if not messages:
+            self.attention.clear("Nothing to show yet: send a message, then press Refresh.")
+            return
+        if not force and self.attention.amap is not None and messages == self.attention_messages:
+            return
+        self.attention.set_busy()
+        self.bridge.call(
+            lambda engine: engine.attention(engine.render_tokens(messages, add_generation_prompt=False)),
+            lambda amap: self._attention_captured(amap, messages), lambda err: self._failed("attention", err),
+            background=True, key="attention",
+        )  # fmt: skip
+
+    def _attention_captured(self, amap, messages: list) -> None:
+        self.attention_messages = messages
+        self.attention.set_map(amap)
+        self.updated.emit("attention")
+
+    def _neighbours(self, token, k: int) -> None:
+        if self.window.loaded is None:
+            self.embeddings.show_error("Load a model first.")
+            return
+        self.bridge.call(lambda engine: engine.token_neighbours(token, k), self.embeddings.show_neighbours,
+                         lambda err: self.embeddings.show_error(str(err)))  # fmt: skip
+
+    def refresh_projection(self) -> None:
+        """The tokens in the KV cache now (the conversation and draft the last inspect evaluated)."""
+        if self.window.loaded is None:
+            self.embeddings.show_error("Load a model first.")
+            return
+        self.bridge.call(
+            lambda engine: engine.embedding_projection(None), self.embeddings.show_projection,
+            lambda err: self.embeddings.show_error(str(err)), background=True, key="embedding_projection",
+        )  # fmt: skip
 
     def _previewed(self, stages: list) -> None:
         self.preview.set_stages(stages)
         self.updated.emit("preview")
 
     def _failed(self, what: str, err: Exception) -> None:
+        if what == "attention":
+            self.attention.clear(str(err))
+            self.updated.emit(what)
+            return
         if what == "inspect":
             self.context_bar.clear(str(err))
         self.preview.set_stages([], str(err))
@@ -206,6 +277,7 @@ class Inspector(QObject):
     def _reply_finished(self, mid: int) -> None:
         self.probabilities.set_reply(mid, self.replies.get(mid, []))
         self.refresh()
+        self.refresh_attention()
 
     def _conversation_opened(self, _cid) -> None:
         self.token_pinned = False
@@ -213,3 +285,4 @@ class Inspector(QObject):
         last = next((m for m in reversed(path) if m.role == "assistant"), None)
         self.probabilities.set_reply(last.id if last else None, self.replies.get(last.id, []) if last else [])
         self.refresh()
+        self.refresh_attention()

@@ -195,6 +195,9 @@ class MainWindow(WindowLayout, ConversationActions, QMainWindow):
         """Load a model (with LoRA adapters; `template`: a chat template override, else the panel's choice)."""
         if self._refuse_while_busy("loading"):
             return
+        self._stop_server(
+            "The server stopped: the chat window is loading another model. Start it again to serve it."
+        )
         if template is None:
             template = self.model_panel.chat_template()
         self.last_load = (str(path), settings or self.model_panel.load_settings(), tuple(adapters), template)
@@ -226,6 +229,7 @@ class MainWindow(WindowLayout, ConversationActions, QMainWindow):
     def unload_model(self) -> None:
         if self._refuse_while_busy("unloading"):
             return
+        self._stop_server("The server stopped: the model was unloaded.")
         self.loaded = None
         self.model_label.setText("No model")
         self.bridge.call(lambda engine: engine.unload())
@@ -235,7 +239,13 @@ class MainWindow(WindowLayout, ConversationActions, QMainWindow):
         self.model_label.setText("Restarting the engine…")
         self.start_engine()
 
+    def _stop_server(self, why: str) -> None:
+        if self.server.running:
+            self.server.stop(why)
+            self.statusBar().showMessage(why, 10_000)
+
     def _engine_died(self, err: EngineDied) -> None:
+        self._stop_server("The server stopped: the engine stopped. Restart it, then start the server again.")
         self.loaded = None
         self.model_label.setText("Engine stopped")
         detail = " Your conversation and the partial reply are kept." if self._interrupted is not None else ""
@@ -389,6 +399,7 @@ class MainWindow(WindowLayout, ConversationActions, QMainWindow):
         self.gui_settings.setValue("side_visible", "true" if self.side.isVisible() else "false")
         if self.chat is not None:
             self.chat.suspend()  # a reply being written is kept as stopped
+        self.server.stop_now("The window is closing.")  # before the engine child it uses goes
         self.bridge.shutdown()
         self.store.purge()
         super().closeEvent(event)

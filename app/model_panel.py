@@ -23,6 +23,7 @@ from PySide6.QtWidgets import (
 
 from app.forms import ERROR_STYLE
 from app.ops import Op
+from app.rope_panel import RopePanel
 from engine.chat_template import BUILTIN_TEMPLATES
 from engine.errors import IngleError, LibraryError
 from engine.fit import Fit, Verdict, available_memory, estimate
@@ -104,6 +105,10 @@ class ModelPanel(QWidget):
         adapter_row.addWidget(self.adapter_scale)
         form.addRow("LoRA adapter", adapter_row)
         layout.addLayout(form)
+        self.rope = RopePanel()
+        self.rope.changed.connect(self._update_estimate)
+        self.rope.eval_requested.connect(self.open_context_eval)
+        layout.addWidget(self.rope)
         layout.addWidget(self._build_advanced(specs))
         self.estimate = QLabel()
         self.estimate.setTextFormat(Qt.PlainText)  # error messages quote file names
@@ -252,7 +257,7 @@ class ModelPanel(QWidget):
                             n_threads=self.threads.value(), type_k=CacheType(self.type_k.currentText()),
                             type_v=CacheType(self.type_v.currentText()),
                             flash_attn=FlashAttention(self.flash.currentText()),
-                            **self._advanced_values())  # fmt: skip
+                            **self._advanced_values(), **self.rope.values())  # fmt: skip
 
     def current_estimate(self) -> Fit | None:
         """The memory estimate for the selected model (its header is read here if it was not yet)."""
@@ -290,6 +295,14 @@ class ModelPanel(QWidget):
         if entry is not None and not self._header_ready(entry):
             self.estimate.setText("Reading the model's header…")
             return
+        if entry is not None:
+            try:
+                trained = inspect_cached(entry.file).context_length
+            except IngleError:
+                trained = 0
+            self.rope.blockSignals(True)  # the note only: no second round of this update
+            self.rope.set_context(self.n_ctx.value(), trained)
+            self.rope.blockSignals(False)
         try:
             estimate = self.current_estimate()
         except IngleError as err:
@@ -319,6 +332,28 @@ class ModelPanel(QWidget):
                 (str(self.library.get(self.adapter_box.currentData()).file), self.adapter_scale.value()),
             )
         self.load_requested.emit(str(entry.file), settings, adapters)
+
+    def open_context_eval(self):
+        """The context-length eval for the selected model with these settings (its own engine child)."""
+        from app.eval_context_dialog import ContextEvalDialog
+
+        entry = self.entry()
+        if entry is None:
+            return None
+        try:
+            settings = self.load_settings()
+        except IngleError as err:
+            self.estimate.setText(str(err))
+            return None
+        adapters = ()
+        if self.adapter_box.currentData():
+            adapters = (
+                (str(self.library.get(self.adapter_box.currentData()).file), self.adapter_scale.value()),
+            )
+        dialog = ContextEvalDialog(entry.file, settings, adapters, self)
+        dialog.resize(900, 520)
+        dialog.show()
+        return dialog
 
     def set_loading(self, fraction: float | None) -> None:
         """Show load progress (None hides it)."""

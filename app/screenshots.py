@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 PROMPTS = (  # a real session on the starter with its bundled chat adapter: every reply comes from the model
@@ -111,10 +112,21 @@ def render_visualizers(out_dir: Path) -> list[Path]:
     if len(probs.tokens) > 3:
         probs.select(3)
         probs.alternatives.setCurrentRow(1)
+    attention = window.inspector.attention  # captured after the reply, in the engine child
+    deadline = time.monotonic() + 900
+    while attention.amap is None and time.monotonic() < deadline:
+        wait(ms=250)
+    if attention.amap is not None:  # a global layer, and the reply's last word hovered: what it attends to
+        attention.layer_box.setCurrentIndex(min(11, attention.amap.n_layers - 1))
+        words = [i for i, piece in enumerate(attention.amap.pieces) if piece.strip().isalpha()]
+        attention.focus_token(words[-1] if words else len(attention.amap.pieces) - 1)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for key, dock in window.inspector.docks.items():
         dock.raise_()
+        if key == "attention":  # a heatmap needs height: shown floating, as a user can drag it out
+            dock.setFloating(True)
+            dock.resize(1300, 760)
         wait(ms=200)
         path = out_dir / f"visualizer-{key.replace('_', '-')}.png"
         dock.grab().save(str(path))

@@ -24,6 +24,8 @@ from app.inspector import Inspector
 from app.model_panel import ModelPanel
 from app.render import DARK, LIGHT
 from app.sampling_panel import SamplingPanel
+from app.server_control import ServerControl
+from app.server_panel import ServerPanel, server_dock
 from app.widgets import Banner, Composer, TextEditor
 from engine.settings import OverflowPolicy
 
@@ -106,7 +108,11 @@ class WindowLayout:
         for editor in (self.composer, self.system_prompt):
             editor.refused.connect(lambda why: self.statusBar().showMessage(why, 10_000))
         self.system_prompt.textChanged.connect(self._system_prompt_changed)
-        self.side.addTab(self.model_panel, "Model")
+        model_scroll = QScrollArea()  # the RoPE and advanced sections unfold past a small window's height
+        model_scroll.setWidgetResizable(True)
+        model_scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
+        model_scroll.setWidget(self.model_panel)
+        self.side.addTab(model_scroll, "Model")
         self.side.addTab(sampling_scroll, "Sampling")
         self.side.addTab(self.system_prompt, "System prompt")
 
@@ -123,6 +129,10 @@ class WindowLayout:
             label.setContentsMargins(10, 0, 10, 0)
             self.statusBar().addPermanentWidget(label)
         self.inspector = Inspector(self)
+        # the API server on the loaded model, through this window's engine (app/server_panel.py)
+        self.server = ServerControl(self.bridge, self)
+        self.server_panel = ServerPanel(self.server, self.gui_settings, lambda: self.loaded)
+        self.server_dock = server_dock(self, self.server_panel)
         self._build_menus()
         self._update_buttons(False)
 
@@ -146,6 +156,11 @@ class WindowLayout:
         add(models_menu, "Library…", lambda: self.open_model_manager(1), "Ctrl+Shift+L")
         training_menu = self.menuBar().addMenu("&Training")
         add(training_menu, "Fine-tune a model…", self.open_wizard, "Ctrl+Shift+T")
+        server_menu = self.menuBar().addMenu("&Server")
+        server_action = self.server_dock.toggleViewAction()
+        server_action.setText("API server panel")
+        server_action.setShortcut(QKeySequence("Ctrl+Shift+S"))
+        server_menu.addAction(server_action)
         edit_menu = self.menuBar().addMenu("&Edit")
         add(edit_menu, "Search chats", lambda: self.search.setFocus(), "Ctrl+F")
         add(edit_menu, "Stop reply", self.stop, "Esc")
@@ -162,7 +177,8 @@ class WindowLayout:
         view_menu.addSeparator()
         for key, shortcut in (("context", "Ctrl+1"), ("tokens", "Ctrl+2"), ("kv", "Ctrl+3"),
                               ("probabilities", "Ctrl+4"), ("preview", "Ctrl+5"), ("timing", "Ctrl+6"),
-                              ("kv_calculator", "Ctrl+7")):  # fmt: skip
+                              ("kv_calculator", "Ctrl+7"), ("attention", "Ctrl+8"),
+                              ("embeddings", "Ctrl+9")):  # fmt: skip
             dock = self.inspector.docks[key]
             action = dock.toggleViewAction()
             action.setShortcut(QKeySequence(shortcut))

@@ -13,7 +13,8 @@ from pathlib import Path
 from engine import units
 from engine.cli_flags import add_settings_flags, parse_adapter, settings_from_args, valid_text
 from engine.errors import EngineDied, EngineError, SettingsError
-from engine.events import ContextTrimmed, LoadProgress, Message, ReplyDone, Token
+from engine.events import ContextTrimmed, LoadProgress, Message, ReplyDone, StopReason, Token
+from engine.remote_cli import add_remote_flags, register_models_remote
 from engine.settings import LoadSettings, OverflowPolicy, SamplingSettings
 from engine.text import printable
 
@@ -161,6 +162,10 @@ def how_it_died(err: EngineDied) -> str:
 
 
 def open_loaded_engine(args):
+    if getattr(args, "remote", None):
+        from engine.remote_cli import open_remote
+
+        return open_remote(args, getattr(args, "model", None))
     from engine.library import Library
 
     library = Library()
@@ -207,6 +212,8 @@ def stream_reply(events: Iterator, show_stats: bool) -> ReplyDone | None:
         elif isinstance(event, ReplyDone):
             done = event
     sys.stdout.write("\n")
+    if done and done.stats.stop_reason == StopReason.INTERRUPTED:
+        print("ingle: the server's stream was cut midway; the reply above is incomplete.", file=sys.stderr)
     if show_stats and done:
         print("stats: " + done.stats.describe(), file=sys.stderr)
     return done
@@ -231,7 +238,7 @@ def cmd_run(args) -> int:
         print(line, file=sys.stderr)
     # chat when the model has a template of its own (even a broken one we replaced) or one was chosen
     own = loaded.template_source == "gguf" or bool(loaded.template_warning) or bool(args.template)
-    own = own or args.starter_adapter  # the adapter taught the starter the chat turn format
+    own = own or args.starter_adapter or bool(args.remote)  # the starter's adapter taught it the turn format
     use_chat = args.chat if args.chat is not None else own
     with CancelOnInterrupt(engine) as interrupt:
         if use_chat:
@@ -243,6 +250,8 @@ def cmd_run(args) -> int:
             stream_reply(events, args.stats)
         except EngineDied as err:
             raise _crashed(engine, err, "while generating the reply") from None
+    for notice in getattr(engine, "notices", ()):  # a remote server: settings it may ignore or refused
+        print(f"ingle: note: {printable(notice)}", file=sys.stderr)
     engine.close()
     return 130 if interrupt.hit else 0  # the reply was cut short by Ctrl+C: the shell's convention says so
 
@@ -291,6 +300,7 @@ def _add_generation_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--system", help="system prompt")
     add_engine_flags(p)
+    add_remote_flags(p)
     add_settings_flags(p, LoadSettings, "model loading")
     add_settings_flags(p, SamplingSettings, "sampling")
 
@@ -322,6 +332,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     ip.add_argument("--name")
     rp = msub.add_parser("rm")
     rp.add_argument("name")
+    register_models_remote(msub)
     p.set_defaults(func=cmd_models, action="list", json=False)
 
     p = sub.add_parser("system", help="what llama.cpp can use on this machine (CPU features, GPUs, memory)")

@@ -64,6 +64,7 @@ class TensorInfo:
     offset: int
     n_elements: int
     n_bytes: int
+    file_offset: int = -1  # where the data starts in the file (offset is relative to the data section)
 
 
 class _Cursor:
@@ -305,5 +306,5 @@ def _read_tensor_infos(
                 f"{path}: tensor '{printable(name)}' ends at byte {end:,} but the file has only {size:,} bytes; "
                 "the file is truncated. Download or copy it again."
             )
-        tensors.append(TensorInfo(name, shape, qtype.name, offset, n_elements, n_bytes))
+        tensors.append(TensorInfo(name, shape, qtype.name, offset, n_elements, n_bytes, data_start + offset))
     return tensors

@@ -17,12 +17,15 @@ from multiprocessing.connection import Client, Listener
 from pathlib import Path
 from typing import Any
 
+from engine.attention_map import MAX_TOKENS, AttentionMap
 from engine.child_process import STDERR_TAIL_BYTES, die_with_parent, keep_crash_log, new_log
+from engine.embedding_space import Neighbours, Projection
 from engine.errors import EngineDied, EngineError, EngineHung, IngleError
 from engine.events import Event, Message, PromptEvaluated
 from engine.hardware import Hardware
-from engine.interface import METHODS, STREAMING, Inspection, KVState
+from engine.interface import METHODS, STREAMING, Embeddings, Inspection, KVState
 from engine.settings import LoadSettings, OverflowPolicy, SamplingSettings
+from engine.tools import ToolSet
 from engine.visual import ContextBudget, PreviewStage, TokenPiece
 
 log = logging.getLogger("ingle.host")
@@ -340,6 +343,18 @@ class EngineHost:
     ) -> Iterator[Event]:
         return self._call("chat", list(messages), sampling, policy, continue_last)
 
+    def chat_tools(
+        self,
+        messages: Sequence[Message],
+        tools: ToolSet | None,
+        sampling: SamplingSettings | None = None,
+        policy: OverflowPolicy = OverflowPolicy.STOP,
+    ) -> Iterator[Event]:
+        return self._call("chat_tools", list(messages), tools, sampling, policy)
+
+    def embed(self, texts: Sequence[str], model: str | None = None) -> Embeddings:
+        return self._call("embed", list(texts), model)
+
     def complete(
         self,
         prompt: str,
@@ -393,6 +408,21 @@ class EngineHost:
 
     def hardware(self) -> Hardware:
         return self._call("hardware")
+
+    def attention(self, text_or_tokens: str | Sequence[int], max_tokens: int = MAX_TOKENS) -> AttentionMap:
+        data = text_or_tokens if isinstance(text_or_tokens, str) else list(text_or_tokens)
+        return self._call("attention", data, max_tokens)
+
+    def token_neighbours(self, token: int | str, k: int = 20) -> Neighbours:
+        return self._call("token_neighbours", token, k)
+
+    def embedding_projection(self, tokens: Sequence[int] | None = None) -> Projection:
+        return self._call("embedding_projection", None if tokens is None else list(tokens))
+
+    def eval_context(
+        self, lengths: Sequence[int], depths: Sequence[int], perplexity: bool = True
+    ) -> Iterator:
+        return self._call("eval_context", list(lengths), list(depths), perplexity)
 
     def __enter__(self) -> EngineHost:
         return self

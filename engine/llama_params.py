@@ -52,5 +52,11 @@ def context_params(settings: LoadSettings, n_ctx_train: int = 0):
         scale = settings.rope_freq_scale or min(1.0, (n_ctx_train or settings.n_ctx) / max(1, settings.n_ctx))
         if settings.rope_scaling != RopeScaling.NONE:
             params.rope_freq_scale = scale
+    # -1 and 0 are llama.cpp's own "use the default / the model's value". Its attention factor is not offered:
+    # under yarn llama.cpp 0.3.36 replaces it with its own (a value set there changed no logit, measured)
+    params.yarn_ext_factor = settings.yarn_ext_factor
+    params.yarn_beta_fast = settings.yarn_beta_fast
+    params.yarn_beta_slow = settings.yarn_beta_slow
+    params.yarn_orig_ctx = settings.yarn_orig_ctx
     params.no_perf = True
     return params

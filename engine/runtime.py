@@ -21,7 +21,8 @@ from pathlib import Path
 import llama_cpp
 import numpy as np
 
-from engine import inspection
+from engine import attention, embedding_space, embeddings, eval_context, inspection, tool_chat
+from engine.attention_map import MAX_TOKENS, AttentionMap
 from engine.chat_template import ChatTemplate, template_for
 from engine.errors import Cancelled, ContextFullError, EngineError, ModelFileError
 from engine.events import (
@@ -38,7 +39,7 @@ from engine.events import (
 )
 from engine.gguf_info import ModelInfo, inspect_gguf
 from engine.hardware import Hardware, detect
-from engine.interface import Inspection, KVState
+from engine.interface import Embeddings, Inspection, KVState
 from engine.kv import KVLayout, parse_kv_report
 from engine.llama_params import context_params, model_params
 from engine.overflow import drop_oldest, fit_prompt, system_tokens
@@ -47,6 +48,7 @@ from engine.sampling import SamplerChain
 from engine.settings import LoadSettings, OverflowPolicy, SamplingSettings
 from engine.text import printable
 from engine.textstream import TextStream, common_prefix
+from engine.tools import ToolSet
 from engine.visual import ContextBudget, PreviewStage, TokenPiece
 
 log = logging.getLogger("ingle.engine")
@@ -105,6 +107,7 @@ class Runtime:
         self.load_settings: LoadSettings | None = None
         self.template: ChatTemplate | None = None
         self._adapters: list = []
+        self.adapter_scales: list[float] = []  # the scale of each of _adapters, in order
         self._cached: list[int] = []  # tokens whose K/V are in the cache, in order
         self._cancel = threading.Event()
         self._batch = None
@@ -215,6 +218,7 @@ class Runtime:
                 raise ModelFileError(f"{ainfo.path}: llama.cpp could not apply this adapter to the model.")
             handles.append(handle)
         self._adapters = handles
+        self.adapter_scales = [s for _, s in adapter_infos]
         arr = (llama_cpp.llama_adapter_lora_p_ctypes * len(handles))(*handles)
         scales = (ctypes.c_float * len(handles))(*(s for _, s in adapter_infos))
         if llama_cpp.llama_set_adapters_lora(self.ctx, arr, len(handles), scales) != 0:
@@ -233,6 +237,7 @@ class Runtime:
         )
 
     def unload(self) -> None:
+        embeddings.release(self)  # its contexts belong to this model (or its own): free them first
         if self._batch is not None:
             llama_cpp.llama_batch_free(self._batch)
             self._batch = None
@@ -264,6 +269,7 @@ class Runtime:
 
     # ------------------------------------------------------------- tokens
     def tokenize(self, text: str, add_special: bool = False, parse_special: bool = True) -> list[int]:
+        self.require_model()  # llama.cpp aborts the process on a freed vocab
         data = text.encode("utf-8")
         cap = len(data) + 8
         buf = (llama_cpp.llama_token * cap)()
@@ -458,9 +464,22 @@ class Runtime:
             yield event
         yield from self._generate(tokens, sampling, policy, keep)
 
+    def chat_tools(
+        self,
+        messages: Sequence[Message],
+        tools: ToolSet | None,
+        sampling: SamplingSettings | None = None,
+        policy: OverflowPolicy = OverflowPolicy.STOP,
+    ) -> Iterator[Event]:
+        return tool_chat.chat_tools(self, messages, tools, sampling, policy)
+
+    def embed(self, texts: Sequence[str], model: str | None = None) -> Embeddings:
+        return embeddings.embed(self, texts, model)
+
     def render_tokens(
         self, messages: Sequence[Message], add_generation_prompt: bool = True, continue_last: bool = False
     ) -> list[int]:
+        self.require_model()  # after an unload the template outlives the vocab; tokenizing with it aborts
         if continue_last:  # the open assistant turn, then its text so far (as llama.cpp's server continues)
             text = self.template.render(messages[:-1], True) + messages[-1].content
         else:
@@ -601,3 +620,17 @@ class Runtime:
         self, messages: Sequence[Message], draft: str, sampling: SamplingSettings, policy: OverflowPolicy
     ) -> ContextBudget:
         return inspection.context_budget(self, messages, draft, sampling, policy)
+
+    def attention(self, text_or_tokens: str | Sequence[int], max_tokens: int = MAX_TOKENS) -> AttentionMap:
+        return attention.capture(self, text_or_tokens, max_tokens)
+
+    def token_neighbours(self, token: int | str, k: int = 20) -> embedding_space.Neighbours:
+        return embedding_space.token_neighbours(self, token, k)
+
+    def embedding_projection(self, tokens: Sequence[int] | None = None) -> embedding_space.Projection:
+        return embedding_space.embedding_projection(self, tokens)
+
+    def eval_context(
+        self, lengths: Sequence[int], depths: Sequence[int], perplexity: bool = True
+    ) -> Iterator:
+        return eval_context.evaluate_context(self, lengths, depths, perplexity)

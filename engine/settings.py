@@ -199,6 +199,34 @@ class LoadSettings(SettingsBase):
         "RoPE frequency scale",
         "With linear or yarn scaling: trained length / context (0.25 stretches 4x); 0 works it out from both.",
     )
+    yarn_ext_factor: float = spec(
+        -1.0,
+        -1.0,
+        1.0,
+        "YaRN extrapolation mix",
+        "With yarn: how much of the unscaled (extrapolated) rotation fast dimensions keep, 0 to 1; -1: 1.",
+    )
+    yarn_beta_fast: float = spec(
+        -1.0,
+        -1.0,
+        1000.0,
+        "YaRN beta fast",
+        "With yarn: dimensions turning more often than this over the trained length are not stretched; -1: 32.",
+    )
+    yarn_beta_slow: float = spec(
+        -1.0,
+        -1.0,
+        1000.0,
+        "YaRN beta slow",
+        "With yarn: dimensions turning less often than this are stretched fully; between, a ramp; -1: 1.",
+    )
+    yarn_orig_ctx: int = spec(
+        0,
+        0,
+        1 << 20,
+        "YaRN original context",
+        "With yarn: the context the model was trained on, YaRN's reference length; 0 reads it from the model.",
+    )
 
     def _validate_more(self) -> None:
         if (
@@ -316,6 +344,11 @@ class SamplingSettings(SettingsBase):
     json_schema: str = spec(
         "", label="JSON schema", help="A JSON schema the reply must follow (turned into a grammar)."
     )
+    grammar_triggers: tuple[str, ...] = spec(
+        (), label="Grammar triggers",
+        help="Regexes over the reply: the grammar applies only from the first group of the first match on "
+        "(a lazy grammar; tool calls in auto mode). Empty: the grammar applies from the first token.",
+    )  # fmt: skip
     logprobs: bool = spec(
         False, label="Log-probabilities", help="Report each token's log-probability under the model."
     )
@@ -337,6 +370,13 @@ class SamplingSettings(SettingsBase):
                 raise SettingsError(
                     "json_schema", f"is not valid JSON ({err.msg} at line {err.lineno})"
                 ) from None
+        if self.grammar_triggers and not self.grammar:
+            raise SettingsError("grammar_triggers", "need a grammar to switch on")
+        from engine.tools import check_trigger_pattern  # here: engine.tools imports the events, not settings
+
+        for pattern in self.grammar_triggers:
+            if why := check_trigger_pattern(pattern) if isinstance(pattern, str) else "is not text":
+                raise SettingsError("grammar_triggers", f"{pattern!r:.60} {why}")
         for item in self.stop:
             if not isinstance(item, str) or not item:
                 raise SettingsError("stop", f"stop strings must be non-empty text, got {item!r}")

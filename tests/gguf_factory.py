@@ -48,6 +48,19 @@ def build_vocab(with_chat_tokens: bool = True) -> tuple[list[str], list[float], 
     return tokens, scores, [int(t) for t in types]
 
 
+def add_spm_vocab(w: gguf.GGUFWriter, tokens: list[str], scores: list[float], types: list[int]) -> None:
+    """The vocab of build_vocab() as a SentencePiece ("llama") tokenizer: BOS <s> = 1 (added), EOS </s> = 2."""
+    w.add_tokenizer_model("llama")
+    w.add_token_list(tokens)
+    w.add_token_scores(scores)
+    w.add_token_types(types)
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_unk_token_id(0)
+    w.add_add_bos_token(True)
+    w.add_add_eos_token(False)
+
+
 def write_tiny_llama(
     path: str | Path,
     *,
@@ -90,15 +103,7 @@ def write_tiny_llama(
     w.add_rope_dimension_count(head_dim)
     w.add_layer_norm_rms_eps(1e-5)
     w.add_file_type(gguf.LlamaFileType.ALL_F32)
-    w.add_tokenizer_model("llama")
-    w.add_token_list(tokens)
-    w.add_token_scores(scores)
-    w.add_token_types(types)
-    w.add_bos_token_id(1)
-    w.add_eos_token_id(2)
-    w.add_unk_token_id(0)
-    w.add_add_bos_token(True)
-    w.add_add_eos_token(False)
+    add_spm_vocab(w, tokens, scores, types)
     if chat_template:
         w.add_chat_template(chat_template)
     for key, spec in (kv or {}).items():

@@ -207,6 +207,8 @@ def test_visualizer_shortcuts_bring_their_dock_to_the_front(qtbot, make_window):
         ("Ctrl+2", "tokens"),
         ("Ctrl+3", "kv"),
         ("Ctrl+7", "kv_calculator"),
+        ("Ctrl+8", "attention"),
+        ("Ctrl+9", "embeddings"),
         ("Ctrl+1", ""),
     ):
         if not key:  # a dock already open is hidden by its shortcut, as before

@@ -7,6 +7,7 @@ import json
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -211,6 +212,7 @@ class ServerState:
         self.config = config
         self.scheduler = scheduler
         self.log: deque[dict[str, Any]] = deque(maxlen=REQUEST_LOG_SIZE)
+        self.listeners: list[Callable[[dict[str, Any]], None]] = []  # told of each entry (the GUI's log)
 
     def record(self, path: str, status: int, started: float, done: ReplyDone | None = None, **extra) -> None:
         entry = {"time": time.time(), "path": path, "model": self.config.model_name, "status": status,
@@ -220,11 +222,13 @@ class ServerState:
                          stop_reason=done.stats.stop_reason.value, tok_s=round(done.stats.decode_tok_s, 1))  # fmt: skip
         entry.update(extra)
         self.log.append(entry)
+        for listener in self.listeners:
+            listener(entry)
         log.info("%s %s %s", path, status, {k: v for k, v in entry.items() if k not in ("time", "path")})
 
 
 def create_app(config: ServerConfig, scheduler: Scheduler) -> Starlette:
-    from engine.server import ollama_routes, openai_routes
+    from engine.server import embedding_routes, ollama_routes, openai_routes
 
     state = ServerState(config, scheduler)
 
@@ -242,7 +246,7 @@ def create_app(config: ServerConfig, scheduler: Scheduler) -> Starlette:
                                      allow_headers=["Authorization", "Content-Type", "X-Api-Key"]))  # fmt: skip
     middleware.append(Middleware(AuthMiddleware, key=config.api_key))
     app = Starlette(
-        routes=[*openai_routes.routes(state), *ollama_routes.routes(state)],
+        routes=[*openai_routes.routes(state), *ollama_routes.routes(state), *embedding_routes.routes(state)],
         middleware=middleware,
         exception_handlers={ApiError: api_error, Exception: unexpected},
     )

@@ -101,9 +101,12 @@ class Job:
             if isinstance(err, EngineDied):
                 self.scheduler.engine_died()
             self._put(err)
-        finally:
-            self._put(_END)
-            self._loop.call_soon_threadsafe(self._finished.set)
+        finally:  # one callback: a reader that sees the end also sees the job finished (else aclose cancels)
+            self._loop.call_soon_threadsafe(self._end)
+
+    def _end(self) -> None:
+        self._queue.put_nowait(_END)
+        self._finished.set()
 
     async def next(self) -> Any:
         """The next event, or None at the end; an engine error is raised here."""
