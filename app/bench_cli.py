@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -31,6 +32,19 @@ def register(subparsers) -> None:
         "1 reference, 2 engine, 3 host, 4 chat, 5 streaming, 6 gui, 7 training (default: 1-7), 8 under_load, "
         "9 reopen",
     )
+    server = p.add_argument_group("server mode (Ingle's API server against llama.cpp's llama-server)")
+    server.add_argument(
+        "--server", action="store_true", help="measure concurrent streams through the HTTP API instead"
+    )
+    server.add_argument(
+        "--llama-server",
+        metavar="PATH",
+        help="also measure this llama-server (packaging/build_llama_tools.sh)",
+    )
+    server.add_argument(
+        "--streams", default="1,2,4,8", metavar="LIST", help="concurrent stream counts (1,2,4,8)"
+    )
+    server.add_argument("--tokens", type=int, default=64, metavar="N", help="tokens per stream (64)")
     p.set_defaults(func=cmd_bench)
 
 
@@ -46,6 +60,10 @@ def cmd_bench(args) -> int:
     from engine.library import Library
     from engine.progress import Progress
 
+    if args.server:
+        return cmd_bench_server(args)
+    if args.llama_server:
+        raise SettingsError("llama-server", "is a server-mode option: add --server")
     modes = parse_modes(args.modes) if args.modes else DEFAULT_MODES
     path = Library().resolve(args.model)
     cfg = BenchConfig(
@@ -71,11 +89,54 @@ def cmd_bench(args) -> int:
             bar.close()
     print(markdown(result))
     if args.json:
-        from engine.library import atomic_write_bytes
+        write_json(args.json, result.to_dict())
+    return 0
 
-        text = json.dumps(result.to_dict(), indent=2, default=str) + "\n"
-        try:
-            atomic_write_bytes(Path(args.json), text.encode("utf-8"))
-        except OSError as err:
-            raise SettingsError("json", f"cannot write {args.json}: {err.strerror or err}") from None
+
+def write_json(path: str, data: dict) -> None:
+    from engine.library import atomic_write_bytes
+
+    text = json.dumps(data, indent=2, default=str) + "\n"
+    try:
+        atomic_write_bytes(Path(path), text.encode("utf-8"))
+    except OSError as err:
+        raise SettingsError("json", f"cannot write {path}: {err.strerror or err}") from None
+
+
+def _interrupt(_signum, _frame) -> None:
+    raise KeyboardInterrupt
+
+
+def cmd_bench_server(args) -> int:
+    from app.bench import machine_summary
+    from app.bench_server import ServerBenchConfig, check_llama_server, parse_streams, run_server_bench
+    from app.bench_server_report import markdown
+    from engine.gguf_info import inspect_gguf
+    from engine.hardware import default_threads
+    from engine.library import Library
+
+    llama_server = check_llama_server(args.llama_server) if args.llama_server else None
+    path = Path(Library().resolve(args.model))
+    inspect_gguf(path)  # a clear ModelFileError for a bad file before any server starts
+    cfg = ServerBenchConfig(
+        model=path,
+        threads=_check("threads", args.threads, 0, 512) or default_threads(),
+        streams=parse_streams(args.streams),
+        tokens=_check("tokens", args.tokens, 2, 4096),
+        prompt_words=_check("prompt_tokens", args.prompt_tokens, 2, 8192),
+        reps=_check("reps", args.reps, 1, 1000),
+        llama_server=llama_server,
+    )
+    if llama_server is None:
+        print("bench: llama-server column skipped: no --llama-server given", file=sys.stderr)
+    # a `kill` ends the run like Ctrl+C: the servers it started are stopped on the way out
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        result = run_server_bench(cfg, lambda msg: print(f"bench: {msg}", file=sys.stderr, flush=True))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    result["machine"] = machine_summary()
+    print(markdown(result))
+    if args.json:
+        write_json(args.json, {"server": result})
     return 0

@@ -23,6 +23,22 @@ def eog_tokens(vocab, n_vocab: int) -> list[int]:
     return [t for t in range(n_vocab) if llama_cpp.llama_vocab_is_eog(vocab, t)]
 
 
+def model_eog_tokens(path: Path) -> tuple[int, ...]:
+    """The end-of-generation tokens of the model file, read from its vocabulary alone (no weights, no context):
+    what a server bans for a request's `ignore_eos`."""
+    init_backend()
+    params = llama_cpp.llama_model_default_params()
+    params.vocab_only = True
+    model = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
+    if not model:
+        raise RuntimeError(f"{path}: llama.cpp could not read the model's vocabulary")
+    try:
+        vocab = llama_cpp.llama_model_get_vocab(model)
+        return tuple(eog_tokens(vocab, llama_cpp.llama_vocab_n_tokens(vocab)))
+    finally:
+        llama_cpp.llama_model_free(model)
+
+
 class Reference:
     """The minimal llama.cpp loop (like llama.cpp's examples/simple): batch prefill, greedy decode, no Python around it."""
 

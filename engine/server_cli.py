@@ -101,6 +101,13 @@ def served_name(model: str | None, path: Path) -> str:
     return model
 
 
+def eog_tokens(path: Path) -> tuple[int, ...]:
+    """The model's end-of-generation tokens, for requests that ask for `ignore_eos` (benchmarks)."""
+    from engine.reference import model_eog_tokens
+
+    return model_eog_tokens(path)
+
+
 def cmd_serve(args) -> int:
     import uvicorn
 
@@ -142,7 +149,7 @@ def cmd_serve(args) -> int:
             model_name=served_name(args.model, path), model_info=loaded.info, n_ctx=loaded.n_ctx, api_key=key,
             cors_origins=tuple(args.cors_origin or ()), max_body=args.max_body,
             max_tokens_cap=args.max_tokens_cap, max_queue=args.max_queue, defaults=defaults,
-            created=int(time.time()),
+            created=int(time.time()), eog_tokens=eog_tokens(path),
         )  # fmt: skip
         app = create_app(config, Scheduler(engine, reload, max_queue=args.max_queue))
         if warning:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from typing import Any
 
 from engine import tools
@@ -92,6 +93,20 @@ def _response_format(value: Any) -> dict[str, Any]:
     raise bad_field("response_format.type", f"must be text, json_object or json_schema, not {kind!r}")
 
 
+def _ignore_eos(config: ServerConfig, value: Any, field: str, values: dict, names: dict) -> None:
+    """`ignore_eos: true` (llama.cpp's server field): generate max_tokens, banning every end-of-generation token."""
+    if not isinstance(value, bool):
+        raise bad_field(field, "expected true or false")
+    if not value:
+        return
+    if not config.eog_tokens:
+        raise bad_field(field, "this server does not know the model's end-of-generation tokens")
+    bias = dict(values.get("logit_bias") or {})
+    bias.update((token, -math.inf) for token in config.eog_tokens)
+    values["logit_bias"] = bias
+    names.setdefault("logit_bias", field)
+
+
 def openai_settings(config: ServerConfig, body: dict, chat: bool) -> SamplingSettings:
     """An OpenAI chat or completions body -> SamplingSettings (n, tools and the like checked here too)."""
     values: dict[str, Any] = {}
@@ -128,6 +143,9 @@ def openai_settings(config: ServerConfig, body: dict, chat: bool) -> SamplingSet
             if isinstance(value, bool) or not isinstance(value, int | float) or not -100 <= value <= 100:
                 raise bad_field("logit_bias", f"the bias of token {tok} must be a number from -100 to 100")
         put("logit_bias", {int(k): float(v) for k, v in bias.items()}, "logit_bias")
+    handled.add("ignore_eos")
+    if body.get("ignore_eos") is not None:
+        _ignore_eos(config, body["ignore_eos"], "ignore_eos", values, names)
     handled |= {"logprobs", "top_logprobs"}
     if chat:
         if body.get("logprobs") is not None:
@@ -177,6 +195,8 @@ def ollama_settings(config: ServerConfig, body: dict) -> SamplingSettings:
     for key, value in options.items():
         if key in OLLAMA_LOAD_OPTIONS or value is None:
             continue
+        if key == "ignore_eos":  # after the loop: it adds to a logit_bias option wherever that comes
+            continue
         field = OLLAMA_RENAMES.get(key, key)
         if field not in SAMPLING_FIELDS:
             raise bad_field(f"options.{key}", "unknown option")
@@ -186,6 +206,8 @@ def ollama_settings(config: ServerConfig, body: dict) -> SamplingSettings:
             value = _stop(value, "options.stop")
         values[field] = value
         names[field] = f"options.{key}"
+    if options.get("ignore_eos") is not None:
+        _ignore_eos(config, options["ignore_eos"], "options.ignore_eos", values, names)
     for key, value in _response_format(body.get("format")).items():
         values[key] = value
         names[key] = "format"
