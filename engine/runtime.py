@@ -38,13 +38,14 @@ from engine.events import (
 )
 from engine.gguf_info import ModelInfo, inspect_gguf
 from engine.hardware import Hardware, detect
-from engine.interface import Inspection, KVState
+from engine.interface import Inspection, KVState, SlotState
 from engine.kv import KVLayout, parse_kv_report
 from engine.llama_params import context_params, model_params
 from engine.overflow import drop_oldest, fit_prompt, system_tokens
 from engine.preview import token_logprobs
 from engine.sampling import SamplerChain
 from engine.settings import LoadSettings, OverflowPolicy, SamplingSettings
+from engine.slots import SlotPool, not_started
 from engine.text import printable
 from engine.textstream import TextStream, common_prefix
 from engine.visual import ContextBudget, PreviewStage, TokenPiece
@@ -105,6 +106,8 @@ class Runtime:
         self.load_settings: LoadSettings | None = None
         self.template: ChatTemplate | None = None
         self._adapters: list = []
+        self.adapter_scales: list[float] = []  # the slots' context applies the same adapters
+        self._slots = None  # engine.slots.SlotPool, once start_slots is called
         self._cached: list[int] = []  # tokens whose K/V are in the cache, in order
         self._cancel = threading.Event()
         self._batch = None
@@ -215,6 +218,7 @@ class Runtime:
                 raise ModelFileError(f"{ainfo.path}: llama.cpp could not apply this adapter to the model.")
             handles.append(handle)
         self._adapters = handles
+        self.adapter_scales = [s for _, s in adapter_infos]
         arr = (llama_cpp.llama_adapter_lora_p_ctypes * len(handles))(*handles)
         scales = (ctypes.c_float * len(handles))(*(s for _, s in adapter_infos))
         if llama_cpp.llama_set_adapters_lora(self.ctx, arr, len(handles), scales) != 0:
@@ -233,6 +237,7 @@ class Runtime:
         )
 
     def unload(self) -> None:
+        self.stop_slots()
         if self._batch is not None:
             llama_cpp.llama_batch_free(self._batch)
             self._batch = None
@@ -565,6 +570,29 @@ class Runtime:
             seed=chain.seed,
         )
         yield ReplyDone(stream.text, stats, tuple(generated))
+
+    # ---------------------------------------------------------- batched requests (engine.slots)
+    def start_slots(self, n_slots: int, n_ctx: int) -> None:
+        self.require_model()
+        self.stop_slots()
+        self._slots = SlotPool(self, n_slots, n_ctx)
+
+    def slot_chat(
+        self, messages: Sequence[Message], sampling: SamplingSettings | None = None
+    ) -> Iterator[Event]:
+        """Thread-safe, as every slot_ method: a reply decoded in a slot, batched with the others' requests."""
+        return (self._slots or not_started()).chat(messages, sampling or SamplingSettings())
+
+    def slot_complete(self, prompt: str, sampling: SamplingSettings | None = None) -> Iterator[Event]:
+        return (self._slots or not_started()).complete(prompt, sampling or SamplingSettings())
+
+    def slot_states(self) -> list[SlotState]:
+        return self._slots.states() if self._slots else []
+
+    def stop_slots(self) -> None:
+        pool, self._slots = self._slots, None
+        if pool is not None:
+            pool.close()
 
     def evaluation_count(self) -> int:
         """How many llama_decode calls this runtime has made (the visualizers prove sliders run none)."""
