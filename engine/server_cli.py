@@ -131,27 +131,34 @@ def cmd_serve(args) -> int:
             trained = inspect_gguf(path).context_length
             if 0 < trained < load.n_ctx:
                 load = load.replace(n_ctx=trained)
+        if args.parallel < 1:
+            raise SettingsError("parallel", "must be at least 1")
+        # requests run in the slots' own context (args.parallel x the context each); the engine's ordinary
+        # context serves no request here, so it stays small
+        own = load.replace(n_ctx=min(load.n_ctx, 256))
         engine = open_engine()
-        loaded = load_model(engine, path, load, adapters, args.template)
+        loaded = load_model(engine, path, own, adapters, args.template)
+        engine.start_slots(args.parallel, load.n_ctx)
 
         def reload(engine) -> None:
             engine.restart()
-            load_model(engine, path, load, adapters, args.template)
+            load_model(engine, path, own, adapters, args.template)
+            engine.start_slots(args.parallel, load.n_ctx)
 
         config = ServerConfig(
-            model_name=served_name(args.model, path), model_info=loaded.info, n_ctx=loaded.n_ctx, api_key=key,
+            model_name=served_name(args.model, path), model_info=loaded.info, n_ctx=load.n_ctx, api_key=key,
             cors_origins=tuple(args.cors_origin or ()), max_body=args.max_body,
             max_tokens_cap=args.max_tokens_cap, max_queue=args.max_queue, defaults=defaults,
             created=int(time.time()),
         )  # fmt: skip
-        app = create_app(config, Scheduler(engine, reload, max_queue=args.max_queue))
+        app = create_app(config, Scheduler(engine, reload, max_queue=args.max_queue, slots=args.parallel))
         if warning:
             print(f"ingle: {warning}", file=sys.stderr)
         if loaded.template_warning:
             print(f"ingle: warning: {printable(loaded.template_warning)}", file=sys.stderr)
         port = sock.getsockname()[1]
         shown = f"[{args.host}]" if ":" in args.host else args.host
-        print(f"Serving {printable(config.model_name)} (context {loaded.n_ctx}) at http://{shown}:{port}/v1 "
+        print(f"Serving {printable(config.model_name)} ({args.parallel} x context {load.n_ctx}) at http://{shown}:{port}/v1 "
               f"(OpenAI) and http://{shown}:{port}/api (Ollama){'; API key required' if key else ''}. "
               "Ctrl+C stops.", file=sys.stderr, flush=True)  # fmt: skip
         verbose = logging.getLogger().isEnabledFor(logging.INFO)
@@ -187,6 +194,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"largest request body (default {DEFAULT_MAX_BODY})")  # fmt: skip
     p.add_argument("--max-tokens-cap", type=int, default=DEFAULT_MAX_TOKENS_CAP, metavar="N",
                    help=f"largest max_tokens a request may ask for (default {DEFAULT_MAX_TOKENS_CAP})")  # fmt: skip
+    p.add_argument("--parallel", type=int, default=1, metavar="N",
+                   help="requests decoded at once, batched (each with the full --ctx-size; default 1)")  # fmt: skip
     p.add_argument("--max-queue", type=int, default=DEFAULT_MAX_QUEUE, metavar="N",
                    help="requests that may wait for the engine; more get 503 (default %(default)s)")  # fmt: skip
     p.add_argument(

@@ -41,10 +41,12 @@ def server(tiny_model):
     engine = EngineHost()
     load = LoadSettings(n_ctx=N_CTX)
     loaded = load_model(engine, tiny_model, load)
+    engine.start_slots(1, N_CTX)
 
     def reload(engine) -> None:
         engine.restart()
         load_model(engine, tiny_model, load)
+        engine.start_slots(1, N_CTX)
 
     config = ServerConfig(model_name="tiny", model_info=loaded.info, n_ctx=loaded.n_ctx, api_key=KEY,
                           cors_origins=(ORIGIN,), max_body=MAX_BODY, max_tokens_cap=N_CTX, max_queue=1,

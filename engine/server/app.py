@@ -159,8 +159,7 @@ class Generation:
         async def watch() -> None:  # the body has been read: the next message is the disconnect
             while (await request.receive())["type"] != "http.disconnect":
                 pass
-            self.job.cancelled = True
-            self.job.engine.cancel()
+            self.job.cancel()
 
         try:
             async with anyio.create_task_group() as tasks:

@@ -79,7 +79,7 @@ def routes(state: ServerState) -> list[Route]:
         body = await read_json(request, config)
         _model(body)
         messages = mapping.messages(body)
-        return await _run(request, body, lambda engine, s: engine.chat(messages, s), "message")
+        return await _run(request, body, lambda engine, s: engine.slot_chat(messages, s), "message")
 
     async def generate(request: Request):
         body = await read_json(request, config)
@@ -94,12 +94,12 @@ def routes(state: ServerState) -> list[Route]:
             return JSONResponse({"model": config.model_name, "created_at": _now(), "response": "",
                                  "done": True, "done_reason": "load"})  # fmt: skip
         if body.get("raw"):
-            return await _run(request, body, lambda engine, s: engine.complete(prompt, s), "response")
+            return await _run(request, body, lambda engine, s: engine.slot_complete(prompt, s), "response")
         system = body.get("system")
         if system is not None and not isinstance(system, str):
             raise bad_field("system", "expected a string")
         msgs = ([Message("system", system)] if system else []) + [Message("user", prompt)]
-        return await _run(request, body, lambda engine, s: engine.chat(msgs, s), "response")
+        return await _run(request, body, lambda engine, s: engine.slot_chat(msgs, s), "response")
 
     async def _run(request: Request, body: dict, call, field: str):
         started = time.monotonic()

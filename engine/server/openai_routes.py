@@ -96,7 +96,7 @@ def routes(state: ServerState) -> list[Route]:
             messages = mapping.messages(body)
 
             def call(engine):
-                return engine.chat(messages, sampling)
+                return engine.slot_chat(messages, sampling)
         else:
             prompt = body.get("prompt")
             if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
@@ -105,7 +105,7 @@ def routes(state: ServerState) -> list[Route]:
                 raise bad_field("prompt", "expected one non-empty string")
 
             def call(engine):
-                return engine.complete(prompt, sampling)
+                return engine.slot_complete(prompt, sampling)
 
         try:
             generation = await Generation.start(scheduler, call)
