@@ -171,6 +171,7 @@ class EngineHost:
         self._ordinary: int | None = None  # id of the ordinary stream that cancel() stops
         self._dead: EngineDied | None = None  # set when the child died: every call then raises it
         self._last_heard = 0.0
+        self._deferred_cancels: list[int] = []  # cancels of slot streams dropped unread, sent by the receiver
         if start:
             self.start()
         atexit.register(self.close)
@@ -307,6 +308,8 @@ class EngineHost:
         """Route the child's answers to the calls waiting for them; notice death and hangs for all of them."""
         error: EngineDied | None = None
         while error is None:
+            while self._deferred_cancels:
+                self._cancel_call(self._deferred_cancels.pop())
             try:
                 if conn.poll(0.2):
                     msg = conn.recv()
@@ -580,7 +583,11 @@ class _SlotStream:
             self._end()
 
     def __del__(self) -> None:
-        self.close()
+        # the collector may run this inside the host's own send (holding its lock): the receiver sends it
+        if not self._finished:
+            self._finished = True
+            self._host._forget(self._id)
+            self._host._deferred_cancels.append(self._id)
 
 
 if __name__ == "__main__":

@@ -41,6 +41,9 @@ class KVState:
         }  # fmt: skip
 
 
+MAX_SLOTS = 64  # requests an engine decodes at once (start_slots), at most
+
+
 @dataclass(frozen=True)
 class SlotState:
     """One slot of the batched engine (`start_slots`): what the server's status shows."""

@@ -14,6 +14,7 @@ from pathlib import Path
 from engine.cli import load_model
 from engine.cli_flags import add_settings_flags, parse_adapter, settings_from_args
 from engine.errors import SettingsError
+from engine.interface import MAX_SLOTS
 from engine.server.config import DEFAULT_MAX_BODY, DEFAULT_MAX_QUEUE, DEFAULT_MAX_TOKENS_CAP
 from engine.settings import LoadSettings, SamplingSettings
 from engine.text import printable
@@ -118,6 +119,8 @@ def cmd_serve(args) -> int:
         raise SettingsError("max-tokens-cap", "must be at least 1")
     if args.max_queue < 0:
         raise SettingsError("max-queue", "must be 0 or more")
+    if not 1 <= args.parallel <= MAX_SLOTS:
+        raise SettingsError("parallel", f"use 1 to {MAX_SLOTS} requests at once")
     defaults = settings_from_args(args, SamplingSettings)
     load = settings_from_args(args, LoadSettings)
     adapters = [parse_adapter(a) for a in args.adapter or []]
@@ -131,8 +134,6 @@ def cmd_serve(args) -> int:
             trained = inspect_gguf(path).context_length
             if 0 < trained < load.n_ctx:
                 load = load.replace(n_ctx=trained)
-        if args.parallel < 1:
-            raise SettingsError("parallel", "must be at least 1")
         # requests run in the slots' own context (args.parallel x the context each); the engine's ordinary
         # context serves no request here, so it stays small
         own = load.replace(n_ctx=min(load.n_ctx, 256))

@@ -23,7 +23,7 @@ import numpy as np
 
 from engine.errors import EngineError, SettingsError
 from engine.events import Event, Message, PromptEvaluated, ReplyDone, ReplyStats, StopReason, Token
-from engine.interface import SlotState
+from engine.interface import MAX_SLOTS, SlotState
 from engine.llama_params import context_params
 from engine.overflow import fit_prompt
 from engine.preview import token_logprobs
@@ -34,7 +34,7 @@ from engine.textstream import TextStream, common_prefix
 if TYPE_CHECKING:
     from engine.runtime import Runtime
 
-MAX_SLOTS = 64
+
 # With replies decoding, a step takes at most this many prompt tokens, so a long prompt joining the pool
 # delays the others' next token by one short chunk instead of a whole batch.
 PREFILL_WITH_DECODERS = 128

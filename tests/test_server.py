@@ -440,6 +440,12 @@ def test_serving_beyond_this_machine_needs_a_key():
         r = subprocess.run([sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
                            capture_output=True, text=True, timeout=120)  # fmt: skip
     assert r.returncode == 2 and r.stderr.startswith("ingle: error: port:") and "--port" in r.stderr
+    for bad in ("0", "65"):
+        r = subprocess.run([sys.executable, "-m", "app.cli", "serve", "--port", "0", "--parallel", bad],
+                           capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert (
+            r.returncode == 2 and r.stderr.strip() == "ingle: error: parallel: use 1 to 64 requests at once"
+        )
     r = subprocess.run([sys.executable, "-m", "app.cli", "serve", "--api-key", "short"],
                        capture_output=True, text=True, timeout=120)  # fmt: skip
     assert r.returncode == 2 and "at least 8" in r.stderr and "short" not in r.stderr.split(":", 3)[-1]
@@ -449,17 +455,22 @@ def test_ingle_serve_command_end_to_end(tiny_model, tmp_path, reference):
     key_file = tmp_path / "key"
     key_file.write_text(KEY + "\n")
     proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", str(tiny_model), "--port", "0",
-                             "--api-key-file", str(key_file), "--ctx-size", str(N_CTX), "--temperature", "0"],
+                             "--api-key-file", str(key_file), "--ctx-size", str(N_CTX), "--temperature", "0",
+                             "--parallel", "2"],
                             stderr=subprocess.PIPE, text=True)  # fmt: skip
     try:
         line = proc.stderr.readline()
-        assert line.startswith("Serving tiny "), line
+        assert line.startswith("Serving tiny (2 x context 4096) "), line
         assert KEY not in line
         url = line.split(" at ")[1].split("/v1")[0]
         c = openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0, timeout=60)
         # the server's default temperature (0, from the flag) applies when the request names none
         reply = c.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=8)
         assert reply.choices[0].message.content == greedy(reference, MESSAGES, 8).text
+        slots = httpx.get(url + "/health", headers=HEADERS).json()["slots"]
+        assert (
+            len(slots) == 2 and sum(s["cached_tokens"] > 0 for s in slots) == 1
+        )  # the reply's slot holds it
         r = httpx.get(url + "/v1/models", headers={**HEADERS, "Origin": ORIGIN})
         assert r.status_code == 200 and "access-control-allow-origin" not in r.headers  # CORS off by default
     finally:
@@ -474,6 +485,7 @@ def test_every_serve_flag_has_help():
     serve = next(a for a in build_parser()._actions if a.dest == "command").choices["serve"]
     assert [a.option_strings for a in serve._actions if not a.help] == []
     assert "--max-tokens-cap" in serve.format_help() and "--ctx-size" in serve.format_help()
+    assert "--parallel" in serve.format_help()
 
 
 # ------------------------------------------------------------------ --parallel 4: batched requests
