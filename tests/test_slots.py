@@ -254,3 +254,26 @@ def test_host_slot_calls_run_concurrently_beside_an_ordinary_chat(tiny_model, ti
         assert done.stats.stop_reason == StopReason.CANCELLED and done.stats.generated_tokens < 1000
         host.stop_slots()
         assert host.slot_states() == []
+
+
+def test_the_runtimes_lora_adapter_applies_to_the_slots_too(tiny_model, tiny, tmp_path):
+    import numpy as np
+
+    from training.export import write_adapter
+
+    rng = np.random.default_rng(0)
+    lora = {f"model.layers.{i}.self_attn.q_proj": (rng.normal(0, 0.5, (4, 64)), rng.normal(0, 0.5, (64, 4)))
+            for i in range(2)}  # fmt: skip
+    adapter = write_adapter(tmp_path / "lora.gguf", tiny_model, lora, alpha=8.0)
+    greedy = SamplingSettings(temperature=0, max_tokens=16, logit_bias=NO_EOS)
+    rt = Runtime()
+    try:
+        list(rt.load(tiny_model, LoadSettings(n_ctx=256), adapters=[(str(adapter), 1.0)]))
+        rt.start_slots(2, 256)
+        with_adapter = run(rt.complete("the adapter", greedy))[1].tokens
+        assert run(rt.slot_complete("the adapter", greedy))[1].tokens == with_adapter
+        assert (
+            run(tiny.slot_complete("the adapter", greedy))[1].tokens != with_adapter
+        )  # it changes the reply
+    finally:
+        rt.close()
