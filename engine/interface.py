@@ -66,7 +66,8 @@ class Inspection:
 
 @runtime_checkable
 class Engine(Protocol):
-    """One loaded model and the requests it serves. One request at a time; `cancel()` from any thread."""
+    """One loaded model and the requests it serves. Ordinary calls one at a time, `cancel()` from any thread;
+    slot calls (below) from many threads at once, batched."""
 
     def load(
         self,
