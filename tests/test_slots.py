@@ -277,3 +277,25 @@ def test_the_runtimes_lora_adapter_applies_to_the_slots_too(tiny_model, tiny, tm
         )  # it changes the reply
     finally:
         rt.close()
+
+
+def test_a_long_prompt_joins_in_chunks_so_decoding_slots_keep_their_pace(tiny):
+    from engine.slots import PREFILL_WITH_DECODERS
+
+    tiny.start_slots(2, 1024)
+    try:
+        endless = SamplingSettings(temperature=0, max_tokens=100_000, logit_bias=NO_EOS)
+        running = tiny.slot_complete("keep going", endless)
+        next(e for e in running if isinstance(e, Token))
+        pool = tiny._slots
+        long_prompt = tiny.tokenize(" ".join(["river"] * 300), add_special=True)[:900]
+        before = pool.evaluations
+        joining = pool.submit(long_prompt, SamplingSettings(temperature=0, max_tokens=1))
+        evaluated = next(e for e in joining if isinstance(e, PromptEvaluated))
+        # every step carried the running reply's next token and at most a chunk of the new prompt (one batch
+        # of 512 would have taken two steps)
+        assert pool.evaluations - before >= -(-evaluated.evaluated_tokens // PREFILL_WITH_DECODERS) >= 7
+        running.close()
+        list(joining)
+    finally:
+        tiny.start_slots(4, 256)
