@@ -49,13 +49,14 @@ from engine.events import (
 )
 from engine.gguf_info import ModelInfo, inspect_gguf
 from engine.hardware import Hardware, current
-from engine.interface import Embeddings, Inspection, KVState
+from engine.interface import Embeddings, Inspection, KVState, SlotState
 from engine.kv import KVLayout, parse_kv_report
 from engine.llama_params import context_params, model_params
 from engine.overflow import drop_oldest, fit_prompt, system_tokens
 from engine.preview import token_logprobs
 from engine.sampling import SamplerChain
 from engine.settings import LoadSettings, OverflowPolicy, SamplingSettings
+from engine.slots import SlotPool, not_started
 from engine.text import printable
 from engine.textstream import TextStream, common_prefix
 from engine.tools import ToolSet
@@ -119,6 +120,7 @@ class Runtime:
         self._adapters: list = []
         self.adapter_scales: list[float] = []  # the scale of each of _adapters, in order
         self.adapter_specs: tuple[tuple[str, float], ...] = ()  # (path, scale) of the adapters applied
+        self._slots = None  # engine.slots.SlotPool, once start_slots is called
         self._cached: list[int] = []  # tokens whose K/V are in the cache, in order
         self._cancel = threading.Event()
         self._batch = None
@@ -253,6 +255,7 @@ class Runtime:
         )
 
     def unload(self) -> None:
+        self.stop_slots()
         embeddings.release(self)  # its contexts belong to this model (or its own): free them first
         if self._batch is not None:
             llama_cpp.llama_batch_free(self._batch)
@@ -612,6 +615,38 @@ class Runtime:
             seed=chain.seed,
         )
         yield ReplyDone(stream.text, stats, tuple(generated))
+
+    # ---------------------------------------------------------- batched requests (engine.slots)
+    def start_slots(self, n_slots: int, n_ctx: int) -> None:
+        self.require_model()
+        self.stop_slots()
+        self._slots = SlotPool(self, n_slots, n_ctx)
+
+    def slot_chat(
+        self, messages: Sequence[Message], sampling: SamplingSettings | None = None
+    ) -> Iterator[Event]:
+        """Thread-safe, as every slot_ method: a reply decoded in a slot, batched with the others' requests."""
+        return (self._slots or not_started()).chat(messages, sampling or SamplingSettings())
+
+    def slot_chat_tools(
+        self, messages: Sequence[Message], tools: ToolSet | None, sampling: SamplingSettings | None = None
+    ) -> Iterator[Event]:
+        return tool_chat.slot_chat_tools(self, messages, tools, sampling)
+
+    def slot_pool(self):
+        """The running engine.slots.SlotPool (an error saying to start the slots when there is none)."""
+        return self._slots or not_started()
+
+    def slot_complete(self, prompt: str, sampling: SamplingSettings | None = None) -> Iterator[Event]:
+        return (self._slots or not_started()).complete(prompt, sampling or SamplingSettings())
+
+    def slot_states(self) -> list[SlotState]:
+        return self._slots.states() if self._slots else []
+
+    def stop_slots(self) -> None:
+        pool, self._slots = self._slots, None
+        if pool is not None:
+            pool.close()
 
     def evaluation_count(self) -> int:
         """How many llama_decode calls this runtime has made (the visualizers prove sliders run none)."""

@@ -193,8 +193,9 @@ class SamplerChain:
         for tok in tokens:
             llama_cpp.llama_sampler_accept(self.chain, tok)
 
-    def sample(self, ctx) -> int:
-        return llama_cpp.llama_sampler_sample(self.chain, ctx, -1)
+    def sample(self, ctx, idx: int = -1) -> int:
+        """Sample (and accept) the next token from the logits at batch index `idx` (-1: the last ones)."""
+        return llama_cpp.llama_sampler_sample(self.chain, ctx, idx)
 
     def close(self) -> None:
         if self.chain:

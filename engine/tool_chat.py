@@ -7,6 +7,7 @@ the model (its template, tokenizer and sampler), so it runs in the engine's proc
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
@@ -43,14 +44,33 @@ def chat_tools(
     its text and its calls) just before ReplyDone."""
     rt.require_model()
     rt._cancel.clear()
-    sampling = sampling or SamplingSettings()
+    tokens, sampling, style = prepare(rt, messages, tools, sampling or SamplingSettings(), rt._cancel)
+    keep = 1 if tokens and tokens[0] == llama_cpp.llama_vocab_bos(rt.vocab) else 0
+    yield from split_calls(rt._generate(tokens, sampling, policy, keep), tools, style)
+
+
+def slot_chat_tools(
+    rt: Runtime, messages: Sequence[Message], tools: ToolSet | None, sampling: SamplingSettings | None = None
+) -> Iterator[Event]:
+    """chat_tools in one of the Runtime's slots (engine.slots), batched with the other requests."""
+    pool = rt.slot_pool()
+    started = time.perf_counter()
+    tokens, sampling, style = prepare(rt, messages, tools, sampling or SamplingSettings(), None)
+    return split_calls(pool.submit(tokens, sampling, started), tools, style)
+
+
+def prepare(
+    rt: Runtime, messages: Sequence[Message], tools: ToolSet | None, sampling: SamplingSettings, cancel
+) -> tuple[list[int], SamplingSettings, CallStyle]:
+    """The prompt with the tool list, tokenized, and the sampling settings with the call's grammar."""
     if not messages or messages[-1].role not in ("user", "system", "tool"):
         raise EngineError("The conversation must end with a user message or a tool's result to get a reply.")
     template = rt.template
     active = tools.active if tools else ()
     native = template.uses_tools
     style = style_for(template.text, native)
-    template.cancel = rt._cancel
+    if cancel is not None:  # Stop also ends a slow template render (slot requests end by their own cancel)
+        template.cancel = cancel
     try:
         if native:
             messages = nine_char_ids(list(messages)) if style is MISTRAL else list(messages)
@@ -58,7 +78,8 @@ def chat_tools(
         else:
             text = template.render(generic_messages(list(messages), active), True)
     finally:
-        template.cancel = None
+        if cancel is not None:
+            template.cancel = None
     add_bos = not (template.bos_token and text.startswith(template.bos_token))
     tokens = rt.tokenize(text, add_special=add_bos, parse_special=True)
     if active:
@@ -67,9 +88,14 @@ def chat_tools(
         grammar = wrap_grammar(json_schema_grammar(call_schema(active, style)), style)
         triggers = () if tools.forced else (style.trigger,)
         sampling = sampling.replace(grammar=grammar, grammar_triggers=triggers)
-    keep = 1 if tokens and tokens[0] == llama_cpp.llama_vocab_bos(rt.vocab) else 0
+    return tokens, sampling, style
+
+
+def split_calls(events: Iterator[Event], tools: ToolSet | None, style: CallStyle) -> Iterator[Event]:
+    """Hold back streamed text where a call may begin; ToolCallsMade just before ReplyDone."""
+    active = tools.active if tools else ()
     held = _Holdback(style)
-    for event in rt._generate(tokens, sampling, policy, keep):
+    for event in events:
         if isinstance(event, Token) and active:
             event = dataclasses.replace(event, text=held.feed(event.text))
         if isinstance(event, ReplyDone) and active:

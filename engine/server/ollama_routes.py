@@ -81,8 +81,10 @@ def routes(state: ServerState) -> list[Route]:
         tools = mapping.tool_set(body)
         messages = mapping.messages(body)
         if tools is None and not any(m.role == "tool" or m.tool_calls for m in messages):
-            return await _run(request, body, lambda engine, s: engine.chat(messages, s), "message")
-        return await _run(request, body, lambda engine, s: engine.chat_tools(messages, tools, s), "message")
+            return await _run(request, body, lambda engine, s: engine.slot_chat(messages, s), "message")
+        return await _run(
+            request, body, lambda engine, s: engine.slot_chat_tools(messages, tools, s), "message"
+        )
 
     async def generate(request: Request):
         body = await read_json(request, config)
@@ -97,12 +99,12 @@ def routes(state: ServerState) -> list[Route]:
             return JSONResponse({"model": config.model_name, "created_at": _now(), "response": "",
                                  "done": True, "done_reason": "load"})  # fmt: skip
         if body.get("raw"):
-            return await _run(request, body, lambda engine, s: engine.complete(prompt, s), "response")
+            return await _run(request, body, lambda engine, s: engine.slot_complete(prompt, s), "response")
         system = body.get("system")
         if system is not None and not isinstance(system, str):
             raise bad_field("system", "expected a string")
         msgs = ([Message("system", system)] if system else []) + [Message("user", prompt)]
-        return await _run(request, body, lambda engine, s: engine.chat(msgs, s), "response")
+        return await _run(request, body, lambda engine, s: engine.slot_chat(msgs, s), "response")
 
     async def _run(request: Request, body: dict, call, field: str):
         """Run `call` and answer in Ollama's shape; tool calls come as `message.tool_calls`, arguments as

@@ -114,8 +114,8 @@ def routes(state: ServerState) -> list[Route]:
 
             def call(engine):
                 if tools is not None or any(m.role == "tool" or m.tool_calls for m in messages):
-                    return engine.chat_tools(messages, tools, sampling)
-                return engine.chat(messages, sampling)
+                    return engine.slot_chat_tools(messages, tools, sampling)
+                return engine.slot_chat(messages, sampling)
         else:
             prompt = body.get("prompt")
             if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
@@ -124,7 +124,7 @@ def routes(state: ServerState) -> list[Route]:
                 raise bad_field("prompt", "expected one non-empty string")
 
             def call(engine):
-                return engine.complete(prompt, sampling)
+                return engine.slot_complete(prompt, sampling)
 
         try:
             generation = await Generation.start(scheduler, call)
