@@ -259,7 +259,10 @@ STREAMING = frozenset(
     }
 )
 # The calls the host runs beside the ordinary ones (on their own threads in the child), not one at a time.
-SLOT_CALLS = frozenset({"slot_chat", "slot_chat_tools", "slot_complete", "slot_states"})
+# start/stop_slots too: the slots' context is the pool's own, so the GUI's server starts beside a chat reply
+SLOT_CALLS = frozenset(
+    {"start_slots", "stop_slots", "slot_chat", "slot_chat_tools", "slot_complete", "slot_states"}
+)
 # Every method an engine serves, by name: the host's wire protocol accepts these and nothing else.
 METHODS = frozenset(
     name for name in Engine.__dict__ if not name.startswith("_") and callable(getattr(Engine, name))

@@ -31,6 +31,7 @@ TEXTS = ["The sea is calm tonight.", "A cat sleeps on the warm roof.", "The sea 
 def server(tiny_model):
     engine = EngineHost()
     loaded = load_model(engine, tiny_model, LoadSettings(n_ctx=1024))
+    engine.start_slots(1, loaded.n_ctx)  # the server decodes in the engine's slots
     config = ServerConfig(model_name="tiny", model_info=loaded.info, n_ctx=loaded.n_ctx, api_key=KEY)
     srv = ServerThread(config, Scheduler(engine, lambda e: None), bind("127.0.0.1", 0)).start()
     srv.engine = engine

@@ -52,10 +52,12 @@ def server(starter_model):
     engine = EngineHost()
     load = LoadSettings(n_ctx=2048)
     loaded = load_model(engine, starter_model, load)
+    engine.start_slots(1, loaded.n_ctx)  # the server decodes in the engine's slots
 
     def reload(engine) -> None:
         engine.restart()
         load_model(engine, starter_model, load)
+        engine.start_slots(1, load.n_ctx)
 
     config = ServerConfig(model_name="starter", model_info=loaded.info, n_ctx=loaded.n_ctx, api_key=KEY)
     srv = ServerThread(config, Scheduler(engine, reload), bind("127.0.0.1", 0)).start()
