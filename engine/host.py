@@ -19,10 +19,11 @@ from typing import Any
 
 from engine.attention_map import MAX_TOKENS, AttentionMap
 from engine.child_process import STDERR_TAIL_BYTES, die_with_parent, keep_crash_log, new_log
-from engine.errors import EngineDied, EngineError, EngineHung, IngleError
+from engine.errors import EngineDied, EngineError, EngineHung, IngleError, RpcWorkerLost
 from engine.events import Event, Message, PromptEvaluated
 from engine.hardware import Hardware
 from engine.interface import METHODS, STREAMING, Inspection, KVState
+from engine.rpc_split import RPC_LOST_MARK
 from engine.settings import LoadSettings, OverflowPolicy, SamplingSettings
 from engine.visual import ContextBudget, PreviewStage, TokenPiece
 
@@ -234,6 +235,11 @@ class EngineHost:
             how = f"exited with code {code}"
         hint = " (out of memory?)" if code == -signal.SIGKILL else ""
         where = f" Its log: {self.crash_log}." if self.crash_log else ""
+        if code is not None and RPC_LOST_MARK in tail:
+            return RpcWorkerLost(
+                f"An RPC worker stopped answering and the engine process {how} with it; check the worker, "
+                f"then restart the engine to go on.{where}", code, tail,
+            )  # fmt: skip
         return EngineDied(f"The engine process {how}{hint}. Restart the engine to go on.{where}", code, tail)
 
     # ------------------------------------------------------------ requests
