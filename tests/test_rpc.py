@@ -201,3 +201,40 @@ def test_split_plan_places_layers_like_llama_cpp():
     assert parse_weights("", 2) == (1.0, 1.0, 1.0)
     with pytest.raises(SplitError):
         parse_endpoints(",".join(f"h:{p}" for p in range(1, 18)))
+
+
+def test_placement_matches_llama_cpps_own_buffers(starter_model):
+    from engine.gguf_info import inspect_gguf
+    from engine.rpc_fit import placements
+
+    places = placements(inspect_gguf(starter_model), LoadSettings(rpc="127.0.0.1:1,127.0.0.1:2"))
+    # llama.cpp's log for this load (n_ctx 4096): model buffers CPU 191.72 MiB, RPC0 24.77, RPC1 188.67 (the
+    # tied output matrix is copied there); KV buffers 4+5, 4+6, 4+4 MiB
+    mib = [(round(p.weights / 2**20, 2), p.kv_cache / 2**20) for p in places]
+    assert mib == [(191.72, 9.0), (24.77, 10.0), (188.67, 8.0)]
+    assert [p.layers for p in places] == [6, 7, 5] and [p.output for p in places] == [False, False, True]
+
+
+def test_model_panel_shows_where_the_split_lands(qtbot, starter_model):
+    from app.model_panel import ModelPanel
+    from engine.library import Library
+
+    library = Library()
+    panel = ModelPanel(library)
+    qtbot.addWidget(panel)
+    panel.select(library.ensure_starter().name)
+    qtbot.waitUntil(lambda: panel.estimate.text().startswith("fits"), timeout=60_000)
+    whole = panel.current_estimate()
+    panel.rpc.setText("127.0.0.1:50061,127.0.0.1:50062")
+    panel.rpc_split.setText("2,1,1")
+    text = panel.estimate.text()
+    assert "\nSplit: this machine: 10 layers" in text and "worker 127.0.0.1:50062: 3 layers + output" in text
+    assert panel.current_estimate().weights < whole.weights  # the verdict counts this machine's share only
+    assert panel.load_settings().rpc_split == "2,1,1"
+    panel.resize(520, 640)
+    panel.show()
+    panel.grab().save("/tmp/i-rpc-panel.png")
+    panel.rpc_split.setText("1,1")  # three devices, two shares
+    assert "rpc_split: 2 shares given for 3 devices" in panel.estimate.text()
+    with qtbot.assertNotEmitted(panel.load_requested):
+        panel.load_button.click()
