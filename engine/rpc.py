@@ -15,7 +15,7 @@ from engine.rpc_split import Endpoint, SplitPlan, parse_endpoints, parse_weights
 from engine.settings import LoadSettings
 
 CONNECT_TIMEOUT = 5.0
-_DEV_TYPE_CPU = 0  # GGML_BACKEND_DEVICE_TYPE_CPU
+_DEV_TYPE_CPU, _DEV_TYPE_ACCEL = 0, 3  # GGML_BACKEND_DEVICE_TYPE_CPU, _ACCEL (ggml-backend.h)
 _ggml = None
 _reg = None
 _keepalive: list = []  # the device and split arrays llama.cpp reads while a model loads
@@ -32,6 +32,9 @@ def _lib() -> ctypes.CDLL:
             ("ggml_backend_reg_dev_count", sz, [vp]),
             ("ggml_backend_reg_dev_get", vp, [vp, sz]),
             ("ggml_backend_dev_by_type", vp, [ctypes.c_int]),
+            ("ggml_backend_dev_count", sz, []),
+            ("ggml_backend_dev_get", vp, [sz]),
+            ("ggml_backend_dev_type", ctypes.c_int, [vp]),
             ("ggml_backend_dev_name", cp, [vp]),
             ("ggml_backend_dev_description", cp, [vp]),
             ("ggml_backend_dev_memory", None, [vp, ctypes.POINTER(sz), ctypes.POINTER(sz)]),
@@ -135,22 +138,28 @@ def apply_split(params, settings: LoadSettings, n_layer: int) -> SplitPlan | Non
     return split
 
 
-def serve(host: str, port: int, threads: int) -> None:
-    """Serve this machine's CPU as an RPC worker; blocks for good (run it in a thread)."""
+def served_devices() -> list[int]:
+    """What a worker serves, as llama.cpp's rpc-server chooses: every GPU of this build, else the CPU."""
+    load_backend()
+    lib = _lib()
+    all_devices = [lib.ggml_backend_dev_get(i) for i in range(lib.ggml_backend_dev_count())]
+    gpus = [d for d in all_devices if lib.ggml_backend_dev_type(d) not in (_DEV_TYPE_CPU, _DEV_TYPE_ACCEL)]
+    cpu = lib.ggml_backend_dev_by_type(_DEV_TYPE_CPU)
+    if not gpus and not cpu:
+        raise RpcError("llama.cpp found no device to serve.")
+    return gpus or [cpu]
+
+
+def describe_devices(devices: list[int]) -> str:
+    lib = _lib()
+    return ", ".join(lib.ggml_backend_dev_description(d).decode(errors="replace") for d in devices)
+
+
+def serve(host: str, port: int, threads: int, devices: list[int]) -> None:
+    """Serve `devices` as an RPC worker; blocks for good (run it in a thread)."""
     start = _proc(
         "ggml_backend_rpc_start_server", None,
         ctypes.c_char_p, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_size_t, ctypes.POINTER(ctypes.c_void_p),
     )  # fmt: skip
-    cpu = _lib().ggml_backend_dev_by_type(_DEV_TYPE_CPU)
-    if not cpu:
-        raise RpcError("llama.cpp found no CPU device to serve.")
-    devices = (ctypes.c_void_p * 1)(cpu)
-    endpoint = str(Endpoint(host, port)).encode()
-    start(endpoint, None, threads, 1, devices)
-
-
-def cpu_description() -> str:
-    load_backend()
-    lib = _lib()
-    cpu = lib.ggml_backend_dev_by_type(_DEV_TYPE_CPU)
-    return lib.ggml_backend_dev_description(cpu).decode(errors="replace") if cpu else "CPU"
+    array = (ctypes.c_void_p * len(devices))(*devices)
+    start(str(Endpoint(host, port)).encode(), None, threads, len(devices), array)

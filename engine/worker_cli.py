@@ -1,4 +1,4 @@
-"""`ingle worker`: serve this machine's CPU as a llama.cpp RPC worker that `--rpc HOST:PORT` splits a model onto."""
+"""`ingle worker`: serve this machine's GPUs (else its CPU) as a llama.cpp RPC worker that `--rpc HOST:PORT` splits a model onto."""
 
 from __future__ import annotations
 
@@ -54,7 +54,8 @@ def cmd_worker(args) -> int:
     if args.mem is not None and args.mem < 1:
         raise SettingsError("--mem", f"{args.mem} MB is too little; give the MB of model data to hold")
     threads = args.threads or default_threads()
-    description = rpc.cpu_description()  # loads the backend: a clear error when it is not built
+    devices = rpc.served_devices()  # loads the backend: a clear error when it is not built
+    description = rpc.describe_devices(devices)
     if not endpoint.loopback:
         print(INSECURE_WARNING.format(where=printable(str(endpoint))), file=sys.stderr)
     if args.mem:
@@ -63,7 +64,7 @@ def cmd_worker(args) -> int:
 
     def run() -> None:
         try:
-            rpc.serve(endpoint.host, endpoint.port, threads)
+            rpc.serve(endpoint.host, endpoint.port, threads, devices)
         except BaseException as err:
             failed.append(err)
 
@@ -82,7 +83,9 @@ def cmd_worker(args) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("worker", help="serve this machine's CPU as a llama.cpp RPC worker for --rpc")
+    p = sub.add_parser(
+        "worker", help="serve this machine's GPUs (else its CPU) as a llama.cpp RPC worker for --rpc"
+    )
     p.add_argument(
         "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine)"
     )

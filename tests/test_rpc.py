@@ -238,3 +238,31 @@ def test_model_panel_shows_where_the_split_lands(qtbot, starter_model):
     assert "rpc_split: 2 shares given for 3 devices" in panel.estimate.text()
     with qtbot.assertNotEmitted(panel.load_requested):
         panel.load_button.click()
+
+
+def test_app_keeps_the_partial_reply_when_a_worker_dies_and_says_why(
+    qtbot, tmp_path, starter_model, two_workers
+):
+    from test_chat_window import GEMMA_EOG, LOAD_TIMEOUT, after_tokens, new_chat, open_window, send_and_wait
+
+    window = open_window(qtbot, tmp_path / "chats.sqlite3", starter_model)
+    try:
+        with qtbot.waitSignal(window.model_ready, timeout=LOAD_TIMEOUT):
+            window.load_model(str(starter_model), rpc_settings(two_workers), ())
+        new_chat(window, temperature=0, max_tokens=3000, logit_bias=GEMMA_EOG)
+        on_event = after_tokens(window, 3, lambda: two_workers[0][0].send_signal(signal.SIGKILL))
+        reply = send_and_wait(qtbot, window, "Tell me a long story.")
+        window.bridge.event.disconnect(on_event)
+        assert reply.status == "interrupted" and reply.content
+        banner = window.fault_banner.label.text()
+        assert "An RPC worker stopped answering" in banner and "partial reply are kept" in banner
+        assert "(interrupted)" in window.view.toPlainText()
+        # a restart reloads the split: the dead worker is named, the app stays up, and loads locally again
+        with qtbot.waitSignal(window.engine_failed, timeout=LOAD_TIMEOUT) as failed:
+            window.fault_banner.button.click()
+        assert f"cannot reach the RPC worker 127.0.0.1:{two_workers[0][1]}" in failed.args[0]
+        with qtbot.waitSignal(window.model_ready, timeout=LOAD_TIMEOUT):
+            window.load_model(str(starter_model), LoadSettings(n_ctx=512), ())
+        assert window.store.message(reply.id).content == reply.content
+    finally:
+        window.close()
