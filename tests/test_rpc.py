@@ -131,7 +131,7 @@ def test_killing_a_worker_mid_reply_is_a_typed_error_and_the_host_lives(starter_
                     if len(got) == 2:
                         two_workers[1][0].send_signal(signal.SIGKILL)
         assert len(got) >= 2  # the partial reply was delivered before the error
-        assert "RPC worker" in str(err.value) and "restart the engine" in str(err.value)
+        assert "RPC worker dropped" in str(err.value) and "restart the engine" in str(err.value)
         host.restart()
         list(host.load(starter_model, LoadSettings(n_ctx=512)))  # the app goes on, here without the workers
         *_, done = host.complete(PROMPT, GREEDY)
@@ -255,7 +255,7 @@ def test_app_keeps_the_partial_reply_when_a_worker_dies_and_says_why(
         window.bridge.event.disconnect(on_event)
         assert reply.status == "interrupted" and reply.content
         banner = window.fault_banner.label.text()
-        assert "An RPC worker stopped answering" in banner and "partial reply are kept" in banner
+        assert "An RPC worker dropped the connection" in banner and "partial reply are kept" in banner
         assert "(interrupted)" in window.view.toPlainText()
         # a restart reloads the split: the dead worker is named, the app stays up, and loads locally again
         with qtbot.waitSignal(window.engine_failed, timeout=LOAD_TIMEOUT) as failed:
@@ -266,3 +266,29 @@ def test_app_keeps_the_partial_reply_when_a_worker_dies_and_says_why(
         assert window.store.message(reply.id).content == reply.content
     finally:
         window.close()
+
+
+def test_worker_mem_cap_refuses_an_oversized_share_and_stays_up(starter_model, rpc_module):
+    proc, port = start_worker("--mem", "64")  # the last worker gets ~190 MB (the output matrix)
+    host = EngineHost(hang_timeout=600)
+    try:
+        with pytest.raises(RpcWorkerLost, match="too little memory for its share"):
+            list(host.load(starter_model, LoadSettings(n_ctx=512, rpc=f"127.0.0.1:{port}", rpc_split="1,1")))
+        time.sleep(1)
+        assert proc.poll() is None  # the worker refused the tensor and stays up
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+        host.restart()
+        assert isinstance(list(host.load(starter_model, LoadSettings(n_ctx=512)))[-1], ModelLoaded)
+    finally:
+        host.close()
+        stop(proc)
+
+
+@pytest.mark.parametrize(("flags", "message"), [(["--rpc", "nohost"], "rpc: 'nohost' is not HOST:PORT"),
+                                                (["--rpc", "127.0.0.1:{free}"], "cannot reach the RPC worker")])  # fmt: skip
+def test_run_with_bad_or_unreachable_workers_is_a_one_line_error(tiny_model, rpc_module, flags, message):
+    flags = [f.format(free=free_port()) for f in flags]
+    done = subprocess.run([sys.executable, "-m", "app.cli", "run", str(tiny_model), "hi", "-n", "2", *flags],
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 2 and done.stderr.startswith("ingle: error:") and message in done.stderr
+    assert "Traceback" not in done.stderr
