@@ -172,6 +172,7 @@ def test_worker_on_another_address_warns_and_a_taken_port_is_an_error(rpc_module
         (["--port", "0"], "port must be a number"),
         (["--threads", "0"], "--threads"),
         (["--mem", "0"], "--mem"),
+        (["--build", "/nonexistent"], "no vendored ggml-rpc source there"),
     ],
 )
 def test_worker_bad_flags_are_one_line_errors(args, message):
