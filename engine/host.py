@@ -236,10 +236,12 @@ class EngineHost:
         hint = " (out of memory?)" if code == -signal.SIGKILL else ""
         where = f" Its log: {self.crash_log}." if self.crash_log else ""
         if code is not None and RPC_LOST_MARK in tail:
-            return RpcWorkerLost(
-                f"An RPC worker dropped the connection (it stopped, or has too little memory for its share) and "
-                f"the engine process {how} with it; check the worker, then restart the engine to go on.{where}", code, tail,
-            )  # fmt: skip
+            message = (
+                f"An RPC worker dropped the connection (it stopped, or has too little memory for its share) "
+                f"and the engine process {how} with it; check the worker, then restart the engine to go on."
+                f"{where}"
+            )
+            return RpcWorkerLost(message, code, tail)
         return EngineDied(f"The engine process {how}{hint}. Restart the engine to go on.{where}", code, tail)
 
     # ------------------------------------------------------------ requests

@@ -1,4 +1,4 @@
-"""`ingle worker`: serve this machine's GPUs (else its CPU) as a llama.cpp RPC worker that `--rpc HOST:PORT` splits a model onto."""
+"""`ingle worker`: serve this machine's GPUs (else its CPU) as a llama.cpp RPC worker for `--rpc HOST:PORT`."""
 
 from __future__ import annotations
 
