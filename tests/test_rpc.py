@@ -97,7 +97,9 @@ def rss(proc: subprocess.Popen) -> int:
     return psutil.Process(proc.pid).memory_info().rss
 
 
-def test_starter_split_across_two_workers_gives_the_local_greedy_tokens(starter_model, two_workers):
+def test_starter_split_across_two_workers_gives_the_local_greedy_tokens_and_survives_losing_one(
+    starter_model, two_workers
+):
     host = EngineHost(hang_timeout=600)
     try:
         list(host.load(starter_model, LoadSettings(n_ctx=512)))
@@ -113,14 +115,8 @@ def test_starter_split_across_two_workers_gives_the_local_greedy_tokens(starter_
         *_, split = host.complete(PROMPT, GREEDY)
         assert isinstance(split, ReplyDone) and isinstance(local, ReplyDone)
         assert split.tokens == local.tokens and len(local.tokens) == GREEDY.max_tokens
-    finally:
-        host.close()
 
-
-def test_killing_a_worker_mid_reply_is_a_typed_error_and_the_host_lives(starter_model, two_workers):
-    host = EngineHost(hang_timeout=600)
-    try:
-        list(host.load(starter_model, rpc_settings(two_workers)))
+        # a worker killed mid-reply: a typed error after the tokens that streamed, and the host starts again
         got = []
         with pytest.raises(RpcWorkerLost) as err:
             for event in host.complete(
@@ -130,12 +126,12 @@ def test_killing_a_worker_mid_reply_is_a_typed_error_and_the_host_lives(starter_
                     got.append(event.text)
                     if len(got) == 2:
                         two_workers[1][0].send_signal(signal.SIGKILL)
-        assert len(got) >= 2  # the partial reply was delivered before the error
+        assert len(got) >= 2
         assert "RPC worker dropped" in str(err.value) and "restart the engine" in str(err.value)
         host.restart()
         list(host.load(starter_model, LoadSettings(n_ctx=512)))  # the app goes on, here without the workers
         *_, done = host.complete(PROMPT, GREEDY)
-        assert done.stats.generated_tokens == GREEDY.max_tokens
+        assert done.tokens == local.tokens
     finally:
         host.close()
 
