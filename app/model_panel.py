@@ -13,6 +13,7 @@ from PySide6.QtWidgets import (
     QFormLayout,
     QHBoxLayout,
     QLabel,
+    QLineEdit,
     QProgressBar,
     QPushButton,
     QSpinBox,
@@ -29,6 +30,8 @@ from engine.errors import IngleError, LibraryError
 from engine.fit import RAM_SHARE, Budget, Fit, Verdict, available_memory, choose, estimate
 from engine.gguf_info import ModelInfo, inspect_cached
 from engine.library import Entry, Library
+from engine.rpc_fit import describe as describe_split
+from engine.rpc_fit import local_fit, placements
 from engine.settings import CacheType, FlashAttention, LoadSettings
 
 _FROM_FILE = "\0file"  # the combo entry that opens a file dialog
@@ -103,6 +106,13 @@ class ModelPanel(QWidget):
         )
         self.fit.toggled.connect(self._fit_toggled)
         form.addRow("", self.fit)
+        self.rpc, self.rpc_split = QLineEdit(), QLineEdit()
+        self.rpc.setPlaceholderText("none (HOST:PORT,… of `ingle worker`s)")
+        self.rpc_split.setPlaceholderText("equal shares")
+        for name, widget in (("rpc", self.rpc), ("rpc_split", self.rpc_split)):
+            widget.setToolTip(specs[name].metadata["help"])
+            widget.textChanged.connect(self._update_estimate)
+            form.addRow(specs[name].metadata["label"], widget)
         self.adapter_box = QComboBox()
         self.adapter_scale = QDoubleSpinBox()
         self.adapter_scale.setRange(-4.0, 4.0)
@@ -265,7 +275,8 @@ class ModelPanel(QWidget):
                             n_threads=self.threads.value(), type_k=CacheType(self.type_k.currentText()),
                             type_v=CacheType(self.type_v.currentText()),
                             flash_attn=FlashAttention(self.flash.currentText()), fit=self.fit.isChecked(),
-                            fit_check=not self.force.isChecked(), **self._advanced_values(), **self.rope.values())  # fmt: skip
+                            fit_check=not self.force.isChecked(), rpc=self.rpc.text().strip(), rpc_split=self.rpc_split.text().strip(),
+                            **self._advanced_values(), **self.rope.values())  # fmt: skip
 
     def _fit_toggled(self, on: bool) -> None:
         # the engine picks these when fitting automatically
@@ -289,7 +300,16 @@ class ModelPanel(QWidget):
         entry = self.entry()
         if entry is None:
             return None
-        return estimate_memory(inspect_cached(entry.file), self.load_settings(), self.hardware)
+        info, settings = inspect_cached(entry.file), self.load_settings()
+        fit = estimate_memory(info, settings, self.hardware)
+        return local_fit(fit, places) if (places := placements(info, settings)) else fit
+
+    def split_text(self) -> str:
+        """Where the weights and KV cache land with RPC workers; '' without them."""
+        entry = self.entry()
+        if entry is None or entry.file not in self._read:
+            return ""
+        return describe_split(placements(inspect_cached(entry.file), self.load_settings()))
 
     def _header_ready(self, entry: Entry) -> bool:
         """True when the model's header is known; else read it off the GUI thread and update when done."""
@@ -343,7 +363,10 @@ class ModelPanel(QWidget):
             self.estimate.setText(text)
             self.estimate.setStyleSheet("" if choice else ERROR_STYLE)
             return
-        self.estimate.setText(estimate.describe() if estimate else "")
+        split = self.split_text()
+        self.estimate.setText(
+            (estimate.describe() if estimate else "") + (f"\nSplit: {split}" if split else "")
+        )
         self.estimate.setStyleSheet(
             "" if estimate is None or estimate.verdict is Verdict.FITS else ERROR_STYLE
         )

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from engine import units
 from engine.cli_flags import add_settings_flags, parse_adapter, settings_from_args, valid_text
-from engine.errors import EngineDied, EngineError, SettingsError
+from engine.errors import EngineDied, EngineError, RpcError, RpcWorkerLost, SettingsError
 from engine.events import ContextTrimmed, LoadProgress, Message, ReplyDone, StopReason, ThreadsChosen, Token
 from engine.remote_cli import add_remote_flags, register_models_remote
 from engine.settings import LoadSettings, OverflowPolicy, SamplingSettings
@@ -149,6 +149,9 @@ def _crashed(engine, err: EngineDied, when: str, advice: str = "try again") -> E
     engine.close()
     log = getattr(engine, "crash_log", None)
     where = f"; llama.cpp's messages are in {log}" if log else ""
+    if isinstance(err, RpcWorkerLost):
+        return RpcError(f"an RPC worker dropped the connection {when} (it stopped, or has too little memory for "
+                        f"its share: see its output), and llama.cpp ended with it{where}.")  # fmt: skip
     return EngineError(f"llama.cpp crashed {when} ({how_it_died(err)}): {advice}{where}.")
 
 

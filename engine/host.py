@@ -23,12 +23,13 @@ from typing import Any
 from engine.attention_map import MAX_TOKENS, AttentionMap
 from engine.child_process import STDERR_TAIL_BYTES, keep_crash_log, new_log
 from engine.embedding_space import Neighbours, Projection
-from engine.errors import EngineDied, EngineError, EngineHung, IngleError
+from engine.errors import EngineDied, EngineError, EngineHung, IngleError, RpcWorkerLost
 from engine.events import Event, Message, PromptEvaluated
 from engine.hardware import Hardware
 from engine.host_child import child_main
 from engine.interface import SLOT_CALLS, STREAMING, Embeddings, Inspection, KVState, SlotState
 from engine.kv_store import StateRestored, StateSaved
+from engine.rpc_split import RPC_LOST_MARK
 from engine.settings import LoadSettings, OverflowPolicy, SamplingSettings
 from engine.tools import ToolSet
 from engine.visual import ContextBudget, PreviewStage, TokenPiece
@@ -196,6 +197,13 @@ class EngineHost:
             how = f"exited with code {code}"
         hint = " (out of memory?)" if code == -signal.SIGKILL else ""
         where = f" Its log: {self.crash_log}." if self.crash_log else ""
+        if code is not None and RPC_LOST_MARK in tail:
+            message = (
+                f"An RPC worker dropped the connection (it stopped, or has too little memory for its share) "
+                f"and the engine process {how} with it; check the worker, then restart the engine to go on."
+                f"{where}"
+            )
+            return RpcWorkerLost(message, code, tail)
         return EngineDied(f"The engine process {how}{hint}. Restart the engine to go on.{where}", code, tail)
 
     # ------------------------------------------------------------ requests

@@ -164,7 +164,7 @@ class Runtime:
             progress.put(fraction)
             return not self._cancel.is_set()
 
-        mparams = model_params(settings)
+        mparams = model_params(settings, info.n_layers)
         mparams.progress_callback = on_progress
 
         def worker() -> None:

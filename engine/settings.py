@@ -238,7 +238,34 @@ class LoadSettings(SettingsBase):
         help="Refuse a load that needs more memory than is free, before llama.cpp runs out of it.",
     )
 
+    rpc: str = spec(
+        "",
+        label="RPC workers",
+        help="llama.cpp RPC workers as HOST:PORT,... (started with `ingle worker`); the layers are split "
+        "across this machine and them.",
+    )
+    rpc_split: str = spec(
+        "",
+        label="RPC split",
+        help="Shares of the layers, this machine first, then each worker (e.g. 1,1,2); empty: equal shares.",
+    )
+
     def _validate_more(self) -> None:
+        from engine.rpc_split import SplitError, parse_endpoints, parse_weights
+
+        for name in ("rpc", "rpc_split"):
+            if not isinstance(getattr(self, name), str):
+                raise SettingsError(name, f"expected text, got {getattr(self, name)!r}")
+        try:
+            workers = parse_endpoints(self.rpc)
+        except SplitError as err:
+            raise SettingsError("rpc", str(err)) from None
+        if self.rpc_split and not workers:
+            raise SettingsError("rpc_split", "needs RPC workers (--rpc HOST:PORT)")
+        try:
+            parse_weights(self.rpc_split, len(workers))
+        except SplitError as err:
+            raise SettingsError("rpc_split", str(err)) from None
         if (
             self.type_v not in (CacheType.F16, CacheType.F32, CacheType.BF16)
             and self.flash_attn == FlashAttention.OFF
