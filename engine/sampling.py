@@ -9,8 +9,10 @@ import random
 import sys
 import tempfile
 from collections.abc import Iterator
+from enum import Enum
 
 import llama_cpp
+import numpy as np
 
 from engine.errors import SettingsError
 from engine.settings import SamplingSettings
@@ -29,6 +31,10 @@ STAGE_ORDER = (
     "xtc",
     "temperature",
 )
+
+
+# llama_token_data as numpy sees it: the candidate arrays handed to llama.cpp are built without a Python loop
+_TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
 
 
 def resolve_seed(seed: int) -> int:
@@ -164,28 +170,92 @@ def _stderr_of_llama() -> Iterator[list[str]]:
                 os.write(2, data)
 
 
+class FastPath(Enum):
+    """How a chain's first step can skip llama.cpp's 262k-entry candidate array without changing the result."""
+
+    FULL = "full"  # llama.cpp's own llama_sampler_sample
+    ARGMAX = "argmax"  # the chain is greedy alone: the first largest logit (as llama.cpp's greedy picks)
+    TOP_K = "top_k"  # top-k comes first: its k tokens, sorted as llama.cpp sorts them, go to the chain
+    MIN_P = "min_p"  # min-p comes first: only the tokens above its cut go to the chain (in id order)
+
+
+MAX_FAST_K = 4096  # past this a partial selection saves little over llama.cpp's own bucket sort
+
+
+def fast_path(names: list[str], settings: SamplingSettings) -> FastPath:
+    if names == ["greedy"]:
+        return FastPath.ARGMAX
+    if names and names[0] == "top_k" and settings.top_k <= MAX_FAST_K:
+        return FastPath.TOP_K
+    if names and names[0] == "min_p":
+        return FastPath.MIN_P
+    return FastPath.FULL
+
+
 class SamplerChain:
     """Owns a llama_sampler chain built from SamplerStages; the chain frees its samplers."""
 
-    def __init__(self, vocab, n_vocab: int, settings: SamplingSettings, n_ctx: int):
+    def __init__(self, vocab, n_vocab: int, settings: SamplingSettings, n_ctx: int, fast: bool = True):
         self.chain = None  # set last: a bad setting raises before there is a chain to free
         self.settings = settings
+        self.n_vocab = n_vocab
         self.seed = resolve_seed(settings.seed)
         built = SamplerStages(vocab, n_vocab, settings, n_ctx, self.seed)
+        self.path = fast_path([name for name, _ in built.stages], settings) if fast else FastPath.FULL
         params = llama_cpp.llama_sampler_chain_default_params()
         params.no_perf = True
         self.chain = llama_cpp.llama_sampler_chain_init(params)
         self._keep = built._keep
         for _, smpl in built.stages:
             llama_cpp.llama_sampler_chain_add(self.chain, smpl)  # the chain owns them from here
+        if self.path in (FastPath.TOP_K, FastPath.MIN_P):
+            size = settings.top_k if self.path == FastPath.TOP_K else n_vocab
+            self._cand = np.zeros(size, dtype=_TOKEN_DATA)
+            self._array = llama_cpp.llama_token_data_array()
+        # min-p keeps p >= min_p * p_max, i.e. logit >= max + logf(min_p): in float32, as llama.cpp computes it
+        self._log_min_p = np.log(np.float32(settings.min_p)) if settings.min_p > 0 else None
 
     def accept_history(self, tokens) -> None:
         """Feed the prompt to penalty/DRY samplers so they see the conversation, like llama.cpp's server."""
         for tok in tokens:
             llama_cpp.llama_sampler_accept(self.chain, tok)
 
-    def sample(self, ctx) -> int:
-        return llama_cpp.llama_sampler_sample(self.chain, ctx, -1)
+    def sample(self, ctx, idx: int = -1) -> int:
+        """Sample from the logits of output `idx` of the last decode and accept the token (like
+        llama_sampler_sample, which the FULL path calls)."""
+        if self.path == FastPath.FULL:
+            return llama_cpp.llama_sampler_sample(self.chain, ctx, idx)
+        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, idx), shape=(self.n_vocab,))
+        if self.path == FastPath.ARGMAX:
+            token = int(np.argmax(logits))
+        else:
+            token = self._apply(logits, *self._candidates(logits))
+        llama_cpp.llama_sampler_accept(self.chain, token)
+        return token
+
+    def _candidates(self, logits: np.ndarray) -> tuple[np.ndarray, bool]:
+        """The token ids the chain's first stage keeps, in the order it leaves them, and whether sorted."""
+        if self.path == FastPath.TOP_K:
+            k = min(self.settings.top_k, logits.size)
+            ids = np.argpartition(logits, logits.size - k)[logits.size - k :]
+            # descending by logit; equal logits by id, the order llama.cpp's partial sort most often leaves
+            return ids[np.lexsort((ids, -logits[ids]))], True
+        cut = logits.max() + self._log_min_p
+        return np.flatnonzero(logits >= cut), False
+
+    def _apply(self, logits: np.ndarray, ids: np.ndarray, is_sorted: bool) -> int:
+        n = ids.size
+        cand = self._cand[:n] if n <= self._cand.size else np.zeros(n, dtype=_TOKEN_DATA)
+        cand["id"] = ids
+        cand["logit"] = logits[ids]
+        cand["p"] = 0.0
+        arr = self._array
+        arr.data = cand.ctypes.data_as(llama_cpp.llama_token_data_p)
+        arr.size, arr.selected, arr.sorted = n, -1, is_sorted
+        llama_cpp.llama_sampler_apply(self.chain, ctypes.byref(arr))
+        if not 0 <= arr.selected < arr.size:
+            raise RuntimeError(f"the sampler chain selected no token ({arr.selected} of {arr.size})")
+        return int(cand["id"][arr.selected])
 
     def close(self) -> None:
         if self.chain:

@@ -200,6 +200,33 @@ class LoadSettings(SettingsBase):
         "With linear or yarn scaling: trained length / context (0.25 stretches 4x); 0 works it out from both.",
     )
 
+    draft: str = spec(
+        "",
+        label="Draft model",
+        help="A smaller model of the same family (library name or file) that drafts tokens for this one to check "
+        "in one batch; replies stay the same, only faster when it pays.",
+    )
+    draft_max: int = spec(
+        8, 1, 64, "Draft tokens", "Most tokens drafted per step (by prompt lookup or the draft model)."
+    )
+    lookup: bool = spec(
+        False,
+        label="Prompt lookup",
+        help="Draft by copying what followed the last few tokens earlier in the conversation; "
+        "fast when a reply repeats its input.",
+    )
+    lookup_ngram: int = spec(
+        3,
+        1,
+        16,
+        "Lookup n-gram",
+        "How many recent tokens must match earlier text before prompt lookup drafts.",
+    )
+
+    @property
+    def speculative(self) -> bool:
+        return bool(self.draft) or self.lookup
+
     def _validate_more(self) -> None:
         if (
             self.type_v not in (CacheType.F16, CacheType.F32, CacheType.BF16)
