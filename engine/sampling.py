@@ -255,7 +255,7 @@ class SamplerChain:
         llama_cpp.llama_sampler_apply(self.chain, ctypes.byref(arr))
         if not 0 <= arr.selected < arr.size:
             raise RuntimeError(f"the sampler chain selected no token ({arr.selected} of {arr.size})")
-        return int(cand["id"][arr.selected])
+        return int(arr.data[arr.selected].id)  # via the array's pointer: XTC moves its start
 
     def close(self) -> None:
         if self.chain:
