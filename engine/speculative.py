@@ -9,7 +9,9 @@ emitted token), and the chain accepts only emitted tokens.
 
 from __future__ import annotations
 
+import collections
 import os
+import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -181,10 +183,17 @@ class Governor:
     MIN_BACKOFF, MAX_BACKOFF = 16, 256
     MARGIN = 0.97  # drafting must beat plain decoding by 3% to stay on
 
+    BASELINE = 2  # plain steps measured before drafting starts
+
     def __init__(self) -> None:
-        self.plain_s: float | None = None  # moving average of one plain step's seconds
+        self._plain: collections.deque[float] = collections.deque(maxlen=16)  # recent plain steps' seconds
         self.backoff = self.MIN_BACKOFF
         self.reset()
+
+    @property
+    def plain_s(self) -> float | None:
+        """One plain step's usual cost: the median of the recent ones (a descheduled step does not count)."""
+        return statistics.median(self._plain) if self._plain else None
 
     def reset(self) -> None:
         """A new reply: probe drafting from its start (the plain cost is kept)."""
@@ -198,19 +207,20 @@ class Governor:
         return produced >= self.off_until
 
     def needs_baseline(self) -> bool:
-        return self.plain_s is None
+        return len(self._plain) < self.BASELINE
 
     def plain_step(self, seconds: float) -> None:
-        self.plain_s = seconds if self.plain_s is None else 0.8 * self.plain_s + 0.2 * seconds
+        self._plain.append(seconds)
 
     def drafted_step(self, seconds: float, emitted: int, produced: int) -> None:
         self._seconds += seconds
         self._tokens += emitted
         self._steps += 1
-        if self._steps < self.WINDOW or self.plain_s is None:
+        plain = self.plain_s
+        if self._steps < self.WINDOW or plain is None:
             return
         per_token = self._seconds / max(1, self._tokens)
-        if per_token * self.MARGIN > self.plain_s:
+        if per_token * self.MARGIN > plain:
             self.off_until = produced + self.backoff
             self.backoff = min(self.MAX_BACKOFF, self.backoff * 2)
             self.switched_off = True

@@ -12,7 +12,10 @@ CASES = [
     (SamplingSettings(temperature=0), FastPath.ARGMAX),
     (SamplingSettings(seed=1), FastPath.TOP_K),  # the default chain: top-k 40, top-p, min-p, temperature
     (SamplingSettings(seed=2, temperature=1.5, top_k=200, top_p=1.0, min_p=0.0), FastPath.TOP_K),
-    (SamplingSettings(seed=3, top_k=5, typical_p=0.9, xtc_probability=0.5, xtc_threshold=0.05), FastPath.TOP_K),
+    (
+        SamplingSettings(seed=3, top_k=5, typical_p=0.9, xtc_probability=0.5, xtc_threshold=0.05),
+        FastPath.TOP_K,
+    ),
     (SamplingSettings(seed=4, top_k=0, top_p=1.0, min_p=0.02, temperature=1.2), FastPath.MIN_P),
     (SamplingSettings(seed=5, top_k=0, top_p=1.0, min_p=0.3, dynatemp_range=0.5), FastPath.MIN_P),
     (SamplingSettings(seed=6, top_k=1), FastPath.TOP_K),
@@ -23,7 +26,9 @@ CASES = [
 ]
 
 
-def side_by_side(rt, settings: SamplingSettings, prompt: str, n: int) -> tuple[list[int], list[int], FastPath]:
+def side_by_side(
+    rt, settings: SamplingSettings, prompt: str, n: int
+) -> tuple[list[int], list[int], FastPath]:
     """Generate `n` tokens, sampling each step with both chains from the same logits; decode the full chain's."""
     fast = SamplerChain(rt.vocab, rt.n_vocab, settings, rt.n_ctx)
     full = SamplerChain(rt.vocab, rt.n_vocab, settings, rt.n_ctx, fast=False)
@@ -43,31 +48,32 @@ def side_by_side(rt, settings: SamplingSettings, prompt: str, n: int) -> tuple[l
 
 @pytest.mark.parametrize("settings,path", CASES)
 def test_fast_paths_sample_what_the_full_chain_samples(tiny_runtime, settings, path):
-    got, want, used = side_by_side(tiny_runtime, settings, "the cat and the dog", 48)
+    got, want, used = side_by_side(tiny_runtime, settings, "the cat and the dog", 32)
     assert used == path
     assert got == want
     if not settings.greedy:
         assert len(set(want)) > 3  # really sampled, not a degenerate distribution
 
 
-@pytest.mark.parametrize("settings", [c[0] for c in CASES[:5]])
+@pytest.mark.parametrize("settings", [CASES[0][0], CASES[1][0], CASES[4][0]])
 def test_fast_paths_on_the_starter(starter_runtime, settings):
     """A 262k vocabulary with a peaked, real distribution (and many equal, unused logits)."""
-    got, want, _ = side_by_side(starter_runtime, settings, "The capital of France is", 24)
+    got, want, _ = side_by_side(starter_runtime, settings, "The capital of France is", 12)
     assert got == want
 
 
 def test_seeds_change_the_sample_but_not_the_agreement(tiny_runtime):
-    runs = [side_by_side(tiny_runtime, SamplingSettings(seed=s, temperature=2.0), "hello world", 24) for s in (10, 11)]
+    runs = [
+        side_by_side(tiny_runtime, SamplingSettings(seed=s, temperature=2.0), "hello world", 24)
+        for s in (10, 11)
+    ]
     for got, want, _ in runs:
         assert got == want
     assert runs[0][1] != runs[1][1]
 
 
 def test_a_huge_top_k_keeps_the_full_path():
-    assert FastPath.FULL == fast_path(
-        ["top_k", "dist"], SamplingSettings(top_k=100_000)
-    )
+    assert FastPath.FULL == fast_path(["top_k", "dist"], SamplingSettings(top_k=100_000))
 
 
 @pytest.fixture(scope="module")
