@@ -205,9 +205,15 @@ class LoadSettings(SettingsBase):
         label="Draft model",
         help="A smaller model of the same family (library name or file) that drafts tokens for this one to check "
         "in one batch; replies stay the same, only faster when it pays.",
+        metavar="MODEL",
     )
     draft_max: int = spec(
-        8, 1, 64, "Draft tokens", "Most tokens drafted per step (by prompt lookup or the draft model)."
+        8,
+        1,
+        64,
+        "Draft tokens",
+        "Most tokens drafted per step (by prompt lookup or the draft model).",
+        metavar="K",
     )
     lookup: bool = spec(
         False,
@@ -221,6 +227,7 @@ class LoadSettings(SettingsBase):
         16,
         "Lookup n-gram",
         "How many recent tokens must match earlier text before prompt lookup drafts.",
+        metavar="N",
     )
 
     @property

@@ -185,3 +185,29 @@ def test_governor_keeps_drafting_that_pays():
         gov.drafted_step(0.015, 3, i)  # 5 ms per token
     assert not gov.switched_off
     assert gov.active(100)
+
+
+# ---------------------------------------------------------------- the command line (through the engine child)
+def test_cli_run_with_lookup_and_draft_reports_drafting(tiny_model, tmp_path):
+    from test_cli import ingle
+
+    flags = ["-t", "1", "--temp", "0", "-n", "40", "--stats", "--no-chat"]
+    plain = ingle("run", tiny_model, "the cat and the dog the cat and the", *flags, home=tmp_path)
+    spec = ingle("run", tiny_model, "the cat and the dog the cat and the", *flags, "--lookup", "--lookup-ngram",
+                 "2", "--draft", tiny_model, "--draft-max", "3", home=tmp_path)  # fmt: skip
+    assert plain.returncode == 0 and spec.returncode == 0, spec.stderr
+    assert spec.stdout == plain.stdout
+    assert "drafting (prompt lookup + draft tiny.gguf):" in spec.stderr
+    assert "drafting" not in plain.stderr
+
+
+def test_cli_refuses_a_bad_draft_in_one_line(tiny_model, foreign_tiny, tmp_path):
+    from test_cli import assert_one_line_error, ingle
+
+    assert_one_line_error(
+        ingle("run", tiny_model, "hi", "--draft", foreign_tiny, home=tmp_path), "cannot draft for this model"
+    )
+    assert_one_line_error(
+        ingle("run", tiny_model, "hi", "--draft", "nothing-here", home=tmp_path), "nothing-here"
+    )
+    assert_one_line_error(ingle("run", tiny_model, "hi", "--draft-max", "0", home=tmp_path), "draft_max")
