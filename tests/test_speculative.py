@@ -211,3 +211,55 @@ def test_cli_refuses_a_bad_draft_in_one_line(tiny_model, foreign_tiny, tmp_path)
         ingle("run", tiny_model, "hi", "--draft", "nothing-here", home=tmp_path), "nothing-here"
     )
     assert_one_line_error(ingle("run", tiny_model, "hi", "--draft-max", "0", home=tmp_path), "draft_max")
+
+
+# ---------------------------------------------------------------- the GUI: model panel and Timing view
+def test_model_panel_offers_drafting_settings(qtbot, tiny_model, fresh_home, tmp_path):
+    from app.model_panel import ModelPanel
+    from engine.library import Library
+
+    library = Library()
+    library.import_file(tiny_model, name="tiny-target", link=True)
+    library.import_file(tiny_model, name="tiny-drafter", link=True)
+    panel = ModelPanel(library)
+    qtbot.addWidget(panel)
+    assert panel.load_settings().speculative is False
+    assert [panel.draft_box.itemText(i) for i in range(panel.draft_box.count())] == [
+        "none",
+        "tiny-drafter",
+        "tiny-target",
+    ]
+    panel.draft_box.setCurrentIndex(panel.draft_box.findData("tiny-drafter"))
+    panel.advanced_fields["lookup"].setChecked(True)
+    panel.advanced_fields["draft_max"].setValue(5)
+    settings = panel.load_settings()
+    assert (settings.draft, settings.lookup, settings.draft_max, settings.lookup_ngram) == (
+        "tiny-drafter",
+        True,
+        5,
+        3,
+    )
+    panel.advanced_toggle.setChecked(True)
+    panel.resize(420, 900)
+    panel.grab().save(str(tmp_path / "model-panel-drafting.png"))
+
+
+def test_timing_view_shows_drafting_and_its_switch_off(qtbot, tiny_model, tmp_path):
+    from app.visualizers.timing import TimingBar
+
+    looked = reply(tiny_model, LoadSettings(n_ctx=512, n_threads=1, lookup=True, lookup_ngram=2), GREEDY)
+    plain = reply(tiny_model, LoadSettings(n_ctx=512, n_threads=1), GREEDY)
+    bar = TimingBar()
+    qtbot.addWidget(bar)
+    bar.add_reply(plain.stats)
+    assert bar.replies[0]["drafting"] == ""
+    bar.add_reply(looked.stats)
+    s = looked.stats
+    assert bar.replies[0]["drafting"].startswith(
+        f"drafting by prompt lookup: {s.accepted_tokens} of {s.drafted_tokens} drafted tokens accepted ({s.acceptance:.0%})"
+    )
+    off = ReplyDone("", s.__class__(**{**s.__dict__, "drafting_switched_off": True}))
+    bar.add_reply(off.stats)
+    assert "switched itself off" in bar.replies[0]["drafting"]
+    bar.resize(760, bar.heightForWidth(760))
+    bar.grab().save(str(tmp_path / "timing-drafting.png"))
