@@ -201,12 +201,22 @@ class SamplerChain:
         self.n_vocab = n_vocab
         self.seed = resolve_seed(settings.seed)
         built = SamplerStages(vocab, n_vocab, settings, n_ctx, self.seed)
-        self.path = fast_path([name for name, _ in built.stages], settings) if fast else FastPath.FULL
+        stages = built.stages
+        names = [name for name, _ in stages]
+        self.path = fast_path(names, settings) if fast else FastPath.FULL
+        self._bias: tuple[np.ndarray, np.ndarray] | None = None
+        if fast and names[0] == "logit_bias" and (after := fast_path(names[1:], settings)) != FastPath.FULL:
+            # a logit bias first: added here, on a copy of the logits, so the fast path still applies
+            self.path = after
+            llama_cpp.llama_sampler_free(stages[0][1])
+            stages = stages[1:]
+            ids = np.array([tok for tok, _ in settings.logit_bias], dtype=np.int64)
+            self._bias = ids, np.array([bias for _, bias in settings.logit_bias], dtype=np.float32)
         params = llama_cpp.llama_sampler_chain_default_params()
         params.no_perf = True
         self.chain = llama_cpp.llama_sampler_chain_init(params)
         self._keep = built._keep
-        for _, smpl in built.stages:
+        for _, smpl in stages:
             llama_cpp.llama_sampler_chain_add(self.chain, smpl)  # the chain owns them from here
         if self.path in (FastPath.TOP_K, FastPath.MIN_P):
             size = settings.top_k if self.path == FastPath.TOP_K else n_vocab
@@ -226,6 +236,9 @@ class SamplerChain:
         if self.path == FastPath.FULL:
             return llama_cpp.llama_sampler_sample(self.chain, ctx, idx)
         logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, idx), shape=(self.n_vocab,))
+        if self._bias is not None:
+            logits = logits.copy()
+            np.add.at(logits, self._bias[0], self._bias[1])  # as llama.cpp's logit_bias: += per listed entry
         if self.path == FastPath.ARGMAX:
             token = int(np.argmax(logits))
         else:

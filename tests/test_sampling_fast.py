@@ -22,7 +22,10 @@ CASES = [
     # stages before top-k see every token: these keep llama.cpp's own path
     (SamplingSettings(seed=7, repeat_penalty=1.3), FastPath.FULL),
     (SamplingSettings(seed=8, top_n_sigma=1.0), FastPath.FULL),
-    (SamplingSettings(temperature=0, logit_bias=((5, 3.0),)), FastPath.FULL),
+    # a logit bias first is added to a copy of the logits, then the fast path goes on
+    (SamplingSettings(temperature=0, logit_bias=((5, 3.0), (9, float("-inf")), (5, 1.0))), FastPath.ARGMAX),
+    (SamplingSettings(seed=9, logit_bias=((7, 4.0), (11, float("-inf")))), FastPath.TOP_K),
+    (SamplingSettings(seed=9, logit_bias=((7, 2.0),), repeat_penalty=1.2), FastPath.FULL),
 ]
 
 
