@@ -56,6 +56,8 @@ class BenchResult:
     load: dict = field(default_factory=dict)
     gui: dict = field(default_factory=dict)
     training: dict = field(default_factory=dict)
+    speculation: dict = field(default_factory=dict)
+    sampling: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -121,6 +123,17 @@ def run_bench(
             "training", "mode (7) LoRA training (starts a training process; about a minute on the starter)"
         )
         training = run_training(cfg)
+    speculation = sampling = {}
+    if "speculation" in cfg.modes:
+        announce("speculation", "mode (8) speculative decoding: a draft pair, prompt lookup on two prompts")
+        from app.bench_spec import run_speculation
+
+        speculation = run_speculation(cfg, log)
+    if "sampling" in cfg.modes:
+        announce("sampling", "mode (9) sampling's share: engine decode against llama-bench tg")
+        from app.bench_spec import run_sampling
+
+        sampling = run_sampling(cfg, log)
     machine["load_average_after"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     config = {
         "model": str(cfg.model),
@@ -134,4 +147,6 @@ def run_bench(
         "modes": list(chosen),
         "interleaved": True,  # one rep of each mode in turn, the order rotating by rep
     }
-    return BenchResult(config, machine, modes, ratios, chat, streaming, loads, gui, training)
+    return BenchResult(
+        config, machine, modes, ratios, chat, streaming, loads, gui, training, speculation, sampling
+    )

@@ -28,8 +28,14 @@ def register(subparsers) -> None:
         default=None,
         metavar="LIST",
         help="modes to run, by name or number, e.g. reference,engine,host or 1-3,5 (default: all): "
-        "1 reference, 2 engine, 3 host, 4 chat, 5 streaming, 6 gui, 7 training",
+        "1 reference, 2 engine, 3 host, 4 chat, 5 streaming, 6 gui, 7 training, 8 speculation, 9 sampling",
     )
+    p.add_argument(
+        "--draft",
+        metavar="MODEL",
+        help="mode 8: draft model for MODEL (default: MODEL drafts for an F16 copy)",
+    )
+    p.add_argument("--llama-bench", metavar="PATH", help="modes 8, 9: llama-bench to compare with (tg)")
     p.set_defaults(func=cmd_bench)
 
 
@@ -56,6 +62,8 @@ def cmd_bench(args) -> int:
         warmup=_check("warmup", args.warmup, 0, 100),
         turns=_check("turns", args.turns, 1, 100),
         modes=modes,
+        draft=Path(Library().resolve(args.draft)) if args.draft else None,
+        llama_bench=args.llama_bench,
     )
     bars: list[Progress] = []
 

@@ -28,7 +28,7 @@ from engine.settings import LoadSettings, SamplingSettings
 
 TIMED_MODES = ("reference", "engine", "host")
 # Every mode by name; its number (1-7) is its place here. `--modes` picks among them.
-MODES = (*TIMED_MODES, "chat", "streaming", "gui", "training")
+MODES = (*TIMED_MODES, "chat", "streaming", "gui", "training", "speculation", "sampling")
 
 
 def parse_modes(text: str) -> tuple[str, ...]:
@@ -73,6 +73,8 @@ class BenchConfig:
     warmup: int = 1
     turns: int = 4
     modes: tuple[str, ...] = MODES
+    draft: Path | None = None  # (8): the draft model of the pair, the model being the target
+    llama_bench: str | None = None  # (8), (9): llama-bench's path (default: DEFAULT_LLAMA_BENCH)
 
     @property
     def timed_modes(self) -> tuple[str, ...]:
