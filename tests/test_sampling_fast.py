@@ -3,9 +3,10 @@ llama.cpp's full chain samples: both chains run side by side on the same logits,
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
-from engine.sampling import FastPath, SamplerChain, fast_path
+from engine.sampling import FastPath, SamplerChain, fast_path, top_ids
 from engine.settings import SamplingSettings
 
 CASES = [
@@ -58,7 +59,13 @@ def test_fast_paths_sample_what_the_full_chain_samples(tiny_runtime, settings, p
         assert len(set(want)) > 3  # really sampled, not a degenerate distribution
 
 
-@pytest.mark.parametrize("settings", [CASES[0][0], CASES[1][0], CASES[4][0]])
+BANNED = tuple((t, float("-inf")) for t in (1, 106)) + ((2, -3.0),)
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [CASES[4][0], SamplingSettings(seed=3, logit_bias=BANNED), SamplingSettings(temperature=0, logit_bias=BANNED)],
+)  # fmt: skip
 def test_fast_paths_on_the_starter(starter_runtime, settings):
     """A 262k vocabulary with a peaked, real distribution (and many equal, unused logits)."""
     got, want, _ = side_by_side(starter_runtime, settings, "The capital of France is", 12)
@@ -88,3 +95,17 @@ def starter_runtime(starter_model):
     list(rt.load(starter_model, LoadSettings(n_ctx=512)))
     yield rt
     rt.close()
+
+
+@pytest.mark.parametrize("k", [1, 40, 300])
+def test_top_ids_are_the_k_largest(k):
+    rng = np.random.default_rng(k)
+    peaked = rng.standard_normal(262_144).astype(np.float32) * 3
+    flat = np.zeros(262_144, np.float32)  # every logit equal: the sampled threshold keeps too many
+    flat[[5, 70_000]] = 1.0
+    low_top = np.full(262_144, -50.0, np.float32)  # the top few outside the 1/64 sample
+    low_top[1 : 64 * 5 : 64] = 0.0
+    for logits in (peaked, flat, low_top):
+        got = top_ids(logits, k)
+        assert got.size == k and np.unique(got).size == k
+        assert logits[got].min() >= np.sort(logits)[-k]
