@@ -53,7 +53,10 @@ class Stepper:
         rt, chain, steps = self.rt, self.chain, self.steps
         started = time.perf_counter()
         base = len(rt._cached)
-        draft = steps.propose(rt._cached, newest, self.produced, rt.n_ctx - base - 1) if steps else []
+        room = (
+            min(rt.n_ctx - base, rt.n_batch) - 1
+        )  # the verify batch is one llama_decode, inside the context
+        draft = steps.propose(rt._cached, newest, self.produced, room) if steps else []
         if not draft:
             rt._decode([newest], base)
             token = chain.sample(rt.ctx, -1)

@@ -58,6 +58,29 @@ def test_prompt_lookup_greedy_is_identical_and_drafts(tiny_model):
     assert 0 < fast.stats.accepted_tokens <= fast.stats.drafted_tokens
 
 
+def test_drafting_fits_a_small_batch_and_a_full_context(tiny_model):
+    """A verify batch never outgrows one llama_decode (n_batch 4 with K 8), nor the context: a reply longer than
+    the context with the sliding window drafts up to the edge, and the shifted cache goes on as without drafting."""
+    from engine.settings import OverflowPolicy
+
+    small = LoadSettings(n_ctx=512, n_threads=1, n_batch=4, n_ubatch=4)
+    plain = reply(tiny_model, small, GREEDY)
+    looked = reply(tiny_model, small.replace(lookup=True, lookup_ngram=2, draft_max=8), GREEDY)
+    assert looked.tokens == plain.tokens and looked.stats.accepted_tokens > 0
+    tight = LoadSettings(n_ctx=256, n_threads=1)  # llama.cpp's smallest (it pads shorter ones to 256)
+    sampling = GREEDY.replace(max_tokens=300)
+    runs = []
+    for settings in (tight, tight.replace(lookup=True, lookup_ngram=2)):
+        rt = Runtime()
+        list(rt.load(tiny_model, settings))
+        runs.append([e for e in rt.complete(COPY_PROMPT[:150], sampling, OverflowPolicy.SLIDING_WINDOW)])
+        rt.close()
+    plain_done, looked_done = runs[0][-1], runs[1][-1]
+    assert looked_done.tokens == plain_done.tokens
+    assert looked_done.stats.generated_tokens == 300 and looked_done.stats.accepted_tokens > 0
+    assert sum(type(e).__name__ == "ContextTrimmed" for e in runs[1]) >= 1
+
+
 def test_draft_model_greedy_is_identical(tiny_model, draft_tiny):
     plain = reply(tiny_model, LoadSettings(n_ctx=512, n_threads=1), GREEDY)
     other = reply(
