@@ -118,6 +118,16 @@ def compare(
         "speedup": statistics.median(d) / statistics.median(a) if statistics.median(a) else 0.0,
         "paired_speedup": statistics.median(x / y for x, y in zip(d, a, strict=True) if y),
         "identical": all(r.tokens == runs["alone"][0].tokens for r in runs["alone"] + runs["drafting"]),
+        # where a drafting run first left the target's own tokens (None: never); see README "Speculative decoding"
+        "first_difference": next(
+            (
+                i
+                for r in runs["drafting"]
+                for i, (x, y) in enumerate(zip(r.tokens, runs["alone"][0].tokens, strict=False))
+                if x != y
+            ),
+            None,
+        ),
         "drafted": drafted,
         "accepted": accepted,
         "acceptance": accepted / drafted if drafted else 0.0,
