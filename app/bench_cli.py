@@ -30,8 +30,14 @@ def register(subparsers) -> None:
         metavar="LIST",
         help="modes to run, by name or number, e.g. reference,engine,host or 1-3,5: "
         "1 reference, 2 engine, 3 host, 4 chat, 5 streaming, 6 gui, 7 training (default: 1-7), 8 under_load, "
-        "9 reopen",
+        "9 reopen, 10 speculation, 11 sampling",
     )
+    p.add_argument(
+        "--draft",
+        metavar="MODEL",
+        help="mode 10: draft model for MODEL (default: MODEL drafts for an F16 copy)",
+    )
+    p.add_argument("--llama-bench", metavar="PATH", help="modes 10, 11: llama-bench to compare with (tg)")
     server = p.add_argument_group("server mode (Ingle's API server against llama.cpp's llama-server)")
     server.add_argument(
         "--server", action="store_true", help="measure concurrent streams through the HTTP API instead"
@@ -75,6 +81,8 @@ def cmd_bench(args) -> int:
         warmup=_check("warmup", args.warmup, 0, 100),
         turns=_check("turns", args.turns, 1, 100),
         modes=modes,
+        draft=Path(Library().resolve(args.draft)) if args.draft else None,
+        llama_bench=args.llama_bench,
     )
     bars: list[Progress] = []
 

@@ -128,4 +128,8 @@ def markdown(result: BenchResult) -> str:
     from app.bench_load import markdown_sections
 
     lines += markdown_sections(result.under_load, result.speculation.get("reopen", {}))
+    if result.speculation or result.sampling:
+        from app.bench_spec import markdown_lines
+
+        lines += markdown_lines(result.speculation, result.sampling)
     return "\n".join(lines)

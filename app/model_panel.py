@@ -163,10 +163,15 @@ class ModelPanel(QWidget):
         self.advanced = QWidget()
         form = QFormLayout(self.advanced)
         form.setContentsMargins(12, 0, 0, 0)
-        for name in ("n_threads_batch", "n_batch", "n_ubatch", "use_mmap", "use_mlock", "swa_full", "repack"):
+        names = ("n_threads_batch", "n_batch", "n_ubatch", "use_mmap", "use_mlock", "swa_full", "repack",
+                 "draft", "draft_max", "lookup", "lookup_ngram")  # fmt: skip
+        for name in names:
             meta = specs[name].metadata
             default = specs[name].default
-            if isinstance(default, bool):
+            if name == "draft":  # speculative decoding's draft model: a library model (filled by refresh)
+                widget = self.draft_box = QComboBox()
+                widget.addItem("none", "")
+            elif isinstance(default, bool):
                 widget = QCheckBox()
                 widget.setChecked(default)
                 widget.toggled.connect(self._update_estimate)
@@ -204,7 +209,13 @@ class ModelPanel(QWidget):
 
     def _advanced_values(self) -> dict:
         return {
-            name: (w.isChecked() if isinstance(w, QCheckBox) else w.value())
+            name: (
+                w.isChecked()
+                if isinstance(w, QCheckBox)
+                else w.currentData()
+                if isinstance(w, QComboBox)
+                else w.value()
+            )
             for name, w in self.advanced_fields.items()
         }
 
@@ -246,6 +257,12 @@ class ModelPanel(QWidget):
         for entry in self.library.entries("adapter"):
             self.adapter_box.addItem(entry.name, entry.name)
         self.adapter_box.setCurrentIndex(max(0, self.adapter_box.findData(chosen or "")))
+        chosen = self.draft_box.currentData()
+        self.draft_box.clear()
+        self.draft_box.addItem("none", "")
+        for entry in self.library.entries("model"):
+            self.draft_box.addItem(entry.name, entry.name)
+        self.draft_box.setCurrentIndex(max(0, self.draft_box.findData(chosen or "")))
         self._update_estimate()
 
     def select_adapter(self, name: str, scale: float = 1.0) -> None:

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from engine import units
-from engine.cli_flags import add_settings_flags, parse_adapter, settings_from_args, valid_text
+from engine.cli_flags import add_settings_flags, parse_adapter, resolve_draft, settings_from_args, valid_text
 from engine.errors import EngineDied, EngineError, RpcError, RpcWorkerLost, SettingsError
 from engine.events import ContextTrimmed, LoadProgress, Message, ReplyDone, StopReason, ThreadsChosen, Token
 from engine.remote_cli import add_remote_flags, register_models_remote
@@ -173,7 +173,7 @@ def open_loaded_engine(args):
 
     library = Library()
     path = library.resolve(args.model)
-    load = settings_from_args(args, LoadSettings)
+    load = resolve_draft(settings_from_args(args, LoadSettings), library)
     if getattr(args, "n_ctx", None) is None:  # no --ctx-size: never past what the model was trained on
         from engine.gguf_info import inspect_gguf
 

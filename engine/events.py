@@ -107,6 +107,14 @@ class ReplyStats:
     n_ctx: int
     n_past: int  # tokens in the KV cache after the reply
     seed: int
+    drafted_tokens: int = 0  # speculative decoding: tokens proposed for the model to check
+    accepted_tokens: int = 0  # ... and how many of them it kept
+    drafting: str = ""  # what drafted ("prompt lookup", "draft NAME"); empty when nothing did
+    drafting_switched_off: bool = False  # drafting did not pay during this reply and went off for a while
+
+    @property
+    def acceptance(self) -> float:
+        return self.accepted_tokens / self.drafted_tokens if self.drafted_tokens else 0.0
 
     @property
     def prefill_tok_s(self) -> float:
@@ -124,6 +132,12 @@ class ReplyStats:
             f"{self.generated_tokens} generated; TTFT {self.ttft_seconds * 1000:.0f} ms; "
             f"prefill {self.prefill_tok_s:.1f} tok/s; decode {self.decode_tok_s:.1f} tok/s; "
             f"stop: {self.stop_reason.value}; context {self.n_past}/{self.n_ctx}; seed {self.seed}"
+            + (
+                f"; drafting ({self.drafting}): {self.accepted_tokens}/{self.drafted_tokens} accepted"
+                + (", switched itself off (it did not pay)" if self.drafting_switched_off else "")
+                if self.drafting
+                else ""
+            )
         )
 
 

@@ -133,3 +133,23 @@ def rates(
         # CPU seconds per decoded token barely move when other processes take the cores: a steadier overhead gauge
         "cpu_decode_tok_s": (generated - 1) / cpu_decode_s if generated > 1 and cpu_decode_s > 0 else 0.0,
     }
+
+
+def f16_copy(src: str | Path, out: str | Path, threads: int = 0) -> Path:
+    """`src` rewritten with F16 weights by llama.cpp's quantizer (dequantized, so it computes what `src` computes,
+    at F16's cost): the benchmark's speculative target when no pair is given. Written atomically."""
+    init_backend()
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_F16
+    params.allow_requantize = True
+    params.nthread = threads
+    out = Path(out)
+    tmp = out.with_name(out.name + ".part")
+    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), ctypes.byref(params))
+    if rc != 0:
+        tmp.unlink(missing_ok=True)
+        raise RuntimeError(
+            f"llama.cpp's quantizer could not write an F16 copy of {Path(src).name} (code {rc})"
+        )
+    tmp.replace(out)
+    return out

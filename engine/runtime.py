@@ -34,6 +34,7 @@ from engine import (
 )
 from engine.attention_map import MAX_TOKENS, AttentionMap
 from engine.chat_template import ChatTemplate, template_for
+from engine.decode_loop import sample_loop
 from engine.errors import Cancelled, ContextFullError, EngineError, ModelFileError
 from engine.events import (
     ContextTrimmed,
@@ -42,10 +43,6 @@ from engine.events import (
     Message,
     ModelLoaded,
     PromptEvaluated,
-    ReplyDone,
-    ReplyStats,
-    StopReason,
-    Token,
 )
 from engine.gguf_info import ModelInfo, inspect_gguf
 from engine.hardware import Hardware, current
@@ -53,12 +50,12 @@ from engine.interface import Embeddings, Inspection, KVState, SlotState
 from engine.kv import KVLayout, parse_kv_report
 from engine.llama_params import context_params, model_params
 from engine.overflow import drop_oldest, fit_prompt, system_tokens
-from engine.preview import token_logprobs
 from engine.sampling import SamplerChain
 from engine.settings import LoadSettings, OverflowPolicy, SamplingSettings
 from engine.slots import SlotPool, not_started
+from engine.speculative import DraftModel, Speculator
 from engine.text import printable
-from engine.textstream import TextStream, common_prefix
+from engine.textstream import common_prefix
 from engine.tools import ToolSet
 from engine.visual import ContextBudget, PreviewStage, TokenPiece
 
@@ -121,6 +118,7 @@ class Runtime:
         self.adapter_scales: list[float] = []  # the scale of each of _adapters, in order
         self.adapter_specs: tuple[tuple[str, float], ...] = ()  # (path, scale) of the adapters applied
         self._slots = None  # engine.slots.SlotPool, once start_slots is called
+        self.speculator: Speculator | None = None  # drafting for speculative decoding, when asked for
         self._cached: list[int] = []  # tokens whose K/V are in the cache, in order
         self._cancel = threading.Event()
         self._batch = None
@@ -192,6 +190,8 @@ class Runtime:
             self._apply_adapters(adapter_infos)
             self.template = self._make_template(chat_template)
             self.template.cancel = None  # from now on only a running chat's render listens to Stop
+            if settings.speculative:
+                self.speculator = Speculator(settings, self._draft_model(settings))
         except Exception:
             self.unload()
             raise
@@ -210,8 +210,17 @@ class Runtime:
             fit_note=fit_note,
         )
 
+    def _draft_model(self, settings: LoadSettings) -> DraftModel | None:
+        if not settings.draft:
+            return None
+        from engine.library import Library
+
+        return DraftModel(Library().resolve(settings.draft), self, settings)
+
     def _create_context(self, settings: LoadSettings) -> None:
-        cparams = context_params(settings, llama_cpp.llama_model_n_ctx_train(self.model))
+        # dropping rejected drafts needs every position kept, sliding-window layers included
+        full_swa = settings.replace(swa_full=True) if settings.speculative else settings
+        cparams = context_params(full_swa, llama_cpp.llama_model_n_ctx_train(self.model))
         _kv_reports.clear()
         ctx = llama_cpp.llama_init_from_model(self.model, cparams)
         self.kv_reports = list(_kv_reports)
@@ -257,6 +266,9 @@ class Runtime:
     def unload(self) -> None:
         self.stop_slots()
         embeddings.release(self)  # its contexts belong to this model (or its own): free them first
+        if self.speculator is not None:
+            self.speculator.close()
+            self.speculator = None
         if self._batch is not None:
             llama_cpp.llama_batch_free(self._batch)
             self._batch = None
@@ -336,7 +348,9 @@ class Runtime:
         return llama_cpp.llama_memory_seq_pos_min(mem, 0), llama_cpp.llama_memory_seq_pos_max(mem, 0)
 
     # ---------------------------------------------------------- evaluation
-    def _decode(self, tokens: Sequence[int], start_pos: int, want_logits_last: bool = True) -> None:
+    def _decode(
+        self, tokens: Sequence[int], start_pos: int, want_logits_last: bool = True, all_logits: bool = False
+    ) -> None:
         batch = self._batch
         for offset in range(0, len(tokens), self.n_batch):
             chunk = tokens[offset : offset + self.n_batch]
@@ -347,7 +361,7 @@ class Runtime:
                 batch.pos[i] = start_pos + offset + i
                 batch.n_seq_id[i] = 1
                 batch.seq_id[i][0] = 0
-                batch.logits[i] = want_logits_last and last_chunk and i == len(chunk) - 1
+                batch.logits[i] = all_logits or (want_logits_last and last_chunk and i == len(chunk) - 1)
             rc = llama_cpp.llama_decode(self.ctx, batch)
             self.evaluations += 1
             if self.heartbeat:
@@ -375,6 +389,14 @@ class Runtime:
         """The cache now holds `tokens` (restored by engine.kv_store)."""
         self._cached = list(tokens)
 
+    def drop_after(self, n: int) -> None:
+        """Forget cached tokens from position `n` on (rejected drafts)."""
+        if 0 <= n < len(self._cached):
+            if llama_cpp.llama_memory_seq_rm(self._memory(), 0, n, -1):
+                del self._cached[n:]
+            else:
+                self._clear_cache()
+
     def _clear_cache(self) -> None:
         llama_cpp.llama_memory_clear(self._memory(), False)
         self._cached = []
@@ -386,7 +408,7 @@ class Runtime:
         if n < len(self._cached) and not llama_cpp.llama_memory_seq_rm(mem, 0, n, -1):
             n = 0
         n_swa = llama_cpp.llama_model_n_swa(self.model)
-        if n > 0 and n_swa > 0 and not self.load_settings.swa_full:
+        if n > 0 and n_swa > 0 and not (self.load_settings.swa_full or self.load_settings.speculative):
             # sliding-window layers drop old cells; reuse only if the window before `n` is still there
             if llama_cpp.llama_memory_seq_pos_min(mem, 0) > max(0, n - n_swa):
                 n = 0
@@ -549,72 +571,10 @@ class Runtime:
         yield threads.apply(self)  # from the cores idle now, unless the settings say how many
         chain = SamplerChain(self.vocab, self.n_vocab, sampling, self.n_ctx)
         try:
-            yield from self._sample_loop(tokens, sampling, policy, keep, chain, started)
+            yield from sample_loop(self, tokens, sampling, policy, keep, chain, started, self.speculator)
         finally:
             chain.close()
             threads.reply_ended(self)
-
-    def _sample_loop(self, tokens, sampling, policy, keep, chain, started) -> Iterator[Event]:
-        evaluated = self.evaluate(tokens)
-        yield evaluated
-        if not (sampling.grammar or sampling.json_schema):
-            chain.accept_history(
-                tokens[-sampling.penalty_last_n :] if sampling.penalty_last_n > 0 else tokens
-            )
-        stream = TextStream(sampling.stop)
-        want_logprobs = sampling.logprobs or sampling.top_logprobs > 0
-        generated: list[int] = []
-        ttft = 0.0
-        decode_started = time.perf_counter()
-        reason = StopReason.MAX_TOKENS
-        while True:
-            if self._cancel.is_set():
-                reason = StopReason.CANCELLED
-                break
-            token = chain.sample(self.ctx)
-            if not generated:
-                ttft = time.perf_counter() - started
-                decode_started = time.perf_counter()
-            if self.is_eog(token):
-                reason = StopReason.EOS
-                break
-            generated.append(token)
-            logprob, alternatives = (
-                token_logprobs(self.last_logits(), token, sampling.top_logprobs, self.token_text)
-                if want_logprobs
-                else (None, ())
-            )
-            text = stream.push(self.token_bytes(token))
-            yield Token(token, text, logprob, alternatives, self.token_text(token) if want_logprobs else "")
-            if stream.stopped:
-                reason = StopReason.STOP_STRING
-                break
-            if len(generated) >= sampling.max_tokens:
-                break
-            if len(self._cached) >= self.n_ctx:
-                if policy != OverflowPolicy.SLIDING_WINDOW:
-                    reason = StopReason.CONTEXT_FULL
-                    break
-                yield self._shift_context(keep)
-            self._decode([token], len(self._cached))
-        tail = stream.flush()
-        if tail:
-            yield Token(-1, tail)
-        decode_seconds = time.perf_counter() - decode_started if generated else 0.0
-        stats = ReplyStats(
-            prompt_tokens=evaluated.prompt_tokens,
-            reused_tokens=evaluated.reused_tokens,
-            evaluated_tokens=evaluated.evaluated_tokens,
-            generated_tokens=len(generated),
-            ttft_seconds=ttft,
-            prefill_seconds=evaluated.seconds,
-            decode_seconds=decode_seconds,
-            stop_reason=reason,
-            n_ctx=self.n_ctx,
-            n_past=len(self._cached),
-            seed=chain.seed,
-        )
-        yield ReplyDone(stream.text, stats, tuple(generated))
 
     # ---------------------------------------------------------- batched requests (engine.slots)
     def start_slots(self, n_slots: int, n_ctx: int) -> None:

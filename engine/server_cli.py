@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from engine.cli import load_model
-from engine.cli_flags import add_settings_flags, parse_adapter, settings_from_args
+from engine.cli_flags import add_settings_flags, parse_adapter, resolve_draft, settings_from_args
 from engine.errors import SettingsError
 from engine.interface import MAX_SLOTS
 from engine.server.config import DEFAULT_MAX_BODY, DEFAULT_MAX_QUEUE, DEFAULT_MAX_TOKENS_CAP
@@ -135,6 +135,7 @@ def cmd_serve(args) -> int:
     engine = None
     try:
         path = Library().resolve(args.model)
+        load = resolve_draft(load, Library())
         if args.n_ctx is None:  # as `ingle run`: never past what the model was trained on
             from engine.gguf_info import inspect_gguf
 

@@ -250,6 +250,40 @@ class LoadSettings(SettingsBase):
         help="Shares of the layers, this machine first, then each worker (e.g. 1,1,2); empty: equal shares.",
     )
 
+    draft: str = spec(
+        "",
+        label="Draft model",
+        help="A smaller model of the same family (library name or file) that drafts tokens for this one to check "
+        "in one batch; replies stay the same, only faster when it pays.",
+        metavar="MODEL",
+    )
+    draft_max: int = spec(
+        8,
+        1,
+        64,
+        "Draft tokens",
+        "Most tokens drafted per step (by prompt lookup or the draft model).",
+        metavar="K",
+    )
+    lookup: bool = spec(
+        False,
+        label="Prompt lookup",
+        help="Draft by copying what followed the last few tokens earlier in the conversation; "
+        "fast when a reply repeats its input.",
+    )
+    lookup_ngram: int = spec(
+        3,
+        1,
+        16,
+        "Lookup n-gram",
+        "How many recent tokens must match earlier text before prompt lookup drafts.",
+        metavar="N",
+    )
+
+    @property
+    def speculative(self) -> bool:
+        return bool(self.draft) or self.lookup
+
     def _validate_more(self) -> None:
         from engine.rpc_split import SplitError, parse_endpoints, parse_weights
 

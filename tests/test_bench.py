@@ -74,7 +74,8 @@ def test_training_mode_times_real_optimizer_steps(bench_json):
 def test_markdown_reports_every_mode(bench_json):
     from app.bench import BenchResult, markdown
 
-    fields = ("config", "machine", "modes", "ratios", "chat", "streaming", "load", "gui", "training")
+    fields = ("config", "machine", "modes", "ratios", "chat", "streaming", "load", "gui", "training",
+              "speculation", "sampling")  # fmt: skip
     text = markdown(BenchResult(**{k: bench_json[k] for k in fields}))
     assert "| (1) llama.cpp loop |" in text and "| (3) engine via host |" in text
     assert "| LoRA training (7) |" in text and "| chat window streaming (5) |" in text
@@ -221,3 +222,25 @@ def test_a_killed_server_bench_stops_the_servers_it_started(tiny_model):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_speculation_mode_compares_each_case_with_the_target_alone(bench_json):
+    spec = bench_json["speculation"]
+    for case in ("draft", "lookup_copy", "lookup_no_overlap"):
+        assert spec[case]["identical"] is True  # drafting never changes the greedy tokens
+        assert spec[case]["speedup"] > 0 and spec[case]["alone_tok_s"] > 0
+        assert spec[case]["generated_tokens"] == 6
+    assert spec["draft"]["target"].endswith("-F16.gguf")  # no pair given: an F16 copy is the target
+    assert (
+        spec["draft"]["drafted"] > 0 and spec["draft"]["acceptance"] > 0.5
+    )  # the model drafts for its own copy
+    assert spec["lookup_copy"]["drafting"] == "prompt lookup"
+
+
+def test_sampling_mode_reports_each_chain_and_a_missing_llama_bench(bench_json, tmp_path):
+    sampling = bench_json["sampling"]
+    assert sampling["sampling_path"] == {"greedy": "argmax", "default": "top_k"}
+    assert sampling["decode_tok_s"]["greedy"] > 0 and sampling["decode_tok_s"]["reference"] > 0
+    if sampling["llama_bench_tg"] is None:
+        assert "llama-bench not found" in sampling["llama_bench_note"]
+        assert sampling["vs_llama_bench"] is None
