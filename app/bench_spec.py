@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
 import statistics
 import subprocess
 import tempfile
@@ -23,7 +25,8 @@ from app.bench_modes import BenchConfig
 from engine.events import ReplyDone
 from engine.settings import LoadSettings, SamplingSettings
 
-DEFAULT_LLAMA_BENCH = "/work/llama-tools/bin/llama-bench"
+# llama-bench from packaging/build_llama_tools.sh: on the PATH, or named by INGLE_LLAMA_BENCH
+DEFAULT_LLAMA_BENCH = os.environ.get("INGLE_LLAMA_BENCH") or shutil.which("llama-bench") or "llama-bench"
 
 PARAGRAPH = (
     "The river runs past the old mill, under the stone bridge and along the market square, where the "
