@@ -1,9 +1,10 @@
 """The in-process llama.cpp runtime: load a model, keep its KV cache across turns, stream sampled tokens.
 
-Over 500 lines on purpose: loading, tokens, evaluation and the sampling loop share the model and context handles
-and the list of cached tokens, which no other module may touch. What does not need them lives beside it:
-engine.inspection (visualizer numbers), engine.overflow (overflow policies), engine.llama_params (settings as
-llama.cpp parameters), engine.textstream (UTF-8 and stop strings), engine.preview (sampling math).
+Over 500 lines on purpose: loading, tokens and evaluation share the model and context handles and the list of
+cached tokens, which no other module may touch. What does not need them lives beside it: engine.decode_loop (the
+reply loop, speculative decoding), engine.runtime_services (the delegates for tools, embeddings, slots, saved
+states and the visualizers), engine.overflow (overflow policies), engine.llama_params (settings as llama.cpp
+parameters), engine.textstream (UTF-8 and stop strings), engine.preview (sampling math).
 """
 
 from __future__ import annotations
@@ -22,17 +23,10 @@ import llama_cpp
 import numpy as np
 
 from engine import (
-    attention,
-    embedding_space,
     embeddings,
-    eval_context,
     fit,
-    inspection,
-    kv_store,
     threads,
-    tool_chat,
 )
-from engine.attention_map import MAX_TOKENS, AttentionMap
 from engine.chat_template import ChatTemplate, template_for
 from engine.decode_loop import sample_loop
 from engine.errors import Cancelled, ContextFullError, EngineError, ModelFileError
@@ -46,18 +40,15 @@ from engine.events import (
 )
 from engine.gguf_info import ModelInfo, inspect_gguf
 from engine.hardware import Hardware, current
-from engine.interface import Embeddings, Inspection, KVState, SlotState
-from engine.kv import KVLayout, parse_kv_report
+from engine.kv import parse_kv_report
 from engine.llama_params import context_params, model_params
 from engine.overflow import drop_oldest, fit_prompt, system_tokens
+from engine.runtime_services import RuntimeServices
 from engine.sampling import SamplerChain
 from engine.settings import LoadSettings, OverflowPolicy, SamplingSettings
-from engine.slots import SlotPool, not_started
 from engine.speculative import DraftModel, Speculator
 from engine.text import printable
 from engine.textstream import common_prefix
-from engine.tools import ToolSet
-from engine.visual import ContextBudget, PreviewStage, TokenPiece
 
 log = logging.getLogger("ingle.engine")
 _TEMPLATE_MARKERS = ("<start_of_turn>", "<|start_header_id|>", "[INST]", "<|im_start|>")
@@ -103,7 +94,7 @@ def _load_failure_reason() -> str:
     return printable(reason)[:300] + "."
 
 
-class Runtime:
+class Runtime(RuntimeServices):
     """One loaded model and one context (sequence 0). Not thread-safe except `cancel()`."""
 
     def __init__(self) -> None:
@@ -515,18 +506,6 @@ class Runtime:
             yield event
         yield from self._generate(tokens, sampling, policy, keep)
 
-    def chat_tools(
-        self,
-        messages: Sequence[Message],
-        tools: ToolSet | None,
-        sampling: SamplingSettings | None = None,
-        policy: OverflowPolicy = OverflowPolicy.STOP,
-    ) -> Iterator[Event]:
-        return tool_chat.chat_tools(self, messages, tools, sampling, policy)
-
-    def embed(self, texts: Sequence[str], model: str | None = None) -> Embeddings:
-        return embeddings.embed(self, texts, model)
-
     def render_tokens(
         self, messages: Sequence[Message], add_generation_prompt: bool = True, continue_last: bool = False
     ) -> list[int]:
@@ -576,38 +555,6 @@ class Runtime:
             chain.close()
             threads.reply_ended(self)
 
-    # ---------------------------------------------------------- batched requests (engine.slots)
-    def start_slots(self, n_slots: int, n_ctx: int) -> None:
-        self.require_model()
-        self.stop_slots()
-        self._slots = SlotPool(self, n_slots, n_ctx)
-
-    def slot_chat(
-        self, messages: Sequence[Message], sampling: SamplingSettings | None = None
-    ) -> Iterator[Event]:
-        """Thread-safe, as every slot_ method: a reply decoded in a slot, batched with the others' requests."""
-        return (self._slots or not_started()).chat(messages, sampling or SamplingSettings())
-
-    def slot_chat_tools(
-        self, messages: Sequence[Message], tools: ToolSet | None, sampling: SamplingSettings | None = None
-    ) -> Iterator[Event]:
-        return tool_chat.slot_chat_tools(self, messages, tools, sampling)
-
-    def slot_pool(self):
-        """The running engine.slots.SlotPool (an error saying to start the slots when there is none)."""
-        return self._slots or not_started()
-
-    def slot_complete(self, prompt: str, sampling: SamplingSettings | None = None) -> Iterator[Event]:
-        return (self._slots or not_started()).complete(prompt, sampling or SamplingSettings())
-
-    def slot_states(self) -> list[SlotState]:
-        return self._slots.states() if self._slots else []
-
-    def stop_slots(self) -> None:
-        pool, self._slots = self._slots, None
-        if pool is not None:
-            pool.close()
-
     def evaluation_count(self) -> int:
         """How many llama_decode calls this runtime has made (the visualizers prove sliders run none)."""
         return self.evaluations
@@ -616,50 +563,3 @@ class Runtime:
     def hardware() -> Hardware:
         """What llama.cpp can use in this process: CPU features, RAM, GPUs with free memory (for fit verdicts)."""
         return current()  # free memory as of now, not as of start-up
-
-    def save_state(self, path: str, messages: Sequence[Message] | None = None) -> kv_store.StateSaved:
-        return kv_store.save(self, path, messages)
-
-    def restore_state(self, path: str, messages: Sequence[Message] | None = None) -> kv_store.StateRestored:
-        return kv_store.restore(self, path, messages)
-
-    # ---------------------------------------------------------- visualizer numbers (engine.inspection)
-    def preview(self, sampling: SamplingSettings, top_n: int = 20) -> list[PreviewStage]:
-        return inspection.preview(self, sampling, top_n)
-
-    def evaluate_text(self, text: str, chat: bool = False) -> PromptEvaluated:
-        return inspection.evaluate_text(self, text, chat)
-
-    def kv_layout(self) -> KVLayout:
-        return inspection.layout(self)
-
-    def kv_state(self) -> KVState:
-        return inspection.kv_state(self)
-
-    def token_pieces(self, text: str, parse_special: bool = True) -> list[TokenPiece]:
-        return inspection.token_pieces(self, text, parse_special)
-
-    def inspect(
-        self, messages: Sequence[Message], draft: str, sampling: SamplingSettings, policy: OverflowPolicy,
-        top_n: int = 12,
-    ) -> Inspection:  # fmt: skip
-        return inspection.inspect(self, messages, draft, sampling, policy, top_n)
-
-    def context_budget(
-        self, messages: Sequence[Message], draft: str, sampling: SamplingSettings, policy: OverflowPolicy
-    ) -> ContextBudget:
-        return inspection.context_budget(self, messages, draft, sampling, policy)
-
-    def attention(self, text_or_tokens: str | Sequence[int], max_tokens: int = MAX_TOKENS) -> AttentionMap:
-        return attention.capture(self, text_or_tokens, max_tokens)
-
-    def token_neighbours(self, token: int | str, k: int = 20) -> embedding_space.Neighbours:
-        return embedding_space.token_neighbours(self, token, k)
-
-    def embedding_projection(self, tokens: Sequence[int] | None = None) -> embedding_space.Projection:
-        return embedding_space.embedding_projection(self, tokens)
-
-    def eval_context(
-        self, lengths: Sequence[int], depths: Sequence[int], perplexity: bool = True
-    ) -> Iterator:
-        return eval_context.evaluate_context(self, lengths, depths, perplexity)
