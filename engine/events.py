@@ -17,11 +17,24 @@ class StopReason(StrEnum):
 
 
 @dataclass(frozen=True)
+class ToolCall:
+    """A function call the model made: `arguments` is JSON text of an object (as OpenAI sends it)."""
+
+    id: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True)
 class Message:
-    """One chat message. `role` is system, user or assistant."""
+    """One chat message. `role` is system, user, assistant or tool (a tool's result, answering `tool_call_id`;
+    `name` is the tool's). An assistant message may carry the tool calls it made."""
 
     role: str
     content: str
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str = ""
+    name: str = ""
 
 
 @dataclass(frozen=True)
@@ -120,4 +133,12 @@ class ReplyDone:
     tokens: tuple[int, ...] = field(default=(), repr=False)
 
 
-Event = LoadProgress | ModelLoaded | ContextTrimmed | PromptEvaluated | Token | ReplyDone
+@dataclass(frozen=True)
+class ToolCallsMade:
+    """The reply of a chat with tools, split: its text and the calls it made (comes just before ReplyDone)."""
+
+    content: str
+    calls: tuple[ToolCall, ...]
+
+
+Event = LoadProgress | ModelLoaded | ContextTrimmed | PromptEvaluated | Token | ToolCallsMade | ReplyDone

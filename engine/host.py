@@ -21,8 +21,9 @@ from engine.child_process import STDERR_TAIL_BYTES, die_with_parent, keep_crash_
 from engine.errors import EngineDied, EngineError, EngineHung, IngleError
 from engine.events import Event, Message, PromptEvaluated
 from engine.hardware import Hardware
-from engine.interface import METHODS, STREAMING, Inspection, KVState
+from engine.interface import METHODS, STREAMING, Embeddings, Inspection, KVState
 from engine.settings import LoadSettings, OverflowPolicy, SamplingSettings
+from engine.tools import ToolSet
 from engine.visual import ContextBudget, PreviewStage, TokenPiece
 
 log = logging.getLogger("ingle.host")
@@ -339,6 +340,18 @@ class EngineHost:
         continue_last: bool = False,
     ) -> Iterator[Event]:
         return self._call("chat", list(messages), sampling, policy, continue_last)
+
+    def chat_tools(
+        self,
+        messages: Sequence[Message],
+        tools: ToolSet | None,
+        sampling: SamplingSettings | None = None,
+        policy: OverflowPolicy = OverflowPolicy.STOP,
+    ) -> Iterator[Event]:
+        return self._call("chat_tools", list(messages), tools, sampling, policy)
+
+    def embed(self, texts: Sequence[str], model: str | None = None) -> Embeddings:
+        return self._call("embed", list(texts), model)
 
     def complete(
         self,

@@ -17,6 +17,7 @@ from engine.events import Event, Message, PromptEvaluated
 from engine.hardware import Hardware
 from engine.kv import KVLayout
 from engine.settings import LoadSettings, OverflowPolicy, SamplingSettings
+from engine.tools import ToolSet
 from engine.visual import ContextBudget, PreviewStage, TokenPiece
 
 
@@ -51,6 +52,16 @@ class Inspection:
     kv: KVState
 
 
+@dataclass(frozen=True)
+class Embeddings:
+    """One unit-length vector per input text, in order, with the tokens each input took (usage counts)."""
+
+    vectors: tuple[tuple[float, ...], ...]
+    token_counts: tuple[int, ...]
+    model: str  # the file name of the model that embedded them
+    pooling: str  # mean, cls, last (how token vectors became one)
+
+
 @runtime_checkable
 class Engine(Protocol):
     """One loaded model and the requests it serves. One request at a time; `cancel()` from any thread."""
@@ -75,6 +86,22 @@ class Engine(Protocol):
         continue_last: bool = False,
     ) -> Iterator[Event]:
         """Reply to a conversation (or go on writing its last, cut-off reply)."""
+        ...
+
+    def chat_tools(
+        self,
+        messages: Sequence[Message],
+        tools: ToolSet | None,
+        sampling: SamplingSettings | None = None,
+        policy: OverflowPolicy = OverflowPolicy.STOP,
+    ) -> Iterator[Event]:
+        """Reply to a conversation that may call tools (messages may hold calls and results): the events of
+        chat, then ToolCallsMade just before ReplyDone. See engine/tools.py."""
+        ...
+
+    def embed(self, texts: Sequence[str], model: str | None = None) -> Embeddings:
+        """Unit-length embeddings of `texts`: pooled by the loaded model, or by the embedding model at the
+        library path `model` (loaded on first use, one kept at a time)."""
         ...
 
     def complete(
@@ -145,7 +172,7 @@ class Engine(Protocol):
 
 
 # The methods that stream events; every other Engine method returns one value.
-STREAMING = frozenset({"load", "chat", "complete"})
+STREAMING = frozenset({"load", "chat", "chat_tools", "complete"})
 # Every method an engine serves, by name: the host's wire protocol accepts these and nothing else.
 METHODS = frozenset(
     name for name in Engine.__dict__ if not name.startswith("_") and callable(getattr(Engine, name))

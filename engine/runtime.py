@@ -21,7 +21,7 @@ from pathlib import Path
 import llama_cpp
 import numpy as np
 
-from engine import inspection
+from engine import embeddings, inspection, tool_chat
 from engine.chat_template import ChatTemplate, template_for
 from engine.errors import Cancelled, ContextFullError, EngineError, ModelFileError
 from engine.events import (
@@ -38,7 +38,7 @@ from engine.events import (
 )
 from engine.gguf_info import ModelInfo, inspect_gguf
 from engine.hardware import Hardware, detect
-from engine.interface import Inspection, KVState
+from engine.interface import Embeddings, Inspection, KVState
 from engine.kv import KVLayout, parse_kv_report
 from engine.llama_params import context_params, model_params
 from engine.overflow import drop_oldest, fit_prompt, system_tokens
@@ -47,6 +47,7 @@ from engine.sampling import SamplerChain
 from engine.settings import LoadSettings, OverflowPolicy, SamplingSettings
 from engine.text import printable
 from engine.textstream import TextStream, common_prefix
+from engine.tools import ToolSet
 from engine.visual import ContextBudget, PreviewStage, TokenPiece
 
 log = logging.getLogger("ingle.engine")
@@ -233,6 +234,7 @@ class Runtime:
         )
 
     def unload(self) -> None:
+        embeddings.release(self)  # its contexts belong to this model (or its own): free them first
         if self._batch is not None:
             llama_cpp.llama_batch_free(self._batch)
             self._batch = None
@@ -457,6 +459,18 @@ class Runtime:
         if event is not None:
             yield event
         yield from self._generate(tokens, sampling, policy, keep)
+
+    def chat_tools(
+        self,
+        messages: Sequence[Message],
+        tools: ToolSet | None,
+        sampling: SamplingSettings | None = None,
+        policy: OverflowPolicy = OverflowPolicy.STOP,
+    ) -> Iterator[Event]:
+        return tool_chat.chat_tools(self, messages, tools, sampling, policy)
+
+    def embed(self, texts: Sequence[str], model: str | None = None) -> Embeddings:
+        return embeddings.embed(self, texts, model)
 
     def render_tokens(
         self, messages: Sequence[Message], add_generation_prompt: bool = True, continue_last: bool = False

@@ -63,7 +63,16 @@ class SamplerStages:
         grammar = s.grammar or (json_schema_grammar(s.json_schema) if s.json_schema else "")
         if grammar:
             with _stderr_of_llama() as said:
-                smpl = llama_cpp.llama_sampler_init_grammar(vocab, grammar.encode(), b"root")
+                if s.grammar_triggers:  # lazy: off until a trigger pattern matches the reply so far
+                    patterns = (ctypes.c_char_p * len(s.grammar_triggers))(
+                        *(p.encode() for p in s.grammar_triggers)
+                    )
+                    self._keep.append(patterns)
+                    smpl = llama_cpp.llama_sampler_init_grammar_lazy_patterns(
+                        vocab, grammar.encode(), b"root", patterns, len(s.grammar_triggers), None, 0
+                    )
+                else:
+                    smpl = llama_cpp.llama_sampler_init_grammar(vocab, grammar.encode(), b"root")
             if not smpl:
                 why = [line.split("error parsing grammar:", 1)[-1].strip() for line in said[0].splitlines()
                        if "error parsing grammar" in line]  # fmt: skip

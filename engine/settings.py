@@ -316,6 +316,11 @@ class SamplingSettings(SettingsBase):
     json_schema: str = spec(
         "", label="JSON schema", help="A JSON schema the reply must follow (turned into a grammar)."
     )
+    grammar_triggers: tuple[str, ...] = spec(
+        (), label="Grammar triggers",
+        help="Regexes over the reply: the grammar applies only from the first group of the first match on "
+        "(a lazy grammar; tool calls in auto mode). Empty: the grammar applies from the first token.",
+    )  # fmt: skip
     logprobs: bool = spec(
         False, label="Log-probabilities", help="Report each token's log-probability under the model."
     )
@@ -337,6 +342,13 @@ class SamplingSettings(SettingsBase):
                 raise SettingsError(
                     "json_schema", f"is not valid JSON ({err.msg} at line {err.lineno})"
                 ) from None
+        if self.grammar_triggers and not self.grammar:
+            raise SettingsError("grammar_triggers", "need a grammar to switch on")
+        from engine.tools import check_trigger_pattern  # here: engine.tools imports the events, not settings
+
+        for pattern in self.grammar_triggers:
+            if why := check_trigger_pattern(pattern) if isinstance(pattern, str) else "is not text":
+                raise SettingsError("grammar_triggers", f"{pattern!r:.60} {why}")
         for item in self.stop:
             if not isinstance(item, str) or not item:
                 raise SettingsError("stop", f"stop strings must be non-empty text, got {item!r}")

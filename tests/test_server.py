@@ -174,7 +174,7 @@ def test_ingle_samplers_as_extra_fields(client):
     [({"temperature": 9}, "temperature"), ({"n": 2}, "n"), ({"min-p": 0.1}, "min-p"),
      ({"max_tokens": N_CTX + 1}, "max_tokens"), ({"top_logprobs": 2}, "top_logprobs"),
      ({"logit_bias": {"abc": 1}}, "logit_bias"), ({"logit_bias": {"99999999": 1}}, "logit_bias"), ({"stop": [1, 2]}, "stop"),
-     ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools")],
+     ({"tools": [{"type": "function", "function": {"name": "no spaces"}}]}, "tools[0].function.name")],
 )  # fmt: skip
 def test_bad_fields_are_400_naming_the_field(client, extra, param):
     with pytest.raises(openai.BadRequestError) as err:

@@ -224,7 +224,7 @@ class ServerState:
 
 
 def create_app(config: ServerConfig, scheduler: Scheduler) -> Starlette:
-    from engine.server import ollama_routes, openai_routes
+    from engine.server import embedding_routes, ollama_routes, openai_routes
 
     state = ServerState(config, scheduler)
 
@@ -242,7 +242,7 @@ def create_app(config: ServerConfig, scheduler: Scheduler) -> Starlette:
                                      allow_headers=["Authorization", "Content-Type", "X-Api-Key"]))  # fmt: skip
     middleware.append(Middleware(AuthMiddleware, key=config.api_key))
     app = Starlette(
-        routes=[*openai_routes.routes(state), *ollama_routes.routes(state)],
+        routes=[*openai_routes.routes(state), *ollama_routes.routes(state), *embedding_routes.routes(state)],
         middleware=middleware,
         exception_handlers={ApiError: api_error, Exception: unexpected},
     )

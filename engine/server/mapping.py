@@ -11,11 +11,13 @@ import dataclasses
 import json
 from typing import Any
 
+from engine import tools
 from engine.errors import SettingsError
-from engine.events import Message
+from engine.events import Message, ToolCall
 from engine.server.config import ServerConfig
 from engine.server.errors import ApiError, bad_field
 from engine.settings import SamplingSettings
+from engine.tools import ToolSet
 
 SAMPLING_FIELDS = {f.name for f in dataclasses.fields(SamplingSettings)}
 
@@ -27,7 +29,7 @@ OPENAI_IGNORED = {"model", "stream", "stream_options", "user", "metadata", "stor
 OLLAMA_LOAD_OPTIONS = {"num_ctx", "num_gpu", "num_thread", "num_batch", "main_gpu", "use_mmap", "use_mlock",
                        "numa", "low_vram", "f16_kv", "vocab_only", "num_keep", "penalize_newline"}  # fmt: skip
 OLLAMA_RENAMES = {"num_predict": "max_tokens", "repeat_last_n": "penalty_last_n"}
-ROLES = {"system", "user", "assistant", "developer"}
+ROLES = {"system", "user", "assistant", "developer", "tool"}
 
 
 def settings(config: ServerConfig, values: dict[str, Any], names: dict[str, str]) -> SamplingSettings:
@@ -143,12 +145,11 @@ def openai_settings(config: ServerConfig, body: dict, chat: bool) -> SamplingSet
     handled.add("response_format")
     for key, value in _response_format(body.get("response_format")).items():
         put(key, value, "response_format")
-    for key in ("tools", "tool_choice", "functions", "function_call"):
+    handled |= {"tools", "tool_choice"}  # read by tool_set()
+    for key in ("functions", "function_call"):
         handled.add(key)
         if body.get(key) not in (None, [], "none"):
-            raise bad_field(
-                key, "tool calls are not supported by this server yet; send the request without them"
-            )
+            raise bad_field(key, "the legacy functions API is not supported; send `tools` and `tool_choice`")
     for key in ("echo", "suffix", "best_of"):
         handled.add(key)
         if body.get(key) not in (None, False, "", 1):
@@ -210,30 +211,69 @@ def _text_content(content: Any, where: str) -> str:
     raise bad_field(where, "expected a string or a list of text parts")
 
 
+def tool_set(body: dict) -> ToolSet | None:
+    """The request's `tools` and `tool_choice` (OpenAI; Ollama sends tools only), validated; None: text only."""
+    try:
+        return tools.toolset(body.get("tools"), body.get("tool_choice"))
+    except SettingsError as err:
+        raise bad_field(err.field, err.detail) from None
+
+
+def _tool_calls(raw: Any, where: str) -> tuple[ToolCall, ...]:
+    """An assistant message's tool_calls: OpenAI's arguments are JSON text, Ollama's an object."""
+    if not isinstance(raw, list):
+        raise bad_field(where, "expected a list of tool calls")
+    calls = []
+    for j, call in enumerate(raw):
+        fn = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+            raise bad_field(f"{where}[{j}].function", 'expected {"name": ..., "arguments": ...}')
+        args = fn.get("arguments", {})
+        if isinstance(args, str):
+            try:
+                args = json.loads(args or "{}")
+            except json.JSONDecodeError as err:
+                raise bad_field(f"{where}[{j}].function.arguments", f"is not JSON ({err.msg})") from None
+        if not isinstance(args, dict):
+            raise bad_field(f"{where}[{j}].function.arguments", "expected a JSON object")
+        ident = call.get("id") or f"call_{j}"
+        calls.append(ToolCall(str(ident), fn["name"], json.dumps(args, ensure_ascii=False)))
+    return tuple(calls)
+
+
 def messages(body: dict, field: str = "messages") -> list[Message]:
-    """OpenAI/Ollama messages -> engine Messages (text only; `developer` is OpenAI's new name for system)."""
+    """OpenAI/Ollama messages -> engine Messages (text, tool calls and tool results; `developer` is OpenAI's
+    new name for system)."""
     raw = body.get(field)
     if not isinstance(raw, list) or not raw:
         raise bad_field(field, "expected a non-empty list of messages")
-    out = []
+    out: list[Message] = []
+    call_names: dict[str, str] = {}  # tool_call_id -> the tool's name, for results that do not repeat it
     for i, msg in enumerate(raw):
         if not isinstance(msg, dict):
             raise bad_field(f"{field}[{i}]", "expected an object with role and content")
         role = msg.get("role")
         if role not in ROLES:
-            raise bad_field(f"{field}[{i}].role", f"{role!r} is not one of system, user, assistant")
+            raise bad_field(f"{field}[{i}].role", f"{role!r} is not one of system, user, assistant, tool")
         if msg.get("images"):
             raise bad_field(f"{field}[{i}].images", "images are not supported by this model server yet")
+        content = _text_content(msg.get("content"), f"{field}[{i}].content")
+        calls: tuple[ToolCall, ...] = ()
         if msg.get("tool_calls"):
-            raise bad_field(f"{field}[{i}].tool_calls", "tool calls are not supported by this server yet")
-        out.append(
-            Message(
-                "system" if role == "developer" else role,
-                _text_content(msg.get("content"), f"{field}[{i}].content"),
-            )
-        )
+            if role != "assistant":
+                raise bad_field(f"{field}[{i}].tool_calls", "only assistant messages carry tool calls")
+            calls = _tool_calls(msg["tool_calls"], f"{field}[{i}].tool_calls")
+            call_names.update((c.id, c.name) for c in calls)
+        if role == "tool":
+            ident = msg.get("tool_call_id") or ""
+            name = msg.get("name") or msg.get("tool_name") or call_names.get(ident, "")
+            if not isinstance(ident, str) or not isinstance(name, str):
+                raise bad_field(f"{field}[{i}].tool_call_id", "expected a string")
+            out.append(Message("tool", content, tool_call_id=ident, name=name))
+            continue
+        out.append(Message("system" if role == "developer" else role, content, tool_calls=calls))
     if out[-1].role == "assistant":
-        raise bad_field(field, "the conversation must end with a user (or system) message")
+        raise bad_field(field, "the conversation must end with a user (or system, or tool) message")
     return out
 
 
