@@ -17,6 +17,7 @@ COMMAND_MODULES = (
     "engine.hub_cli",
     "engine.inspect_cli",
     "engine.server_cli",
+    "engine.docs.cli",
     "training.cli",
     "app.bench_cli",
 )
