@@ -140,7 +140,11 @@ def cmd_eval_retrieval(args) -> int:
     from engine.docs.eval import evaluate, load_questions
 
     questions = load_questions(Path(args.questions))
-    engine, library = _engine_for_docs(args) if not args.no_vectors else (None, None)
+    engine = None
+    if not args.no_vectors:  # the queries are embedded; no chat model is needed for that
+        from engine.cli import open_engine
+
+        engine = open_engine(in_process=args.in_process)
     try:
         result = evaluate(args.collection, questions, args.k, engine)
     finally:
@@ -188,7 +192,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--k", type=int, default=5)
     p.add_argument("--json", action="store_true")
     p.add_argument("--no-vectors", action="store_true", help="bm25 only (no engine is started)")
-    p.add_argument("--model", help=argparse.SUPPRESS)
     p.add_argument("--in-process", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_eval_retrieval)
 

@@ -101,9 +101,13 @@ def _lines(text: str, markdown: bool, blank_splits: bool) -> list[Block]:
 
     for n, line in enumerate(text.splitlines(), 1):
         if markdown and line.lstrip().startswith("```"):
-            if not fenced:
-                flush(n - 1)
-            fenced = not fenced
+            if fenced:  # the closing fence ends the code block
+                buf.append(line.rstrip())
+                flush(n)
+                fenced = False
+                continue
+            flush(n - 1)
+            fenced = True
         if markdown and not fenced and _HEADING.match(line):
             flush(n - 1)
             blocks.append(Block(line.strip(), heading=True, line_start=n, line_end=n))
