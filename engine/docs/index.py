@@ -173,3 +173,34 @@ def embed_pending(store: DocStore, collection: str, engine, model: Path,
         if progress:
             progress(done, len(pending))
     return done
+
+
+def index_job(collection: str, paths: list[str], model: str | None, progress: Callable[[float | None, str], None],
+              open_engine: Callable[[], object] | None = None) -> AddReport:  # fmt: skip
+    """Everything `ingle docs add` does, for a background job: an engine child loads `model` (None: the starter)
+    for its tokenizer and embeds with the library's embedding model; `progress(fraction, text)` as it goes."""
+    from engine.library import Library
+    from engine.settings import LoadSettings
+
+    library = Library()
+    path = library.resolve(model)
+    if open_engine is None:
+        from engine.host import EngineHost
+
+        open_engine = EngineHost
+    engine = open_engine()
+    try:
+        progress(None, "loading the tokenizer")
+        for _ in engine.load(str(path), LoadSettings(n_ctx=2048)):
+            pass
+        store = open_store(library)
+        report = add_paths(store, collection, paths, token_counter(engine),
+                           progress=lambda d, t, p: progress(0.5 * d / t, f"reading {Path(p).name}"))  # fmt: skip
+        vectors = embedding_model(library)
+        if vectors is not None:
+            report.embedded = embed_pending(store, collection, engine, vectors,
+                                            lambda d, t: progress(0.5 + 0.5 * d / t, f"embedding {d}/{t}"))  # fmt: skip
+        store.close()
+        return report
+    finally:
+        engine.close()
