@@ -75,3 +75,22 @@ def test_the_panel_does_not_load_llama_cpp():
                          cwd=Path(__file__).resolve().parents[1], env={"QT_QPA_PLATFORM": "offscreen",
                          "PYTHONPATH": str(Path(__file__).resolve().parents[1])})  # fmt: skip
     assert out.stdout.strip() == "False"
+
+
+def test_context_bar_shows_retrieved_passages_as_their_own_segment(qtbot):
+    from app.visualizers.context import SOURCES_COLOR, ContextBar
+    from engine.visual import ContextBudget
+
+    budget = ContextBudget(n_ctx=1024, system_tokens=20, history_tokens=300, draft_tokens=0, reserve_tokens=200,
+                           spans=((0, 1, 20), (1, 20, 300), (2, 300, 320)))  # fmt: skip
+    bar = ContextBar()
+    qtbot.addWidget(bar)
+    bar.resize(560, 120)
+    bar.set_budget(budget, ["system", "user", "assistant"], False, retrieved={1: 240})
+    labels = [(s.label, s.tokens, s.color) for s in bar.segments]
+    assert ("retrieved passages in message 2", 240, SOURCES_COLOR) in labels
+    assert ("message 2 (user)", 40, labels[3][2]) == labels[3]  # the question is what is left of the message
+    assert sum(s.tokens for s in bar.segments) == 1 + 19 + 240 + 40 + 20 + 200  # nothing counted twice
+    assert "retrieved passages 240" in bar.note
+    SHOTS.mkdir(exist_ok=True)
+    bar.grab().save(str(SHOTS / "context.png"))
