@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 MAX_INPUTS = 2048  # OpenAI's limit per request
 MAX_EMBED_CTX = 8192  # the largest input we accept, in tokens, whatever the model was trained for
-OUTPUT_BUDGET_BYTES = 256 << 20  # llama.cpp's per-batch output buffer for a chat model's embeddings
+OUTPUT_BUDGET_BYTES = 128 << 20  # llama.cpp keeps every token's logits per batch: bound them for chat models
 POOLING_NAMES = {llama_cpp.LLAMA_POOLING_TYPE_MEAN: "mean", llama_cpp.LLAMA_POOLING_TYPE_CLS: "cls",
                  llama_cpp.LLAMA_POOLING_TYPE_LAST: "last"}  # fmt: skip
 

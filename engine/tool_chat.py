@@ -17,10 +17,12 @@ from engine.events import Event, Message, ReplyDone, StopReason, Token, ToolCall
 from engine.sampling import json_schema_grammar
 from engine.settings import OverflowPolicy, SamplingSettings
 from engine.tools import (
+    MISTRAL,
     CallStyle,
     ToolSet,
     call_schema,
     generic_messages,
+    nine_char_ids,
     parse_reply,
     style_for,
     wrap_grammar,
@@ -51,7 +53,8 @@ def chat_tools(
     template.cancel = rt._cancel
     try:
         if native:
-            text = template.render(list(messages), True, [t.to_openai() for t in active] or None)
+            messages = nine_char_ids(list(messages)) if style is MISTRAL else list(messages)
+            text = template.render(messages, True, [t.to_openai() for t in active] or None)
         else:
             text = template.render(generic_messages(list(messages), active), True)
     finally:

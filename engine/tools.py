@@ -41,6 +41,8 @@ parse; the lazy grammar costs nothing until the marker.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import re
 import secrets
@@ -282,6 +284,23 @@ def generic_messages(messages: list[Message], tools: tuple[Tool, ...]) -> list[M
         else:
             out.append(Message(m.role, m.content))
     return out
+
+
+def nine_char_ids(messages: list[Message]) -> list[Message]:
+    """The conversation with its tool call ids made 9 letters and digits, as Mistral's templates demand (the
+    same id always maps to the same short one, so calls and their results still match)."""
+
+    def short(ident: str) -> str:
+        return ident if len(ident) == 9 and ident.isalnum() else hashlib.sha1(ident.encode()).hexdigest()[:9]
+
+    return [
+        dataclasses.replace(
+            m,
+            tool_calls=tuple(dataclasses.replace(c, id=short(c.id)) for c in m.tool_calls),
+            tool_call_id=short(m.tool_call_id) if m.tool_call_id else "",
+        )
+        for m in messages
+    ]
 
 
 # ------------------------------------------------------------------------------------------ grammar

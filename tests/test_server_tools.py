@@ -13,14 +13,24 @@ import pytest
 
 from engine.chat_template import BUILTIN_TEMPLATES, ChatTemplate
 from engine.cli import load_model
-from engine.errors import SettingsError
+from engine.errors import EngineError, SettingsError
 from engine.events import Message, ToolCall
 from engine.host import EngineHost
 from engine.server import Scheduler, ServerConfig
 from engine.server.runner import ServerThread
 from engine.server_cli import bind
 from engine.settings import LoadSettings, SamplingSettings
-from engine.tools import HERMES, LLAMA3, MISTRAL, ToolSet, parse_reply, parse_tools, style_for, toolset
+from engine.tools import (
+    HERMES,
+    LLAMA3,
+    MISTRAL,
+    ToolSet,
+    nine_char_ids,
+    parse_reply,
+    parse_tools,
+    style_for,
+    toolset,
+)
 
 KEY = "tools-key-0123456789"
 WEATHER = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 40},
@@ -281,3 +291,35 @@ def test_trigger_patterns_outside_what_both_regex_engines_read_alike_are_refused
 def test_the_call_styles_triggers_are_accepted():
     for style in (HERMES, MISTRAL, LLAMA3):
         assert SamplingSettings(grammar='root ::= "a"', grammar_triggers=(style.trigger,)).grammar_triggers
+
+
+@pytest.mark.parametrize(
+    ("template_file", "style"),
+    [("Qwen-Qwen2.5-7B-Instruct.jinja", HERMES), ("NousResearch-Hermes-3-Llama-3.1-8B-tool_use.jinja", HERMES),
+     ("meta-llama-Llama-3.1-8B-Instruct.jinja", LLAMA3), ("mistralai-Mistral-Nemo-Instruct-2407.jinja", MISTRAL)],
+)  # fmt: skip
+def test_published_templates_get_tools_calls_and_results_natively(template_file, style):
+    from pathlib import Path
+
+    from engine.tools import format_call
+
+    text = (Path(__file__).parent / "data" / "templates" / template_file).read_text(encoding="utf-8")
+    template = ChatTemplate(text, template_file, "<s>", "</s>")
+    assert template.uses_tools and style_for(text, True) is style
+    call = ToolCall("call123456", "get_weather", '{"city": "Paris", "unit": "celsius"}')
+    messages = [Message("user", "Weather in Paris?"), Message("assistant", "", (call,)),
+                Message("tool", "21 degrees and sunny", tool_call_id="call123456", name="get_weather")]  # fmt: skip
+    if style is MISTRAL:  # its template demands 9-character ids; the engine shortens them (see tool_chat)
+        with pytest.raises(EngineError, match="length 9"):
+            template.render(messages, True, [t.to_openai() for t in parse_tools(TOOLS)])
+        messages = nine_char_ids(messages)
+    prompt = template.render(messages, True, [t.to_openai() for t in parse_tools(TOOLS)])
+    assert "get_weather" in prompt and "The weather in a city." in prompt  # the tool list
+    assert '"Paris"' in prompt and "21 degrees and sunny" in prompt  # the call and its result
+    # what the model writes in its style parses back into the same call
+    tools = ToolSet(parse_tools(TOOLS), "required")
+    parsed = parse_reply(format_call(call, style), tools, style).calls[0]
+    assert (parsed.name, json.loads(parsed.arguments)) == (
+        "get_weather",
+        {"city": "Paris", "unit": "celsius"},
+    )
