@@ -4,6 +4,7 @@ opens its file with the passage highlighted."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from PySide6.QtCore import Qt, Signal
@@ -25,7 +26,7 @@ from PySide6.QtWidgets import (
 
 from app.ops import Op
 from engine.docs.extract import Unreadable, extract
-from engine.docs.index import AddReport, index_job
+from engine.docs.index import AddReport, index_job, open_store
 from engine.docs.search import Hit
 
 DEFAULT_BUDGET = 1024
@@ -38,10 +39,11 @@ class DocsPanel(QWidget):
     indexed = Signal(object)
     budget_changed = Signal(int)
 
-    def __init__(self, collection: str, model: str | None = None, parent: QWidget | None = None,
+    def __init__(self, collection: str | Callable[[], str], model: str | None = None, parent: QWidget | None = None,
                  engine_factory=None):  # fmt: skip
+        """`collection`: the name, or a function that gives the open conversation's (the chat window's)."""
         super().__init__(parent)
-        self.collection = collection
+        self._collection = collection
         self.model = model
         self.engine_factory = (
             engine_factory  # tests inject an in-process engine; the app uses an engine child
@@ -82,6 +84,20 @@ class DocsPanel(QWidget):
         layout.addLayout(budget_row)
         layout.addWidget(QLabel("Sources of the last reply"))
         layout.addWidget(self.sources)
+
+    @property
+    def collection(self) -> str:
+        return self._collection() if callable(self._collection) else self._collection
+
+    def retrieval(self) -> tuple[str, int] | None:
+        """(collection, token budget) when the open conversation has documents, else None."""
+        store = open_store()
+        try:
+            names = {c.name for c in store.collections() if c.files}
+        finally:
+            store.close()
+        name = self.collection
+        return (name, self.budget.value()) if name in names else None
 
     # ------------------------------------------------------------ attaching
     def _pick_files(self) -> None:

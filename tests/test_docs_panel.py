@@ -94,3 +94,35 @@ def test_context_bar_shows_retrieved_passages_as_their_own_segment(qtbot):
     assert "retrieved passages 240" in bar.note
     SHOTS.mkdir(exist_ok=True)
     bar.grab().save(str(SHOTS / "context.png"))
+
+
+def test_chat_window_answers_with_the_conversations_documents(qtbot, tmp_path, tiny_model):
+    from test_chat_window import TINY_EOG, new_chat, open_window, send_and_wait
+
+    from engine.runtime import Runtime
+
+    window = open_window(qtbot, tmp_path / "chats.sqlite3", tiny_model)
+    try:
+        new_chat(window, max_tokens=8, logit_bias=TINY_EOG)
+        (tmp_path / "garden.md").write_text(
+            "# Garden\n\nSlugs eat lettuce at night; beer traps catch them.\n"
+        )
+        panel = window.docs_panel
+        panel.model, panel.engine_factory = str(tiny_model), Runtime
+        assert panel.retrieval() is None  # no documents yet: replies go as before
+        with qtbot.waitSignal(panel.indexed, timeout=240_000):
+            panel.attach([str(tmp_path / "garden.md")])
+        assert panel.retrieval() == (f"chat-{window.conversation}", panel.budget.value())
+        reply = send_and_wait(qtbot, window, "What eats lettuce?")
+        assert reply.status == "done"
+        assert panel.sources.count() == 1 and "garden.md" in panel.sources.item(0).text()
+        stored = [m.content for m in window.store.path(window.conversation) if m.role == "user"]
+        assert stored == [
+            "What eats lettuce?"
+        ]  # the conversation keeps the user's words; sources went to the model
+        window.side.setCurrentWidget(panel)
+        window.resize(1200, 700)
+        SHOTS.mkdir(exist_ok=True)
+        window.grab().save(str(SHOTS / "window.png"))
+    finally:
+        window.close()
