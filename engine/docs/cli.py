@@ -78,6 +78,11 @@ def cmd_docs(args) -> int:
         print(f"removed {what} {printable(args.collection)}", file=sys.stderr)
         return 0
     # add
+    if not 16 <= args.chunk_tokens <= 4096:
+        raise SettingsError("chunk-tokens", f"{args.chunk_tokens} is out of range; give 16 to 4096")
+    from engine.text import check_name
+
+    check_name(args.collection, "collection name")
     engine, library = _engine_for_docs(args)
     try:
         from engine.docs.index import token_counter
