@@ -113,17 +113,20 @@ def retrieve(engine, collection: str, question: str, budget: int, k: int = DEFAU
     if budget < 1:
         raise SettingsError("docs-tokens", f"{budget} leaves no room for passages; give 1 or more")
     store = open_store()
-    store.collection_id(collection)
-    model = store.embed_model(collection)
-    embed_query = None
-    if model:
-        from engine.docs.index import embedding_model
-        from engine.library import Library
+    try:
+        store.collection_id(collection)
+        model = store.embed_model(collection)
+        embed_query = None
+        if model:
+            from engine.docs.index import embedding_model
+            from engine.library import Library
 
-        path = embedding_model(Library(), create=False)
-        if path is not None and path.name == model:
-            embed_query = lambda q: list(engine.embed([q], str(path)).vectors[0])  # noqa: E731
-    return within_budget(search(store, collection, question, k, "hybrid", embed_query), budget)
+            path = embedding_model(Library(), create=False)
+            if path is not None and path.name == model:
+                embed_query = lambda q: list(engine.embed([q], str(path)).vectors[0])  # noqa: E731
+        return within_budget(search(store, collection, question, k, "hybrid", embed_query), budget)
+    finally:
+        store.close()
 
 
 def docs_prompt(engine, args, question: str) -> tuple[str, list[Hit]]:
