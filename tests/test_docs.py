@@ -247,24 +247,49 @@ def ingle(*argv: str) -> int:
 
 
 def test_docs_commands_and_eval_retrieval(capsys, starter_model, tmp_path):
-    name = "evalset"
-    assert ingle("docs", "add", name, str(EVAL / "docs"), str(tmp_path / "nothing.md"), "--in-process") == 0
+    """Four of the shipped documents and their questions (the whole set is embedded in minutes on a busy CPU)."""
+    name, subset = "evalset", ["lighthouse_keeping.md", "sourdough.txt", "tea_guide.md", "bike_repair.md"]
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    for f in subset:
+        (folder / f).write_bytes((EVAL / "docs" / f).read_bytes())
+    lines = [
+        q for q in (EVAL / "questions.jsonl").read_text().splitlines() if json.loads(q)["file"] in subset
+    ]
+    questions = tmp_path / "q.jsonl"
+    questions.write_text("\n".join(lines) + "\n")
+    assert ingle("docs", "add", name, str(folder), str(tmp_path / "nothing.md"), "--in-process") == 0
     out, err = capsys.readouterr()
-    assert "12 files indexed" in out and "0 unchanged, 1 unreadable" in out
+    assert "4 files indexed" in out and "0 unchanged, 1 unreadable" in out
     assert "nothing.md: no such file or folder" in err
-    assert ingle("docs", "add", name, str(EVAL / "docs"), "--in-process") == 0
-    assert "0 files indexed (0 chunks), 12 unchanged" in capsys.readouterr()[0]
+    assert ingle("docs", "add", name, str(folder), "--in-process") == 0
+    assert "0 files indexed (0 chunks), 4 unchanged" in capsys.readouterr()[0]
     assert ingle("docs", "list") == 0
-    assert f"{name}: 12 files" in capsys.readouterr()[0]
-    assert ingle("eval-retrieval", name, str(EVAL / "questions.jsonl"), "--json", "--in-process") == 0
+    assert f"{name}: 4 files" in capsys.readouterr()[0]
+    assert ingle("eval-retrieval", name, str(questions), "--json", "--in-process") == 0
     result = json.loads(capsys.readouterr()[0])
-    assert result["questions"] == 42 and set(result["methods"]) == {"bm25", "vector", "hybrid"}
+    assert result["questions"] == len(lines) == 13 and set(result["methods"]) == {"bm25", "vector", "hybrid"}
     for figures in result["methods"].values():
         assert 0.8 <= figures["recall"] <= 1.0 and 0.5 <= figures["mrr"] <= figures["recall"]
-    assert ingle("docs", "rm", name, str(EVAL / "docs" / "tea_guide.md")) == 0
+    assert ingle("eval-retrieval", name, str(questions), "--k", "3", "--no-vectors") == 0
+    table = capsys.readouterr()[0]
+    rows = {line.split()[0]: line for line in table.splitlines()[2:]}
+    assert table.startswith("13 questions, k=3") and float(rows["bm25"].split()[1]) >= 0.8
+    assert "not measured" in rows["vector"] and "not measured" in rows["hybrid"]
+    assert ingle("docs", "rm", name, str(folder / "tea_guide.md")) == 0
     capsys.readouterr()
     assert ingle("docs", "list", "--json") == 0
-    assert next(c for c in json.loads(capsys.readouterr()[0]) if c["name"] == name)["files"] == 11
+    assert next(c for c in json.loads(capsys.readouterr()[0]) if c["name"] == name)["files"] == 3
+
+
+def test_the_shipped_question_set_is_well_formed():
+    from engine.docs.eval import load_questions
+
+    questions = load_questions(EVAL / "questions.jsonl")
+    files = {p.name for p in (EVAL / "docs").iterdir()}
+    assert len(questions) >= 40 and len(files) == 12
+    for q in questions:  # every answer is really in its document
+        assert q["file"] in files and q["passage"].lower() in (EVAL / "docs" / q["file"]).read_text().lower()
 
 
 def test_bad_questions_file_is_one_line(tmp_path, capsys):

@@ -165,7 +165,9 @@ def cmd_eval_retrieval(args) -> int:
     print(f"{'method':8} {'recall@k':>9} {'MRR':>6}")
     for method, figures in result["methods"].items():
         if figures is None:
-            print(f"{method:8} {'-':>9} {'-':>6}  (no vectors in this collection)")
+            print(
+                f"{method:8} {'-':>9} {'-':>6}  (not measured: --no-vectors, or no vectors in this collection)"
+            )
         else:
             print(f"{method:8} {figures['recall']:9.3f} {figures['mrr']:6.3f}")
     return 0
