@@ -323,3 +323,18 @@ def test_run_with_docs_cites_the_source(capsys, starter_model, tmp_path):
     assert source["method"] == "hybrid" and source["score"] > 0
     assert "[1] " in err and "ferry.md" in err
     assert "7:15" in record["reply"] or "[1]" in record["reply"], record["reply"]
+
+
+def test_chat_with_docs_lists_the_sources_of_each_question(capsys, monkeypatch, starter_model, tmp_path):
+    import io
+
+    (tmp_path / "owls.txt").write_text("Barn owls hunt mice at dusk over open fields.\n")
+    assert ingle("docs", "add", "owls", str(tmp_path / "owls.txt"), "--no-vectors", "--in-process") == 0
+    capsys.readouterr()
+    monkeypatch.setattr("sys.stdin", io.StringIO("What do barn owls hunt?\n/exit\n"))
+    assert ingle("chat", "--docs", "owls", "--in-process", "--max-tokens", "8", "--temperature", "0") == 0
+    err = capsys.readouterr()[1]
+    assert f"[1] {tmp_path / 'owls.txt'} (lines 1-1) bm25" in err
+    monkeypatch.setattr("sys.stdin", io.StringIO("Hello\n/exit\n"))
+    assert ingle("chat", "--docs", "no-such-docs", "--in-process", "--max-tokens", "4") == 0
+    assert "ingle: No document collection named 'no-such-docs'" in capsys.readouterr()[1]  # the chat goes on
