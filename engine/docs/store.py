@@ -17,6 +17,7 @@ import numpy as np
 
 from engine.docs.chunk import Chunk
 from engine.errors import IngleError
+from engine.text import printable
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS collections (
@@ -100,7 +101,7 @@ class DocStore:
         if row:
             return row[0]
         if not create:
-            raise DocsError(f"No document collection named '{name}'; see `ingle docs list`.")
+            raise DocsError(f"No document collection named '{printable(name)}'; see `ingle docs list`.")
         with self.conn:
             cur = self.conn.execute(
                 "INSERT INTO collections(name, created) VALUES (?, ?)", (name, time.time())
@@ -139,7 +140,9 @@ class DocStore:
                     "SELECT id FROM files WHERE collection_id = ? AND (path = ? OR substr(path, 1, ?) = ?)",
                     (cid, path, len(prefix), prefix))]  # fmt: skip
                 if not ids:
-                    raise DocsError(f"'{path}' is not in the collection '{collection}'.")
+                    raise DocsError(
+                        f"'{printable(path)}' is not in the collection '{printable(collection)}'."
+                    )
             for fid in ids:
                 self._drop_file(fid)
             if path is None:
