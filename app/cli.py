@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "engine.eval_context_cli",
     "engine.server_cli",
     "engine.worker_cli",
+    "engine.docs.cli",
     "training.cli",
     "app.bench_cli",
 )

@@ -14,6 +14,7 @@ from PySide6.QtWidgets import (
 )
 
 from app.bridge import EngineBridge
+from app.docs_chat import chat_with_sources
 from app.ops import Op, describe_error
 from app.reopen import ReopenCache, ReopenSettings
 from app.window_conversations import ConversationActions
@@ -329,16 +330,33 @@ class MainWindow(WindowLayout, ConversationActions, QMainWindow):
         policy = self.sampling_panel.policy()
         messages = list(turn.messages)
         self.render_conversation()
+        docs, hits = self.docs_panel.retrieval(), []  # the conversation's documents, if it has any
+        self.docs_panel.set_sources([])
+
+        def work(engine):
+            if docs:
+                return chat_with_sources(engine, *docs, messages, settings, policy, turn.continue_last, hits)
+            return engine.chat(messages, settings, policy, turn.continue_last)
+
         self.bridge.stream(
-            lambda engine: engine.chat(messages, settings, policy, turn.continue_last),
+            work,
             event=lambda ev, chat=self.chat: self._on_chat_event(chat, ev),
-            done=lambda _r, chat=self.chat, mid=turn.reply: self._chat_done(chat, mid),
+            done=lambda _r, chat=self.chat, mid=turn.reply: (
+                self.docs_panel.set_sources(hits),
+                self._chat_done(chat, mid),
+            ),
             failed=lambda err, chat=self.chat, mid=turn.reply: self._chat_failed(chat, mid, err),
         )
         return True
 
     def stop(self) -> None:
         self.bridge.cancel()
+
+    def _docs_collection(self) -> str:
+        """The open conversation's document collection (attaching to no conversation starts one)."""
+        if self.conversation is None:
+            self.new_chat()
+        return f"chat-{self.conversation}"
 
     def _on_chat_event(self, chat: ChatSession, ev) -> None:
         if not chat.on_event(ev):

@@ -115,6 +115,10 @@ class WindowLayout:
         self.side.addTab(model_scroll, "Model")
         self.side.addTab(sampling_scroll, "Sampling")
         self.side.addTab(self.system_prompt, "System prompt")
+        from app.docs_panel import DocsPanel
+
+        self.docs_panel = DocsPanel(self._docs_collection)
+        self.side.addTab(self.docs_panel, "Documents")
 
         self.splitter = QSplitter()
         self.splitter.addWidget(left)

@@ -191,6 +191,14 @@ def cmd_chat(args) -> int:
                     break
                 print(said, file=sys.stderr)
                 continue
+            if args.docs:  # the sources stay in the history: follow-up questions can cite them too
+                from engine.docs.cli import docs_prompt
+
+                try:
+                    line, _ = docs_prompt(engine, args, line)
+                except IngleError as err:
+                    print(f"ingle: {err}", file=sys.stderr)
+                    continue
             history.append(Message("user", line))
             with CancelOnInterrupt(engine):
                 try:

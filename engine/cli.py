@@ -247,6 +247,11 @@ def cmd_run(args) -> int:
     own = loaded.template_source == "gguf" or bool(loaded.template_warning) or bool(args.template)
     own = own or args.starter_adapter or bool(args.remote)  # the starter's adapter taught it the turn format
     use_chat = args.chat if args.chat is not None else own
+    hits = []
+    if args.docs:  # retrieved passages go in as numbered sources the reply cites
+        from engine.docs.cli import docs_prompt
+
+        prompt, hits = docs_prompt(engine, args, prompt)
     with CancelOnInterrupt(engine) as interrupt:
         if use_chat:
             messages = ([Message("system", args.system)] if args.system else []) + [Message("user", prompt)]
@@ -254,7 +259,12 @@ def cmd_run(args) -> int:
         else:
             events = engine.complete(prompt, sampling, policy)
         try:
-            stream_reply(events, args.stats)
+            if args.json:
+                from engine.docs.cli import print_json_reply
+
+                print_json_reply(events, hits)
+            else:
+                stream_reply(events, args.stats)
         except EngineDied as err:
             raise _crashed(engine, err, "while generating the reply") from None
     for notice in getattr(engine, "notices", ()):  # a remote server: settings it may ignore or refused
@@ -308,6 +318,9 @@ def _add_generation_flags(p: argparse.ArgumentParser) -> None:
         "--template", help="chat template: a built-in (gemma, chatml, llama3, mistral) or .jinja file"
     )
     p.add_argument("--system", help="system prompt")
+    from engine.docs.cli import add_docs_flags
+
+    add_docs_flags(p)
     add_engine_flags(p)
     add_remote_flags(p)
     add_settings_flags(p, LoadSettings, "model loading")
@@ -354,6 +367,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--chat", action=argparse.BooleanOptionalAction, default=None,
                    help="wrap the prompt in the chat template (default: when the model has its own template)")  # fmt: skip
     _add_generation_flags(p)
+    if "--json" not in p._option_string_actions:
+        p.add_argument("--json", action="store_true", help="print the reply (and retrieved passages) as JSON")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("chat", help="interactive chat in the terminal")
