@@ -22,6 +22,7 @@ from engine.runtime import Runtime
 def bench_json(tiny_model, tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "bench.json"
     argv = ["bench", str(tiny_model), "--threads", "1", "--prompt-tokens", "24", "--gen-tokens", "6"]
+    argv += ["--modes", "1-7,10,11"]  # the default seven, and speculation and sampling
     assert main([*argv, "--reps", "2", "--warmup", "1", "--turns", "3", "--json", str(out)]) == 0
     return json.loads(out.read_text())
 
