@@ -232,7 +232,7 @@ class _Connection:
                 self.session = session
                 self.ready.set()
                 await self.stop.wait()
-        except BaseException as err:  # noqa: BLE001 - any failure of the server ends this connection
+        except BaseException as err:  # any failure of the server ends this connection
             self.failure = err
         finally:
             self.session = None
@@ -341,7 +341,7 @@ class McpClient:
             except McpFailure as err:
                 self.problems[name] = str(err)
                 continue
-            except Exception as err:  # noqa: BLE001 - a server's failure must not end the others
+            except Exception as err:  # a server's failure must not end the others
                 self.problems[name] = f"the server '{name}' failed to list its tools: {self._why(name, err)}"
                 await self._drop(name)
                 continue
@@ -388,7 +388,7 @@ class McpClient:
                 f"The tool '{entry.tool.name}' did not answer within {self.call_timeout:g} s and was stopped.",
                 True,
             )
-        except Exception as err:  # noqa: BLE001 - a crash or protocol error is reported, not raised
+        except Exception as err:  # a crash or protocol error is reported, not raised
             await self._drop(name)
             return ToolResult(
                 f"The tool '{entry.tool.name}' gave no result: the server '{name}' failed or stopped "
@@ -397,7 +397,7 @@ class McpClient:
             )
         try:
             return result_text(result, self.max_result_chars)
-        except Exception as err:  # noqa: BLE001 - a result the SDK accepted but we cannot read
+        except Exception as err:  # a result the SDK accepted but we cannot read
             return ToolResult(
                 f"The tool '{entry.tool.name}' returned a result Ingle cannot read: {err}", True
             )
@@ -413,7 +413,7 @@ class McpClient:
 
         try:
             self._run(stop_all(), 30)
-        except Exception:  # noqa: BLE001 - closing must not raise
+        except Exception:  # closing must not raise
             pass
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
