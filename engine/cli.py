@@ -17,6 +17,7 @@ from engine.events import ContextTrimmed, LoadProgress, Message, ReplyDone, Stop
 from engine.remote_cli import add_remote_flags, register_models_remote
 from engine.settings import LoadSettings, OverflowPolicy, SamplingSettings
 from engine.text import printable
+from engine.tools_cli import add_tool_flags
 
 
 # ---------------------------------------------------------------------------- commands
@@ -227,6 +228,8 @@ def cmd_run(args) -> int:
     else:
         raise SettingsError("run", "give [MODEL] PROMPT (quote the prompt)")
     prompt = valid_text(prompt, "prompt")
+    if args.json and not args.mcp:
+        raise SettingsError("--json", "applies to a reply with tools (--mcp NAME)")
     if args.system:
         args.system = valid_text(args.system, "system prompt")
     sampling = settings_from_args(args, SamplingSettings)
@@ -240,20 +243,74 @@ def cmd_run(args) -> int:
     own = loaded.template_source == "gguf" or bool(loaded.template_warning) or bool(args.template)
     own = own or args.starter_adapter or bool(args.remote)  # the starter's adapter taught it the turn format
     use_chat = args.chat if args.chat is not None else own
+    tools = open_tools_for(args, engine, use_chat)
     with CancelOnInterrupt(engine) as interrupt:
-        if use_chat:
+        if tools is not None:
+            try:
+                run_with_tools(args, engine, tools, prompt, sampling, policy)
+            except EngineDied as err:
+                raise _crashed(engine, err, "while generating the reply") from None
+            finally:
+                tools.close()
+        elif use_chat:
             messages = ([Message("system", args.system)] if args.system else []) + [Message("user", prompt)]
             events = engine.chat(messages, sampling, policy)
         else:
             events = engine.complete(prompt, sampling, policy)
         try:
-            stream_reply(events, args.stats)
+            if tools is None:
+                stream_reply(events, args.stats)
         except EngineDied as err:
             raise _crashed(engine, err, "while generating the reply") from None
     for notice in getattr(engine, "notices", ()):  # a remote server: settings it may ignore or refused
         print(f"ingle: note: {printable(notice)}", file=sys.stderr)
     engine.close()
     return 130 if interrupt.hit else 0  # the reply was cut short by Ctrl+C: the shell's convention says so
+
+
+def open_tools_for(args, engine, use_chat: bool):
+    """The MCP client of `--mcp`, or None; tools need the chat template, so --no-chat refuses them."""
+    if not getattr(args, "mcp", None):
+        return None
+    if not use_chat:
+        engine.close()
+        raise SettingsError("--mcp", "tools need the chat template; drop --no-chat")
+    from engine.tools_cli import open_tools
+
+    try:
+        return open_tools(args)
+    except BaseException:
+        engine.close()
+        raise
+
+
+def run_with_tools(args, engine, tools, prompt: str, sampling, policy) -> None:
+    """`run --mcp`: the reply with its calls (shown on stderr as they happen), or all of it as --json."""
+    from engine.tool_loop import ToolCallFinished, call_record, reply_with_tools
+    from engine.tools_cli import approver, show_call
+
+    history = ([Message("system", args.system)] if args.system else []) + [Message("user", prompt)]
+    events = reply_with_tools(engine, history, tools, args.tool_choice, approver(args), sampling, policy,
+                              args.max_tool_calls)  # fmt: skip
+    calls: list[dict] = []
+    done = None
+    for event in events:
+        if isinstance(event, Token) and not args.json:
+            sys.stdout.write(event.text)
+            sys.stdout.flush()
+        elif isinstance(event, ToolCallFinished):
+            calls.append(call_record(event))
+        elif isinstance(event, ReplyDone):
+            done = event
+        if not isinstance(event, (Token, ReplyDone)):
+            show_call(event, quiet=False)
+    reply = history[-1].content if history and history[-1].role == "assistant" else ""
+    if args.json:
+        print(json.dumps({"tool_calls": calls, "reply": reply}, indent=2, ensure_ascii=False))
+    else:
+        sys.stdout.write("\n")
+    if args.stats and done:
+        print("stats: " + done.stats.describe(), file=sys.stderr)
 
 
 def context_warning(loaded, rope_scaling: str = "model") -> str | None:
@@ -301,6 +358,7 @@ def _add_generation_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--system", help="system prompt")
     add_engine_flags(p)
     add_remote_flags(p)
+    add_tool_flags(p)
     add_settings_flags(p, LoadSettings, "model loading")
     add_settings_flags(p, SamplingSettings, "sampling")
 
@@ -344,6 +402,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("words", nargs="+", metavar="[MODEL] PROMPT")
     p.add_argument("--chat", action=argparse.BooleanOptionalAction, default=None,
                    help="wrap the prompt in the chat template (default: when the model has its own template)")  # fmt: skip
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="with --mcp: print the tool calls, their results and the reply as JSON",
+    )
     _add_generation_flags(p)
     p.set_defaults(func=cmd_run)
 
@@ -353,3 +416,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     from engine.chat_cli import cmd_chat
 
     p.set_defaults(func=cmd_chat)
+
+    from engine.tools_cli import register as register_tools
+
+    register_tools(sub)
