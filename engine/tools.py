@@ -365,7 +365,8 @@ def parse_reply(text: str, tools: ToolSet, style: CallStyle = HERMES) -> ParsedR
     content = text[:start].strip()
     rest = text[start + len(style.prefix) :]
     try:
-        value, end = json.JSONDecoder().raw_decode(rest.lstrip())
+        # strict=False: control characters inside strings, which the grammar lets through, are kept as they are
+        value, end = json.JSONDecoder(strict=False).raw_decode(rest.lstrip())
     except json.JSONDecodeError as err:
         raise SettingsError(
             "tool_call", f"the call is not valid JSON ({err.msg} at column {err.colno})"

@@ -4,14 +4,16 @@ hangs, one that returns a huge result, one that crashes the server."""
 import os
 import sys
 import time
+from typing import Annotated
 
 from mcp.server.mcpserver import MCPServer
+from pydantic import Field
 
 server = MCPServer("ingle-test")
 
 
 @server.tool()
-def echo(text: str) -> str:
+def echo(text: Annotated[str, Field(max_length=12)]) -> str:
     """Return the text it was given."""
     return f"echo: {text}"
 

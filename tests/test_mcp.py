@@ -151,6 +151,18 @@ def test_approver_asks_once_for_always():
 
 
 @pytest.fixture(scope="module")
+def tiny_rt(tiny_model):
+    """The tiny model with room for the tool instructions and a round trip (the shared one has 512 tokens)."""
+    from engine.runtime import Runtime
+    from engine.settings import LoadSettings
+
+    rt = Runtime()
+    list(rt.load(tiny_model, LoadSettings(n_ctx=2048)))
+    yield rt
+    rt.close()
+
+
+@pytest.fixture(scope="module")
 def echo_client():
     with McpClient([TEST_SERVER], start_timeout=120, call_timeout=10) as c:
         c._tools = [
@@ -159,12 +171,12 @@ def echo_client():
         yield c
 
 
-def test_loop_runs_an_approved_call_and_caps_calls(tiny_runtime, echo_client):
+def test_loop_runs_an_approved_call_and_caps_calls(tiny_rt, echo_client):
     history = [Message("user", "say something")]
     seen = []
-    events = list(reply_with_tools(tiny_runtime, history, echo_client, "required",
+    events = list(reply_with_tools(tiny_rt, history, echo_client, "required",
                                    lambda call, server: seen.append(call) or True,
-                                   SamplingSettings(max_tokens=60, seed=1), max_calls=1))  # fmt: skip
+                                   SamplingSettings(max_tokens=300, seed=1), max_calls=1))  # fmt: skip
     finished = [e for e in events if isinstance(e, ToolCallFinished)]
     assert len(finished) == 1 and finished[0].approved  # the cap (1) lets no second call happen
     args = json.loads(finished[0].call.arguments)
@@ -174,10 +186,10 @@ def test_loop_runs_an_approved_call_and_caps_calls(tiny_runtime, echo_client):
     assert history[1].tool_calls[0].name == "echo" and not history[3].tool_calls
 
 
-def test_loop_denied_call_tells_the_model(tiny_runtime, echo_client):
+def test_loop_denied_call_tells_the_model(tiny_rt, echo_client):
     history = [Message("user", "say something")]
-    events = list(reply_with_tools(tiny_runtime, history, echo_client, "required", lambda call, server: False,
-                                   SamplingSettings(max_tokens=60, seed=2), max_calls=1))  # fmt: skip
+    events = list(reply_with_tools(tiny_rt, history, echo_client, "required", lambda call, server: False,
+                                   SamplingSettings(max_tokens=300, seed=1), max_calls=1))  # fmt: skip
     assert [type(e) for e in events if isinstance(e, (ToolCallStarted, ToolCallFinished))] == [
         ToolCallStarted,
         ToolCallFinished,
@@ -210,7 +222,7 @@ def test_cli_denies_calls_without_a_terminal(tmp_path, tiny_model):
     home = tmp_path / "home"
     assert ingle("tools", "add", "t", "--", TEST_SERVER.command, *TEST_SERVER.args, home=home).returncode == 0
     result = ingle("run", tiny_model, "hello", "--chat", "--mcp", "t", "--tool-choice", "required", "--json",
-                   "-n", "40", "--seed", "3", "--max-tool-calls", "1", home=home)  # fmt: skip
+                   "-n", "300", "-c", "2048", "--seed", "1", "--max-tool-calls", "1", home=home)  # fmt: skip
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout)
     (call,) = out["tool_calls"]
