@@ -1,0 +1,93 @@
+"""The tools GUI under pytest-qt: the approval dialog, the call card, and the Tools panel on a real MCP server."""
+
+import json
+import sys
+from pathlib import Path
+
+from PySide6.QtCore import Qt, QTimer
+
+from app.tool_approval import ToolApprovalDialog, ToolCallCard, ask_with_dialog
+from app.tools_panel import ToolsPanel
+from engine.events import ToolCall
+from engine.tool_loop import Approval, Approver
+
+SERVER = Path(__file__).resolve().parent / "mcp_test_server.py"
+CALL = ToolCall("call_1", "get_current_time", '{"timezone": "Europe/Paris"}')
+
+
+def test_dialog_shows_the_call_and_returns_each_answer(qtbot):
+    for button, answer in (("once", Approval.ONCE), ("always", Approval.ALWAYS), ("deny", Approval.DENY)):
+        dialog = ToolApprovalDialog(CALL, "time")
+        qtbot.addWidget(dialog)
+        assert json.loads(dialog.arguments.toPlainText()) == {"timezone": "Europe/Paris"}
+        assert "\n" in dialog.arguments.toPlainText()  # indented, one argument a line
+        assert dialog.deny.isDefault()
+        qtbot.mouseClick(getattr(dialog, button), Qt.LeftButton)
+        assert dialog.answer is answer
+
+
+def test_dialog_closed_is_deny(qtbot):
+    dialog = ToolApprovalDialog(CALL, "time")
+    qtbot.addWidget(dialog)
+    dialog.show()
+    dialog.reject()
+    assert dialog.answer is Approval.DENY
+
+
+def test_always_asks_once_through_the_dialog(qtbot):
+    shown = []
+
+    def click_always():
+        from PySide6.QtWidgets import QApplication
+
+        dialog = QApplication.activeModalWidget()
+        shown.append(dialog)
+        dialog.always.click()
+
+    approve = Approver(ask_with_dialog(None))
+    QTimer.singleShot(50, click_always)
+    assert approve(CALL, "time") is True
+    assert approve(CALL, "time") is True  # no dialog this time: nothing would click it
+    assert len(shown) == 1 and "Europe/Paris" in shown[0].arguments.toPlainText()
+
+
+def test_call_card_keeps_the_result_collapsed(qtbot):
+    card = ToolCallCard(CALL, "time")
+    qtbot.addWidget(card)
+    card.show()
+    assert not card.toggle.isEnabled()
+    card.finish(True, '{"datetime": "2026-11-29T23:00:00+01:00"}\nmore', False)
+    assert card.result.isHidden() and "done" in card.header.text()
+    card.toggle.click()
+    assert card.result.isVisible() and "more" in card.result.toPlainText()
+    card.finish(False, "The user did not allow this call.", True)
+    assert "not run" in card.header.text()
+    card.grab().save("/tmp/h-mcp-card.png")
+
+
+def test_tools_panel_lists_real_tools_and_enables_per_conversation(qtbot, fresh_home):
+    panel = ToolsPanel()
+    qtbot.addWidget(panel)
+    panel.resize(460, 420)
+    panel.show()
+    assert not panel.add("bad name", "x")
+    assert "not a server name" in panel.status.text()
+    assert panel.add("t", f"{sys.executable} {SERVER}")
+    item = panel.server_item("t")
+    assert item is not None and panel.enabled() == []
+    panel.set_conversation("c1")
+    panel.server_item("t").setCheckState(0, Qt.Checked)
+    assert panel.enabled() == ["t"]
+    panel.set_conversation("c2")
+    assert panel.enabled() == [] and panel.server_item("t").checkState(0) == Qt.Unchecked
+    panel.set_conversation("c1")
+    assert panel.enabled() == ["t"] and panel.enabled_specs()[0].args == (str(SERVER),)
+    panel.refresh_tools()
+    qtbot.waitUntil(lambda: panel.server_item("t").childCount() > 0, timeout=120_000)
+    names = [panel.server_item("t").child(i).text(0) for i in range(panel.server_item("t").childCount())]
+    assert "echo(text)" in names and "hang()" in names
+    panel.grab().save("/tmp/h-mcp-panel.png")
+    dialog = ToolApprovalDialog(CALL, "time")
+    qtbot.addWidget(dialog)
+    dialog.show()
+    dialog.grab().save("/tmp/h-mcp-dialog.png")
