@@ -68,7 +68,10 @@ class ToolApprovalDialog(QDialog):
                                      (self.deny, QDialogButtonBox.RejectRole, Approval.DENY)):  # fmt: skip
             buttons.addButton(button, role)
             button.clicked.connect(lambda _=False, a=answer: self._choose(a))
-        self.deny.setDefault(True)  # Enter must not run a tool by accident
+        for button in (self.once, self.always):
+            button.setAutoDefault(False)  # Enter must not run a tool by accident: it denies
+        self.deny.setDefault(True)
+        self.deny.setFocus()
         layout.addWidget(buttons)
         self.resize(520, 320)
 
@@ -96,7 +99,7 @@ class ToolCallCard(QFrame):
         self.setFrameShape(QFrame.StyledPanel)
         layout = QVBoxLayout(self)
         self.header = QLabel(
-            f"🔧 {_esc(call.name)} <span style='color:gray'>({_esc(server)})</span> — waiting"
+            f"Tool {_esc(call.name)} <span style='color:gray'>({_esc(server)})</span> — waiting"
         )
         layout.addWidget(self.header)
         self.arguments = _mono(pretty_arguments(call.arguments), 6)
@@ -116,7 +119,7 @@ class ToolCallCard(QFrame):
         if not approved:
             state = "not run"
         color = "#b00020" if is_error or not approved else "#2e7d32"
-        self.header.setText(f"🔧 {_esc(self.call.name)} <span style='color:gray'>({_esc(self.server)})</span> — "
+        self.header.setText(f"Tool {_esc(self.call.name)} <span style='color:gray'>({_esc(self.server)})</span> — "
                             f"<span style='color:{color}'>{state}</span>")  # fmt: skip
         self.result.setPlainText(text)
         first = text.strip().splitlines()[0][:80] if text.strip() else ""

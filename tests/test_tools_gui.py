@@ -91,3 +91,24 @@ def test_tools_panel_lists_real_tools_and_enables_per_conversation(qtbot, fresh_
     qtbot.addWidget(dialog)
     dialog.show()
     dialog.grab().save("/tmp/h-mcp-dialog.png")
+
+
+def test_main_window_has_the_tools_tab(qtbot, tmp_path, fresh_home):
+    from app.main import MainWindow
+    from engine.conversations import ConversationStore
+    from engine.mcp_client import ServerSpec, add_server
+
+    add_server(ServerSpec("t", sys.executable, (str(SERVER),)))
+    window = MainWindow(store=ConversationStore(tmp_path / "c.sqlite3"), start_engine=False)
+    qtbot.addWidget(window)
+    window.resize(1280, 800)
+    window.show()
+    window.new_chat()
+    index = next(i for i in range(window.side.count()) if window.side.tabText(i) == "Tools")
+    window.side.setCurrentIndex(index)
+    panel = window.tools_panel
+    panel.server_item("t").setCheckState(0, Qt.Checked)
+    assert panel.enabled() == ["t"]
+    window.new_chat()  # a new conversation starts with no tools enabled
+    assert panel.enabled() == []
+    window.grab().save("/tmp/h-mcp-window.png")
