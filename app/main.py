@@ -324,8 +324,9 @@ class MainWindow(WindowLayout, ConversationActions, QMainWindow):
         policy = self.sampling_panel.policy()
         messages = list(turn.messages)
         self.render_conversation()
+        work = self._tool_work(messages, settings, policy, turn.continue_last)
         self.bridge.stream(
-            lambda engine: engine.chat(messages, settings, policy, turn.continue_last),
+            work or (lambda engine: engine.chat(messages, settings, policy, turn.continue_last)),
             event=lambda ev, chat=self.chat: self._on_chat_event(chat, ev),
             done=lambda _r, chat=self.chat, mid=turn.reply: self._chat_done(chat, mid),
             failed=lambda err, chat=self.chat, mid=turn.reply: self._chat_failed(chat, mid, err),
@@ -335,7 +336,24 @@ class MainWindow(WindowLayout, ConversationActions, QMainWindow):
     def stop(self) -> None:
         self.bridge.cancel()
 
+    def _tool_work(self, messages, settings, policy, continue_last: bool):
+        """With MCP servers enabled in the Tools tab: the reply runs the tool loop (app/tool_chat_gui.py)."""
+        from app.tool_chat_gui import GuiApprover, ToolSession, gui_reply
+
+        if not hasattr(self, "tool_session"):
+            self.tool_session, self.tool_approver = ToolSession(), GuiApprover(self)
+        client = self.tool_session.client_for(self.tools_panel.enabled_specs())
+        choice = self.tools_panel.choice.currentText()
+        if client is None or continue_last or choice == "none":
+            return None
+        self.tools_panel.clear_calls()
+        approve = self.tool_approver
+        return lambda engine: gui_reply(engine, messages, client, choice, approve, settings, policy)
+
     def _on_chat_event(self, chat: ChatSession, ev) -> None:
+        if type(ev).__name__ in ("ToolCallStarted", "ToolCallFinished"):  # engine/tool_loop.py
+            self.tools_panel.show_call(ev)
+            return
         if not chat.on_event(ev):
             return
         if isinstance(ev, ReplyDone):
@@ -401,5 +419,7 @@ class MainWindow(WindowLayout, ConversationActions, QMainWindow):
             self.chat.suspend()  # a reply being written is kept as stopped
         self.server.stop_now("The window is closing.")  # before the engine child it uses goes
         self.bridge.shutdown()
+        if hasattr(self, "tool_session"):  # the MCP servers this window started
+            self.tool_session.close()
         self.store.purge()
         super().closeEvent(event)

@@ -7,10 +7,12 @@ import json
 
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
+    QComboBox,
     QHBoxLayout,
     QInputDialog,
     QLabel,
     QPushButton,
+    QScrollArea,
     QTreeWidget,
     QTreeWidgetItem,
     QVBoxLayout,
@@ -18,6 +20,7 @@ from PySide6.QtWidgets import (
 )
 
 from app.ops import Op
+from app.tool_approval import ToolCallCard
 from engine.mcp_client import McpClient, McpTool, ServerSpec, add_server, load_servers, remove_server
 
 
@@ -55,6 +58,22 @@ class ToolsPanel(QWidget):
         for b in (self.add_button, self.remove_button, self.refresh_button):
             row.addWidget(b)
         layout.addLayout(row)
+        choice_row = QHBoxLayout()
+        choice_row.addWidget(QLabel("Tool choice:"))
+        self.choice = QComboBox()
+        self.choice.addItems(["auto", "required", "none"])
+        self.choice.setToolTip("auto: the model decides; required: it must call a tool first; none: no calls")
+        choice_row.addWidget(self.choice, 1)
+        layout.addLayout(choice_row)
+        layout.addWidget(QLabel("Calls in the last reply:"))
+        self.calls_box = QWidget()
+        self.calls_layout = QVBoxLayout(self.calls_box)
+        self.calls_layout.addStretch(1)
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setWidget(self.calls_box)
+        layout.addWidget(scroll, 1)
+        self.cards: list[ToolCallCard] = []
         self.status = QLabel()
         self.status.setWordWrap(True)
         self.status.setTextFormat(Qt.PlainText)
@@ -157,6 +176,25 @@ class ToolsPanel(QWidget):
             servers.discard(name)
         self.reload()
         self.changed.emit()
+
+    # -- calls
+    def clear_calls(self) -> None:
+        for card in self.cards:
+            card.deleteLater()
+        self.cards = []
+
+    def show_call(self, event) -> None:
+        """A ToolCallStarted adds a card (the call and its arguments); a ToolCallFinished fills in its result."""
+        from engine.tool_loop import ToolCallFinished, ToolCallStarted
+
+        if isinstance(event, ToolCallStarted):
+            card = ToolCallCard(event.call, event.server)
+            self.calls_layout.insertWidget(self.calls_layout.count() - 1, card)
+            self.cards.append(card)
+        elif isinstance(event, ToolCallFinished):
+            card = next((c for c in reversed(self.cards) if c.call.id == event.call.id), None)
+            if card is not None:
+                card.finish(event.approved, event.result.text, event.result.is_error)
 
     # -- per conversation
     def set_conversation(self, conversation_id: str) -> None:

@@ -10,34 +10,41 @@ from mcp.server.mcpserver import MCPServer
 from pydantic import Field
 
 server = MCPServer("ingle-test")
+ONLY = set(filter(None, os.environ.get("INGLE_TEST_TOOLS", "").split(",")))  # serve only these tools when set
 
 
-@server.tool()
+def tool(fn):
+    if not ONLY or fn.__name__ in ONLY:
+        server.tool()(fn)
+    return fn
+
+
+@tool
 def echo(text: Annotated[str, Field(max_length=12)]) -> str:
     """Return the text it was given."""
     return f"echo: {text}"
 
 
-@server.tool()
+@tool
 def fail(reason: str = "broken") -> str:
     """Always fails."""
     raise ValueError(f"this tool always fails ({reason})")
 
 
-@server.tool()
+@tool
 def hang() -> str:
     """Never answers."""
     time.sleep(3600)
     return "late"
 
 
-@server.tool()
+@tool
 def huge() -> str:
     """Returns a million characters."""
     return "x" * 1_000_000
 
 
-@server.tool()
+@tool
 def crash() -> str:
     """Ends the server's process."""
     sys.stderr.write("test server: crashing on purpose\n")

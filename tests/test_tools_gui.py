@@ -112,3 +112,51 @@ def test_main_window_has_the_tools_tab(qtbot, tmp_path, fresh_home):
     window.new_chat()  # a new conversation starts with no tools enabled
     assert panel.enabled() == []
     window.grab().save("/tmp/h-mcp-window.png")
+
+
+def test_a_reply_with_tools_asks_runs_and_shows_the_call(qtbot, tmp_path, fresh_home, tiny_model):
+    """The whole GUI path: Tools tab -> the tool loop on the engine queue -> the approval dialog on the GUI
+    thread -> the real MCP server -> the call's card with its result -> the model's answer stored."""
+    from PySide6.QtWidgets import QApplication
+
+    from app.main import MainWindow
+    from engine.conversations import ConversationStore
+    from engine.mcp_client import ServerSpec, add_server
+    from engine.settings import SamplingSettings
+
+    add_server(ServerSpec("t", sys.executable, (str(SERVER),), {"INGLE_TEST_TOOLS": "echo"}))
+    window = MainWindow(store=ConversationStore(tmp_path / "c.sqlite3"), model=tiny_model)
+    qtbot.addWidget(window)
+    window.resize(1280, 800)
+    window.show()
+    with qtbot.waitSignal(window.model_ready, timeout=300_000):
+        pass
+    window.new_chat()
+    window.store.set_settings(window.conversation, SamplingSettings(max_tokens=200, seed=1))
+    panel = window.tools_panel
+    panel.server_item("t").setCheckState(0, Qt.Checked)
+    panel.choice.setCurrentText("required")
+    window.side.setCurrentIndex(
+        next(i for i in range(window.side.count()) if window.side.tabText(i) == "Tools")
+    )
+    dialogs = []
+
+    def answer():
+        dialog = QApplication.activeModalWidget()
+        if isinstance(dialog, ToolApprovalDialog):
+            dialogs.append(dialog.arguments.toPlainText())
+            dialog.once.click()
+        else:
+            QTimer.singleShot(50, answer)
+
+    QTimer.singleShot(50, answer)
+    with qtbot.waitSignal(window.reply_finished, timeout=300_000) as blocker:
+        assert window.send("say something")
+    assert len(dialogs) == 1 and '"text"' in dialogs[0]
+    (card,) = panel.cards
+    assert card.call.name == "echo" and "done" in card.header.text()
+    assert card.result.toPlainText().startswith("echo: ") and card.result.isHidden()
+    reply = window.store.message(blocker.args[0])
+    assert reply.status == "done"
+    window.grab().save("/tmp/h-mcp-window-call.png")
+    window.close()
