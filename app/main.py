@@ -332,8 +332,11 @@ class MainWindow(WindowLayout, ConversationActions, QMainWindow):
         self.render_conversation()
         docs, hits = self.docs_panel.retrieval(), []  # the conversation's documents, if it has any
         self.docs_panel.set_sources([])
+        tool_work = self._tool_work(messages, settings, policy, turn.continue_last)
 
         def work(engine):
+            if tool_work is not None:  # MCP servers enabled: the tool loop (documents are not combined yet)
+                return tool_work(engine)
             if docs:
                 return chat_with_sources(engine, *docs, messages, settings, policy, turn.continue_last, hits)
             return engine.chat(messages, settings, policy, turn.continue_last)
@@ -358,7 +361,24 @@ class MainWindow(WindowLayout, ConversationActions, QMainWindow):
             self.new_chat()
         return f"chat-{self.conversation}"
 
+    def _tool_work(self, messages, settings, policy, continue_last: bool):
+        """With MCP servers enabled in the Tools tab: the reply runs the tool loop (app/tool_chat_gui.py)."""
+        from app.tool_chat_gui import GuiApprover, ToolSession, gui_reply
+
+        if not hasattr(self, "tool_session"):
+            self.tool_session, self.tool_approver = ToolSession(), GuiApprover(self)
+        client = self.tool_session.client_for(self.tools_panel.enabled_specs())
+        choice = self.tools_panel.choice.currentText()
+        if client is None or continue_last or choice == "none":
+            return None
+        self.tools_panel.clear_calls()
+        approve = self.tool_approver
+        return lambda engine: gui_reply(engine, messages, client, choice, approve, settings, policy)
+
     def _on_chat_event(self, chat: ChatSession, ev) -> None:
+        if type(ev).__name__ in ("ToolCallStarted", "ToolCallFinished"):  # engine/tool_loop.py
+            self.tools_panel.show_call(ev)
+            return
         if not chat.on_event(ev):
             return
         if isinstance(ev, ReplyDone):
@@ -428,6 +448,8 @@ class MainWindow(WindowLayout, ConversationActions, QMainWindow):
         self.reopen.save_on_close()
         self.server.stop_now("The window is closing.")  # before the engine child it uses goes
         self.bridge.shutdown()
+        if hasattr(self, "tool_session"):  # the MCP servers this window started
+            self.tool_session.close()
         self.store.purge()
         self.reopen.forget_missing()  # a deleted conversation's saved cache goes with it
         super().closeEvent(event)

@@ -26,6 +26,7 @@ from app.render import DARK, LIGHT
 from app.sampling_panel import SamplingPanel
 from app.server_control import ServerControl
 from app.server_panel import ServerPanel, server_dock
+from app.tools_panel import ToolsPanel
 from app.widgets import Banner, Composer, TextEditor
 from engine.settings import OverflowPolicy
 
@@ -119,6 +120,8 @@ class WindowLayout:
 
         self.docs_panel = DocsPanel(self._docs_collection)
         self.side.addTab(self.docs_panel, "Documents")
+        self.tools_panel = ToolsPanel()  # MCP servers, enabled per conversation (app/tools_panel.py)
+        self.side.addTab(self.tools_panel, "Tools")
 
         self.splitter = QSplitter()
         self.splitter.addWidget(left)

@@ -154,6 +154,14 @@ def cmd_chat(args) -> int:
     engine, loaded = open_loaded_engine(args)
     for line in loaded_lines(loaded, args.rope_scaling):
         print(line, file=sys.stderr)
+    from engine.cli import open_tools_for
+
+    tools = open_tools_for(args, engine, True)
+    approve = None
+    if tools is not None:
+        from engine.tools_cli import approver
+
+        approve = approver(args)
     print("Type /help for commands, /exit to leave.", file=sys.stderr)
     history: list[Message] = [Message("system", args.system)] if args.system else []
     if resumed is not None:
@@ -200,14 +208,18 @@ def cmd_chat(args) -> int:
                     print(f"ingle: {err}", file=sys.stderr)
                     continue
             history.append(Message("user", line))
+            kept = len(history) - 1  # a failed reply leaves the history as it was before the message
             with CancelOnInterrupt(engine):
                 try:
+                    if tools is not None:
+                        _reply_with_tools(args, engine, tools, history, approve, sampling, policy)
+                        continue
                     if resumed is not None:
                         done = resumed.send(engine, line, sampling, policy, args.stats)
                     else:
                         done = stream_reply(engine.chat(history, sampling, policy), args.stats)
                 except EngineDied as err:  # the conversation is kept: a fresh engine takes it up again
-                    history.pop()
+                    del history[kept:]
                     print(
                         f"ingle: the engine stopped ({how_it_died(err)}); starting it again…",
                         file=sys.stderr,
@@ -217,7 +229,7 @@ def cmd_chat(args) -> int:
                     print("ingle: ready again; send your message once more.", file=sys.stderr)
                     continue
                 except IngleError as err:
-                    history.pop()
+                    del history[kept:]
                     print(f"ingle: {err}", file=sys.stderr)
                     continue
             if done is not None:
@@ -229,4 +241,27 @@ def cmd_chat(args) -> int:
         if resumed is not None:
             resumed.save(engine)
         engine.close()
+        if tools is not None:
+            tools.close()
     return 0
+
+
+def _reply_with_tools(args, engine, tools, history, approve, sampling, policy) -> None:
+    """One reply with --mcp: tokens on stdout, each call and its result (first line) on stderr."""
+    from engine.events import ReplyDone, Token
+    from engine.tool_loop import reply_with_tools
+    from engine.tools_cli import show_call
+
+    done = None
+    for event in reply_with_tools(engine, history, tools, args.tool_choice, approve, sampling, policy,
+                                  args.max_tool_calls):  # fmt: skip
+        if isinstance(event, Token):
+            sys.stdout.write(event.text)
+            sys.stdout.flush()
+        elif isinstance(event, ReplyDone):
+            done = event
+        else:
+            show_call(event)
+    sys.stdout.write("\n")
+    if args.stats and done:
+        print("stats: " + done.stats.describe(), file=sys.stderr)

@@ -17,6 +17,7 @@ from engine.events import ContextTrimmed, LoadProgress, Message, ReplyDone, Stop
 from engine.remote_cli import add_remote_flags, register_models_remote
 from engine.settings import LoadSettings, OverflowPolicy, SamplingSettings
 from engine.text import printable
+from engine.tools_cli import add_tool_flags
 
 
 # ---------------------------------------------------------------------------- commands
@@ -234,6 +235,8 @@ def cmd_run(args) -> int:
     else:
         raise SettingsError("run", "give [MODEL] PROMPT (quote the prompt)")
     prompt = valid_text(prompt, "prompt")
+    if args.json and not (args.mcp or args.docs):
+        raise SettingsError("--json", "applies to a reply with tools (--mcp NAME) or documents (--docs NAME)")
     if args.system:
         args.system = valid_text(args.system, "system prompt")
     sampling = settings_from_args(args, SamplingSettings)
@@ -252,18 +255,26 @@ def cmd_run(args) -> int:
         from engine.docs.cli import docs_prompt
 
         prompt, hits = docs_prompt(engine, args, prompt)
+    tools = open_tools_for(args, engine, use_chat)
     with CancelOnInterrupt(engine) as interrupt:
-        if use_chat:
+        if tools is not None:
+            try:
+                run_with_tools(args, engine, tools, prompt, sampling, policy)
+            except EngineDied as err:
+                raise _crashed(engine, err, "while generating the reply") from None
+            finally:
+                tools.close()
+        elif use_chat:
             messages = ([Message("system", args.system)] if args.system else []) + [Message("user", prompt)]
             events = engine.chat(messages, sampling, policy)
         else:
             events = engine.complete(prompt, sampling, policy)
         try:
-            if args.json:
+            if tools is None and args.json:
                 from engine.docs.cli import print_json_reply
 
                 print_json_reply(events, hits)
-            else:
+            elif tools is None:
                 stream_reply(events, args.stats)
         except EngineDied as err:
             raise _crashed(engine, err, "while generating the reply") from None
@@ -271,6 +282,51 @@ def cmd_run(args) -> int:
         print(f"ingle: note: {printable(notice)}", file=sys.stderr)
     engine.close()
     return 130 if interrupt.hit else 0  # the reply was cut short by Ctrl+C: the shell's convention says so
+
+
+def open_tools_for(args, engine, use_chat: bool):
+    """The MCP client of `--mcp`, or None; tools need the chat template, so --no-chat refuses them."""
+    if not getattr(args, "mcp", None):
+        return None
+    if not use_chat:
+        engine.close()
+        raise SettingsError("--mcp", "tools need the chat template; drop --no-chat")
+    from engine.tools_cli import open_tools
+
+    try:
+        return open_tools(args)
+    except BaseException:
+        engine.close()
+        raise
+
+
+def run_with_tools(args, engine, tools, prompt: str, sampling, policy) -> None:
+    """`run --mcp`: the reply with its calls (shown on stderr as they happen), or all of it as --json."""
+    from engine.tool_loop import ToolCallFinished, call_record, reply_with_tools
+    from engine.tools_cli import approver, show_call
+
+    history = ([Message("system", args.system)] if args.system else []) + [Message("user", prompt)]
+    events = reply_with_tools(engine, history, tools, args.tool_choice, approver(args), sampling, policy,
+                              args.max_tool_calls)  # fmt: skip
+    calls: list[dict] = []
+    done = None
+    for event in events:
+        if isinstance(event, Token) and not args.json:
+            sys.stdout.write(event.text)
+            sys.stdout.flush()
+        elif isinstance(event, ToolCallFinished):
+            calls.append(call_record(event))
+        elif isinstance(event, ReplyDone):
+            done = event
+        if not isinstance(event, (Token, ReplyDone)):
+            show_call(event, quiet=False)
+    reply = history[-1].content if history and history[-1].role == "assistant" else ""
+    if args.json:
+        print(json.dumps({"tool_calls": calls, "reply": reply}, indent=2, ensure_ascii=False))
+    else:
+        sys.stdout.write("\n")
+    if args.stats and done:
+        print("stats: " + done.stats.describe(), file=sys.stderr)
 
 
 def context_warning(loaded, rope_scaling: str = "model") -> str | None:
@@ -323,6 +379,7 @@ def _add_generation_flags(p: argparse.ArgumentParser) -> None:
     add_docs_flags(p)
     add_engine_flags(p)
     add_remote_flags(p)
+    add_tool_flags(p)
     add_settings_flags(p, LoadSettings, "model loading")
     add_settings_flags(p, SamplingSettings, "sampling")
 
@@ -366,9 +423,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("words", nargs="+", metavar="[MODEL] PROMPT")
     p.add_argument("--chat", action=argparse.BooleanOptionalAction, default=None,
                    help="wrap the prompt in the chat template (default: when the model has its own template)")  # fmt: skip
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="with --mcp: the tool calls, their results and the reply as JSON; with --docs: the reply and the "
+        "retrieved passages",
+    )
     _add_generation_flags(p)
-    if "--json" not in p._option_string_actions:
-        p.add_argument("--json", action="store_true", help="print the reply (and retrieved passages) as JSON")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("chat", help="interactive chat in the terminal")
@@ -379,3 +440,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     from engine.chat_cli import cmd_chat
 
     p.set_defaults(func=cmd_chat)
+
+    from engine.tools_cli import register as register_tools
+
+    register_tools(sub)

@@ -304,10 +304,30 @@ def nine_char_ids(messages: list[Message]) -> list[Message]:
 
 
 # ------------------------------------------------------------------------------------------ grammar
+MAX_STRING = 256  # characters of a string argument whose schema sets no maxLength (see bounded_strings)
+
+
+def bounded_strings(schema: Any) -> Any:
+    """The schema with a maxLength on every free string: a small model under the grammar can otherwise write
+    one string forever ("24:0000000...") and never close the call."""
+    if isinstance(schema, list):
+        return [bounded_strings(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: bounded_strings(v) if isinstance(v, (dict, list)) and k not in ("enum", "const", "default",
+                                                                             "examples") else v
+           for k, v in schema.items()}  # fmt: skip
+    free = not any(k in out for k in ("enum", "const", "pattern", "format", "maxLength"))
+    if out.get("type") == "string" and free:
+        out["maxLength"] = MAX_STRING
+    return out
+
+
 def call_schema(tools: tuple[Tool, ...], style: CallStyle) -> str:
     """The JSON schema of one call to any of `tools`: oneOf {name: const, arguments: the tool's schema}."""
     alternatives = [
-        {"type": "object", "properties": {"name": {"const": t.name}, style.args_key: json.loads(t.parameters)},
+        {"type": "object", "properties": {"name": {"const": t.name},
+                                          style.args_key: bounded_strings(json.loads(t.parameters))},
          "required": ["name", style.args_key]}
         for t in tools
     ]  # fmt: skip
@@ -345,7 +365,8 @@ def parse_reply(text: str, tools: ToolSet, style: CallStyle = HERMES) -> ParsedR
     content = text[:start].strip()
     rest = text[start + len(style.prefix) :]
     try:
-        value, end = json.JSONDecoder().raw_decode(rest.lstrip())
+        # strict=False: control characters inside strings, which the grammar lets through, are kept as they are
+        value, end = json.JSONDecoder(strict=False).raw_decode(rest.lstrip())
     except json.JSONDecodeError as err:
         raise SettingsError(
             "tool_call", f"the call is not valid JSON ({err.msg} at column {err.colno})"
