@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from app.bench_modes import (
+    DEFAULT_MODES,
     MODES,
     TIMED_MODES,
     BenchConfig,
@@ -32,6 +33,7 @@ from app.bench_report import markdown
 
 # The names app/bench_cli.py, the tests and the README use, whichever module now holds them.
 __all__ = [
+    "DEFAULT_MODES",
     "MODES",
     "TIMED_MODES",
     "BenchConfig",
@@ -56,6 +58,11 @@ class BenchResult:
     load: dict = field(default_factory=dict)
     gui: dict = field(default_factory=dict)
     training: dict = field(default_factory=dict)
+    under_load: dict = field(default_factory=dict)  # decode with a competing load (app/bench_load.py)
+    speculation: dict = field(
+        default_factory=dict
+    )  # draft, lookup_* (app/bench_spec.py) and reopen (bench_load)
+    sampling: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -121,6 +128,30 @@ def run_bench(
             "training", "mode (7) LoRA training (starts a training process; about a minute on the starter)"
         )
         training = run_training(cfg)
+    under_load, speculation, sampling = {}, {}, {}
+    if "under_load" in cfg.modes:
+        from app.bench_load import run_under_load
+
+        announce("under_load", "mode (8) decoding under a competing load (one busy process per CPU but one)")
+        under_load = run_under_load(cfg, log)
+    if "speculation" in cfg.modes:
+        announce("speculation", "mode (10) speculative decoding: a draft pair, prompt lookup on two prompts")
+        from app.bench_spec import run_speculation
+
+        speculation.update(run_speculation(cfg, log))
+    if "reopen" in cfg.modes:
+        from app.bench_load import run_reopen
+
+        announce(
+            "reopen",
+            "mode (9) reopening a 3,000-token conversation after a restart, with and without its cache",
+        )
+        speculation["reopen"] = run_reopen(cfg, log)
+    if "sampling" in cfg.modes:
+        announce("sampling", "mode (11) sampling's share: engine decode against llama-bench tg")
+        from app.bench_spec import run_sampling
+
+        sampling = run_sampling(cfg, log)
     machine["load_average_after"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     config = {
         "model": str(cfg.model),
@@ -134,4 +165,17 @@ def run_bench(
         "modes": list(chosen),
         "interleaved": True,  # one rep of each mode in turn, the order rotating by rep
     }
-    return BenchResult(config, machine, modes, ratios, chat, streaming, loads, gui, training)
+    return BenchResult(
+        config,
+        machine,
+        modes,
+        ratios,
+        chat,
+        streaming,
+        loads,
+        gui,
+        training,
+        under_load,
+        speculation,
+        sampling,
+    )

@@ -28,7 +28,20 @@ from engine.settings import LoadSettings, SamplingSettings
 
 TIMED_MODES = ("reference", "engine", "host")
 # Every mode by name; its number (1-7) is its place here. `--modes` picks among them.
-MODES = (*TIMED_MODES, "chat", "streaming", "gui", "training")
+MODES = (
+    *TIMED_MODES,
+    "chat",
+    "streaming",
+    "gui",
+    "training",
+    "under_load",
+    "reopen",
+    "speculation",
+    "sampling",
+)
+# Without --modes: 1-7. Under load (it starts busy processes on purpose), reopen, speculation and sampling run
+# when asked for.
+DEFAULT_MODES = MODES[:7]
 
 
 def parse_modes(text: str) -> tuple[str, ...]:
@@ -72,7 +85,9 @@ class BenchConfig:
     reps: int = 5
     warmup: int = 1
     turns: int = 4
-    modes: tuple[str, ...] = MODES
+    modes: tuple[str, ...] = DEFAULT_MODES
+    draft: Path | None = None  # (10): the draft model of the pair, the model being the target
+    llama_bench: str | None = None  # (10), (11): llama-bench's path (default: DEFAULT_LLAMA_BENCH)
 
     @property
     def timed_modes(self) -> tuple[str, ...]:

@@ -125,4 +125,11 @@ def markdown(result: BenchResult) -> str:
                 f"({lo:.2f}-{hi:.2f}), {block['tokens_per_step']:.0f} tokens/step, peak "
                 f"{units.mib(block['peak_memory_bytes'])}) |"
             )
+    from app.bench_load import markdown_sections
+
+    lines += markdown_sections(result.under_load, result.speculation.get("reopen", {}))
+    if result.speculation or result.sampling:
+        from app.bench_spec import markdown_lines
+
+        lines += markdown_lines(result.speculation, result.sampling)
     return "\n".join(lines)

@@ -25,6 +25,9 @@ log = logging.getLogger(__name__)
 
 
 class Priority(enum.IntEnum):
+    HOUSEKEEPING = (
+        -1
+    )  # keeping the engine's state (a conversation's saved cache): before user work, never "busy"
     USER = 0  # something the user asked for: load, send, regenerate...
     BACKGROUND = 1  # refreshes nobody waits for: the visualizers
 
@@ -124,9 +127,12 @@ class EngineBridge(QObject):
         *,
         background: bool = False,
         key: str | None = None,
+        housekeeping: bool = False,
     ) -> Request:
         """Queue a call that returns one value."""
-        priority = Priority.BACKGROUND if background else Priority.USER
+        priority = (
+            Priority.HOUSEKEEPING if housekeeping else Priority.BACKGROUND if background else Priority.USER
+        )
         return self._enqueue(Request(work, False, priority, key, None, done, failed))
 
     def stream(
@@ -167,7 +173,7 @@ class EngineBridge(QObject):
                 old.state = State.CANCELLED
         # user requests go before every queued background request, in the order they came
         index = len(self._queue)
-        if request.priority == Priority.USER:
+        if request.priority <= Priority.USER:  # housekeeping goes before user requests too
             index = next((i for i, r in enumerate(self._queue) if r.priority > request.priority), index)
         self._queue.insert(index, request)
         self._dispatch()

@@ -18,6 +18,8 @@ COMMAND_MODULES = (
     "engine.inspect_cli",
     "engine.eval_context_cli",
     "engine.server_cli",
+    "engine.worker_cli",
+    "engine.docs.cli",
     "training.cli",
     "app.bench_cli",
 )

@@ -23,7 +23,7 @@ from app.visualizers import (
 )
 from app.visualizers.attention import AttentionView
 from app.visualizers.embeddings import EmbeddingsView
-from engine.events import Message, ModelLoaded, PromptEvaluated, ReplyDone, Token
+from engine.events import Message, ModelLoaded, PromptEvaluated, ReplyDone, ThreadsChosen, Token
 from engine.interface import Inspection
 
 DRAFT_DEBOUNCE_MS = 350
@@ -270,6 +270,8 @@ class Inspector(QObject):
                 self.kv_map.add_generated()
             if ev.token_id != -1:  # -1: held-back text; a remote server's tokens (-2) have probabilities
                 self.probabilities.add_token(streaming.id, ev)
+        elif isinstance(ev, ThreadsChosen):
+            self.timing.set_threads(ev)
         elif isinstance(ev, ReplyDone):
             self.timing.add_reply(ev.stats)
         elif isinstance(ev, ModelLoaded):

@@ -14,8 +14,10 @@ from PySide6.QtWidgets import (
 )
 
 from app.bridge import EngineBridge
+from app.docs_chat import chat_with_sources
 from app.ops import Op, describe_error
 from app.remote_models import RemoteChoice, load_remote, remote_loaded, show_notices
+from app.reopen import ReopenCache, ReopenSettings
 from app.window_conversations import ConversationActions
 from app.window_layout import WindowLayout
 from engine.conversations import ConversationStore, StoredMessage
@@ -70,6 +72,8 @@ class MainWindow(WindowLayout, ConversationActions, QMainWindow):
         convs = self.store.conversations()
         self.open_conversation(convs[0].id if convs else None)  # a bad one shows its error, another opens
         self._restore_layout()
+        self.reopen = ReopenCache(self)  # saves and restores conversations' KV caches (instant reopen)
+        self.reopen.open_cid = self.conversation
         self.initial_model = model
         if start_engine:
             self.start_engine()
@@ -274,6 +278,8 @@ class MainWindow(WindowLayout, ConversationActions, QMainWindow):
         # remembered, so "none" chosen for the starter stays chosen at the next start
         if name == STARTER_NAME:
             self.gui_settings.setValue("starter_adapter", bool(self.last_load and self.last_load[2]))
+        if ev.fit_note:  # what "Fit automatically" chose, and why
+            self.model_panel.estimate.setText(ev.fit_note)
         if ev.template_warning:
             self.info_banner.show_message(ev.template_warning)
         elif name == STARTER_NAME:
@@ -344,10 +350,24 @@ class MainWindow(WindowLayout, ConversationActions, QMainWindow):
         policy = self.sampling_panel.policy()
         messages = list(turn.messages)
         self.render_conversation()
+        docs, hits = self.docs_panel.retrieval(), []  # the conversation's documents, if it has any
+        self.docs_panel.set_sources([])
+        tool_work = self._tool_work(messages, settings, policy, turn.continue_last)
+
+        def work(engine):
+            if tool_work is not None:  # MCP servers enabled: the tool loop (documents are not combined yet)
+                return tool_work(engine)
+            if docs:
+                return chat_with_sources(engine, *docs, messages, settings, policy, turn.continue_last, hits)
+            return engine.chat(messages, settings, policy, turn.continue_last)
+
         self.bridge.stream(
-            lambda engine: engine.chat(messages, settings, policy, turn.continue_last),
+            work,
             event=lambda ev, chat=self.chat: self._on_chat_event(chat, ev),
-            done=lambda _r, chat=self.chat, mid=turn.reply: self._chat_done(chat, mid),
+            done=lambda _r, chat=self.chat, mid=turn.reply: (
+                self.docs_panel.set_sources(hits),
+                self._chat_done(chat, mid),
+            ),
             failed=lambda err, chat=self.chat, mid=turn.reply: self._chat_failed(chat, mid, err),
         )
         return True
@@ -355,7 +375,30 @@ class MainWindow(WindowLayout, ConversationActions, QMainWindow):
     def stop(self) -> None:
         self.bridge.cancel()
 
+    def _docs_collection(self) -> str:
+        """The open conversation's document collection (attaching to no conversation starts one)."""
+        if self.conversation is None:
+            self.new_chat()
+        return f"chat-{self.conversation}"
+
+    def _tool_work(self, messages, settings, policy, continue_last: bool):
+        """With MCP servers enabled in the Tools tab: the reply runs the tool loop (app/tool_chat_gui.py)."""
+        from app.tool_chat_gui import GuiApprover, ToolSession, gui_reply
+
+        if not hasattr(self, "tool_session"):
+            self.tool_session, self.tool_approver = ToolSession(), GuiApprover(self)
+        client = self.tool_session.client_for(self.tools_panel.enabled_specs())
+        choice = self.tools_panel.choice.currentText()
+        if client is None or continue_last or choice == "none":
+            return None
+        self.tools_panel.clear_calls()
+        approve = self.tool_approver
+        return lambda engine: gui_reply(engine, messages, client, choice, approve, settings, policy)
+
     def _on_chat_event(self, chat: ChatSession, ev) -> None:
+        if type(ev).__name__ in ("ToolCallStarted", "ToolCallFinished"):  # engine/tool_loop.py
+            self.tools_panel.show_call(ev)
+            return
         if not chat.on_event(ev):
             return
         if isinstance(ev, ReplyDone):
@@ -400,6 +443,9 @@ class MainWindow(WindowLayout, ConversationActions, QMainWindow):
         self.send_button.setEnabled(not busy)
         self.stop_button.setEnabled(busy)
 
+    def open_settings(self) -> None:
+        ReopenSettings(self.reopen.folder, self).exec()
+
     # ------------------------------------------------------------ shutdown
     def closeEvent(self, event) -> None:
         if self.wizard is not None and self.wizard.training_active():
@@ -421,7 +467,11 @@ class MainWindow(WindowLayout, ConversationActions, QMainWindow):
         self.gui_settings.setValue("side_visible", "true" if self.side.isVisible() else "false")
         if self.chat is not None:
             self.chat.suspend()  # a reply being written is kept as stopped
+        self.reopen.save_on_close()
         self.server.stop_now("The window is closing.")  # before the engine child it uses goes
         self.bridge.shutdown()
+        if hasattr(self, "tool_session"):  # the MCP servers this window started
+            self.tool_session.close()
         self.store.purge()
+        self.reopen.forget_missing()  # a deleted conversation's saved cache goes with it
         super().closeEvent(event)

@@ -13,6 +13,7 @@ from PySide6.QtWidgets import (
     QFormLayout,
     QHBoxLayout,
     QLabel,
+    QLineEdit,
     QProgressBar,
     QPushButton,
     QSpinBox,
@@ -27,9 +28,11 @@ from app.remote_models import RemoteChoice, RemotePicker, RemotesDialog
 from app.rope_panel import RopePanel
 from engine.chat_template import BUILTIN_TEMPLATES
 from engine.errors import IngleError, LibraryError
-from engine.fit import Fit, Verdict, available_memory, estimate
+from engine.fit import RAM_SHARE, Budget, Fit, Verdict, available_memory, choose, estimate
 from engine.gguf_info import ModelInfo, inspect_cached
 from engine.library import Entry, Library
+from engine.rpc_fit import describe as describe_split
+from engine.rpc_fit import local_fit, placements
 from engine.settings import CacheType, FlashAttention, LoadSettings
 
 _FROM_FILE = "\0file"  # the combo entry that opens a file dialog
@@ -106,6 +109,21 @@ class ModelPanel(QWidget):
             (widget.valueChanged if isinstance(widget, QSpinBox) else widget.currentTextChanged).connect(
                 self._update_estimate
             )
+        self.fit = QCheckBox(specs["fit"].metadata["label"])
+        self.fit.setToolTip(
+            specs["fit"].metadata["help"]
+            + " The context length above is then the longest wanted; full offload comes "
+            "first, then the longest context, then an F16 cache before Q8_0."
+        )
+        self.fit.toggled.connect(self._fit_toggled)
+        form.addRow("", self.fit)
+        self.rpc, self.rpc_split = QLineEdit(), QLineEdit()
+        self.rpc.setPlaceholderText("none (HOST:PORT,… of `ingle worker`s)")
+        self.rpc_split.setPlaceholderText("equal shares")
+        for name, widget in (("rpc", self.rpc), ("rpc_split", self.rpc_split)):
+            widget.setToolTip(specs[name].metadata["help"])
+            widget.textChanged.connect(self._update_estimate)
+            form.addRow(specs[name].metadata["label"], widget)
         self.adapter_box = QComboBox()
         self.adapter_scale = QDoubleSpinBox()
         self.adapter_scale.setRange(-4.0, 4.0)
@@ -157,10 +175,15 @@ class ModelPanel(QWidget):
         self.advanced = QWidget()
         form = QFormLayout(self.advanced)
         form.setContentsMargins(12, 0, 0, 0)
-        for name in ("n_threads_batch", "n_batch", "n_ubatch", "use_mmap", "use_mlock", "swa_full", "repack"):
+        names = ("n_threads_batch", "n_batch", "n_ubatch", "use_mmap", "use_mlock", "swa_full", "repack",
+                 "draft", "draft_max", "lookup", "lookup_ngram")  # fmt: skip
+        for name in names:
             meta = specs[name].metadata
             default = specs[name].default
-            if isinstance(default, bool):
+            if name == "draft":  # speculative decoding's draft model: a library model (filled by refresh)
+                widget = self.draft_box = QComboBox()
+                widget.addItem("none", "")
+            elif isinstance(default, bool):
                 widget = QCheckBox()
                 widget.setChecked(default)
                 widget.toggled.connect(self._update_estimate)
@@ -198,7 +221,13 @@ class ModelPanel(QWidget):
 
     def _advanced_values(self) -> dict:
         return {
-            name: (w.isChecked() if isinstance(w, QCheckBox) else w.value())
+            name: (
+                w.isChecked()
+                if isinstance(w, QCheckBox)
+                else w.currentData()
+                if isinstance(w, QComboBox)
+                else w.value()
+            )
             for name, w in self.advanced_fields.items()
         }
 
@@ -244,6 +273,12 @@ class ModelPanel(QWidget):
         for entry in self.library.entries("adapter"):
             self.adapter_box.addItem(entry.name, entry.name)
         self.adapter_box.setCurrentIndex(max(0, self.adapter_box.findData(chosen or "")))
+        chosen = self.draft_box.currentData()
+        self.draft_box.clear()
+        self.draft_box.addItem("none", "")
+        for entry in self.library.entries("model"):
+            self.draft_box.addItem(entry.name, entry.name)
+        self.draft_box.setCurrentIndex(max(0, self.draft_box.findData(chosen or "")))
         self._update_estimate()
 
     def select_adapter(self, name: str, scale: float = 1.0) -> None:
@@ -278,15 +313,42 @@ class ModelPanel(QWidget):
         return LoadSettings(n_ctx=self.n_ctx.value(), n_gpu_layers=self.gpu_layers.value(),
                             n_threads=self.threads.value(), type_k=CacheType(self.type_k.currentText()),
                             type_v=CacheType(self.type_v.currentText()),
-                            flash_attn=FlashAttention(self.flash.currentText()),
+                            flash_attn=FlashAttention(self.flash.currentText()), fit=self.fit.isChecked(),
+                            fit_check=not self.force.isChecked(), rpc=self.rpc.text().strip(), rpc_split=self.rpc_split.text().strip(),
                             **self._advanced_values(), **self.rope.values())  # fmt: skip
+
+    def _fit_toggled(self, on: bool) -> None:
+        # the engine picks these when fitting automatically
+        for widget in (self.gpu_layers, self.type_k, self.type_v):
+            widget.setEnabled(not on)
+        self._update_estimate()
+
+    def fit_preview(self):
+        """What "Fit automatically" would choose for the selected model (engine.fit.FitChoice, or None), against
+        the engine child's view of free memory (RAM only until it has reported)."""
+        entry = self.entry()
+        if entry is None:
+            return None
+        budget = Budget.from_hardware(self.hardware) if self.hardware is not None else Budget(
+            int(available_memory() * RAM_SHARE)
+        )  # fmt: skip
+        return choose(inspect_cached(entry.file), self.load_settings(), budget)
 
     def current_estimate(self) -> Fit | None:
         """The memory estimate for the selected model (its header is read here if it was not yet)."""
         entry = self.entry()
         if entry is None:
             return None
-        return estimate_memory(inspect_cached(entry.file), self.load_settings(), self.hardware)
+        info, settings = inspect_cached(entry.file), self.load_settings()
+        fit = estimate_memory(info, settings, self.hardware)
+        return local_fit(fit, places) if (places := placements(info, settings)) else fit
+
+    def split_text(self) -> str:
+        """Where the weights and KV cache land with RPC workers; '' without them."""
+        entry = self.entry()
+        if entry is None or entry.file not in self._read:
+            return ""
+        return describe_split(placements(inspect_cached(entry.file), self.load_settings()))
 
     def _header_ready(self, entry: Entry) -> bool:
         """True when the model's header is known; else read it off the GUI thread and update when done."""
@@ -349,7 +411,20 @@ class ModelPanel(QWidget):
         except IngleError as err:
             self.estimate.setText(str(err))
             return
-        self.estimate.setText(estimate.describe() if estimate else "")
+        if self.fit.isChecked() and estimate is not None:
+            choice = self.fit_preview()
+            text = (
+                choice.reason
+                if choice
+                else "Nothing fits the free memory, even at a short context: loading says what would."
+            )
+            self.estimate.setText(text)
+            self.estimate.setStyleSheet("" if choice else ERROR_STYLE)
+            return
+        split = self.split_text()
+        self.estimate.setText(
+            (estimate.describe() if estimate else "") + (f"\nSplit: {split}" if split else "")
+        )
         self.estimate.setStyleSheet(
             "" if estimate is None or estimate.verdict is Verdict.FITS else ERROR_STYLE
         )
@@ -367,7 +442,11 @@ class ModelPanel(QWidget):
         except IngleError as err:
             self.estimate.setText(str(err))
             return
-        if estimate and estimate.verdict is Verdict.WONT_FIT and not self.force.isChecked():
+        if (
+            estimate
+            and estimate.verdict is Verdict.WONT_FIT
+            and not (self.force.isChecked() or self.fit.isChecked())
+        ):
             self.estimate.setText(estimate.describe() + ". Lower the context length or tick 'Load even if…'.")
             return
         adapters = ()

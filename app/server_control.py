@@ -11,12 +11,12 @@ from pathlib import Path
 from PySide6.QtCore import QObject, Signal
 
 from app.bridge import EngineBridge
-from app.server_engine import BridgeEngine, BridgeScheduler
 from engine.errors import EngineError, SettingsError
 from engine.events import ModelLoaded
 from engine.server.config import ServerConfig
 from engine.server.request_log import RequestLog
 from engine.server.runner import ServerThread
+from engine.server.scheduler import Scheduler
 from engine.server_cli import bind, check_exposure, is_loopback
 from engine.text import name_from
 
@@ -56,8 +56,7 @@ class ServerControl(QObject):
         super().__init__(parent)
         self.bridge = bridge
         self.thread: ServerThread | None = None
-        self.engine: BridgeEngine | None = None
-        self.scheduler: BridgeScheduler | None = None
+        self.scheduler: Scheduler | None = None
         self.options = ServerOptions()
         self.model_name = ""
         self.url = ""
@@ -93,8 +92,11 @@ class ServerControl(QObject):
                 model_name=name_from(Path(loaded.path).stem), model_info=loaded.info, n_ctx=loaded.n_ctx,
                 api_key=options.api_key, created=int(time.time()),
             )  # fmt: skip
-            engine = BridgeEngine(self.bridge)
-            scheduler = BridgeScheduler(engine, self._reload, max_queue=config.max_queue, slots=options.slots)
+            # the chat window's engine child decodes the API requests in slots of their own (one more llama.cpp
+            # context on the same weights), batched together and beside the chat window's own reply
+            host = self.bridge.host
+            host.start_slots(options.slots, loaded.n_ctx)
+            scheduler = Scheduler(host, self._reload, max_queue=config.max_queue, slots=options.slots)
             thread = ServerThread(config, scheduler, sock)
             thread.app.add_middleware(
                 RequestLog, state=thread.state, sink=self.logged.emit, log_prompts=lambda: self._log_prompts
@@ -102,8 +104,9 @@ class ServerControl(QObject):
             thread.start()
         except BaseException:
             sock.close()
+            self._stop_slots()
             raise
-        self.thread, self.engine, self.scheduler = thread, engine, scheduler
+        self.thread, self.scheduler = thread, scheduler
         self.options, self.model_name = options, config.model_name
         self.set_log_prompts(options.log_prompts)
         self.url = base_url(options.host, sock.getsockname()[1])
@@ -121,24 +124,27 @@ class ServerControl(QObject):
         if self.thread is None:
             return
         thread, self.thread = self.thread, None
-        self.engine.close(why)
         self.stopping = True
 
         def finish() -> None:
+            self._stop_slots()  # the requests still running end now (their clients get an error)
             thread.stop()
             self._stopped.emit(why)
 
         self._stopper = threading.Thread(target=finish, name="ingle-api-server-stop", daemon=True)
         self._stopper.start()
 
+    def _stop_slots(self) -> None:
+        host = self.bridge.host
+        if host.alive:
+            try:
+                host.stop_slots()
+            except EngineError:  # the engine child is gone: so are its slots
+                pass
+
     def _finish_stop(self, why: str) -> None:
         self.stopping = False
-        try:  # the server thread has ended: nothing submits through it any more
-            if self.engine is not None:
-                self.engine.deleteLater()
-        except RuntimeError:  # already gone with the bridge, its parent (the window closed)
-            pass
-        self.engine = self.scheduler = None
+        self.scheduler = None
         self.stopped.emit(why)
 
     def stop_now(self, why: str) -> None:

@@ -112,6 +112,7 @@ class ConversationActions:
         system_prompt = self.store.get(cid).system_prompt if cid is not None else ""
         self.conversation = cid
         self.chat = ChatSession(self.store, cid, SAVE_INTERVAL) if cid is not None else None
+        self.tools_panel.set_conversation(str(cid))  # each conversation enables its own MCP servers
         self.editing = None
         if settings is not None:
             self.sampling_panel.set_settings(settings)

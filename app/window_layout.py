@@ -26,6 +26,7 @@ from app.render import DARK, LIGHT
 from app.sampling_panel import SamplingPanel
 from app.server_control import ServerControl
 from app.server_panel import ServerPanel, server_dock
+from app.tools_panel import ToolsPanel
 from app.widgets import Banner, Composer, TextEditor
 from engine.settings import OverflowPolicy
 
@@ -116,6 +117,12 @@ class WindowLayout:
         self.side.addTab(model_scroll, "Model")
         self.side.addTab(sampling_scroll, "Sampling")
         self.side.addTab(self.system_prompt, "System prompt")
+        from app.docs_panel import DocsPanel
+
+        self.docs_panel = DocsPanel(self._docs_collection)
+        self.side.addTab(self.docs_panel, "Documents")
+        self.tools_panel = ToolsPanel()  # MCP servers, enabled per conversation (app/tools_panel.py)
+        self.side.addTab(self.tools_panel, "Tools")
 
         self.splitter = QSplitter()
         self.splitter.addWidget(left)
@@ -151,6 +158,7 @@ class WindowLayout:
         add(file_menu, "Import conversation (JSON)…", self._import_json)
         add(file_menu, "Export as Markdown…", lambda: self._export("md"))
         add(file_menu, "Export as JSON…", lambda: self._export("json"))
+        add(file_menu, "Settings…", self.open_settings)
         add(file_menu, "Quit", self.close, "Ctrl+Q")
         models_menu = self.menuBar().addMenu("&Models")
         add(models_menu, "Download models…", lambda: self.open_model_manager(0), "Ctrl+Shift+D")

@@ -12,6 +12,7 @@ from engine.cli_flags import settings_from_args, valid_text
 from engine.errors import EngineDied, IngleError, SettingsError
 from engine.events import Message
 from engine.settings import OverflowPolicy, SamplingSettings
+from engine.text import printable
 
 CHAT_HELP = """commands:
   /help          this list
@@ -76,16 +77,95 @@ def _not_utf8(line: str) -> int | None:
     return None
 
 
+class Resumed:
+    """`ingle chat --resume CONVERSATION`: a conversation of the app's store, its saved KV cache reused when it
+    matches (only the new message is evaluated), new messages stored in it, the cache saved again on leaving."""
+
+    def __init__(self, which: str):
+        from engine.conversations import ConversationStore
+        from engine.kv_store import StateFolder
+        from engine.session import ChatSession
+
+        self.store = ConversationStore()
+        self.cid = self._find(which)
+        self.session = ChatSession(self.store, self.cid)
+        self.folder = StateFolder()
+        self.path = self.folder.path_for(self.cid)
+
+    def _find(self, which: str) -> int:
+        found = [c for c in self.store.conversations() if str(c.id) == which or c.title == which]
+        if not found:
+            raise SettingsError(
+                "resume",
+                f"no conversation '{printable(which)}'; give its number or exact title (the app lists them)",
+            )
+        return found[0].id
+
+    def restore(self, engine) -> list[Message]:
+        history = self.session.engine_messages()
+        restored = engine.restore_state(str(self.path), history)
+        title = printable(self.store.get(self.cid).title)
+        cache = (
+            f"{restored.tokens} tokens from its saved cache in {restored.seconds * 1000:.0f} ms"
+            if restored.tokens
+            else f"no saved cache used ({printable(restored.reason)})"
+        )
+        print(f"resumed “{title}”: {len(history)} messages; {cache}.", file=sys.stderr)
+        return history
+
+    def send(self, engine, line: str, sampling, policy, show_stats: bool):
+        turn = self.session.send(line)
+        events = engine.chat(list(turn.messages), sampling, policy, turn.continue_last)
+        try:
+            done = stream_reply(self._tee(events), show_stats)
+        except BaseException:
+            self.session.fail()
+            raise
+        if self.session.phase.name == "STREAMING":
+            self.session.stopped_without_reply()
+        return done
+
+    def _tee(self, events):
+        for event in events:
+            self.session.on_event(event)
+            yield event
+
+    def save(self, engine) -> None:
+        try:
+            saved = engine.save_state(str(self.path), self.session.engine_messages())
+        except IngleError as err:
+            print(f"ingle: the conversation's cache was not saved: {err}", file=sys.stderr)
+            return
+        self.folder.evict(keep=self.path)
+        if saved.tokens:
+            print(f"saved its cache ({saved.tokens} tokens) for an instant reopen.", file=sys.stderr)
+
+
 def cmd_chat(args) -> int:
     if args.system:
         args.system = valid_text(args.system, "system prompt")
     sampling = settings_from_args(args, SamplingSettings)
     policy = OverflowPolicy(args.policy)
+    resumed = Resumed(valid_text(args.resume, "--resume")) if getattr(args, "resume", None) else None
+    if resumed is not None and args.system:
+        raise SettingsError(
+            "system", "a resumed conversation keeps its own system prompt; leave out --system"
+        )
     engine, loaded = open_loaded_engine(args)
     for line in loaded_lines(loaded, args.rope_scaling):
         print(line, file=sys.stderr)
+    from engine.cli import open_tools_for
+
+    tools = open_tools_for(args, engine, True)
+    approve = None
+    if tools is not None:
+        from engine.tools_cli import approver
+
+        approve = approver(args)
     print("Type /help for commands, /exit to leave.", file=sys.stderr)
     history: list[Message] = [Message("system", args.system)] if args.system else []
+    if resumed is not None:
+        history = resumed.restore(engine)
     if hasattr(sys.stdin, "reconfigure"):  # a line that is not UTF-8 is refused alone (see _not_utf8)
         sys.stdin.reconfigure(errors="surrogateescape")
     try:
@@ -106,6 +186,10 @@ def cmd_chat(args) -> int:
             if line.startswith("//"):
                 line = line[1:]
             elif line.startswith("/"):
+                if resumed is not None and line.split()[0] in ("/reset", "/system"):
+                    print("ingle: a resumed conversation is changed in the app; /reset and /system are off here",
+                          file=sys.stderr)  # fmt: skip
+                    continue
                 try:
                     said, history = chat_command(line, history)
                 except IngleError as err:
@@ -115,12 +199,27 @@ def cmd_chat(args) -> int:
                     break
                 print(said, file=sys.stderr)
                 continue
+            if args.docs:  # the sources stay in the history: follow-up questions can cite them too
+                from engine.docs.cli import docs_prompt
+
+                try:
+                    line, _ = docs_prompt(engine, args, line)
+                except IngleError as err:
+                    print(f"ingle: {err}", file=sys.stderr)
+                    continue
             history.append(Message("user", line))
+            kept = len(history) - 1  # a failed reply leaves the history as it was before the message
             with CancelOnInterrupt(engine):
                 try:
-                    done = stream_reply(engine.chat(history, sampling, policy), args.stats)
+                    if tools is not None:
+                        _reply_with_tools(args, engine, tools, history, approve, sampling, policy)
+                        continue
+                    if resumed is not None:
+                        done = resumed.send(engine, line, sampling, policy, args.stats)
+                    else:
+                        done = stream_reply(engine.chat(history, sampling, policy), args.stats)
                 except EngineDied as err:  # the conversation is kept: a fresh engine takes it up again
-                    history.pop()
+                    del history[kept:]
                     print(
                         f"ingle: the engine stopped ({how_it_died(err)}); starting it again…",
                         file=sys.stderr,
@@ -130,7 +229,7 @@ def cmd_chat(args) -> int:
                     print("ingle: ready again; send your message once more.", file=sys.stderr)
                     continue
                 except IngleError as err:
-                    history.pop()
+                    del history[kept:]
                     print(f"ingle: {err}", file=sys.stderr)
                     continue
             if done is not None:
@@ -139,5 +238,30 @@ def cmd_chat(args) -> int:
         print(file=sys.stderr)
         return 130
     finally:
+        if resumed is not None:
+            resumed.save(engine)
         engine.close()
+        if tools is not None:
+            tools.close()
     return 0
+
+
+def _reply_with_tools(args, engine, tools, history, approve, sampling, policy) -> None:
+    """One reply with --mcp: tokens on stdout, each call and its result (first line) on stderr."""
+    from engine.events import ReplyDone, Token
+    from engine.tool_loop import reply_with_tools
+    from engine.tools_cli import show_call
+
+    done = None
+    for event in reply_with_tools(engine, history, tools, args.tool_choice, approve, sampling, policy,
+                                  args.max_tool_calls):  # fmt: skip
+        if isinstance(event, Token):
+            sys.stdout.write(event.text)
+            sys.stdout.flush()
+        elif isinstance(event, ReplyDone):
+            done = event
+        else:
+            show_call(event)
+    sys.stdout.write("\n")
+    if args.stats and done:
+        print("stats: " + done.stats.describe(), file=sys.stderr)

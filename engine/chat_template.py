@@ -3,6 +3,7 @@ sandbox bounded in time and memory, or a built-in template per model family."""
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 from collections.abc import Sequence
@@ -135,41 +136,46 @@ class ChatTemplate:
         granite): it then gets replies whole, <think> sections included; other templates get them without."""
         return any(marker in self.text for marker in _REASONING_MARKERS)
 
-    def render(self, messages: Sequence[Message], add_generation_prompt: bool = True) -> str:
+    @property
+    def uses_tools(self) -> bool:
+        """True when the template reads the `tools` variable (Qwen, Llama 3.1+, Mistral, Hermes styles): it then
+        gets the tool list, assistant tool calls and tool results as transformers passes them."""
+        return re.search(r"\btools\b", self.text) is not None
+
+    def render(
+        self, messages: Sequence[Message], add_generation_prompt: bool = True, tools: list[dict] | None = None
+    ) -> str:
         """The prompt text, as transformers' apply_chat_template(tokenize=False) makes it with this template,
-        the model's BOS/EOS text, tools=None and documents=None. A template that refuses a system message
-        (Gemma 2, early Mistral) gets it at the top of the first user message, as Gemma 3's own does."""
+        the model's BOS/EOS text, `tools` (OpenAI-style function tools, or None) and documents=None. A template
+        that refuses a system message (Gemma 2, early Mistral) gets it at the top of the first user message, as
+        Gemma 3's own does."""
         strip = not self.handles_reasoning
-        chat = [
-            {
-                "role": m.role,
-                "content": strip_reasoning(m.content) if strip and m.role == "assistant" else m.content,
-            }
-            for m in messages
-        ]
+        chat = [_message_dict(m, strip) for m in messages]
         try:
-            return self._render(chat, add_generation_prompt)
+            return self._render(chat, add_generation_prompt, tools)
         except jinja2.TemplateError as err:
             refusal = err
         folded = _fold_system(chat)
         if folded is not None:
             try:
-                return self._render(folded, add_generation_prompt)
+                return self._render(folded, add_generation_prompt, tools)
             except jinja2.TemplateError as err:
                 refusal = err  # what is wrong once the system message is out of the way
         raise EngineError(f"The chat template ({self.source}) refused these messages: {refusal}")
 
-    def _render(self, chat: list[dict], add_generation_prompt: bool) -> str:
+    def _render(self, chat: list[dict], add_generation_prompt: bool, tools: list[dict] | None = None) -> str:
         """Render; every failure but the template's own refusal (jinja2.TemplateError) becomes an EngineError."""
         variables = {
             "messages": chat,
-            "tools": None,
+            "tools": tools or None,
             "documents": None,
             "add_generation_prompt": add_generation_prompt,
             "bos_token": self.bos_token,
             "eos_token": self.eos_token,
         }
-        max_chars = MAX_OUTPUT_CHARS + 4 * sum(len(m["content"]) for m in chat)
+        max_chars = (
+            MAX_OUTPUT_CHARS + 4 * sum(len(m["content"] or "") for m in chat) + 4 * len(str(tools or ""))
+        )
         try:
             return render(self._template, variables, self.time_limit, max_chars, self.cancel)
         except LimitExceeded as err:
@@ -186,6 +192,27 @@ class ChatTemplate:
     def check(self) -> None:
         """Render a one-message conversation: a template that cannot do that cannot chat."""
         self.render([Message("user", "Hello")], True)
+
+
+def _message_dict(m: Message, strip: bool) -> dict:
+    """One message as transformers passes it to a template: tool calls with their arguments as an object."""
+    out: dict = {
+        "role": m.role,
+        "content": strip_reasoning(m.content) if strip and m.role == "assistant" else m.content,
+    }
+    if m.tool_calls:
+        out["tool_calls"] = [
+            {
+                "id": c.id,
+                "type": "function",
+                "function": {"name": c.name, "arguments": json.loads(c.arguments)},
+            }
+            for c in m.tool_calls
+        ]
+    if m.role == "tool":
+        out["tool_call_id"] = m.tool_call_id
+        out["name"] = m.name
+    return out
 
 
 def _fold_system(chat: list[dict]) -> list[dict] | None:

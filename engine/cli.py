@@ -11,12 +11,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from engine import units
-from engine.cli_flags import add_settings_flags, parse_adapter, settings_from_args, valid_text
-from engine.errors import EngineDied, EngineError, SettingsError
-from engine.events import ContextTrimmed, LoadProgress, Message, ReplyDone, StopReason, Token
+from engine.cli_flags import add_settings_flags, parse_adapter, resolve_draft, settings_from_args, valid_text
+from engine.errors import EngineDied, EngineError, RpcError, RpcWorkerLost, SettingsError
+from engine.events import ContextTrimmed, LoadProgress, Message, ReplyDone, StopReason, ThreadsChosen, Token
 from engine.remote_cli import add_remote_flags, register_models_remote
 from engine.settings import LoadSettings, OverflowPolicy, SamplingSettings
 from engine.text import printable
+from engine.tools_cli import add_tool_flags
 
 
 # ---------------------------------------------------------------------------- commands
@@ -149,6 +150,9 @@ def _crashed(engine, err: EngineDied, when: str, advice: str = "try again") -> E
     engine.close()
     log = getattr(engine, "crash_log", None)
     where = f"; llama.cpp's messages are in {log}" if log else ""
+    if isinstance(err, RpcWorkerLost):
+        return RpcError(f"an RPC worker dropped the connection {when} (it stopped, or has too little memory for "
+                        f"its share: see its output), and llama.cpp ended with it{where}.")  # fmt: skip
     return EngineError(f"llama.cpp crashed {when} ({how_it_died(err)}): {advice}{where}.")
 
 
@@ -170,7 +174,7 @@ def open_loaded_engine(args):
 
     library = Library()
     path = library.resolve(args.model)
-    load = settings_from_args(args, LoadSettings)
+    load = resolve_draft(settings_from_args(args, LoadSettings), library)
     if getattr(args, "n_ctx", None) is None:  # no --ctx-size: never past what the model was trained on
         from engine.gguf_info import inspect_gguf
 
@@ -202,7 +206,7 @@ def open_loaded_engine(args):
 
 
 def stream_reply(events: Iterator, show_stats: bool) -> ReplyDone | None:
-    done = None
+    done = threads = None
     for event in events:
         if isinstance(event, Token):
             sys.stdout.write(event.text)
@@ -211,11 +215,15 @@ def stream_reply(events: Iterator, show_stats: bool) -> ReplyDone | None:
             print(f"\n[{event.description}]", file=sys.stderr)
         elif isinstance(event, ReplyDone):
             done = event
+        elif isinstance(event, ThreadsChosen):
+            threads = event
     sys.stdout.write("\n")
     if done and done.stats.stop_reason == StopReason.INTERRUPTED:
         print("ingle: the server's stream was cut midway; the reply above is incomplete.", file=sys.stderr)
     if show_stats and done:
         print("stats: " + done.stats.describe(), file=sys.stderr)
+        if threads is not None:
+            print("threads: " + threads.describe(), file=sys.stderr)
     return done
 
 
@@ -227,6 +235,8 @@ def cmd_run(args) -> int:
     else:
         raise SettingsError("run", "give [MODEL] PROMPT (quote the prompt)")
     prompt = valid_text(prompt, "prompt")
+    if args.json and not (args.mcp or args.docs):
+        raise SettingsError("--json", "applies to a reply with tools (--mcp NAME) or documents (--docs NAME)")
     if args.system:
         args.system = valid_text(args.system, "system prompt")
     sampling = settings_from_args(args, SamplingSettings)
@@ -240,20 +250,83 @@ def cmd_run(args) -> int:
     own = loaded.template_source == "gguf" or bool(loaded.template_warning) or bool(args.template)
     own = own or args.starter_adapter or bool(args.remote)  # the starter's adapter taught it the turn format
     use_chat = args.chat if args.chat is not None else own
+    hits = []
+    if args.docs:  # retrieved passages go in as numbered sources the reply cites
+        from engine.docs.cli import docs_prompt
+
+        prompt, hits = docs_prompt(engine, args, prompt)
+    tools = open_tools_for(args, engine, use_chat)
     with CancelOnInterrupt(engine) as interrupt:
-        if use_chat:
+        if tools is not None:
+            try:
+                run_with_tools(args, engine, tools, prompt, sampling, policy)
+            except EngineDied as err:
+                raise _crashed(engine, err, "while generating the reply") from None
+            finally:
+                tools.close()
+        elif use_chat:
             messages = ([Message("system", args.system)] if args.system else []) + [Message("user", prompt)]
             events = engine.chat(messages, sampling, policy)
         else:
             events = engine.complete(prompt, sampling, policy)
         try:
-            stream_reply(events, args.stats)
+            if tools is None and args.json:
+                from engine.docs.cli import print_json_reply
+
+                print_json_reply(events, hits)
+            elif tools is None:
+                stream_reply(events, args.stats)
         except EngineDied as err:
             raise _crashed(engine, err, "while generating the reply") from None
     for notice in getattr(engine, "notices", ()):  # a remote server: settings it may ignore or refused
         print(f"ingle: note: {printable(notice)}", file=sys.stderr)
     engine.close()
     return 130 if interrupt.hit else 0  # the reply was cut short by Ctrl+C: the shell's convention says so
+
+
+def open_tools_for(args, engine, use_chat: bool):
+    """The MCP client of `--mcp`, or None; tools need the chat template, so --no-chat refuses them."""
+    if not getattr(args, "mcp", None):
+        return None
+    if not use_chat:
+        engine.close()
+        raise SettingsError("--mcp", "tools need the chat template; drop --no-chat")
+    from engine.tools_cli import open_tools
+
+    try:
+        return open_tools(args)
+    except BaseException:
+        engine.close()
+        raise
+
+
+def run_with_tools(args, engine, tools, prompt: str, sampling, policy) -> None:
+    """`run --mcp`: the reply with its calls (shown on stderr as they happen), or all of it as --json."""
+    from engine.tool_loop import ToolCallFinished, call_record, reply_with_tools
+    from engine.tools_cli import approver, show_call
+
+    history = ([Message("system", args.system)] if args.system else []) + [Message("user", prompt)]
+    events = reply_with_tools(engine, history, tools, args.tool_choice, approver(args), sampling, policy,
+                              args.max_tool_calls)  # fmt: skip
+    calls: list[dict] = []
+    done = None
+    for event in events:
+        if isinstance(event, Token) and not args.json:
+            sys.stdout.write(event.text)
+            sys.stdout.flush()
+        elif isinstance(event, ToolCallFinished):
+            calls.append(call_record(event))
+        elif isinstance(event, ReplyDone):
+            done = event
+        if not isinstance(event, (Token, ReplyDone)):
+            show_call(event, quiet=False)
+    reply = history[-1].content if history and history[-1].role == "assistant" else ""
+    if args.json:
+        print(json.dumps({"tool_calls": calls, "reply": reply}, indent=2, ensure_ascii=False))
+    else:
+        sys.stdout.write("\n")
+    if args.stats and done:
+        print("stats: " + done.stats.describe(), file=sys.stderr)
 
 
 def context_warning(loaded, rope_scaling: str = "model") -> str | None:
@@ -278,6 +351,8 @@ def loaded_lines(loaded, rope_scaling: str = "model") -> list[str]:
              f"template: {printable(loaded.template_source)}."]  # fmt: skip
     for path, scale in loaded.adapters:
         lines.append(f"adapter {printable(Path(path).name)} at scale {scale:g} on")
+    if getattr(loaded, "fit_note", ""):
+        lines.append(loaded.fit_note)
     warning = context_warning(loaded, rope_scaling)
     if warning:
         lines.append(warning)
@@ -299,8 +374,12 @@ def _add_generation_flags(p: argparse.ArgumentParser) -> None:
         "--template", help="chat template: a built-in (gemma, chatml, llama3, mistral) or .jinja file"
     )
     p.add_argument("--system", help="system prompt")
+    from engine.docs.cli import add_docs_flags
+
+    add_docs_flags(p)
     add_engine_flags(p)
     add_remote_flags(p)
+    add_tool_flags(p)
     add_settings_flags(p, LoadSettings, "model loading")
     add_settings_flags(p, SamplingSettings, "sampling")
 
@@ -344,12 +423,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("words", nargs="+", metavar="[MODEL] PROMPT")
     p.add_argument("--chat", action=argparse.BooleanOptionalAction, default=None,
                    help="wrap the prompt in the chat template (default: when the model has its own template)")  # fmt: skip
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="with --mcp: the tool calls, their results and the reply as JSON; with --docs: the reply and the "
+        "retrieved passages",
+    )
     _add_generation_flags(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("chat", help="interactive chat in the terminal")
     p.add_argument("model", nargs="?")
+    p.add_argument("--resume", metavar="CONVERSATION",
+                   help="go on with a conversation of the app (its number or title), reusing its saved KV cache")  # fmt: skip
     _add_generation_flags(p)
     from engine.chat_cli import cmd_chat
 
     p.set_defaults(func=cmd_chat)
+
+    from engine.tools_cli import register as register_tools
+
+    register_tools(sub)

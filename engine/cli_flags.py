@@ -55,7 +55,12 @@ def add_settings_flags(parser: argparse.ArgumentParser, cls, title: str) -> None
         else:
             kind = {"int": int, "float": float}.get(f.type, str)
             group.add_argument(
-                *flags, dest=f.name, type=kind, default=None, metavar=f.type.upper(), help=helptext
+                *flags,
+                dest=f.name,
+                type=kind,
+                default=None,
+                metavar=f.metadata.get("metavar", f.type.upper()),
+                help=helptext,
             )
 
 
@@ -75,6 +80,14 @@ def settings_from_args(args: argparse.Namespace, cls):
             value = [valid_text(v, _flag(f.name)) for v in value]
         values[f.name] = value
     return cls.from_dict(values)
+
+
+def resolve_draft(load, library):
+    """The draft model as an absolute file path (a library name or a path relative to here), so the engine child
+    finds the same file; the load settings unchanged without one."""
+    if not load.draft:
+        return load
+    return load.replace(draft=str(Path(library.resolve(load.draft)).resolve()))
 
 
 def parse_bias(item: str) -> tuple[int, float]:

@@ -56,5 +56,13 @@ class EngineHung(EngineDied):
     """The engine child stopped answering and was killed after the timeout."""
 
 
+class RpcError(EngineError):
+    """llama.cpp's RPC backend is not built here, or a worker cannot be reached before loading."""
+
+
+class RpcWorkerLost(EngineDied):
+    """An RPC worker holding part of the model went away; llama.cpp ends the engine process with it."""
+
+
 class Cancelled(IngleError):
     """Work was cancelled by the user."""

@@ -17,11 +17,24 @@ class StopReason(StrEnum):
 
 
 @dataclass(frozen=True)
+class ToolCall:
+    """A function call the model made: `arguments` is JSON text of an object (as OpenAI sends it)."""
+
+    id: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True)
 class Message:
-    """One chat message. `role` is system, user or assistant."""
+    """One chat message. `role` is system, user, assistant or tool (a tool's result, answering `tool_call_id`;
+    `name` is the tool's). An assistant message may carry the tool calls it made."""
 
     role: str
     content: str
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str = ""
+    name: str = ""
 
 
 @dataclass(frozen=True)
@@ -39,6 +52,7 @@ class ModelLoaded:
     adapters: tuple[tuple[str, float], ...] = ()
     template_source: str = ""  # "gguf", a built-in's name, "<built-in> (fallback)" or "file <name>"
     template_warning: str = ""  # why the model's own template failed (a built-in stands in): show it
+    fit_note: str = ""  # with "Fit automatically": what was chosen and why
 
 
 @dataclass(frozen=True)
@@ -93,6 +107,14 @@ class ReplyStats:
     n_ctx: int
     n_past: int  # tokens in the KV cache after the reply
     seed: int
+    drafted_tokens: int = 0  # speculative decoding: tokens proposed for the model to check
+    accepted_tokens: int = 0  # ... and how many of them it kept
+    drafting: str = ""  # what drafted ("prompt lookup", "draft NAME"); empty when nothing did
+    drafting_switched_off: bool = False  # drafting did not pay during this reply and went off for a while
+
+    @property
+    def acceptance(self) -> float:
+        return self.accepted_tokens / self.drafted_tokens if self.drafted_tokens else 0.0
 
     @property
     def prefill_tok_s(self) -> float:
@@ -110,6 +132,12 @@ class ReplyStats:
             f"{self.generated_tokens} generated; TTFT {self.ttft_seconds * 1000:.0f} ms; "
             f"prefill {self.prefill_tok_s:.1f} tok/s; decode {self.decode_tok_s:.1f} tok/s; "
             f"stop: {self.stop_reason.value}; context {self.n_past}/{self.n_ctx}; seed {self.seed}"
+            + (
+                f"; drafting ({self.drafting}): {self.accepted_tokens}/{self.drafted_tokens} accepted"
+                + (", switched itself off (it did not pay)" if self.drafting_switched_off else "")
+                if self.drafting
+                else ""
+            )
         )
 
 
@@ -120,4 +148,41 @@ class ReplyDone:
     tokens: tuple[int, ...] = field(default=(), repr=False)
 
 
-Event = LoadProgress | ModelLoaded | ContextTrimmed | PromptEvaluated | Token | ReplyDone
+@dataclass(frozen=True)
+class ToolCallsMade:
+    """The reply of a chat with tools, split: its text and the calls it made (comes just before ReplyDone)."""
+
+    content: str
+    calls: tuple[ToolCall, ...]
+
+
+@dataclass(frozen=True)
+class ThreadsChosen:
+    """The CPU threads a reply runs on (engine.threads), sent before its prompt is read."""
+
+    threads: int
+    threads_batch: int  # for reading the prompt
+    cores: int  # CPUs the engine may use
+    idle: int  # of them idle when chosen; -1: not measured (the load settings gave the count)
+    source: str  # "idle cores" or "setting"
+
+    def describe(self) -> str:
+        n = f"{self.threads} thread{'s' if self.threads != 1 else ''}"
+        if self.source == "setting":
+            return f"{n} (set in the load settings)"
+        busy = self.cores - self.idle
+        return f"{n}: {self.idle} of {self.cores} cores idle" + (
+            f" ({busy} busy with other work)" if busy > 0 else ""
+        )
+
+
+Event = (
+    LoadProgress
+    | ModelLoaded
+    | ContextTrimmed
+    | PromptEvaluated
+    | Token
+    | ToolCallsMade
+    | ReplyDone
+    | ThreadsChosen
+)

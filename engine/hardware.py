@@ -172,6 +172,18 @@ def detect() -> Hardware:
     )
 
 
+def current() -> Hardware:
+    """`detect()` with the free RAM and VRAM of now (what a fit check or "Fit automatically" must use)."""
+    import dataclasses
+
+    base = detect()
+    try:
+        devices = tuple(_ggml_devices())
+    except (OSError, AttributeError):
+        devices = base.devices
+    return dataclasses.replace(base, ram_available=psutil.virtual_memory().available, devices=devices)
+
+
 def default_threads() -> int:
     """llama.cpp runs best on physical cores; leave one for the GUI on big machines."""
     cores = psutil.cpu_count(logical=False) or os.cpu_count() or 1

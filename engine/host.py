@@ -1,30 +1,37 @@
-"""The engine host: a child process that owns llama.cpp, and a client with the same API as the in-process Runtime."""
+"""The engine host: a child process that owns llama.cpp, and a client with the same API as the in-process Runtime.
+
+The child's side of the wire is engine.host_child (`child_main`, re-exported here for the frozen app)."""
 
 from __future__ import annotations
 
 import atexit
+import itertools
 import logging
 import os
+import queue
 import secrets
 import signal
 import subprocess
 import sys
 import threading
 import time
-import traceback
 from collections.abc import Iterator, Sequence
-from multiprocessing.connection import Client, Listener
+from multiprocessing.connection import Listener
 from pathlib import Path
 from typing import Any
 
 from engine.attention_map import MAX_TOKENS, AttentionMap
-from engine.child_process import STDERR_TAIL_BYTES, die_with_parent, keep_crash_log, new_log
+from engine.child_process import STDERR_TAIL_BYTES, keep_crash_log, new_log
 from engine.embedding_space import Neighbours, Projection
-from engine.errors import EngineDied, EngineError, EngineHung, IngleError
+from engine.errors import EngineDied, EngineError, EngineHung, IngleError, RpcWorkerLost
 from engine.events import Event, Message, PromptEvaluated
 from engine.hardware import Hardware
-from engine.interface import METHODS, STREAMING, Inspection, KVState
+from engine.host_child import child_main
+from engine.interface import SLOT_CALLS, STREAMING, Embeddings, Inspection, KVState, SlotState
+from engine.kv_store import StateRestored, StateSaved
+from engine.rpc_split import RPC_LOST_MARK
 from engine.settings import LoadSettings, OverflowPolicy, SamplingSettings
+from engine.tools import ToolSet
 from engine.visual import ContextBudget, PreviewStage, TokenPiece
 
 log = logging.getLogger("ingle.host")
@@ -37,81 +44,11 @@ def engine_command() -> list[str]:
     return [sys.executable, "-m", "engine.host"]
 
 
-def child_main(address: str) -> None:
-    """Entry point of the engine child: serve requests until shutdown or until the parent goes away."""
-    die_with_parent()
-    # Ctrl+C in a terminal reaches the whole process group: the parent turns it into a cancel; killed by it here,
-    # the child would take the loaded model with it
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    conn = Client(address, authkey=bytes.fromhex(os.environ.pop("INGLE_HOST_AUTHKEY")))
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(name)s: %(message)s")
-    from engine.runtime import Runtime
-
-    runtime = Runtime()
-    send_lock = threading.Lock()
-
-    def send(msg: tuple) -> None:
-        with send_lock:
-            conn.send(msg)
-
-    last_beat = [0.0]
-
-    def heartbeat() -> None:
-        now = time.monotonic()
-        if now - last_beat[0] > 1.0:
-            last_beat[0] = now
-            send(("alive",))
-
-    runtime.heartbeat = heartbeat
-    requests: list = []
-    ready = threading.Condition()
-
-    def reader() -> None:
-        # Cancels must land while the main thread is busy generating, so a thread reads the pipe.
-        while True:
-            try:
-                msg = conn.recv()
-            except (EOFError, OSError):
-                os._exit(0)  # the parent is gone
-            if msg[0] == "cancel":
-                runtime.cancel()
-                continue
-            with ready:
-                requests.append(msg)
-                ready.notify()
-
-    threading.Thread(target=reader, name="ingle-host-reader", daemon=True).start()
-    while True:
-        with ready:
-            while not requests:
-                ready.wait()
-            msg = requests.pop(0)
-        if msg[0] == "shutdown":
-            runtime.unload()
-            send(("bye",))
-            os._exit(0)
-        _, method, args, kwargs = msg
-        try:
-            if method not in METHODS:  # the wire carries Engine methods and nothing else
-                raise EngineError(f"Internal engine error: '{method}' is not an engine method.")
-            result = getattr(runtime, method)(*args, **kwargs)
-            if method in STREAMING:
-                for event in result:
-                    send(("event", event))
-                send(("end",))
-            else:
-                send(("result", result))
-        except IngleError as err:
-            send(("error", err))
-        except Exception as err:  # a bug, not a user error: keep the trace in the log, say it plainly
-            traceback.print_exc()
-            send(("error", EngineError(f"Internal engine error: {type(err).__name__}: {err}")))
-
-
 class EngineHost:
     """Client of an engine child process. Methods mirror Runtime; events and errors are the same types.
 
-    One request at a time (like Runtime); `cancel()` is safe from any thread.
+    Ordinary requests one at a time (like Runtime), `cancel()` safe from any thread; slot calls from many
+    threads at once, beside an ordinary request. A receiver thread routes the child's tagged answers.
     """
 
     def __init__(self, hang_timeout: float = 120.0, start: bool = True):
@@ -123,6 +60,14 @@ class EngineHost:
         self._crash_tail = ""
         self._send_lock = threading.Lock()
         self._busy = False
+        self._ids = itertools.count(1)
+        self._calls: dict[int, queue.Queue] = {}  # answers of the calls in flight, by id
+        self._calls_lock = threading.Lock()
+        self._death_lock = threading.Lock()
+        self._ordinary: int | None = None  # id of the ordinary stream that cancel() stops
+        self._dead: EngineDied | None = None  # set when the child died: every call then raises it
+        self._last_heard = 0.0
+        self._deferred_cancels: list[int] = []  # cancels of slot streams dropped unread, sent by the receiver
         if start:
             self.start()
         atexit.register(self.close)
@@ -150,6 +95,14 @@ class EngineHost:
             )
         self._conn = self._accept(listener)
         self._busy = False
+        self._ordinary = None
+        self._dead = None
+        with self._calls_lock:
+            self._calls = {}
+        self._last_heard = time.monotonic()
+        threading.Thread(
+            target=self._receive_loop, args=(self._conn, self._proc), name="ingle-host-receiver", daemon=True
+        ).start()
 
     def _accept(self, listener: Listener):
         """Wait for the child to connect back, noticing if it dies first (bad install, import error)."""
@@ -182,6 +135,11 @@ class EngineHost:
         self._proc = self._conn = None
         if proc is None:
             return
+        with self._calls_lock:  # calls still waiting (other threads' slot calls) end now
+            stopped = EngineError("The engine was stopped while this request ran.")
+            for waiting in self._calls.values():
+                waiting.put(("dead", stopped))
+            self._calls = {}
         if proc.poll() is None and conn is not None:
             try:
                 with self._send_lock:
@@ -216,6 +174,10 @@ class EngineHost:
         self._stderr_path = None
 
     def _died(self) -> EngineDied:
+        with self._death_lock:  # the receiver and a caller may both find the child dead
+            return self._death()
+
+    def _death(self) -> EngineDied:
         proc = self._proc
         code = None
         if proc is not None:
@@ -235,10 +197,54 @@ class EngineHost:
             how = f"exited with code {code}"
         hint = " (out of memory?)" if code == -signal.SIGKILL else ""
         where = f" Its log: {self.crash_log}." if self.crash_log else ""
+        if code is not None and RPC_LOST_MARK in tail:
+            message = (
+                f"An RPC worker dropped the connection (it stopped, or has too little memory for its share) "
+                f"and the engine process {how} with it; check the worker, then restart the engine to go on."
+                f"{where}"
+            )
+            return RpcWorkerLost(message, code, tail)
         return EngineDied(f"The engine process {how}{hint}. Restart the engine to go on.{where}", code, tail)
 
     # ------------------------------------------------------------ requests
+    def _receive_loop(self, conn, proc: subprocess.Popen) -> None:
+        """Route the child's answers to the calls waiting for them; notice death and hangs for all of them."""
+        error: EngineDied | None = None
+        while error is None:
+            while self._deferred_cancels:
+                self._cancel_call(self._deferred_cancels.pop())
+            try:
+                if conn.poll(0.2):
+                    msg = conn.recv()
+                    self._last_heard = time.monotonic()
+                    if msg[0] in ("alive", "bye"):
+                        continue
+                    with self._calls_lock:
+                        waiting = self._calls.get(msg[1])
+                    if waiting is not None:
+                        waiting.put(msg)
+                    continue
+            except (EOFError, OSError):
+                pass
+            if self._proc is not proc:
+                return  # closed or restarted: nobody waits on this child any more
+            if proc.poll() is not None:
+                error = self._died()
+            elif self._calls and time.monotonic() - self._last_heard > self.hang_timeout:
+                proc.kill()
+                died = self._died()
+                error = EngineHung(
+                    f"The engine stopped answering for {self.hang_timeout:.0f} s and was stopped. "
+                    "Restart the engine to go on.", died.exitcode, died.stderr_tail,
+                )  # fmt: skip
+        with self._calls_lock:
+            self._dead = error
+            for waiting in self._calls.values():
+                waiting.put(("dead", error))
+
     def _send(self, msg: tuple) -> None:
+        if self._dead is not None:
+            raise self._dead
         if self._conn is None or not self.alive:
             raise self._died() if self._proc else EngineError("The engine is not running; restart it.")
         try:
@@ -247,78 +253,98 @@ class EngineHost:
         except (OSError, ValueError):
             raise self._died() from None
 
-    def _receive(self) -> tuple:
-        deadline = time.monotonic() + self.hang_timeout
-        while True:
-            try:
-                if self._conn.poll(0.2):
-                    msg = self._conn.recv()
-                    if msg[0] == "alive":
-                        deadline = time.monotonic() + self.hang_timeout
-                        continue
-                    return msg
-            except (EOFError, OSError):
-                raise self._died() from None
-            if self._proc.poll() is not None:
-                raise self._died()
-            if time.monotonic() > deadline:
-                self._proc.kill()
-                died = self._died()
-                raise EngineHung(
-                    f"The engine stopped answering for {self.hang_timeout:.0f} s and was stopped. "
-                    "Restart the engine to go on.", died.exitcode, died.stderr_tail,
-                )  # fmt: skip
+    def _open(
+        self, method: str, args: tuple, kwargs: dict, call_id: int | None = None
+    ) -> tuple[int, queue.Queue]:
+        """Send a call; its answers arrive on the returned queue."""
+        call_id = call_id or next(self._ids)
+        answers: queue.Queue = queue.Queue()
+        with self._calls_lock:
+            if self._dead is not None:
+                raise self._dead
+            self._calls[call_id] = answers
+            if len(self._calls) == 1:  # the hang clock runs while calls wait for an answer
+                self._last_heard = time.monotonic()
+        try:
+            self._send(("call", call_id, method, args, kwargs))
+        except BaseException:
+            self._forget(call_id)
+            raise
+        return call_id, answers
+
+    def _forget(self, call_id: int) -> None:
+        with self._calls_lock:
+            self._calls.pop(call_id, None)
+
+    def _answer(self, answers: queue.Queue) -> tuple:
+        msg = answers.get()
+        if msg[0] == "dead":
+            answers.put(msg)  # a later read sees the death too
+            raise msg[1]
+        if msg[0] == "error":
+            raise msg[2]
+        return msg
 
     def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         """Call an Engine method in the child; streaming methods return an iterator of events."""
+        if method in SLOT_CALLS and method in STREAMING:
+            return _SlotStream(self, *self._open(method, args, kwargs))
         if method in STREAMING:
-            return self._stream(method, args, kwargs)
-        if self._busy:
+            if self._busy:
+                raise EngineError("The engine is busy with another request.")
+            self._ordinary = next(self._ids)  # known now, so a cancel() before the first event finds it
+            return self._stream(self._ordinary, method, args, kwargs)
+        if self._busy and method not in SLOT_CALLS:
             raise EngineError("The engine is busy with another request.")
-        self._send(("call", method, args, kwargs))
-        kind, payload = self._receive()
-        if kind == "error":
-            raise payload
-        return payload
+        call_id, answers = self._open(method, args, kwargs)
+        try:
+            return self._answer(answers)[2]
+        finally:
+            self._forget(call_id)
 
-    def _stream(self, method: str, args: tuple, kwargs: dict) -> Iterator[Any]:
+    def _stream(self, call_id: int, method: str, args: tuple, kwargs: dict) -> Iterator[Any]:
         if self._busy:
             raise EngineError("The engine is busy with another request.")
         self._busy = True
-        self._send(("call", method, args, kwargs))
         finished = False
+        answers: queue.Queue = queue.Queue()
         try:
+            _, answers = self._open(method, args, kwargs, call_id)
             while True:
-                msg = self._receive()
-                if msg[0] == "event":
-                    yield msg[1]
-                elif msg[0] == "end":
+                msg = self._answer(answers)
+                if msg[0] == "end":
                     finished = True
                     return
-                elif msg[0] == "error":
-                    finished = True
-                    raise msg[1]
+                yield msg[2]
+        except IngleError:
+            finished = True
+            raise
         finally:
-            if not finished and self.alive:
+            if not finished and self.alive and self._dead is None:
                 # the caller stopped iterating early: cancel and drain so the next request starts clean
-                self.cancel()
-                self._drain()
+                self._cancel_call(call_id)
+                try:
+                    while self._answer(answers)[0] != "end":
+                        pass
+                except IngleError:
+                    pass
+            self._forget(call_id)
+            if self._ordinary == call_id:
+                self._ordinary = None
             self._busy = False
 
-    def _drain(self) -> None:
-        try:
-            while self._receive()[0] not in ("end", "error"):
-                pass
-        except EngineDied:
-            pass
-
-    def cancel(self) -> None:
+    def _cancel_call(self, call_id: int) -> None:
         if self._conn is not None and self.alive:
             try:
                 with self._send_lock:
-                    self._conn.send(("cancel",))
+                    self._conn.send(("cancel", call_id))
             except (OSError, ValueError):
                 pass
+
+    def cancel(self) -> None:
+        """Stop the running ordinary request (chat, complete, load); slot calls are cancelled by their iterator."""
+        if self._ordinary is not None:
+            self._cancel_call(self._ordinary)
 
     # ------------------------------------------------------------ the Engine interface
     def load(
@@ -341,6 +367,18 @@ class EngineHost:
         continue_last: bool = False,
     ) -> Iterator[Event]:
         return self._call("chat", list(messages), sampling, policy, continue_last)
+
+    def chat_tools(
+        self,
+        messages: Sequence[Message],
+        tools: ToolSet | None,
+        sampling: SamplingSettings | None = None,
+        policy: OverflowPolicy = OverflowPolicy.STOP,
+    ) -> Iterator[Event]:
+        return self._call("chat_tools", list(messages), tools, sampling, policy)
+
+    def embed(self, texts: Sequence[str], model: str | None = None) -> Embeddings:
+        return self._call("embed", list(texts), model)
 
     def complete(
         self,
@@ -411,11 +449,86 @@ class EngineHost:
     ) -> Iterator:
         return self._call("eval_context", list(lengths), list(depths), perplexity)
 
+    def save_state(self, path: str, messages: Sequence[Message] | None = None) -> StateSaved:
+        return self._call("save_state", str(path), None if messages is None else list(messages))
+
+    def restore_state(self, path: str, messages: Sequence[Message] | None = None) -> StateRestored:
+        return self._call("restore_state", str(path), None if messages is None else list(messages))
+
+    def start_slots(self, n_slots: int, n_ctx: int) -> None:
+        self._call("start_slots", n_slots, n_ctx)
+
+    def slot_chat(
+        self, messages: Sequence[Message], sampling: SamplingSettings | None = None
+    ) -> Iterator[Event]:
+        return self._call("slot_chat", list(messages), sampling)
+
+    def slot_chat_tools(
+        self, messages: Sequence[Message], tools: ToolSet | None, sampling: SamplingSettings | None = None
+    ) -> Iterator[Event]:
+        return self._call("slot_chat_tools", list(messages), tools, sampling)
+
+    def slot_complete(self, prompt: str, sampling: SamplingSettings | None = None) -> Iterator[Event]:
+        return self._call("slot_complete", prompt, sampling)
+
+    def slot_states(self) -> list[SlotState]:
+        return self._call("slot_states")
+
+    def stop_slots(self) -> None:
+        self._call("stop_slots")
+
     def __enter__(self) -> EngineHost:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class _SlotStream:
+    """The events of one slot call in the child. `cancel()` (any thread) ends that request alone; `close()`
+    cancels and stops reading."""
+
+    def __init__(self, host: EngineHost, call_id: int, answers: queue.Queue):
+        self._host = host
+        self._id = call_id
+        self._answers = answers
+        self._finished = False
+
+    def __iter__(self) -> _SlotStream:
+        return self
+
+    def __next__(self) -> Event:
+        if self._finished:
+            raise StopIteration
+        try:
+            msg = self._host._answer(self._answers)
+        except BaseException:
+            self._end()
+            raise
+        if msg[0] == "end":
+            self._end()
+            raise StopIteration
+        return msg[2]
+
+    def _end(self) -> None:
+        self._finished = True
+        self._host._forget(self._id)
+
+    def cancel(self) -> None:
+        if not self._finished:
+            self._host._cancel_call(self._id)
+
+    def close(self) -> None:
+        if not self._finished:
+            self.cancel()
+            self._end()
+
+    def __del__(self) -> None:
+        # the collector may run this inside the host's own send (holding its lock): the receiver sends it
+        if not self._finished:
+            self._finished = True
+            self._host._forget(self._id)
+            self._host._deferred_cancels.append(self._id)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,9 @@ from engine.embedding_space import Neighbours, Projection
 from engine.events import Event, Message, PromptEvaluated
 from engine.hardware import Hardware
 from engine.kv import KVLayout
+from engine.kv_store import StateRestored, StateSaved
 from engine.settings import LoadSettings, OverflowPolicy, SamplingSettings
+from engine.tools import ToolSet
 from engine.visual import ContextBudget, PreviewStage, TokenPiece
 
 
@@ -43,6 +45,19 @@ class KVState:
         }  # fmt: skip
 
 
+MAX_SLOTS = 64  # requests an engine decodes at once (start_slots), at most
+
+
+@dataclass(frozen=True)
+class SlotState:
+    """One slot of the batched engine (`start_slots`): what the server's status shows."""
+
+    slot: int
+    busy: bool
+    cached_tokens: int  # tokens whose K/V the slot holds (its prefix cache)
+    generated_tokens: int  # tokens generated so far for the request it serves (0 when free)
+
+
 @dataclass(frozen=True)
 class Inspection:
     """Everything the visualizers show after one evaluation: budget, next-token preview, KV cache."""
@@ -53,9 +68,20 @@ class Inspection:
     kv: KVState
 
 
+@dataclass(frozen=True)
+class Embeddings:
+    """One unit-length vector per input text, in order, with the tokens each input took (usage counts)."""
+
+    vectors: tuple[tuple[float, ...], ...]
+    token_counts: tuple[int, ...]
+    model: str  # the file name of the model that embedded them
+    pooling: str  # mean, cls, last (how token vectors became one)
+
+
 @runtime_checkable
 class Engine(Protocol):
-    """One loaded model and the requests it serves. One request at a time; `cancel()` from any thread."""
+    """One loaded model and the requests it serves. Ordinary calls one at a time, `cancel()` from any thread;
+    slot calls (below) from many threads at once, batched."""
 
     def load(
         self,
@@ -77,6 +103,22 @@ class Engine(Protocol):
         continue_last: bool = False,
     ) -> Iterator[Event]:
         """Reply to a conversation (or go on writing its last, cut-off reply)."""
+        ...
+
+    def chat_tools(
+        self,
+        messages: Sequence[Message],
+        tools: ToolSet | None,
+        sampling: SamplingSettings | None = None,
+        policy: OverflowPolicy = OverflowPolicy.STOP,
+    ) -> Iterator[Event]:
+        """Reply to a conversation that may call tools (messages may hold calls and results): the events of
+        chat, then ToolCallsMade just before ReplyDone. See engine/tools.py."""
+        ...
+
+    def embed(self, texts: Sequence[str], model: str | None = None) -> Embeddings:
+        """Unit-length embeddings of `texts`: pooled by the loaded model, or by the embedding model at the
+        library path `model` (loaded on first use, one kept at a time)."""
         ...
 
     def complete(
@@ -165,9 +207,62 @@ class Engine(Protocol):
         then a ContextEval (engine.eval_context)."""
         ...
 
+    def save_state(self, path: str, messages: Sequence[Message] | None = None) -> StateSaved:
+        """Save the KV cache (instant reopen), cut back to the part that starts `messages` as rendered."""
+        ...
+
+    def restore_state(self, path: str, messages: Sequence[Message] | None = None) -> StateRestored:
+        """Reuse a saved KV cache if it matches this model, settings, adapters and conversation; else delete it."""
+        ...
+
+    # Batched requests: `n_slots` sequences of `n_ctx` tokens decoded together (continuous batching). The
+    # slot_ calls are safe from many threads at once and run beside an ordinary chat(); closing or
+    # `cancel()`ing the iterator a slot call returns ends that request alone.
+    def start_slots(self, n_slots: int, n_ctx: int) -> None:
+        """(Re)start the slots on the loaded model: one more context, the same weights and adapters."""
+        ...
+
+    def slot_chat(
+        self, messages: Sequence[Message], sampling: SamplingSettings | None = None
+    ) -> Iterator[Event]:
+        """Reply to a conversation in a free slot (waits for one); events as chat()'s."""
+        ...
+
+    def slot_chat_tools(
+        self, messages: Sequence[Message], tools: ToolSet | None, sampling: SamplingSettings | None = None
+    ) -> Iterator[Event]:
+        """chat_tools() in a free slot: the usual events, then ToolCallsMade just before ReplyDone."""
+        ...
+
+    def slot_complete(self, prompt: str, sampling: SamplingSettings | None = None) -> Iterator[Event]:
+        """Continue a raw prompt in a free slot."""
+        ...
+
+    def slot_states(self) -> list[SlotState]:
+        """Every slot: busy or free, tokens cached, tokens generated for its request (empty when stopped)."""
+        ...
+
+    def stop_slots(self) -> None: ...
+
 
 # The methods that stream events; every other Engine method returns one value.
-STREAMING = frozenset({"load", "chat", "complete", "eval_context"})
+STREAMING = frozenset(
+    {
+        "load",
+        "chat",
+        "chat_tools",
+        "complete",
+        "eval_context",
+        "slot_chat",
+        "slot_chat_tools",
+        "slot_complete",
+    }
+)
+# The calls the host runs beside the ordinary ones (on their own threads in the child), not one at a time.
+# start/stop_slots too: the slots' context is the pool's own, so the GUI's server starts beside a chat reply
+SLOT_CALLS = frozenset(
+    {"start_slots", "stop_slots", "slot_chat", "slot_chat_tools", "slot_complete", "slot_states"}
+)
 # Every method an engine serves, by name: the host's wire protocol accepts these and nothing else.
 METHODS = frozenset(
     name for name in Engine.__dict__ if not name.startswith("_") and callable(getattr(Engine, name))

@@ -22,12 +22,17 @@ _LOAD_MODE = {
 }
 
 
-def model_params(settings: LoadSettings):
-    """llama_model_params for `settings`. Weight repacking is off on AMX CPUs, where it crashes (DESIGN.md 4)."""
+def model_params(settings: LoadSettings, n_layer: int = 0):
+    """llama_model_params for `settings`. Weight repacking is off on AMX CPUs, where it crashes (DESIGN.md 4).
+    With RPC workers (`settings.rpc`) the model's `n_layer` layers are split across this machine and them."""
     params = llama_cpp.llama_model_default_params()
     params.n_gpu_layers = settings.n_gpu_layers if settings.n_gpu_layers >= 0 else 999
     params.use_extra_bufts = settings.repack and not cpu_has_amx()
     params.load_mode = _LOAD_MODE[(settings.use_mmap, settings.use_mlock)]
+    if settings.rpc:
+        from engine.rpc import apply_split  # connects to the workers: only when asked for
+
+        apply_split(params, settings, n_layer)
     return params
 
 

@@ -23,6 +23,22 @@ def eog_tokens(vocab, n_vocab: int) -> list[int]:
     return [t for t in range(n_vocab) if llama_cpp.llama_vocab_is_eog(vocab, t)]
 
 
+def model_eog_tokens(path: Path) -> tuple[int, ...]:
+    """The end-of-generation tokens of the model file, read from its vocabulary alone (no weights, no context):
+    what a server bans for a request's `ignore_eos`."""
+    init_backend()
+    params = llama_cpp.llama_model_default_params()
+    params.vocab_only = True
+    model = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
+    if not model:
+        raise RuntimeError(f"{path}: llama.cpp could not read the model's vocabulary")
+    try:
+        vocab = llama_cpp.llama_model_get_vocab(model)
+        return tuple(eog_tokens(vocab, llama_cpp.llama_vocab_n_tokens(vocab)))
+    finally:
+        llama_cpp.llama_model_free(model)
+
+
 class Reference:
     """The minimal llama.cpp loop (like llama.cpp's examples/simple): batch prefill, greedy decode, no Python around it."""
 
@@ -117,3 +133,23 @@ def rates(
         # CPU seconds per decoded token barely move when other processes take the cores: a steadier overhead gauge
         "cpu_decode_tok_s": (generated - 1) / cpu_decode_s if generated > 1 and cpu_decode_s > 0 else 0.0,
     }
+
+
+def f16_copy(src: str | Path, out: str | Path, threads: int = 0) -> Path:
+    """`src` rewritten with F16 weights by llama.cpp's quantizer (dequantized, so it computes what `src` computes,
+    at F16's cost): the benchmark's speculative target when no pair is given. Written atomically."""
+    init_backend()
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_F16
+    params.allow_requantize = True
+    params.nthread = threads
+    out = Path(out)
+    tmp = out.with_name(out.name + ".part")
+    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), ctypes.byref(params))
+    if rc != 0:
+        tmp.unlink(missing_ok=True)
+        raise RuntimeError(
+            f"llama.cpp's quantizer could not write an F16 copy of {Path(src).name} (code {rc})"
+        )
+    tmp.replace(out)
+    return out

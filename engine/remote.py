@@ -548,6 +548,37 @@ class RemoteEngine:
     def eval_context(self, lengths, depths, perplexity: bool = True):
         self._local_only("The context-length eval")
 
+    def save_state(self, path: str, messages=None):
+        self._local_only("Saving the KV cache")
+
+    def restore_state(self, path: str, messages=None):
+        self._local_only("Restoring a saved KV cache")
+
+    def embed(self, texts, model=None):
+        self._local_only("Embedding text (document search)")
+
+    def chat_tools(self, messages, tools, sampling=None, policy=OverflowPolicy.STOP):
+        self._local_only("Calling tools")
+
+    # the API server's parallel slots run on the engine child's model
+    def start_slots(self, n_slots: int, n_ctx: int) -> None:
+        self._local_only("Serving parallel slots")
+
+    def stop_slots(self) -> None:
+        return None
+
+    def slot_states(self) -> list:
+        return []
+
+    def slot_chat(self, messages, sampling=None):
+        self._local_only("Serving parallel slots")
+
+    def slot_chat_tools(self, messages, tools, sampling=None):
+        self._local_only("Serving parallel slots")
+
+    def slot_complete(self, prompt: str, sampling=None):
+        self._local_only("Serving parallel slots")
+
 
 class _Interrupted(Exception):
     """The stream ended without [DONE]: cancelled here, or cut by the server or the network."""

@@ -1,9 +1,10 @@
 """The in-process llama.cpp runtime: load a model, keep its KV cache across turns, stream sampled tokens.
 
-Over 500 lines on purpose: loading, tokens, evaluation and the sampling loop share the model and context handles
-and the list of cached tokens, which no other module may touch. What does not need them lives beside it:
-engine.inspection (visualizer numbers), engine.overflow (overflow policies), engine.llama_params (settings as
-llama.cpp parameters), engine.textstream (UTF-8 and stop strings), engine.preview (sampling math).
+Over 500 lines on purpose: loading, tokens and evaluation share the model and context handles and the list of
+cached tokens, which no other module may touch. What does not need them lives beside it: engine.decode_loop (the
+reply loop, speculative decoding), engine.runtime_services (the delegates for tools, embeddings, slots, saved
+states and the visualizers), engine.overflow (overflow policies), engine.llama_params (settings as llama.cpp
+parameters), engine.textstream (UTF-8 and stop strings), engine.preview (sampling math).
 """
 
 from __future__ import annotations
@@ -21,9 +22,13 @@ from pathlib import Path
 import llama_cpp
 import numpy as np
 
-from engine import attention, embedding_space, eval_context, inspection
-from engine.attention_map import MAX_TOKENS, AttentionMap
+from engine import (
+    embeddings,
+    fit,
+    threads,
+)
 from engine.chat_template import ChatTemplate, template_for
+from engine.decode_loop import sample_loop
 from engine.errors import Cancelled, ContextFullError, EngineError, ModelFileError
 from engine.events import (
     ContextTrimmed,
@@ -32,23 +37,18 @@ from engine.events import (
     Message,
     ModelLoaded,
     PromptEvaluated,
-    ReplyDone,
-    ReplyStats,
-    StopReason,
-    Token,
 )
 from engine.gguf_info import ModelInfo, inspect_gguf
-from engine.hardware import Hardware, detect
-from engine.interface import Inspection, KVState
-from engine.kv import KVLayout, parse_kv_report
+from engine.hardware import Hardware, current
+from engine.kv import parse_kv_report
 from engine.llama_params import context_params, model_params
 from engine.overflow import drop_oldest, fit_prompt, system_tokens
-from engine.preview import token_logprobs
+from engine.runtime_services import RuntimeServices
 from engine.sampling import SamplerChain
 from engine.settings import LoadSettings, OverflowPolicy, SamplingSettings
+from engine.speculative import DraftModel, Speculator
 from engine.text import printable
-from engine.textstream import TextStream, common_prefix
-from engine.visual import ContextBudget, PreviewStage, TokenPiece
+from engine.textstream import common_prefix
 
 log = logging.getLogger("ingle.engine")
 _TEMPLATE_MARKERS = ("<start_of_turn>", "<|start_header_id|>", "[INST]", "<|im_start|>")
@@ -94,7 +94,7 @@ def _load_failure_reason() -> str:
     return printable(reason)[:300] + "."
 
 
-class Runtime:
+class Runtime(RuntimeServices):
     """One loaded model and one context (sequence 0). Not thread-safe except `cancel()`."""
 
     def __init__(self) -> None:
@@ -107,6 +107,9 @@ class Runtime:
         self.template: ChatTemplate | None = None
         self._adapters: list = []
         self.adapter_scales: list[float] = []  # the scale of each of _adapters, in order
+        self.adapter_specs: tuple[tuple[str, float], ...] = ()  # (path, scale) of the adapters applied
+        self._slots = None  # engine.slots.SlotPool, once start_slots is called
+        self.speculator: Speculator | None = None  # drafting for speculative decoding, when asked for
         self._cached: list[int] = []  # tokens whose K/V are in the cache, in order
         self._cancel = threading.Event()
         self._batch = None
@@ -136,6 +139,8 @@ class Runtime:
                 raise ModelFileError(
                     f"{ainfo.path}: adapter is for '{ainfo.architecture}' models but the model is '{info.architecture}'."
                 )
+        extra = sum(a.file_size for a, _ in adapter_infos)
+        settings, fit_note = fit.settings_for_load(info, settings, extra)  # refuse up front what cannot fit
         self.unload()
         self._cancel.clear()
         _recent_errors.clear()
@@ -148,7 +153,7 @@ class Runtime:
             progress.put(fraction)
             return not self._cancel.is_set()
 
-        mparams = model_params(settings)
+        mparams = model_params(settings, info.n_layers)
         mparams.progress_callback = on_progress
 
         def worker() -> None:
@@ -176,10 +181,14 @@ class Runtime:
             self._apply_adapters(adapter_infos)
             self.template = self._make_template(chat_template)
             self.template.cancel = None  # from now on only a running chat's render listens to Stop
+            if settings.speculative:
+                self.speculator = Speculator(settings, self._draft_model(settings))
         except Exception:
             self.unload()
             raise
         self.load_settings = settings
+        self.adapter_specs = tuple((str(a.path), s) for a, s in adapter_infos)
+        threads.at_load(self)
         yield ModelLoaded(
             path=str(path),
             info=info.summary(),
@@ -189,10 +198,20 @@ class Runtime:
             adapters=tuple((str(a.path), s) for a, s in adapter_infos),
             template_source=self.template.source,
             template_warning=self.template.warning,
+            fit_note=fit_note,
         )
 
+    def _draft_model(self, settings: LoadSettings) -> DraftModel | None:
+        if not settings.draft:
+            return None
+        from engine.library import Library
+
+        return DraftModel(Library().resolve(settings.draft), self, settings)
+
     def _create_context(self, settings: LoadSettings) -> None:
-        cparams = context_params(settings, llama_cpp.llama_model_n_ctx_train(self.model))
+        # dropping rejected drafts needs every position kept, sliding-window layers included
+        full_swa = settings.replace(swa_full=True) if settings.speculative else settings
+        cparams = context_params(full_swa, llama_cpp.llama_model_n_ctx_train(self.model))
         _kv_reports.clear()
         ctx = llama_cpp.llama_init_from_model(self.model, cparams)
         self.kv_reports = list(_kv_reports)
@@ -236,6 +255,11 @@ class Runtime:
         )
 
     def unload(self) -> None:
+        self.stop_slots()
+        embeddings.release(self)  # its contexts belong to this model (or its own): free them first
+        if self.speculator is not None:
+            self.speculator.close()
+            self.speculator = None
         if self._batch is not None:
             llama_cpp.llama_batch_free(self._batch)
             self._batch = None
@@ -315,7 +339,9 @@ class Runtime:
         return llama_cpp.llama_memory_seq_pos_min(mem, 0), llama_cpp.llama_memory_seq_pos_max(mem, 0)
 
     # ---------------------------------------------------------- evaluation
-    def _decode(self, tokens: Sequence[int], start_pos: int, want_logits_last: bool = True) -> None:
+    def _decode(
+        self, tokens: Sequence[int], start_pos: int, want_logits_last: bool = True, all_logits: bool = False
+    ) -> None:
         batch = self._batch
         for offset in range(0, len(tokens), self.n_batch):
             chunk = tokens[offset : offset + self.n_batch]
@@ -326,7 +352,7 @@ class Runtime:
                 batch.pos[i] = start_pos + offset + i
                 batch.n_seq_id[i] = 1
                 batch.seq_id[i][0] = 0
-                batch.logits[i] = want_logits_last and last_chunk and i == len(chunk) - 1
+                batch.logits[i] = all_logits or (want_logits_last and last_chunk and i == len(chunk) - 1)
             rc = llama_cpp.llama_decode(self.ctx, batch)
             self.evaluations += 1
             if self.heartbeat:
@@ -344,6 +370,24 @@ class Runtime:
     def _memory(self):
         return llama_cpp.llama_get_memory(self.ctx)
 
+    def keep_prefix(self, n: int) -> None:
+        """Keep the first `n` cached tokens, drop the rest (for engine.kv_store)."""
+        if n <= 0 or not llama_cpp.llama_memory_seq_rm(self._memory(), 0, n, -1):
+            return self._clear_cache()
+        del self._cached[n:]
+
+    def adopt_cache(self, tokens: Sequence[int]) -> None:
+        """The cache now holds `tokens` (restored by engine.kv_store)."""
+        self._cached = list(tokens)
+
+    def drop_after(self, n: int) -> None:
+        """Forget cached tokens from position `n` on (rejected drafts)."""
+        if 0 <= n < len(self._cached):
+            if llama_cpp.llama_memory_seq_rm(self._memory(), 0, n, -1):
+                del self._cached[n:]
+            else:
+                self._clear_cache()
+
     def _clear_cache(self) -> None:
         llama_cpp.llama_memory_clear(self._memory(), False)
         self._cached = []
@@ -355,7 +399,7 @@ class Runtime:
         if n < len(self._cached) and not llama_cpp.llama_memory_seq_rm(mem, 0, n, -1):
             n = 0
         n_swa = llama_cpp.llama_model_n_swa(self.model)
-        if n > 0 and n_swa > 0 and not self.load_settings.swa_full:
+        if n > 0 and n_swa > 0 and not (self.load_settings.swa_full or self.load_settings.speculative):
             # sliding-window layers drop old cells; reuse only if the window before `n` is still there
             if llama_cpp.llama_memory_seq_pos_min(mem, 0) > max(0, n - n_swa):
                 n = 0
@@ -503,73 +547,13 @@ class Runtime:
         tokens, trimmed = fit_prompt(self.n_ctx, tokens, self.reply_reserve(sampling), policy, keep)
         if trimmed:
             yield trimmed
+        yield threads.apply(self)  # from the cores idle now, unless the settings say how many
         chain = SamplerChain(self.vocab, self.n_vocab, sampling, self.n_ctx)
         try:
-            yield from self._sample_loop(tokens, sampling, policy, keep, chain, started)
+            yield from sample_loop(self, tokens, sampling, policy, keep, chain, started, self.speculator)
         finally:
             chain.close()
-
-    def _sample_loop(self, tokens, sampling, policy, keep, chain, started) -> Iterator[Event]:
-        evaluated = self.evaluate(tokens)
-        yield evaluated
-        if not (sampling.grammar or sampling.json_schema):
-            chain.accept_history(
-                tokens[-sampling.penalty_last_n :] if sampling.penalty_last_n > 0 else tokens
-            )
-        stream = TextStream(sampling.stop)
-        want_logprobs = sampling.logprobs or sampling.top_logprobs > 0
-        generated: list[int] = []
-        ttft = 0.0
-        decode_started = time.perf_counter()
-        reason = StopReason.MAX_TOKENS
-        while True:
-            if self._cancel.is_set():
-                reason = StopReason.CANCELLED
-                break
-            token = chain.sample(self.ctx)
-            if not generated:
-                ttft = time.perf_counter() - started
-                decode_started = time.perf_counter()
-            if self.is_eog(token):
-                reason = StopReason.EOS
-                break
-            generated.append(token)
-            logprob, alternatives = (
-                token_logprobs(self.last_logits(), token, sampling.top_logprobs, self.token_text)
-                if want_logprobs
-                else (None, ())
-            )
-            text = stream.push(self.token_bytes(token))
-            yield Token(token, text, logprob, alternatives, self.token_text(token) if want_logprobs else "")
-            if stream.stopped:
-                reason = StopReason.STOP_STRING
-                break
-            if len(generated) >= sampling.max_tokens:
-                break
-            if len(self._cached) >= self.n_ctx:
-                if policy != OverflowPolicy.SLIDING_WINDOW:
-                    reason = StopReason.CONTEXT_FULL
-                    break
-                yield self._shift_context(keep)
-            self._decode([token], len(self._cached))
-        tail = stream.flush()
-        if tail:
-            yield Token(-1, tail)
-        decode_seconds = time.perf_counter() - decode_started if generated else 0.0
-        stats = ReplyStats(
-            prompt_tokens=evaluated.prompt_tokens,
-            reused_tokens=evaluated.reused_tokens,
-            evaluated_tokens=evaluated.evaluated_tokens,
-            generated_tokens=len(generated),
-            ttft_seconds=ttft,
-            prefill_seconds=evaluated.seconds,
-            decode_seconds=decode_seconds,
-            stop_reason=reason,
-            n_ctx=self.n_ctx,
-            n_past=len(self._cached),
-            seed=chain.seed,
-        )
-        yield ReplyDone(stream.text, stats, tuple(generated))
+            threads.reply_ended(self)
 
     def evaluation_count(self) -> int:
         """How many llama_decode calls this runtime has made (the visualizers prove sliders run none)."""
@@ -578,45 +562,4 @@ class Runtime:
     @staticmethod
     def hardware() -> Hardware:
         """What llama.cpp can use in this process: CPU features, RAM, GPUs with free memory (for fit verdicts)."""
-        return detect()
-
-    # ---------------------------------------------------------- visualizer numbers (engine.inspection)
-    def preview(self, sampling: SamplingSettings, top_n: int = 20) -> list[PreviewStage]:
-        return inspection.preview(self, sampling, top_n)
-
-    def evaluate_text(self, text: str, chat: bool = False) -> PromptEvaluated:
-        return inspection.evaluate_text(self, text, chat)
-
-    def kv_layout(self) -> KVLayout:
-        return inspection.layout(self)
-
-    def kv_state(self) -> KVState:
-        return inspection.kv_state(self)
-
-    def token_pieces(self, text: str, parse_special: bool = True) -> list[TokenPiece]:
-        return inspection.token_pieces(self, text, parse_special)
-
-    def inspect(
-        self, messages: Sequence[Message], draft: str, sampling: SamplingSettings, policy: OverflowPolicy,
-        top_n: int = 12,
-    ) -> Inspection:  # fmt: skip
-        return inspection.inspect(self, messages, draft, sampling, policy, top_n)
-
-    def context_budget(
-        self, messages: Sequence[Message], draft: str, sampling: SamplingSettings, policy: OverflowPolicy
-    ) -> ContextBudget:
-        return inspection.context_budget(self, messages, draft, sampling, policy)
-
-    def attention(self, text_or_tokens: str | Sequence[int], max_tokens: int = MAX_TOKENS) -> AttentionMap:
-        return attention.capture(self, text_or_tokens, max_tokens)
-
-    def token_neighbours(self, token: int | str, k: int = 20) -> embedding_space.Neighbours:
-        return embedding_space.token_neighbours(self, token, k)
-
-    def embedding_projection(self, tokens: Sequence[int] | None = None) -> embedding_space.Projection:
-        return embedding_space.embedding_projection(self, tokens)
-
-    def eval_context(
-        self, lengths: Sequence[int], depths: Sequence[int], perplexity: bool = True
-    ) -> Iterator:
-        return eval_context.evaluate_context(self, lengths, depths, perplexity)
+        return current()  # free memory as of now, not as of start-up

@@ -9,8 +9,10 @@ import random
 import sys
 import tempfile
 from collections.abc import Iterator
+from enum import Enum
 
 import llama_cpp
+import numpy as np
 
 from engine.errors import SettingsError
 from engine.settings import SamplingSettings
@@ -29,6 +31,10 @@ STAGE_ORDER = (
     "xtc",
     "temperature",
 )
+
+
+# llama_token_data as numpy sees it: the candidate arrays handed to llama.cpp are built without a Python loop
+_TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
 
 
 def resolve_seed(seed: int) -> int:
@@ -63,7 +69,16 @@ class SamplerStages:
         grammar = s.grammar or (json_schema_grammar(s.json_schema) if s.json_schema else "")
         if grammar:
             with _stderr_of_llama() as said:
-                smpl = llama_cpp.llama_sampler_init_grammar(vocab, grammar.encode(), b"root")
+                if s.grammar_triggers:  # lazy: off until a trigger pattern matches the reply so far
+                    patterns = (ctypes.c_char_p * len(s.grammar_triggers))(
+                        *(p.encode() for p in s.grammar_triggers)
+                    )
+                    self._keep.append(patterns)
+                    smpl = llama_cpp.llama_sampler_init_grammar_lazy_patterns(
+                        vocab, grammar.encode(), b"root", patterns, len(s.grammar_triggers), None, 0
+                    )
+                else:
+                    smpl = llama_cpp.llama_sampler_init_grammar(vocab, grammar.encode(), b"root")
             if not smpl:
                 why = [line.split("error parsing grammar:", 1)[-1].strip() for line in said[0].splitlines()
                        if "error parsing grammar" in line]  # fmt: skip
@@ -164,28 +179,154 @@ def _stderr_of_llama() -> Iterator[list[str]]:
                 os.write(2, data)
 
 
+class FastPath(Enum):
+    """How a chain's first step can skip llama.cpp's 262k-entry candidate array without changing the result."""
+
+    FULL = "full"  # llama.cpp's own llama_sampler_sample
+    ARGMAX = "argmax"  # the chain is greedy alone: the first largest logit (as llama.cpp's greedy picks)
+    TOP_K = "top_k"  # top-k comes first: its k tokens, sorted as llama.cpp sorts them, go to the chain
+    MIN_P = "min_p"  # min-p comes first: only the tokens above its cut go to the chain (in id order)
+
+
+MAX_FAST_K = 4096  # past this a partial selection saves little over llama.cpp's own bucket sort
+
+
+def fast_path(names: list[str], settings: SamplingSettings) -> FastPath:
+    if names == ["greedy"]:
+        return FastPath.ARGMAX
+    if names and names[0] == "top_k" and settings.top_k <= MAX_FAST_K:
+        return FastPath.TOP_K
+    if names and names[0] == "min_p":
+        return FastPath.MIN_P
+    return FastPath.FULL
+
+
+def top_ids(logits: np.ndarray, k: int) -> np.ndarray:
+    """The ids of the `k` largest logits, unordered. Over a large vocabulary a threshold from a 1/64 sample picks a
+    few hundred candidates first (one vectorised comparison instead of a partition of every logit); exact, since
+    it falls back to the full partition when the threshold keeps fewer than k."""
+    n = logits.size
+    if n >= 16384 and 64 * k <= n:
+        sample = logits[::64]
+        r = k // 64 + 4
+        threshold = np.partition(sample, sample.size - r)[sample.size - r]
+        ids = np.flatnonzero(logits >= threshold)
+        if k <= ids.size <= 64 * k + 4096:
+            return ids[np.argpartition(logits[ids], ids.size - k)[ids.size - k :]]
+    return np.argpartition(logits, n - k)[n - k :]
+
+
 class SamplerChain:
     """Owns a llama_sampler chain built from SamplerStages; the chain frees its samplers."""
 
-    def __init__(self, vocab, n_vocab: int, settings: SamplingSettings, n_ctx: int):
+    def __init__(self, vocab, n_vocab: int, settings: SamplingSettings, n_ctx: int, fast: bool = True):
         self.chain = None  # set last: a bad setting raises before there is a chain to free
         self.settings = settings
+        self.n_vocab = n_vocab
         self.seed = resolve_seed(settings.seed)
         built = SamplerStages(vocab, n_vocab, settings, n_ctx, self.seed)
+        stages = built.stages
+        names = [name for name, _ in stages]
+        self.path = fast_path(names, settings) if fast else FastPath.FULL
+        self._bias: tuple[np.ndarray, np.ndarray] | None = None
+        if fast and names[0] == "logit_bias" and (after := fast_path(names[1:], settings)) != FastPath.FULL:
+            # a logit bias first: added here, on a copy of the logits, so the fast path still applies
+            self.path = after
+            llama_cpp.llama_sampler_free(stages[0][1])
+            stages = stages[1:]
+            ids = np.array([tok for tok, _ in settings.logit_bias], dtype=np.int64)
+            self._bias = ids, np.array([bias for _, bias in settings.logit_bias], dtype=np.float32)
+            self._bias_ids = np.unique(ids)
+            self._bias_set = set(ids.tolist())
         params = llama_cpp.llama_sampler_chain_default_params()
         params.no_perf = True
         self.chain = llama_cpp.llama_sampler_chain_init(params)
         self._keep = built._keep
-        for _, smpl in built.stages:
+        for _, smpl in stages:
             llama_cpp.llama_sampler_chain_add(self.chain, smpl)  # the chain owns them from here
+        if self.path in (FastPath.TOP_K, FastPath.MIN_P):
+            size = settings.top_k if self.path == FastPath.TOP_K else n_vocab
+            self._cand = np.zeros(size, dtype=_TOKEN_DATA)
+            self._array = llama_cpp.llama_token_data_array()
+        # min-p keeps p >= min_p * p_max, i.e. logit >= max + logf(min_p): in float32, as llama.cpp computes it
+        self._log_min_p = np.log(np.float32(settings.min_p)) if settings.min_p > 0 else None
 
     def accept_history(self, tokens) -> None:
         """Feed the prompt to penalty/DRY samplers so they see the conversation, like llama.cpp's server."""
         for tok in tokens:
             llama_cpp.llama_sampler_accept(self.chain, tok)
 
-    def sample(self, ctx) -> int:
-        return llama_cpp.llama_sampler_sample(self.chain, ctx, -1)
+    def sample(self, ctx, idx: int = -1) -> int:
+        """Sample from the logits of output `idx` of the last decode and accept the token (like
+        llama_sampler_sample, which the FULL path calls)."""
+        if self.path == FastPath.FULL:
+            return llama_cpp.llama_sampler_sample(self.chain, ctx, idx)
+        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, idx), shape=(self.n_vocab,))
+        if self.path == FastPath.ARGMAX:
+            token = self._argmax(logits)
+        else:
+            token = self._apply(*self._candidates(logits))
+        llama_cpp.llama_sampler_accept(self.chain, token)
+        return token
+
+    def _biased(self, logits: np.ndarray) -> np.ndarray:
+        out = logits.copy()
+        np.add.at(out, self._bias[0], self._bias[1])  # as llama.cpp's logit_bias: += per listed entry
+        return out
+
+    def _argmax(self, logits: np.ndarray) -> int:
+        """The first largest logit after the bias, as llama.cpp's greedy sampler picks it."""
+        top = int(np.argmax(logits))
+        if self._bias is None:
+            return top
+        if top in self._bias_set:  # the raw winner is biased: look at every logit
+            return int(np.argmax(self._biased(logits)))
+        ids, vals = self._biased_few(logits)
+        ids, vals = np.append(ids, top), np.append(vals, logits[top])
+        return int(ids[vals == vals.max()].min())
+
+    def _biased_few(self, logits: np.ndarray, ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """`ids` (sorted, holding every biased id; default: the biased ids) with their logits after the bias."""
+        ids = self._bias_ids if ids is None else ids
+        vals = logits[ids]
+        np.add.at(vals, np.searchsorted(ids, self._bias[0]), self._bias[1])
+        return ids, vals
+
+    def _candidates(self, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
+        """The token ids the chain's first stage keeps, their logits, in the order it leaves them, and whether
+        that order is sorted."""
+        if self.path == FastPath.TOP_K:
+            k = min(self.settings.top_k, logits.size)
+            if self._bias is None:
+                ids = top_ids(logits, k)
+                vals = logits[ids]
+            else:  # the biased ids and enough of the rest that pushing biased ones down cannot change the top k
+                wide = np.union1d(top_ids(logits, min(logits.size, k + self._bias_ids.size)), self._bias_ids)
+                ids, vals = self._biased_few(logits, wide)
+                if ids.size > k:
+                    keep = np.argpartition(vals, ids.size - k)[ids.size - k :]
+                    ids, vals = ids[keep], vals[keep]
+            # descending by logit; equal logits by id, the order llama.cpp's partial sort most often leaves
+            order = np.lexsort((ids, -vals))
+            return ids[order], vals[order], True
+        if self._bias is not None:
+            logits = self._biased(logits)
+        ids = np.flatnonzero(logits >= logits.max() + self._log_min_p)
+        return ids, logits[ids], False
+
+    def _apply(self, ids: np.ndarray, vals: np.ndarray, is_sorted: bool) -> int:
+        n = ids.size
+        cand = self._cand[:n] if n <= self._cand.size else np.zeros(n, dtype=_TOKEN_DATA)
+        cand["id"] = ids
+        cand["logit"] = vals
+        cand["p"] = 0.0
+        arr = self._array
+        arr.data = cand.ctypes.data_as(llama_cpp.llama_token_data_p)
+        arr.size, arr.selected, arr.sorted = n, -1, is_sorted
+        llama_cpp.llama_sampler_apply(self.chain, ctypes.byref(arr))
+        if not 0 <= arr.selected < arr.size:
+            raise RuntimeError(f"the sampler chain selected no token ({arr.selected} of {arr.size})")
+        return int(arr.data[arr.selected].id)  # via the array's pointer: XTC moves its start
 
     def close(self) -> None:
         if self.chain:

@@ -12,8 +12,9 @@ import time
 from pathlib import Path
 
 from engine.cli import load_model
-from engine.cli_flags import add_settings_flags, parse_adapter, settings_from_args
+from engine.cli_flags import add_settings_flags, parse_adapter, resolve_draft, settings_from_args
 from engine.errors import SettingsError
+from engine.interface import MAX_SLOTS
 from engine.server.config import DEFAULT_MAX_BODY, DEFAULT_MAX_QUEUE, DEFAULT_MAX_TOKENS_CAP
 from engine.settings import LoadSettings, SamplingSettings
 from engine.text import printable
@@ -101,6 +102,13 @@ def served_name(model: str | None, path: Path) -> str:
     return model
 
 
+def eog_tokens(path: Path) -> tuple[int, ...]:
+    """The model's end-of-generation tokens, for requests that ask for `ignore_eos` (benchmarks)."""
+    from engine.reference import model_eog_tokens
+
+    return model_eog_tokens(path)
+
+
 def cmd_serve(args) -> int:
     import uvicorn
 
@@ -118,6 +126,8 @@ def cmd_serve(args) -> int:
         raise SettingsError("max-tokens-cap", "must be at least 1")
     if args.max_queue < 0:
         raise SettingsError("max-queue", "must be 0 or more")
+    if not 1 <= args.parallel <= MAX_SLOTS:
+        raise SettingsError("parallel", f"use 1 to {MAX_SLOTS} requests at once")
     defaults = settings_from_args(args, SamplingSettings)
     load = settings_from_args(args, LoadSettings)
     adapters = [parse_adapter(a) for a in args.adapter or []]
@@ -125,33 +135,41 @@ def cmd_serve(args) -> int:
     engine = None
     try:
         path = Library().resolve(args.model)
+        load = resolve_draft(load, Library())
         if args.n_ctx is None:  # as `ingle run`: never past what the model was trained on
             from engine.gguf_info import inspect_gguf
 
             trained = inspect_gguf(path).context_length
             if 0 < trained < load.n_ctx:
                 load = load.replace(n_ctx=trained)
+        # requests run in the slots' own context (args.parallel x the context each); the engine's ordinary
+        # context serves no request here, so it stays small
+        own = load.replace(n_ctx=min(load.n_ctx, 256))
         engine = open_engine()
-        loaded = load_model(engine, path, load, adapters, args.template)
+        loaded = load_model(engine, path, own, adapters, args.template)
+        engine.start_slots(args.parallel, load.n_ctx)
 
         def reload(engine) -> None:
             engine.restart()
-            load_model(engine, path, load, adapters, args.template)
+            load_model(engine, path, own, adapters, args.template)
+            engine.start_slots(args.parallel, load.n_ctx)
 
         config = ServerConfig(
-            model_name=served_name(args.model, path), model_info=loaded.info, n_ctx=loaded.n_ctx, api_key=key,
+            model_name=served_name(args.model, path), model_info=loaded.info, n_ctx=load.n_ctx, api_key=key,
             cors_origins=tuple(args.cors_origin or ()), max_body=args.max_body,
             max_tokens_cap=args.max_tokens_cap, max_queue=args.max_queue, defaults=defaults,
-            created=int(time.time()),
+            created=int(time.time()), eog_tokens=eog_tokens(path),
         )  # fmt: skip
-        app = create_app(config, Scheduler(engine, reload, max_queue=args.max_queue))
+        app = create_app(config, Scheduler(engine, reload, max_queue=args.max_queue, slots=args.parallel))
         if warning:
             print(f"ingle: {warning}", file=sys.stderr)
         if loaded.template_warning:
             print(f"ingle: warning: {printable(loaded.template_warning)}", file=sys.stderr)
+        if loaded.fit_note:  # --fit: what was chosen and why
+            print(f"ingle: {loaded.fit_note}", file=sys.stderr)
         port = sock.getsockname()[1]
         shown = f"[{args.host}]" if ":" in args.host else args.host
-        print(f"Serving {printable(config.model_name)} (context {loaded.n_ctx}) at http://{shown}:{port}/v1 "
+        print(f"Serving {printable(config.model_name)} ({args.parallel} x context {load.n_ctx}) at http://{shown}:{port}/v1 "
               f"(OpenAI) and http://{shown}:{port}/api (Ollama){'; API key required' if key else ''}. "
               "Ctrl+C stops.", file=sys.stderr, flush=True)  # fmt: skip
         verbose = logging.getLogger().isEnabledFor(logging.INFO)
@@ -187,6 +205,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"largest request body (default {DEFAULT_MAX_BODY})")  # fmt: skip
     p.add_argument("--max-tokens-cap", type=int, default=DEFAULT_MAX_TOKENS_CAP, metavar="N",
                    help=f"largest max_tokens a request may ask for (default {DEFAULT_MAX_TOKENS_CAP})")  # fmt: skip
+    p.add_argument("--parallel", type=int, default=1, metavar="N",
+                   help="requests decoded at once, batched (each with the full --ctx-size; default 1)")  # fmt: skip
     p.add_argument("--max-queue", type=int, default=DEFAULT_MAX_QUEUE, metavar="N",
                    help="requests that may wait for the engine; more get 503 (default %(default)s)")  # fmt: skip
     p.add_argument(

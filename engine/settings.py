@@ -227,8 +227,79 @@ class LoadSettings(SettingsBase):
         "YaRN original context",
         "With yarn: the context the model was trained on, YaRN's reference length; 0 reads it from the model.",
     )
+    fit: bool = spec(
+        False,
+        label="Fit automatically",
+        help="Pick GPU layers, context length and KV cache type so the model fits the free memory.",
+    )
+    fit_check: bool = spec(
+        True,
+        label="Refuse what won't fit",
+        help="Refuse a load that needs more memory than is free, before llama.cpp runs out of it.",
+    )
+
+    rpc: str = spec(
+        "",
+        label="RPC workers",
+        help="llama.cpp RPC workers as HOST:PORT,... (started with `ingle worker`); the layers are split "
+        "across this machine and them.",
+    )
+    rpc_split: str = spec(
+        "",
+        label="RPC split",
+        help="Shares of the layers, this machine first, then each worker (e.g. 1,1,2); empty: equal shares.",
+    )
+
+    draft: str = spec(
+        "",
+        label="Draft model",
+        help="A smaller model of the same family (library name or file) that drafts tokens for this one to check "
+        "in one batch; replies stay the same, only faster when it pays.",
+        metavar="MODEL",
+    )
+    draft_max: int = spec(
+        8,
+        1,
+        64,
+        "Draft tokens",
+        "Most tokens drafted per step (by prompt lookup or the draft model).",
+        metavar="K",
+    )
+    lookup: bool = spec(
+        False,
+        label="Prompt lookup",
+        help="Draft by copying what followed the last few tokens earlier in the conversation; "
+        "fast when a reply repeats its input.",
+    )
+    lookup_ngram: int = spec(
+        3,
+        1,
+        16,
+        "Lookup n-gram",
+        "How many recent tokens must match earlier text before prompt lookup drafts.",
+        metavar="N",
+    )
+
+    @property
+    def speculative(self) -> bool:
+        return bool(self.draft) or self.lookup
 
     def _validate_more(self) -> None:
+        from engine.rpc_split import SplitError, parse_endpoints, parse_weights
+
+        for name in ("rpc", "rpc_split"):
+            if not isinstance(getattr(self, name), str):
+                raise SettingsError(name, f"expected text, got {getattr(self, name)!r}")
+        try:
+            workers = parse_endpoints(self.rpc)
+        except SplitError as err:
+            raise SettingsError("rpc", str(err)) from None
+        if self.rpc_split and not workers:
+            raise SettingsError("rpc_split", "needs RPC workers (--rpc HOST:PORT)")
+        try:
+            parse_weights(self.rpc_split, len(workers))
+        except SplitError as err:
+            raise SettingsError("rpc_split", str(err)) from None
         if (
             self.type_v not in (CacheType.F16, CacheType.F32, CacheType.BF16)
             and self.flash_attn == FlashAttention.OFF
@@ -344,6 +415,11 @@ class SamplingSettings(SettingsBase):
     json_schema: str = spec(
         "", label="JSON schema", help="A JSON schema the reply must follow (turned into a grammar)."
     )
+    grammar_triggers: tuple[str, ...] = spec(
+        (), label="Grammar triggers",
+        help="Regexes over the reply: the grammar applies only from the first group of the first match on "
+        "(a lazy grammar; tool calls in auto mode). Empty: the grammar applies from the first token.",
+    )  # fmt: skip
     logprobs: bool = spec(
         False, label="Log-probabilities", help="Report each token's log-probability under the model."
     )
@@ -365,6 +441,13 @@ class SamplingSettings(SettingsBase):
                 raise SettingsError(
                     "json_schema", f"is not valid JSON ({err.msg} at line {err.lineno})"
                 ) from None
+        if self.grammar_triggers and not self.grammar:
+            raise SettingsError("grammar_triggers", "need a grammar to switch on")
+        from engine.tools import check_trigger_pattern  # here: engine.tools imports the events, not settings
+
+        for pattern in self.grammar_triggers:
+            if why := check_trigger_pattern(pattern) if isinstance(pattern, str) else "is not text":
+                raise SettingsError("grammar_triggers", f"{pattern!r:.60} {why}")
         for item in self.stop:
             if not isinstance(item, str) or not item:
                 raise SettingsError("stop", f"stop strings must be non-empty text, got {item!r}")

@@ -110,6 +110,7 @@ def ingle_server(tiny_model):
     """`ingle serve` on the tiny model with an API key (uvicorn here, llama.cpp in the engine child)."""
     engine = EngineHost()
     loaded = load_model(engine, tiny_model, LoadSettings(n_ctx=512))
+    engine.start_slots(1, loaded.n_ctx)  # the server decodes in the engine's slots
     config = ServerConfig(model_name="tiny", model_info=loaded.info, n_ctx=loaded.n_ctx, api_key=KEY,
                           created=int(time.time()))  # fmt: skip
     srv = ServerThread(config, Scheduler(engine, lambda e: None), bind("127.0.0.1", 0)).start()

@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 
@@ -41,10 +42,12 @@ def server(tiny_model):
     engine = EngineHost()
     load = LoadSettings(n_ctx=N_CTX)
     loaded = load_model(engine, tiny_model, load)
+    engine.start_slots(1, N_CTX)
 
     def reload(engine) -> None:
         engine.restart()
         load_model(engine, tiny_model, load)
+        engine.start_slots(1, N_CTX)
 
     config = ServerConfig(model_name="tiny", model_info=loaded.info, n_ctx=loaded.n_ctx, api_key=KEY,
                           cors_origins=(ORIGIN,), max_body=MAX_BODY, max_tokens_cap=N_CTX, max_queue=1,
@@ -174,7 +177,7 @@ def test_ingle_samplers_as_extra_fields(client):
     [({"temperature": 9}, "temperature"), ({"n": 2}, "n"), ({"min-p": 0.1}, "min-p"),
      ({"max_tokens": N_CTX + 1}, "max_tokens"), ({"top_logprobs": 2}, "top_logprobs"),
      ({"logit_bias": {"abc": 1}}, "logit_bias"), ({"logit_bias": {"99999999": 1}}, "logit_bias"), ({"stop": [1, 2]}, "stop"),
-     ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools")],
+     ({"tools": [{"type": "function", "function": {"name": "no spaces"}}]}, "tools[0].function.name")],
 )  # fmt: skip
 def test_bad_fields_are_400_naming_the_field(client, extra, param):
     with pytest.raises(openai.BadRequestError) as err:
@@ -437,6 +440,12 @@ def test_serving_beyond_this_machine_needs_a_key():
         r = subprocess.run([sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
                            capture_output=True, text=True, timeout=120)  # fmt: skip
     assert r.returncode == 2 and r.stderr.startswith("ingle: error: port:") and "--port" in r.stderr
+    for bad in ("0", "65"):
+        r = subprocess.run([sys.executable, "-m", "app.cli", "serve", "--port", "0", "--parallel", bad],
+                           capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert (
+            r.returncode == 2 and r.stderr.strip() == "ingle: error: parallel: use 1 to 64 requests at once"
+        )
     r = subprocess.run([sys.executable, "-m", "app.cli", "serve", "--api-key", "short"],
                        capture_output=True, text=True, timeout=120)  # fmt: skip
     assert r.returncode == 2 and "at least 8" in r.stderr and "short" not in r.stderr.split(":", 3)[-1]
@@ -446,17 +455,22 @@ def test_ingle_serve_command_end_to_end(tiny_model, tmp_path, reference):
     key_file = tmp_path / "key"
     key_file.write_text(KEY + "\n")
     proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", str(tiny_model), "--port", "0",
-                             "--api-key-file", str(key_file), "--ctx-size", str(N_CTX), "--temperature", "0"],
+                             "--api-key-file", str(key_file), "--ctx-size", str(N_CTX), "--temperature", "0",
+                             "--parallel", "2"],
                             stderr=subprocess.PIPE, text=True)  # fmt: skip
     try:
         line = proc.stderr.readline()
-        assert line.startswith("Serving tiny "), line
+        assert line.startswith("Serving tiny (2 x context 4096) "), line
         assert KEY not in line
         url = line.split(" at ")[1].split("/v1")[0]
         c = openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0, timeout=60)
         # the server's default temperature (0, from the flag) applies when the request names none
         reply = c.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=8)
         assert reply.choices[0].message.content == greedy(reference, MESSAGES, 8).text
+        slots = httpx.get(url + "/health", headers=HEADERS).json()["slots"]
+        assert (
+            len(slots) == 2 and sum(s["cached_tokens"] > 0 for s in slots) == 1
+        )  # the reply's slot holds it
         r = httpx.get(url + "/v1/models", headers={**HEADERS, "Origin": ORIGIN})
         assert r.status_code == 200 and "access-control-allow-origin" not in r.headers  # CORS off by default
     finally:
@@ -471,3 +485,173 @@ def test_every_serve_flag_has_help():
     serve = next(a for a in build_parser()._actions if a.dest == "command").choices["serve"]
     assert [a.option_strings for a in serve._actions if not a.help] == []
     assert "--max-tokens-cap" in serve.format_help() and "--ctx-size" in serve.format_help()
+    assert "--parallel" in serve.format_help()
+
+
+# ------------------------------------------------------------------ --parallel 4: batched requests
+PARALLEL = 4
+TIE_GAP = 0.01  # as in test_slots: the tiny model's batched rounding may flip a near tie, nothing more
+QUESTIONS = [
+    f"Question {i}: tell me about the {w}."
+    for i, w in enumerate("sea sky moon sun rain snow wind hill".split())
+]
+NO_END = {"2": -100, "3": -100, "4": -100}
+
+
+@pytest.fixture(scope="module")
+def parallel_server(tiny_model):
+    engine = EngineHost()
+    own = LoadSettings(n_ctx=256)  # as `ingle serve`: requests run in the slots' context
+
+    def reload(engine) -> None:
+        engine.restart()
+        load_model(engine, tiny_model, own)
+        engine.start_slots(PARALLEL, N_CTX)
+
+    loaded = load_model(engine, tiny_model, own)
+    engine.start_slots(PARALLEL, N_CTX)
+    config = ServerConfig(model_name="tiny", model_info=loaded.info, n_ctx=N_CTX, api_key=KEY, max_body=MAX_BODY,
+                          max_tokens_cap=N_CTX, max_queue=8, created=int(time.time()))  # fmt: skip
+    srv = ServerThread(config, Scheduler(engine, reload, max_queue=8, slots=PARALLEL), bind("127.0.0.1", 0))
+    yield srv.start()
+    srv.stop()
+    engine.close()
+
+
+def _stream_chat(url: str, body: dict) -> dict:
+    c = openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0, timeout=120)
+    chunks = list(c.chat.completions.create(model="tiny", stream=True, stream_options={"include_usage": True},
+                                            **body))  # fmt: skip
+    return {"ids": {c.id for c in chunks}, "text": "".join(c.choices[0].delta.content or "" for c in chunks
+            if c.choices), "usage": chunks[-1].usage}  # fmt: skip
+
+
+def _all_at_once(url: str, bodies: list[dict]) -> list[dict]:
+    out: list = [None] * len(bodies)
+
+    def work(i: int) -> None:
+        out[i] = _stream_chat(url, bodies[i])
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(bodies))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    assert all(o is not None for o in out), "a stream failed"
+    return out
+
+
+def test_eight_concurrent_streams_with_different_settings_are_not_mixed(parallel_server, reference):
+    bodies = []
+    for i, q in enumerate(QUESTIONS):
+        body = {"messages": [{"role": "user", "content": q}], "max_tokens": 12 + i, "logit_bias": NO_END}
+        if i % 2:  # sampled, each with its own seed and samplers (top_k: the tiny model's flat distributions
+            # would let batched rounding move a draw across a boundary)
+            body.update(temperature=0.8 + i / 20, seed=100 + i, top_p=0.95, extra_body={"top_k": 3})
+        else:
+            body.update(temperature=0)
+        bodies.append(body)
+    first = _all_at_once(parallel_server.url, bodies)
+    again = _all_at_once(parallel_server.url, bodies)
+    assert len(set().union(*(r["ids"] for r in first))) == len(bodies)  # one id per stream, none shared
+    ties = reproduced = 0
+    for i, (body, a, b) in enumerate(zip(bodies, first, again, strict=True)):
+        assert a["usage"].completion_tokens == body["max_tokens"]  # its own max_tokens: not another's
+        messages = [Message("user", QUESTIONS[i])]
+        assert a["usage"].prompt_tokens == len(reference.render_tokens(messages))
+        if i % 2:
+            reproduced += a["text"] == b["text"]
+            continue
+        alone = list(reference.chat(messages, SamplingSettings(temperature=0, max_tokens=body["max_tokens"],
+                     logit_bias=((2, -100.0), (3, -100.0), (4, -100.0)), top_logprobs=2)))  # fmt: skip
+        if a["text"] != alone[-1].text:
+            tokens = [e for e in alone if getattr(e, "token_id", -1) >= 0]
+            n = next(k for k, t in enumerate(tokens) if not a["text"].startswith("".join(x.text for x in
+                     tokens[: k + 1])))  # fmt: skip
+            top = tokens[n].alternatives
+            assert top[0].logprob - top[1].logprob < TIE_GAP, (i, n, top[:2])
+            ties += 1
+    print(f"--parallel {PARALLEL}, 8 streams: {4 - ties}/4 greedy replies equal alone, {ties} parted at a near tie; "
+          f"{reproduced}/4 seeded replies reproduced")  # fmt: skip
+    # a seed reproduces whatever ran beside it, except that batched rounding (~1e-3 in a logprob) may, rarely,
+    # move a random draw across the boundary between two tokens: allow one such stream of four
+    assert reproduced >= 3
+    assert len({r["text"] for r in first}) == len(bodies)
+
+
+def _wait_free(server, timeout: float = 30) -> list:
+    deadline = time.monotonic() + timeout
+    while True:
+        states = server.state.scheduler.engine.slot_states()
+        if not any(s.busy for s in states) or time.monotonic() > deadline:
+            return states
+        time.sleep(0.01)
+
+
+def test_a_client_killed_mid_stream_frees_its_slot(parallel_server):
+    body = {"model": "tiny", "messages": MESSAGES, "stream": True, "max_tokens": 4000, "logit_bias": NO_END}
+    proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import httpx, sys
+        with httpx.stream("POST", {parallel_server.url + "/v1/chat/completions"!r}, json={body!r},
+                          headers={HEADERS!r}, timeout=60) as r:
+            for n, line in enumerate(r.iter_lines()):
+                if n == 6:
+                    print("streaming", flush=True)
+                    sys.stdin.readline()
+    """)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert proc.stdout.readline().strip() == "streaming"
+        assert sum(s.busy for s in parallel_server.state.scheduler.engine.slot_states()) == 1
+        before = len(parallel_server.state.log)
+        proc.kill()  # the client dies without closing anything
+    finally:
+        proc.wait(30)
+    states = _wait_free(parallel_server)
+    assert not any(s.busy for s in states), states
+    deadline = time.monotonic() + 30
+    while len(parallel_server.state.log) == before and time.monotonic() < deadline:
+        time.sleep(0.01)
+    entry = parallel_server.state.log[-1]
+    assert entry["cancelled"] and entry["stop_reason"] == "cancelled" and entry["completion_tokens"] < 2000
+    health = raw(parallel_server, "GET", "/health").json()
+    assert health["status"] == "ok" and len(health["slots"]) == PARALLEL
+    assert (
+        not any(s["busy"] for s in health["slots"]) and max(s["cached_tokens"] for s in health["slots"]) > 0
+    )
+
+
+def test_engine_killed_mid_requests_gives_503s_then_recovers(parallel_server, client):
+    sched = parallel_server.state.scheduler
+    body = {"model": "tiny", "messages": MESSAGES, "stream": True, "max_tokens": 4000, "logit_bias": NO_END}
+    started = threading.Barrier(PARALLEL + 1)
+    outcomes: list = []
+
+    def one() -> None:
+        last = None
+        with httpx.stream("POST", parallel_server.url + "/v1/chat/completions", json=body, headers=HEADERS,
+                          timeout=60) as r:  # fmt: skip
+            for n, line in enumerate(r.iter_lines()):
+                if n == 4:
+                    started.wait(30)
+                if line.startswith("data: "):
+                    last = line[6:]
+        outcomes.append(json.loads(last))
+
+    threads = [threading.Thread(target=one) for _ in range(PARALLEL)]
+    for t in threads:
+        t.start()
+    started.wait(60)
+    os.kill(sched.engine.pid, signal.SIGKILL)
+    for t in threads:
+        t.join(60)
+    assert [o.get("error", {}).get("code") for o in outcomes] == ["engine_restarting"] * PARALLEL
+    restarts = sched.restarts
+    c = openai.OpenAI(base_url=parallel_server.url + "/v1", api_key=KEY, max_retries=0, timeout=120)
+    replies = _all_at_once(
+        parallel_server.url, [{"messages": MESSAGES, "max_tokens": 4, "temperature": 0}] * 3
+    )
+    assert all(r["usage"].completion_tokens == 4 for r in replies) and sched.restarts == restarts + 1
+    assert len(sched.engine.slot_states()) == PARALLEL
+    assert (
+        c.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=2).usage.completion_tokens == 2
+    )

@@ -282,7 +282,7 @@ def test_prompt_text_and_curl_example():
 
 
 def test_the_gui_process_never_loads_llama_cpp_for_the_server():
-    code = ("import sys; import app.main, app.server_panel, app.server_engine, engine.server.runner; "
+    code = ("import sys; import app.main, app.server_panel, app.server_control, engine.server.runner; "
             "sys.exit('llama_cpp' in sys.modules)")  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     assert subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, timeout=120).returncode == 0
@@ -299,42 +299,3 @@ def test_closing_the_window_stops_the_server_and_frees_the_port(qtbot, tmp_path,
     assert not port_is_free(port)
     w.close()
     assert port_is_free(port) and not w.server.running
-
-
-def test_server_calls_wait_their_turn_and_one_cancelled_while_waiting_never_runs(qtbot, window):
-    from app.server_engine import BridgeEngine
-    from engine.errors import EngineError
-    from engine.events import Message, ReplyDone
-
-    engine = BridgeEngine(window.bridge)
-    gate = threading.Event()
-    window.bridge.call(lambda _engine: gate.wait(60), background=True)  # holds the engine queue
-    try:
-        waiting_call_is_dropped(qtbot, window, engine)
-    finally:
-        gate.set()
-
-    later = engine.handle()
-    done = in_thread(qtbot, lambda: list(later.chat([Message("user", "hi")], SamplingSettings(max_tokens=5))))
-    assert isinstance(done[-1], ReplyDone) and done[-1].stats.generated_tokens <= 5
-    engine.close("The server was stopped.")
-    with pytest.raises(EngineError, match="The server was stopped."):
-        in_thread(qtbot, lambda: list(engine.handle().complete("hi")))
-
-
-def waiting_call_is_dropped(qtbot, window, engine) -> None:
-    from app.bridge import State
-    from engine.events import Message
-
-    waiting = engine.handle()
-    events: list = []
-    thread = threading.Thread(
-        target=lambda: events.extend(waiting.chat([Message("user", "hi")], SamplingSettings(max_tokens=5))),
-        daemon=True,
-    )
-    thread.start()
-    qtbot.waitUntil(lambda: waiting.call is not None and waiting.call.request is not None, timeout=10_000)
-    assert waiting.call.request.state is State.QUEUED and not window.bridge.busy
-    waiting.cancel()  # its client left
-    qtbot.waitUntil(lambda: not thread.is_alive(), timeout=10_000)
-    assert events == [] and waiting.call.request.state is State.CANCELLED

@@ -13,6 +13,8 @@ from app.visualizers.common import DROP_COLOR, RESERVE_COLOR, ROLE_COLORS, dim_c
 from app.wording import count
 from engine.visual import ContextBudget
 
+SOURCES_COLOR = "#2aa198"  # retrieved document passages
+
 
 @dataclass(frozen=True)
 class Segment:
@@ -56,8 +58,16 @@ class ContextBar(QWidget):
     def sizeHint(self) -> QSize:
         return QSize(520, 110)
 
-    def set_budget(self, budget: ContextBudget, roles: Sequence[str], has_draft: bool) -> None:
-        """`roles`: the role of each message of the conversation (+ "user" for the draft when there is one)."""
+    def set_budget(
+        self,
+        budget: ContextBudget,
+        roles: Sequence[str],
+        has_draft: bool,
+        retrieved: dict[int, int] | None = None,
+    ) -> None:
+        """`roles`: the role of each message of the conversation (+ "user" for the draft when there is one).
+        `retrieved`: message index -> tokens of retrieved document passages inside it (their own segment)."""
+        retrieved = retrieved or {}
         self.budget = budget
         segs = []
         if budget.spans and budget.spans[0][1] > 0:  # BOS before the first message
@@ -66,7 +76,13 @@ class ContextBar(QWidget):
             draft = has_draft and index == len(budget.spans) - 1
             role = "draft" if draft else roles[index] if index < len(roles) else "user"
             label = "message being typed" if draft else f"message {index + 1} ({role})"
-            segs.append(Segment(label, end - start, ROLE_COLORS[role], index in budget.would_drop_messages))
+            sources = min(retrieved.get(index, 0), end - start)
+            if sources:  # the passages sit before the question inside the message
+                segs.append(Segment(f"retrieved passages in message {index + 1}", sources, SOURCES_COLOR,
+                                    index in budget.would_drop_messages))  # fmt: skip
+            segs.append(
+                Segment(label, end - start - sources, ROLE_COLORS[role], index in budget.would_drop_messages)
+            )
         segs.append(Segment("reserved for the reply", budget.reserve_tokens, RESERVE_COLOR))
         self.segments = segs
         system, turns, typing = split_budget(budget, roles, has_draft)
@@ -75,6 +91,8 @@ class ContextBar(QWidget):
             f"{self.used:,} of {budget.n_ctx:,} tokens used (system {system:,} · turns {turns:,} · typing "
             f"{typing:,}) · reply reserve {budget.reserve_tokens:,} · free {budget.free_tokens:,}"
         )
+        if retrieved:
+            self.note += f" · retrieved passages {sum(retrieved.values()):,}"
         if budget.would_drop_messages:
             self.note += (
                 f"\nThe next reply drops the {count(len(budget.would_drop_messages), 'oldest message')} "
@@ -125,7 +143,9 @@ class ContextBar(QWidget):
         fm = QFontMetrics(self.font())
         for name, color in (("system", ROLE_COLORS["system"]), ("user", ROLE_COLORS["user"]),
                             ("assistant", ROLE_COLORS["assistant"]), ("typing", ROLE_COLORS["draft"]),
-                            ("reply reserve", RESERVE_COLOR), ("dropped next", DROP_COLOR)):  # fmt: skip
+                            ("reply reserve", RESERVE_COLOR), ("dropped next", DROP_COLOR),
+                            *((("docs", SOURCES_COLOR),) if any(s.color == SOURCES_COLOR for s in self.segments)
+                              else ())):  # fmt: skip
             p.fillRect(QRect(x, y + 3, 10, 10), QColor(color))
             p.drawText(x + 14, y + fm.ascent(), name)
             x += 14 + fm.horizontalAdvance(name) + 14

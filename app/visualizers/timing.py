@@ -6,7 +6,20 @@ from PySide6.QtCore import QRect, Qt
 from PySide6.QtGui import QColor, QFontMetrics, QPainter
 from PySide6.QtWidgets import QWidget
 
+from app.forms import ERROR_COLOR
 from app.visualizers.common import ROLE_COLORS, HeightForWidthMixin, dim_color, text_color
+
+
+def drafting_line(stats) -> str:
+    """Speculative decoding's share of a reply: drafted and accepted tokens, and whether it switched itself off."""
+    if not getattr(stats, "drafting", ""):
+        return ""
+    line = f"drafting by {stats.drafting}: {stats.accepted_tokens} of {stats.drafted_tokens} drafted tokens accepted"
+    if stats.drafted_tokens:
+        line += f" ({stats.acceptance:.0%})"
+    if stats.drafting_switched_off:
+        line += " · switched itself off for a while: drafting did not pay"
+    return line
 
 
 class TimingBar(HeightForWidthMixin, QWidget):
@@ -17,7 +30,12 @@ class TimingBar(HeightForWidthMixin, QWidget):
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
         self.replies: list[dict] = []
+        self.threads = None  # engine.events.ThreadsChosen of the reply running or last run
         self.setMinimumHeight(80)
+
+    def set_threads(self, chosen) -> None:
+        """The threads the coming reply runs on (engine.events.ThreadsChosen); shown with it when it ends."""
+        self.threads = chosen
 
     def add_reply(self, stats) -> None:
         """`stats`: engine.events.ReplyStats of a finished reply."""
@@ -26,14 +44,18 @@ class TimingBar(HeightForWidthMixin, QWidget):
             "prompt": stats.prompt_tokens, "reused": stats.reused_tokens, "evaluated": stats.evaluated_tokens,
             "generated": stats.generated_tokens, "prefill_tok_s": stats.prefill_tok_s,
             "decode_tok_s": stats.decode_tok_s, "ttft": stats.ttft_seconds,
+            "threads": self.threads.describe() if self.threads is not None else "",
+            "drafting": drafting_line(stats), "drafting_off": getattr(stats, "drafting_switched_off", False),
         })  # fmt: skip
+        self.threads = None
         del self.replies[self.KEEP :]
         self.updateGeometry()
         self.update()
 
     def heightForWidth(self, _width: int) -> int:
         fm = QFontMetrics(self.font())
-        return 12 + max(1, len(self.replies)) * (2 * fm.height() + 14) + fm.height()
+        rows = sum(3 * fm.height() + 16 + (fm.height() + 2 if r["drafting"] else 0) for r in self.replies)
+        return 12 + (rows or 3 * fm.height() + 16) + fm.height()
 
     def paintEvent(self, _event) -> None:
         p = QPainter(self)
@@ -63,7 +85,16 @@ class TimingBar(HeightForWidthMixin, QWidget):
             )
             p.drawText(QRect(8, y + fm.height() + 2, width, fm.height() + 4), Qt.AlignLeft,
                        fm.elidedText(label, Qt.ElideRight, width))  # fmt: skip
-            y += 2 * fm.height() + 14
+            if r["threads"]:  # how many CPU threads it ran on, and why (engine.threads)
+                p.setPen(dim_color(self))
+                line = QRect(8, y + 2 * fm.height() + 4, width, fm.height() + 4)
+                p.drawText(line, Qt.AlignLeft, fm.elidedText("CPU: " + r["threads"], Qt.ElideRight, width))
+            y += 3 * fm.height() + 16
+            if r["drafting"]:
+                p.setPen(QColor(ERROR_COLOR) if r["drafting_off"] else text)
+                p.drawText(QRect(8, y - 10, width, fm.height() + 4), Qt.AlignLeft,
+                           fm.elidedText(r["drafting"], Qt.ElideRight, width))  # fmt: skip
+                y += fm.height() + 2
         p.setPen(dim_color(self))
         p.drawText(
             8, y + fm.ascent(), "blue: prefill (reading the prompt) · green: decode (writing the reply)"

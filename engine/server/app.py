@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 import json
 import logging
@@ -19,6 +20,7 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
+from starlette.routing import Route
 
 from engine.events import PromptEvaluated, ReplyDone
 from engine.server.config import ServerConfig
@@ -160,8 +162,7 @@ class Generation:
         async def watch() -> None:  # the body has been read: the next message is the disconnect
             while (await request.receive())["type"] != "http.disconnect":
                 pass
-            self.job.cancelled = True
-            self.job.engine.cancel()
+            self.job.cancel()
 
         try:
             async with anyio.create_task_group() as tasks:
@@ -228,7 +229,7 @@ class ServerState:
 
 
 def create_app(config: ServerConfig, scheduler: Scheduler) -> Starlette:
-    from engine.server import ollama_routes, openai_routes
+    from engine.server import embedding_routes, ollama_routes, openai_routes
 
     state = ServerState(config, scheduler)
 
@@ -245,8 +246,25 @@ def create_app(config: ServerConfig, scheduler: Scheduler) -> Starlette:
                                      allow_methods=["GET", "POST", "OPTIONS"],
                                      allow_headers=["Authorization", "Content-Type", "X-Api-Key"]))  # fmt: skip
     middleware.append(Middleware(AuthMiddleware, key=config.api_key))
+
+    async def health(request: Request):
+        """Liveness and the slots: which are busy, how many tokens each holds, how many requests wait."""
+        try:
+            slots = await anyio.to_thread.run_sync(scheduler.engine.slot_states)
+        except Exception:  # the engine died: the next request restarts it
+            return JSONResponse(
+                {"status": "engine_unavailable", "waiting": scheduler.waiting}, status_code=503
+            )
+        return JSONResponse({"status": "ok", "model": config.model_name, "waiting": scheduler.waiting,
+                             "slots": [dataclasses.asdict(s) for s in slots]})  # fmt: skip
+
     app = Starlette(
-        routes=[*openai_routes.routes(state), *ollama_routes.routes(state)],
+        routes=[
+            Route("/health", health, methods=["GET"]),
+            *openai_routes.routes(state),
+            *ollama_routes.routes(state),
+            *embedding_routes.routes(state),
+        ],  # fmt: skip
         middleware=middleware,
         exception_handlers={ApiError: api_error, Exception: unexpected},
     )

@@ -23,6 +23,7 @@ class ServerConfig:
     max_queue: int = DEFAULT_MAX_QUEUE  # requests waiting for the engine beyond the running one(s)
     defaults: SamplingSettings = field(default_factory=SamplingSettings)  # sampler defaults (CLI flags)
     created: int = 0  # when the model was loaded (unix time), as OpenAI's `created`
+    eog_tokens: tuple[int, ...] = ()  # the model's end-of-generation tokens, banned by `ignore_eos`
 
     def accepts(self, name: str | None) -> bool:
         """Whether a request's model name means the served model (Ollama tools append ':latest')."""

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from typing import Any
 
+from engine import tools
 from engine.errors import SettingsError
-from engine.events import Message
+from engine.events import Message, ToolCall
 from engine.server.config import ServerConfig
 from engine.server.errors import ApiError, bad_field
 from engine.settings import SamplingSettings
+from engine.tools import ToolSet
 
 SAMPLING_FIELDS = {f.name for f in dataclasses.fields(SamplingSettings)}
 
@@ -27,7 +30,7 @@ OPENAI_IGNORED = {"model", "stream", "stream_options", "user", "metadata", "stor
 OLLAMA_LOAD_OPTIONS = {"num_ctx", "num_gpu", "num_thread", "num_batch", "main_gpu", "use_mmap", "use_mlock",
                        "numa", "low_vram", "f16_kv", "vocab_only", "num_keep", "penalize_newline"}  # fmt: skip
 OLLAMA_RENAMES = {"num_predict": "max_tokens", "repeat_last_n": "penalty_last_n"}
-ROLES = {"system", "user", "assistant", "developer"}
+ROLES = {"system", "user", "assistant", "developer", "tool"}
 
 
 def settings(config: ServerConfig, values: dict[str, Any], names: dict[str, str]) -> SamplingSettings:
@@ -90,6 +93,20 @@ def _response_format(value: Any) -> dict[str, Any]:
     raise bad_field("response_format.type", f"must be text, json_object or json_schema, not {kind!r}")
 
 
+def _ignore_eos(config: ServerConfig, value: Any, field: str, values: dict, names: dict) -> None:
+    """`ignore_eos: true` (llama.cpp's server field): generate max_tokens, banning every end-of-generation token."""
+    if not isinstance(value, bool):
+        raise bad_field(field, "expected true or false")
+    if not value:
+        return
+    if not config.eog_tokens:
+        raise bad_field(field, "this server does not know the model's end-of-generation tokens")
+    bias = dict(values.get("logit_bias") or {})
+    bias.update((token, -math.inf) for token in config.eog_tokens)
+    values["logit_bias"] = bias
+    names.setdefault("logit_bias", field)
+
+
 def openai_settings(config: ServerConfig, body: dict, chat: bool) -> SamplingSettings:
     """An OpenAI chat or completions body -> SamplingSettings (n, tools and the like checked here too)."""
     values: dict[str, Any] = {}
@@ -126,6 +143,9 @@ def openai_settings(config: ServerConfig, body: dict, chat: bool) -> SamplingSet
             if isinstance(value, bool) or not isinstance(value, int | float) or not -100 <= value <= 100:
                 raise bad_field("logit_bias", f"the bias of token {tok} must be a number from -100 to 100")
         put("logit_bias", {int(k): float(v) for k, v in bias.items()}, "logit_bias")
+    handled.add("ignore_eos")
+    if body.get("ignore_eos") is not None:
+        _ignore_eos(config, body["ignore_eos"], "ignore_eos", values, names)
     handled |= {"logprobs", "top_logprobs"}
     if chat:
         if body.get("logprobs") is not None:
@@ -143,12 +163,11 @@ def openai_settings(config: ServerConfig, body: dict, chat: bool) -> SamplingSet
     handled.add("response_format")
     for key, value in _response_format(body.get("response_format")).items():
         put(key, value, "response_format")
-    for key in ("tools", "tool_choice", "functions", "function_call"):
+    handled |= {"tools", "tool_choice"}  # read by tool_set()
+    for key in ("functions", "function_call"):
         handled.add(key)
         if body.get(key) not in (None, [], "none"):
-            raise bad_field(
-                key, "tool calls are not supported by this server yet; send the request without them"
-            )
+            raise bad_field(key, "the legacy functions API is not supported; send `tools` and `tool_choice`")
     for key in ("echo", "suffix", "best_of"):
         handled.add(key)
         if body.get(key) not in (None, False, "", 1):
@@ -176,6 +195,8 @@ def ollama_settings(config: ServerConfig, body: dict) -> SamplingSettings:
     for key, value in options.items():
         if key in OLLAMA_LOAD_OPTIONS or value is None:
             continue
+        if key == "ignore_eos":  # after the loop: it adds to a logit_bias option wherever that comes
+            continue
         field = OLLAMA_RENAMES.get(key, key)
         if field not in SAMPLING_FIELDS:
             raise bad_field(f"options.{key}", "unknown option")
@@ -185,6 +206,8 @@ def ollama_settings(config: ServerConfig, body: dict) -> SamplingSettings:
             value = _stop(value, "options.stop")
         values[field] = value
         names[field] = f"options.{key}"
+    if options.get("ignore_eos") is not None:
+        _ignore_eos(config, options["ignore_eos"], "options.ignore_eos", values, names)
     for key, value in _response_format(body.get("format")).items():
         values[key] = value
         names[key] = "format"
@@ -210,30 +233,69 @@ def _text_content(content: Any, where: str) -> str:
     raise bad_field(where, "expected a string or a list of text parts")
 
 
+def tool_set(body: dict) -> ToolSet | None:
+    """The request's `tools` and `tool_choice` (OpenAI; Ollama sends tools only), validated; None: text only."""
+    try:
+        return tools.toolset(body.get("tools"), body.get("tool_choice"))
+    except SettingsError as err:
+        raise bad_field(err.field, err.detail) from None
+
+
+def _tool_calls(raw: Any, where: str) -> tuple[ToolCall, ...]:
+    """An assistant message's tool_calls: OpenAI's arguments are JSON text, Ollama's an object."""
+    if not isinstance(raw, list):
+        raise bad_field(where, "expected a list of tool calls")
+    calls = []
+    for j, call in enumerate(raw):
+        fn = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+            raise bad_field(f"{where}[{j}].function", 'expected {"name": ..., "arguments": ...}')
+        args = fn.get("arguments", {})
+        if isinstance(args, str):
+            try:
+                args = json.loads(args or "{}")
+            except json.JSONDecodeError as err:
+                raise bad_field(f"{where}[{j}].function.arguments", f"is not JSON ({err.msg})") from None
+        if not isinstance(args, dict):
+            raise bad_field(f"{where}[{j}].function.arguments", "expected a JSON object")
+        ident = call.get("id") or f"call_{j}"
+        calls.append(ToolCall(str(ident), fn["name"], json.dumps(args, ensure_ascii=False)))
+    return tuple(calls)
+
+
 def messages(body: dict, field: str = "messages") -> list[Message]:
-    """OpenAI/Ollama messages -> engine Messages (text only; `developer` is OpenAI's new name for system)."""
+    """OpenAI/Ollama messages -> engine Messages (text, tool calls and tool results; `developer` is OpenAI's
+    new name for system)."""
     raw = body.get(field)
     if not isinstance(raw, list) or not raw:
         raise bad_field(field, "expected a non-empty list of messages")
-    out = []
+    out: list[Message] = []
+    call_names: dict[str, str] = {}  # tool_call_id -> the tool's name, for results that do not repeat it
     for i, msg in enumerate(raw):
         if not isinstance(msg, dict):
             raise bad_field(f"{field}[{i}]", "expected an object with role and content")
         role = msg.get("role")
         if role not in ROLES:
-            raise bad_field(f"{field}[{i}].role", f"{role!r} is not one of system, user, assistant")
+            raise bad_field(f"{field}[{i}].role", f"{role!r} is not one of system, user, assistant, tool")
         if msg.get("images"):
             raise bad_field(f"{field}[{i}].images", "images are not supported by this model server yet")
+        content = _text_content(msg.get("content"), f"{field}[{i}].content")
+        calls: tuple[ToolCall, ...] = ()
         if msg.get("tool_calls"):
-            raise bad_field(f"{field}[{i}].tool_calls", "tool calls are not supported by this server yet")
-        out.append(
-            Message(
-                "system" if role == "developer" else role,
-                _text_content(msg.get("content"), f"{field}[{i}].content"),
-            )
-        )
+            if role != "assistant":
+                raise bad_field(f"{field}[{i}].tool_calls", "only assistant messages carry tool calls")
+            calls = _tool_calls(msg["tool_calls"], f"{field}[{i}].tool_calls")
+            call_names.update((c.id, c.name) for c in calls)
+        if role == "tool":
+            ident = msg.get("tool_call_id") or ""
+            name = msg.get("name") or msg.get("tool_name") or call_names.get(ident, "")
+            if not isinstance(ident, str) or not isinstance(name, str):
+                raise bad_field(f"{field}[{i}].tool_call_id", "expected a string")
+            out.append(Message("tool", content, tool_call_id=ident, name=name))
+            continue
+        out.append(Message("system" if role == "developer" else role, content, tool_calls=calls))
     if out[-1].role == "assistant":
-        raise bad_field(field, "the conversation must end with a user (or system) message")
+        raise bad_field(field, "the conversation must end with a user (or system, or tool) message")
     return out
 
 

@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from engine.events import Message, ReplyDone, StopReason, Token
+from engine.events import Message, ReplyDone, StopReason, Token, ToolCallsMade
 from engine.server import mapping
 from engine.server.app import ClosingNDJSON, Generation, ServerState, read_json
 from engine.server.errors import ApiError, bad_field
@@ -61,7 +61,7 @@ def routes(state: ServerState) -> list[Route]:
             "model_info": {"general.architecture": info.get("architecture", ""),
                            "general.parameter_count": info.get("parameters", 0),
                            "context_length": config.n_ctx},
-            "capabilities": ["completion"],
+            "capabilities": ["completion", "tools"],
             "modified_at": _now(),
         })  # fmt: skip
 
@@ -78,8 +78,13 @@ def routes(state: ServerState) -> list[Route]:
     async def chat(request: Request):
         body = await read_json(request, config)
         _model(body)
+        tools = mapping.tool_set(body)
         messages = mapping.messages(body)
-        return await _run(request, body, lambda engine, s: engine.chat(messages, s), "message")
+        if tools is None and not any(m.role == "tool" or m.tool_calls for m in messages):
+            return await _run(request, body, lambda engine, s: engine.slot_chat(messages, s), "message")
+        return await _run(
+            request, body, lambda engine, s: engine.slot_chat_tools(messages, tools, s), "message"
+        )
 
     async def generate(request: Request):
         body = await read_json(request, config)
@@ -94,14 +99,16 @@ def routes(state: ServerState) -> list[Route]:
             return JSONResponse({"model": config.model_name, "created_at": _now(), "response": "",
                                  "done": True, "done_reason": "load"})  # fmt: skip
         if body.get("raw"):
-            return await _run(request, body, lambda engine, s: engine.complete(prompt, s), "response")
+            return await _run(request, body, lambda engine, s: engine.slot_complete(prompt, s), "response")
         system = body.get("system")
         if system is not None and not isinstance(system, str):
             raise bad_field("system", "expected a string")
         msgs = ([Message("system", system)] if system else []) + [Message("user", prompt)]
-        return await _run(request, body, lambda engine, s: engine.chat(msgs, s), "response")
+        return await _run(request, body, lambda engine, s: engine.slot_chat(msgs, s), "response")
 
     async def _run(request: Request, body: dict, call, field: str):
+        """Run `call` and answer in Ollama's shape; tool calls come as `message.tool_calls`, arguments as
+        objects, in one chunk before the last (the engine holds back the text that may be a call)."""
         started = time.monotonic()
         path = request.url.path
         stream = body.get("stream", True)  # Ollama streams unless told not to
@@ -114,8 +121,11 @@ def routes(state: ServerState) -> list[Route]:
             state.record(path, err.status, started, error=err.code)
             raise
 
-        def piece(text: str) -> dict:
+        def piece(text: str, made: ToolCallsMade | None = None) -> dict:
             content = {"role": "assistant", "content": text} if field == "message" else text
+            if made is not None and made.calls:
+                content["tool_calls"] = [{"function": {"name": c.name, "arguments": json.loads(c.arguments)}}
+                                         for c in made.calls]  # fmt: skip
             return {"model": config.model_name, "created_at": _now(), field: content, "done": False}
 
         def final(done: ReplyDone, text: str = "") -> dict:
@@ -128,16 +138,26 @@ def routes(state: ServerState) -> list[Route]:
             return out
 
         if not stream:
-            _, done = await generation.collect(request)
+            events, done = await generation.collect(request)
             cancelled = generation.job.cancelled  # the client hung up: nobody reads this reply
             state.record(path, 499 if cancelled else 200, started, done, cancelled=cancelled)
-            return JSONResponse(final(done, done.text))
+            made = next((e for e in events if isinstance(e, ToolCallsMade)), None)
+            out = final(done, done.text if made is None else made.content)
+            if made is not None and made.calls:
+                out[field] = piece(made.content, made)[field]
+            return JSONResponse(out)
 
         async def lines():
             finished = False
+            sent = ""  # the text streamed so far
             try:
                 async for event in generation.events():
-                    if isinstance(event, Token) and event.text:
+                    if isinstance(event, ToolCallsMade):
+                        rest = event.content[len(sent) :] if event.content.startswith(sent) else ""
+                        if rest or event.calls:
+                            yield json.dumps(piece(rest, event), ensure_ascii=False) + "\n"
+                    elif isinstance(event, Token) and event.text:
+                        sent += event.text
                         yield json.dumps(piece(event.text), ensure_ascii=False) + "\n"
                 if generation.error is not None:
                     state.record(path, generation.error.status, started, error=generation.error.code)

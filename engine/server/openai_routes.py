@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from engine.events import ReplyDone, StopReason, Token
+from engine.events import ReplyDone, StopReason, Token, ToolCall, ToolCallsMade
 from engine.server import mapping
 from engine.server.app import ClosingSSE, Generation, ServerState, read_json
 from engine.server.errors import ApiError, bad_field
@@ -50,6 +50,20 @@ def completion_logprobs(tokens: list[Token], offset: int = 0) -> dict:
         out["top_logprobs"].append({a.piece: a.logprob for a in t.alternatives})
         out["text_offset"].append(offset)
         offset += len(t.piece)
+    return out
+
+
+def openai_call(call: ToolCall) -> dict:
+    return {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}
+
+
+def tool_call_deltas(made: ToolCallsMade) -> list[dict]:
+    """A held-back reply as OpenAI streams it: its text, then per call the id and name, then the arguments."""
+    out: list[dict] = [{"content": made.content}] if made.content else []
+    for i, call in enumerate(made.calls):
+        out.append({"tool_calls": [{"index": i, "id": call.id, "type": "function",
+                                    "function": {"name": call.name, "arguments": ""}}]})  # fmt: skip
+        out.append({"tool_calls": [{"index": i, "function": {"arguments": call.arguments}}]})
     return out
 
 
@@ -94,11 +108,14 @@ def routes(state: ServerState) -> list[Route]:
         mapping.require_model(config, body)
         stream, include_usage = _stream_flags(body)
         sampling = mapping.openai_settings(config, body, chat)
+        tools = mapping.tool_set(body) if chat else None
         if chat:
             messages = mapping.messages(body)
 
             def call(engine):
-                return engine.chat(messages, sampling)
+                if tools is not None or any(m.role == "tool" or m.tool_calls for m in messages):
+                    return engine.slot_chat_tools(messages, tools, sampling)
+                return engine.slot_chat(messages, sampling)
         else:
             prompt = body.get("prompt")
             if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
@@ -107,7 +124,7 @@ def routes(state: ServerState) -> list[Route]:
                 raise bad_field("prompt", "expected one non-empty string")
 
             def call(engine):
-                return engine.complete(prompt, sampling)
+                return engine.slot_complete(prompt, sampling)
 
         try:
             generation = await Generation.start(scheduler, call)
@@ -128,7 +145,13 @@ def routes(state: ServerState) -> list[Route]:
             events, done = await generation.collect(request)
             tokens = [e for e in events if isinstance(e, Token)]
             choice: dict = {"index": 0, "finish_reason": FINISH[done.stats.stop_reason]}
-            if chat:
+            made = next((e for e in events if isinstance(e, ToolCallsMade)), None)
+            if chat and made is not None and made.calls:
+                choice["message"] = {"role": "assistant", "content": made.content or None, "refusal": None,
+                                     "tool_calls": [openai_call(c) for c in made.calls]}  # fmt: skip
+                choice["finish_reason"] = "tool_calls"
+                choice["logprobs"] = chat_logprobs(tokens) if want_logprobs else None
+            elif chat:
                 choice["message"] = {"role": "assistant", "content": done.text, "refusal": None}
                 choice["logprobs"] = chat_logprobs(tokens) if want_logprobs else None
             else:
@@ -155,8 +178,18 @@ def routes(state: ServerState) -> list[Route]:
             offset = 0
             if chat:
                 yield {"data": chunk({"role": "assistant", "content": ""})}
+            finish = None
             async for event in generation.events():
-                if not isinstance(event, Token) or (not event.text and event.logprob is None):
+                if isinstance(event, ToolCallsMade):  # the reply was held back: send it now, calls as deltas
+                    for delta in tool_call_deltas(event):
+                        yield {"data": chunk(delta)}
+                    finish = "tool_calls" if event.calls else None
+                    continue
+                if (
+                    tools is not None
+                    or not isinstance(event, Token)
+                    or (not event.text and event.logprob is None)
+                ):
                     continue
                 logprobs = None
                 if want_logprobs and event.token_id >= 0:
@@ -170,7 +203,7 @@ def routes(state: ServerState) -> list[Route]:
             done = generation.done
             cancelled = generation.job.cancelled
             if done is not None:
-                yield {"data": chunk({} if chat else "", finish=FINISH[done.stats.stop_reason])}
+                yield {"data": chunk({} if chat else "", finish=finish or FINISH[done.stats.stop_reason])}
                 if include_usage:
                     yield {"data": json.dumps({"id": ident, "object": "chat.completion.chunk" if chat else
                                                "text_completion", "created": created, "model": config.model_name,

@@ -1,9 +1,9 @@
-"""The request path to the engine: a fair, bounded queue in front of its slot(s), jobs run in worker threads.
+"""The request path to the engine: a fair, bounded queue in front of its slots, jobs run in worker threads.
 
-Today the engine serves one request at a time (`slots=1`): requests wait in FIFO order (asyncio's semaphore
-wakes waiters in order), at most `max_queue` of them; beyond that the caller gets `QueueFull` (503 with
-Retry-After). A multi-slot engine (continuous batching) replaces the single slot: routes only ever see
-`async with scheduler.slot() as engine` and `Job`, so they need not change.
+The engine decodes `slots` requests at once (its slot calls, batched in one llama_decode per step); more
+requests wait in FIFO order (asyncio's semaphore wakes waiters in order), at most `max_queue` of them; beyond
+that the caller gets `QueueFull` (503 with Retry-After). Routes only see `async with scheduler.slot() as
+engine` and `Job`.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ class Scheduler:
         self.needs_restart = False
         self.restarts = 0
         self._sem: asyncio.Semaphore | None = None  # made in the server's event loop
+        self._restart_lock = threading.Lock()  # requests that find the engine dead restart it once
 
     @asynccontextmanager
     async def slot(self):
@@ -61,10 +62,13 @@ class Scheduler:
             self._sem.release()
 
     def _restart(self) -> None:
-        log.warning("restarting the engine after it stopped")
-        self._reload(self.engine)
-        self.needs_restart = False
-        self.restarts += 1
+        with self._restart_lock:
+            if not self.needs_restart:
+                return  # another request restarted it meanwhile
+            log.warning("restarting the engine after it stopped")
+            self._reload(self.engine)
+            self.needs_restart = False
+            self.restarts += 1
 
     def engine_died(self) -> None:
         self.needs_restart = True
@@ -76,8 +80,9 @@ _END = object()
 class Job:
     """One streaming engine call (`call(engine)` yields events) run in a worker thread.
 
-    Iterate it from the event loop; `aclose()` cancels the generation (the engine stops before its next
-    token) and waits until the engine is free again, so the slot can be handed on.
+    Iterate it from the event loop; `cancel()` ends the generation (the engine stops before its next token:
+    a slot call's iterator is cancelled by its id, other calls through `engine.cancel()`); `aclose()` cancels
+    and waits until the call has ended, so the slot can be handed on.
     """
 
     def __init__(self, scheduler: Scheduler, call: Callable[[Any], Iterator[Any]]):
@@ -87,6 +92,8 @@ class Job:
         self._queue: asyncio.Queue = asyncio.Queue()
         self._finished = asyncio.Event()
         self.cancelled = False
+        self._stream: Any = None  # the iterator the call returned, once it has
+        self._stream_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, args=(call,), name="ingle-server-job", daemon=True)
         self._thread.start()
 
@@ -95,7 +102,12 @@ class Job:
 
     def _run(self, call) -> None:
         try:
-            for event in call(self.engine):
+            stream = call(self.engine)
+            with self._stream_lock:
+                self._stream = stream
+                if self.cancelled:  # cancelled while the call was being made
+                    self._cancel_stream()
+            for event in stream:
                 self._put(event)
         except BaseException as err:  # handed to the request that owns the job
             if isinstance(err, EngineDied):
@@ -142,12 +154,28 @@ class Job:
             self._queue.put_nowait(_END)
         return items
 
+    def cancel(self) -> None:
+        """Safe from any thread; repeating it is harmless."""
+        with self._stream_lock:
+            self.cancelled = True
+            self._cancel_stream()
+
+    def _cancel_stream(self) -> None:
+        if self._stream is None:
+            return  # the worker cancels it once the call returns
+        if hasattr(self._stream, "cancel"):
+            self._stream.cancel()
+        else:
+            self.engine.cancel()
+
     async def aclose(self) -> None:
         """Cancel a running generation and wait for the engine to finish it (shielded from cancellation:
         the slot must not be handed on while the engine still works for this request)."""
         with anyio.CancelScope(shield=True):
+            if not self._finished.is_set():
+                self.cancel()
             while not self._finished.is_set():
-                self.cancelled = True
-                self.engine.cancel()  # repeated: a cancel that reached the engine before the call is lost
                 with anyio.move_on_after(0.2):
                     await self._finished.wait()
+                if not hasattr(self._stream, "cancel"):
+                    self.cancel()  # engine.cancel() before an ordinary call has started is lost: repeat it

@@ -1,0 +1,1 @@
+"""Documents: extraction, chunking, the SQLite index, search and the default embedding model."""

@@ -1,0 +1,145 @@
+"""Chat with tools on a loaded Runtime: the prompt with the tool list, the call's grammar, the parsed call.
+
+The formats and the choice of grammar are explained in engine/tools.py; this module is the half that needs
+the model (its template, tokenizer and sampler), so it runs in the engine's process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
+
+import llama_cpp
+
+from engine.errors import EngineError, SettingsError
+from engine.events import Event, Message, ReplyDone, StopReason, Token, ToolCallsMade
+from engine.sampling import json_schema_grammar
+from engine.settings import OverflowPolicy, SamplingSettings
+from engine.tools import (
+    MISTRAL,
+    CallStyle,
+    ToolSet,
+    call_schema,
+    generic_messages,
+    nine_char_ids,
+    parse_reply,
+    style_for,
+    wrap_grammar,
+)
+
+if TYPE_CHECKING:
+    from engine.runtime import Runtime
+
+
+def chat_tools(
+    rt: Runtime,
+    messages: Sequence[Message],
+    tools: ToolSet | None,
+    sampling: SamplingSettings | None = None,
+    policy: OverflowPolicy = OverflowPolicy.STOP,
+) -> Iterator[Event]:
+    """Reply to a conversation that may use tools: the usual events, then ToolCallsMade (the reply split into
+    its text and its calls) just before ReplyDone."""
+    rt.require_model()
+    rt._cancel.clear()
+    tokens, sampling, style = prepare(rt, messages, tools, sampling or SamplingSettings(), rt._cancel)
+    keep = 1 if tokens and tokens[0] == llama_cpp.llama_vocab_bos(rt.vocab) else 0
+    yield from split_calls(rt._generate(tokens, sampling, policy, keep), tools, style)
+
+
+def slot_chat_tools(
+    rt: Runtime, messages: Sequence[Message], tools: ToolSet | None, sampling: SamplingSettings | None = None
+) -> Iterator[Event]:
+    """chat_tools in one of the Runtime's slots (engine.slots), batched with the other requests."""
+    pool = rt.slot_pool()
+    started = time.perf_counter()
+    tokens, sampling, style = prepare(rt, messages, tools, sampling or SamplingSettings(), None)
+    return split_calls(pool.submit(tokens, sampling, started), tools, style)
+
+
+def prepare(
+    rt: Runtime, messages: Sequence[Message], tools: ToolSet | None, sampling: SamplingSettings, cancel
+) -> tuple[list[int], SamplingSettings, CallStyle]:
+    """The prompt with the tool list, tokenized, and the sampling settings with the call's grammar."""
+    if not messages or messages[-1].role not in ("user", "system", "tool"):
+        raise EngineError("The conversation must end with a user message or a tool's result to get a reply.")
+    template = rt.template
+    active = tools.active if tools else ()
+    native = template.uses_tools
+    style = style_for(template.text, native)
+    if cancel is not None:  # Stop also ends a slow template render (slot requests end by their own cancel)
+        template.cancel = cancel
+    try:
+        if native:
+            messages = nine_char_ids(list(messages)) if style is MISTRAL else list(messages)
+            text = template.render(messages, True, [t.to_openai() for t in active] or None)
+        else:
+            text = template.render(generic_messages(list(messages), active), True)
+    finally:
+        if cancel is not None:
+            template.cancel = None
+    add_bos = not (template.bos_token and text.startswith(template.bos_token))
+    tokens = rt.tokenize(text, add_special=add_bos, parse_special=True)
+    if active:
+        if sampling.grammar or sampling.json_schema:
+            raise SettingsError("tools", "cannot be combined with a grammar or JSON schema (response_format)")
+        grammar = wrap_grammar(json_schema_grammar(call_schema(active, style)), style)
+        triggers = () if tools.forced else (style.trigger,)
+        sampling = sampling.replace(grammar=grammar, grammar_triggers=triggers)
+    return tokens, sampling, style
+
+
+def split_calls(events: Iterator[Event], tools: ToolSet | None, style: CallStyle) -> Iterator[Event]:
+    """Hold back streamed text where a call may begin; ToolCallsMade just before ReplyDone."""
+    active = tools.active if tools else ()
+    held = _Holdback(style)
+    for event in events:
+        if isinstance(event, Token) and active:
+            event = dataclasses.replace(event, text=held.feed(event.text))
+        if isinstance(event, ReplyDone) and active:
+            if event.stats.stop_reason in (StopReason.EOS, StopReason.STOP_STRING):
+                parsed = parse_reply(event.text, tools, style)
+                yield ToolCallsMade(parsed.content, parsed.calls)
+            else:  # cut off (length, cancel): whatever was written is text, a half call included
+                yield ToolCallsMade(event.text, ())
+        yield event
+
+
+class _Holdback:
+    """Token text for display, minus what may be a tool call: from the call's marker on (or a piece of text
+    that could be the start of it) nothing is shown; ToolCallsMade carries the reply whole at the end."""
+
+    def __init__(self, style: CallStyle):
+        self.style = style
+        self.marker = style.prefix.strip() or '{"name"'
+        self.text = ""
+        self.shown = 0
+        self.found = False
+
+    def feed(self, piece: str) -> str:
+        self.text += piece
+        if self.found:
+            return ""
+        end = self._safe_end()
+        out = self.text[self.shown : end]
+        self.shown = max(self.shown, end)
+        return out
+
+    def _safe_end(self) -> int:
+        text, marker = self.text, self.marker
+        if not self.style.prefix:  # llama3: a call is the whole reply, so only its start can be one
+            head = text.lstrip()
+            if head.startswith(marker) or marker.startswith(head):
+                self.found = head.startswith(marker)
+                return 0
+            return len(text)
+        at = text.find(marker)
+        if at >= 0:
+            self.found = True
+            return at
+        for n in range(min(len(marker) - 1, len(text)), 0, -1):  # the text ends with the marker's beginning
+            if text.endswith(marker[:n]):
+                return len(text) - n
+        return len(text)
