@@ -385,9 +385,11 @@ class ModelPanel(QWidget):
 
     def _update_estimate(self, *_args) -> None:
         choice = self.remote_choice()
-        for widget in (self.n_ctx, self.gpu_layers, self.threads, self.type_k, self.type_v, self.flash,
-                       self.adapter_box, self.adapter_scale, self.rope, self.advanced, self.force):  # fmt: skip
+        for widget in (self.n_ctx, self.threads, self.flash, self.adapter_box, self.adapter_scale, self.rope,
+                       self.advanced, self.force, self.fit, self.rpc, self.rpc_split):  # fmt: skip
             widget.setEnabled(choice is None)  # a remote server loads its model its own way
+        for widget in (self.gpu_layers, self.type_k, self.type_v):  # and fitting automatically picks these
+            widget.setEnabled(choice is None and not self.fit.isChecked())
         if choice is not None:
             self.description.setText(self.remotes.describe(choice))
             self.estimate.setText("")

@@ -115,7 +115,7 @@ def test_chat_on_a_remote_then_switch_back_regenerating_locally_gives_the_same_g
     panel.remotes.fetch()
     qtbot.waitUntil(lambda: not panel.remotes.fetching, timeout=TIMEOUT)
     panel.select(RemoteChoice("box", "tiny", host))
-    assert not panel.n_ctx.isEnabled()  # the server loads its model its own way
+    assert not panel.n_ctx.isEnabled() and not panel.fit.isEnabled()  # the server loads its model its own way
     with qtbot.waitSignal(window.model_ready, timeout=TIMEOUT):
         panel.load_button.click()
     assert window.bridge.remote is not None
@@ -144,7 +144,10 @@ def test_chat_on_a_remote_then_switch_back_regenerating_locally_gives_the_same_g
     Library().import_file(tiny_model, link=True, name="tiny-local")
     panel.refresh()
     panel.select("tiny-local")
-    assert panel.n_ctx.isEnabled()
+    assert panel.n_ctx.isEnabled() and panel.gpu_layers.isEnabled()
+    panel.fit.setChecked(True)  # fitting automatically still greys out what it picks
+    assert panel.n_ctx.isEnabled() and not panel.gpu_layers.isEnabled()
+    panel.fit.setChecked(False)
     with qtbot.waitSignal(window.model_ready, timeout=TIMEOUT):
         panel.load_button.click()
     assert window.bridge.remote is None
