@@ -30,6 +30,7 @@ from engine.preview import token_logprobs
 from engine.sampling import SamplerChain
 from engine.settings import OverflowPolicy, SamplingSettings
 from engine.textstream import TextStream, common_prefix
+from engine.threads import ThreadChooser
 
 if TYPE_CHECKING:
     from engine.runtime import Runtime
@@ -133,6 +134,8 @@ class SlotPool:
         self.n_batch = llama_cpp.llama_n_batch(self.ctx)
         self._batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
         self._apply_adapters()
+        self._threads = ThreadChooser()
+        self.threads = None  # engine.events.ThreadsChosen: what the batch runs on now
         self.evaluations = 0  # llama_decode calls, for tests
         self._slots = [_Slot(i) for i in range(n_slots)]
         self._waiting: deque[SlotRequest] = deque()
@@ -249,6 +252,8 @@ class SlotPool:
 
     def _admit(self) -> None:
         """Give waiting requests (in arrival order) the free slot whose cached tokens share the longest prefix."""
+        if self._waiting and not any(s.request for s in self._slots):
+            self._choose_threads()  # the pool wakes up: as the chat does per reply, from the cores idle now
         while self._waiting:
             free = [s for s in self._slots if s.request is None]
             if not free:
@@ -258,6 +263,15 @@ class SlotPool:
             request.reused = request.next = self._reuse_prefix(slot, request.tokens)
             request.admitted = time.perf_counter()
             slot.request = request
+
+    def _choose_threads(self) -> None:
+        """llama.cpp's threads wait for each other at every step, so one on a core that other work keeps busy
+        stalls the batch: run on the cores idle since the pool last went quiet (engine.threads), unless the
+        load settings give a count."""
+        settings = self.rt.load_settings
+        chosen = self._threads.pick(settings.n_threads, settings.n_threads_batch)
+        llama_cpp.llama_set_n_threads(self.ctx, chosen.threads, chosen.threads_batch)
+        self.threads = chosen
 
     def _reuse_prefix(self, slot: _Slot, tokens: Sequence[int]) -> int:
         """Keep the slot's cached tokens that start `tokens` (at least one token is left to evaluate)."""
@@ -390,6 +404,8 @@ class SlotPool:
         r.events.put(_END)
         if s is not None:
             s.request = None
+        if not any(slot.request for slot in self._slots):
+            self._threads.start_window()  # quiet now: what keeps the cores busy from here is other work
 
     def _fail(self, s: _Slot, err: Exception) -> None:
         r = s.request

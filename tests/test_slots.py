@@ -299,3 +299,22 @@ def test_a_long_prompt_joins_in_chunks_so_decoding_slots_keep_their_pace(tiny):
         list(joining)
     finally:
         tiny.start_slots(4, 256)
+
+
+def test_the_slots_run_on_the_threads_chosen_like_the_chats(tiny_model):
+    """The batch's threads come from the idle cores when the pool wakes (as a chat reply's do), unless the
+    load settings give a count."""
+    sampling = SamplingSettings(temperature=0, max_tokens=3)
+    for n_threads, source in ((1, "setting"), (0, "idle cores")):
+        rt = Runtime()
+        try:
+            list(rt.load(tiny_model, LoadSettings(n_ctx=256, n_threads=n_threads)))
+            rt.start_slots(2, 128)
+            assert rt.slot_pool().threads is None  # nothing chosen before a request
+            run(rt.slot_complete("Once upon a time", sampling))
+            chosen = rt.slot_pool().threads
+            assert chosen.source == source and chosen.threads >= 1
+            if n_threads:
+                assert chosen.threads == n_threads
+        finally:
+            rt.close()
