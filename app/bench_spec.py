@@ -223,10 +223,10 @@ def run_sampling(cfg: BenchConfig, log: Callable[[str], None]) -> dict:
 
 def markdown_lines(speculation: dict, sampling: dict) -> list[str]:
     lines: list[str] = []
-    if speculation:
+    if speculation.get("draft"):  # (the reopen mode, 9, puts its figures beside these: bench_load reports them)
         lines += [
             "",
-            "| speculation (8) | target | alone tok/s | drafting tok/s | speedup (paired) | identical | accepted / "
+            "| speculation (10) | target | alone tok/s | drafting tok/s | speedup (paired) | identical | accepted / "
             "drafted | switched off | vs llama-bench tg |",
             "|---|---|---|---|---|---|---|---|---|",
         ]
@@ -246,7 +246,7 @@ def markdown_lines(speculation: dict, sampling: dict) -> list[str]:
         d, tg = sampling["decode_tok_s"], sampling["llama_bench_tg"]
         lines += [
             "",
-            "| sampling (9) | decode tok/s | sampling path | / llama.cpp loop (greedy) | / llama-bench tg |",
+            "| sampling (11) | decode tok/s | sampling path | / llama.cpp loop (greedy) | / llama-bench tg |",
             "|---|---|---|---|---|",
         ]
         for name in ("greedy", "default"):

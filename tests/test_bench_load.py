@@ -42,6 +42,6 @@ def test_under_load_and_reopen_report_their_figures(tiny_model, tmp_path):
 
 
 def test_new_modes_are_named_and_numbered_and_off_by_default():
-    assert parse_modes("8,9") == ("under_load", "reopen") == MODES[7:]
+    assert parse_modes("8,9") == ("under_load", "reopen") == MODES[7:9]
     assert parse_modes("reopen") == ("reopen",)
     assert "under_load" not in DEFAULT_MODES and len(DEFAULT_MODES) == 7

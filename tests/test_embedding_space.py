@@ -188,13 +188,13 @@ def test_dock_renders_results_from_the_engine(qtbot, tiny_runtime):
     assert asked.args == [result.neighbours[1].token, 15]
 
 
-def test_dock_in_the_window_asks_the_engine_child(qtbot, tmp_path, tiny_model):
+def test_dock_in_the_window_asks_the_engine_child(qtbot, tmp_path, tiny_model, monkeypatch):
     from app.main import MainWindow
     from engine.conversations import ConversationStore
     from engine.library import Library
 
     home = tmp_path / "home"
-    os.environ["INGLE_HOME"] = str(home)
+    monkeypatch.setenv("INGLE_HOME", str(home))  # (set directly, it would leak into every later test)
     library = Library(home)
     library.import_file(tiny_model, link=True)
     window = MainWindow(
