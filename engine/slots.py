@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 # With replies decoding, a step takes at most this many prompt tokens, so a long prompt joining the pool
 # delays the others' next token by one short chunk instead of a whole batch.
 PREFILL_WITH_DECODERS = 128
+GATHER_SECONDS = 0.05
 _END = object()
 
 
@@ -232,6 +233,16 @@ class SlotPool:
                     self._lock.wait()
                 if not self._running:
                     return
+                if not any(s.request for s in self._slots):
+                    # waking from idle: requests sent together (a client's parallel calls) arrive a few ms
+                    # apart; gather them so their prompts share the first batches instead of queueing behind
+                    # the first one's prefill
+                    deadline = time.monotonic() + GATHER_SECONDS
+                    while self._running and len(self._waiting) < self.n_slots:
+                        left = deadline - time.monotonic()
+                        if left <= 0:
+                            break
+                        self._lock.wait(left)
                 self._drop_cancelled()
                 self._admit()
             try:

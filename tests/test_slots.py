@@ -318,3 +318,19 @@ def test_the_slots_run_on_the_threads_chosen_like_the_chats(tiny_model):
                 assert chosen.threads == n_threads
         finally:
             rt.close()
+
+
+def test_requests_sent_together_to_an_idle_pool_are_read_in_one_batch(tiny):
+    """A client's parallel calls arrive a few ms apart: the idle pool gathers them (GATHER_SECONDS) so their
+    prompts share the first llama_decode instead of queueing behind the first one's prefill."""
+    pool = tiny._slots
+    before = pool.evaluations
+    sampling = SamplingSettings(temperature=0, max_tokens=1)
+    streams = [
+        pool.submit(tiny.tokenize(f"Gathered prompt number {i}", add_special=True), sampling)
+        for i in range(3)
+    ]
+    for stream in streams:
+        assert isinstance(next(e for e in stream if isinstance(e, PromptEvaluated)), PromptEvaluated)
+        list(stream)
+    assert pool.evaluations - before == 1  # one batch held all three prompts (and gave each its first token)
