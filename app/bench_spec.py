@@ -223,7 +223,8 @@ def run_sampling(cfg: BenchConfig, log: Callable[[str], None]) -> dict:
 
 def markdown_lines(speculation: dict, sampling: dict) -> list[str]:
     lines: list[str] = []
-    if speculation.get("draft"):  # (the reopen mode, 9, puts its figures beside these: bench_load reports them)
+    # (the reopen mode, 9, puts its figures in `speculation` too; app/bench_load.py reports those)
+    if speculation.get("draft"):
         lines += [
             "",
             "| speculation (10) | target | alone tok/s | drafting tok/s | speedup (paired) | identical | accepted / "
