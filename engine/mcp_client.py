@@ -224,9 +224,9 @@ class _Connection:
         self.task: asyncio.Task | None = None
 
     async def run(self) -> None:
-        from mcp import ClientSession
-
         try:
+            from mcp import ClientSession  # (a missing SDK is this connection's failure, said, not a hang)
+
             async with self._transport() as (read, write), ClientSession(read, write) as session:
                 await session.initialize()
                 self.session = session
