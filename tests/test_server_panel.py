@@ -175,7 +175,11 @@ def test_chat_window_replies_while_the_server_streams(qtbot, window):
     assert window.server.slot_usage()[0] == 1
     window.stop()  # the chat window's Stop (nothing of its own runs) leaves the API request alone
     window.new_chat()
-    window.store.set_settings(window.conversation, SamplingSettings(max_tokens=10, seed=1))
+    banned = (
+        (2, -100.0),
+        (4, -100.0),
+    )  # a random model may end its turn at once: this reply must show tokens
+    window.store.set_settings(window.conversation, SamplingSettings(max_tokens=10, seed=1, logit_bias=banned))
     with qtbot.waitSignal(window.reply_finished, timeout=120_000) as blocker:
         assert window.send("hello from the chat window")
     reply = window.store.message(blocker.args[0])
