@@ -235,8 +235,9 @@ def test_starter_makes_a_valid_call_under_the_grammar(starter_model):
     assert not config_path(home).exists()
     try:
         assert ingle("tools", "add", "time", "--", TIME_EXE, home=home).returncode == 0
-        result = ingle("run", "--mcp", "time", "--tool-choice", "required", "--allow-tools", "--json", "-n", "150",
-                       "--max-tool-calls", "1", "What time is it in Paris?", home=home)  # fmt: skip
+        # greedy, and room for the whole call: its strings may run to their 256-character cap (then -n would cut it)
+        result = ingle("run", "--mcp", "time", "--tool-choice", "required", "--allow-tools", "--json", "-n", "800",
+                       "--temperature", "0", "--max-tool-calls", "1", "What time is it in Paris?", home=home)  # fmt: skip
     finally:
         config_path(home).unlink(missing_ok=True)
     assert result.returncode == 0, result.stderr
