@@ -31,17 +31,16 @@ def check_token(token: str, where: str) -> str:
     return token
 
 
-def save_token(token: str) -> Path:
-    """Store the access token readable by this user only (0600, written whole then renamed); never logged or shown."""
+def write_private(path: Path, text: str) -> Path:
+    """Write `text` readable by this user only (created 0600, written whole, synced, then renamed into place):
+    the Hub token, the API server's key, remote servers' keys and their list."""
     import tempfile
 
-    token = check_token(token, "The token given")
-    path = token_path()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".hf_token.", suffix=".tmp")  # created 0600
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # created 0600
     try:
-        with os.fdopen(fd, "w", encoding="ascii") as fh:
-            fh.write(token)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o600)
@@ -50,6 +49,11 @@ def save_token(token: str) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def save_token(token: str) -> Path:
+    """Store the access token readable by this user only (0600, written whole then renamed); never logged or shown."""
+    return write_private(token_path(), check_token(token, "The token given"))
 
 
 def load_token() -> str | None:

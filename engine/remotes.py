@@ -8,13 +8,12 @@ whole then renamed), like the Hub token: never shown, never logged, and sent onl
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from engine.errors import LibraryError, SettingsError
+from engine.hub_token import write_private
 from engine.text import check_name, printable
 
 KEY_CHARS = range(0x21, 0x7F)  # visible ASCII: a key goes into an HTTP header
@@ -80,21 +79,6 @@ def read_key_file(path: str | Path) -> str:
     return check_key(text, f"the file {printable(path)}")
 
 
-def _write_private(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # created 0600
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _read_all() -> dict[str, dict]:
     path = remotes_path()
     if not path.exists():
@@ -139,10 +123,10 @@ def add_remote(name: str, url: str, key: str | None = None, model: str = "") -> 
     data = _read_all()
     data[name] = {"url": remote.url, "model": remote.model}
     if key is not None:
-        _write_private(key_path(name), check_key(key, "the key given"))
+        write_private(key_path(name), check_key(key, "the key given"))
     else:
         key_path(name).unlink(missing_ok=True)  # a re-added remote does not inherit an old key
-    _write_private(remotes_path(), json.dumps(data, indent=2, sort_keys=True))
+    write_private(remotes_path(), json.dumps(data, indent=2, sort_keys=True))
     return remote
 
 
@@ -151,7 +135,7 @@ def remove_remote(name: str) -> None:
     if name not in data:
         get_remote(name)  # raises with the list of names
     del data[name]
-    _write_private(remotes_path(), json.dumps(data, indent=2, sort_keys=True))
+    write_private(remotes_path(), json.dumps(data, indent=2, sort_keys=True))
     key_path(name).unlink(missing_ok=True)
 
 

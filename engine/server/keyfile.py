@@ -3,9 +3,7 @@ logged or shown in a log (stored as engine/hub_token.py stores the Hub token).""
 
 from __future__ import annotations
 
-import os
 import secrets
-import tempfile
 from pathlib import Path
 
 from engine.errors import SettingsError
@@ -34,21 +32,9 @@ def generate_key() -> str:
 
 def save_key(key: str) -> Path:
     """Store the key readable by this user only (0600, written whole then renamed)."""
-    key = check_key(key)
-    path = key_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".api_key.", suffix=".tmp")  # created 0600
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(key)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    from engine.hub_token import write_private
+
+    return write_private(key_path(), check_key(key))
 
 
 def load_key() -> str | None:
