@@ -3,8 +3,9 @@
 For each stream count N, each server is started on its own (one at a time, so they never share the CPU) with
 N slots, the same model, threads and per-slot context, on a free 127.0.0.1 port. N streaming clients
 (httpx, SSE, /v1/completions, `ignore_eos` so every stream generates exactly the requested tokens) then
-measure aggregate decode tok/s (tokens after each stream's first / wall time from the first stream's first
-token to the last stream's last), time to first token alone, and, on the server with the most slots, time to
+measure aggregate decode tok/s (tokens per second while all N streams decode: from the last stream's first
+token to the first stream's last), end-to-end tok/s (every token / from the first request sent to the last
+token, prompts included), time to first token alone, and, on the server with the most slots, time to
 first token while 4 other streams are decoding. The report is in app/bench_server_report.py.
 """
 
@@ -199,7 +200,7 @@ async def stream(
             "stream_options": {"include_usage": True}}  # fmt: skip
     sent = time.perf_counter()
     first = last = None
-    chunks, usage = 0, None
+    chunks, usage, times = 0, None, []
     async with client.stream("POST", f"{url}/v1/completions", json=body) as response:
         if response.status_code != 200:
             detail = (await response.aread()).decode("utf-8", "replace")[:200]
@@ -218,10 +219,11 @@ async def stream(
                 last = time.perf_counter()
                 first = first or last
                 chunks += 1
+                times.append(last)
                 if seen is not None:
                     seen.set()
     tokens = usage["completion_tokens"] if usage else chunks
-    return {"sent": sent, "first": first, "last": last, "tokens": tokens, "chunks": chunks,
+    return {"sent": sent, "first": first, "last": last, "tokens": tokens, "chunks": chunks, "times": times,
             "prompt_tokens": usage.get("prompt_tokens") if usage else None}  # fmt: skip
 
 
@@ -237,13 +239,29 @@ def _overlap(results: list[dict]) -> int:
     return most
 
 
+def decode_rate(results: list[dict]) -> tuple[float, float]:
+    """Aggregate decode tok/s while every stream decodes (from the last stream's first token to the first
+    stream's last) and that window's seconds. Prompt evaluation stays out (servers schedule it differently: one
+    gives the first stream its first token early, another gives all of them late; that is time to first
+    token). Streams that never all decode at once fall back to the span from the first token to the last."""
+    start, end = max(r["first"] for r in results), min(r["last"] for r in results)
+    if end > start:
+        tokens = sum(1 for r in results for t in r["times"] if start < t <= end)
+    else:
+        start, end = min(r["first"] for r in results), max(r["last"] for r in results)
+        tokens = sum(len(r["times"]) - 1 for r in results)
+    return (tokens / (end - start) if end > start else 0.0), end - start
+
+
 def round_figures(results: list[dict]) -> dict:
-    first = min(r["first"] for r in results)
     last = max(r["last"] for r in results)
-    after_first = sum(r["tokens"] - 1 for r in results)
     per_stream = [(r["tokens"] - 1) / (r["last"] - r["first"]) for r in results if r["last"] > r["first"]]
+    decode, window = decode_rate(results)
     return {
-        "aggregate_tok_s": after_first / (last - first) if last > first else 0.0,
+        "aggregate_tok_s": decode,
+        "decode_window_s": window,
+        # what clients get in all: every token over the time from the first request sent to the last token
+        "end_to_end_tok_s": sum(r["tokens"] for r in results) / (last - min(r["sent"] for r in results)),
         "per_stream_tok_s": statistics.median(per_stream) if per_stream else 0.0,
         "ttft_ms": [1000 * (r["first"] - r["sent"]) for r in results],
         "tokens": [r["tokens"] for r in results],
@@ -321,6 +339,7 @@ def measure(server: Server, cfg: ServerBenchConfig, with_busy: bool, log: Callab
         "command": [Path(server.argv[0]).name, *server.argv[1:]],
         "aggregate_tok_s": statistics.median(agg),
         "aggregate_min_max": [min(agg), max(agg)],
+        "end_to_end_tok_s": statistics.median(r["end_to_end_tok_s"] for r in rounds),
         "per_stream_tok_s": statistics.median(r["per_stream_tok_s"] for r in rounds),
         "ttft_ms": statistics.median(t for r in rounds for t in r["ttft_ms"]),
         "ttft_idle_ms": statistics.median(idle),

@@ -162,6 +162,6 @@ def sample_loop(
         drafted_tokens=steps.counts.drafted if steps else 0,
         accepted_tokens=steps.counts.accepted if steps else 0,
         drafting=speculator.source if speculator else "",
-        drafting_switched_off=bool(steps and speculator.governor.switched_off),
+        drafting_switched_off=bool(steps and speculator.switched_off),
     )
     yield ReplyDone(stream.text, stats, tuple(generated))

@@ -89,6 +89,8 @@ def vocab_mismatch(target_vocab, draft_vocab) -> str | None:
 class DraftModel:
     """A second, smaller model in the same process that drafts greedily; its KV cache follows the target's."""
 
+    P_MIN = 0.75  # a drafted token after the first needs this probability under the draft (llama.cpp's p_min)
+
     def __init__(self, path: str | Path, target, settings: LoadSettings):
         self.path = Path(path)
         self.model = self.ctx = self._batch = None
@@ -119,6 +121,7 @@ class DraftModel:
         self.n_batch = llama_cpp.llama_n_batch(self.ctx)
         self._batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
         self._cached: list[int] = []
+        self.catch_up_seconds = 0.0
 
     def _decode(self, tokens: Sequence[int], start: int) -> None:
         batch = self._batch
@@ -148,17 +151,29 @@ class DraftModel:
                 self._forget()
                 n = 0
             del self._cached[n:]
+        started = time.perf_counter()
         self._decode(list(sequence[n:]), n)
+        # catching up on a conversation the draft has not seen (a new prompt, tokens decoded while drafting was
+        # off) is paid once, not per drafted token: the governor leaves it out
+        self.catch_up_seconds = time.perf_counter() - started if len(sequence) - n > 1 else 0.0
         out: list[int] = []
         while True:
             logits = np.ctypeslib.as_array(
                 llama_cpp.llama_get_logits_ith(self.ctx, -1), shape=(self.n_vocab,)
             )
             tok = int(np.argmax(logits))
+            if out and self._unsure(logits, tok):
+                return out  # the target would likely reject it: stop drafting here (llama.cpp's p_min)
             out.append(tok)
             if len(out) >= k or llama_cpp.llama_vocab_is_eog(self.vocab, tok):
                 return out
             self._decode([tok], len(self._cached))
+
+    @staticmethod
+    def _unsure(logits: np.ndarray, tok: int) -> bool:
+        """The draft's own probability of its greedy token is below P_MIN."""
+        top = float(logits[tok])
+        return 1.0 / float(np.exp(logits - top, dtype=np.float32).sum()) < DraftModel.P_MIN
 
     def close(self) -> None:
         if self._batch is not None:
@@ -172,57 +187,87 @@ class DraftModel:
             self.model = None
 
 
-class Governor:
-    """Keeps drafting on only while it pays: seconds per emitted token with drafting against plain decoding.
-
-    Plain steps (no draft found, or drafting off) keep the plain cost current; after a few drafted steps that
-    cost more per token than plain ones, drafting goes off for a while, then is probed again (longer each time
-    it fails, up to MAX_BACKOFF tokens)."""
-
-    WINDOW = 4  # drafted steps judged together
-    MIN_BACKOFF, MAX_BACKOFF = 16, 256
-    MARGIN = 0.97  # drafting must beat plain decoding by 3% to stay on
+class PlainCost:
+    """What a plain step (one token, no draft) costs now: the median of the recent ones, so a descheduled step
+    does not make drafting look cheap."""
 
     BASELINE = 2  # plain steps measured before drafting starts
 
     def __init__(self) -> None:
-        self._plain: collections.deque[float] = collections.deque(maxlen=16)  # recent plain steps' seconds
+        self._seconds: collections.deque[float] = collections.deque(maxlen=16)
+
+    def add(self, seconds: float) -> None:
+        self._seconds.append(seconds)
+
+    @property
+    def known(self) -> bool:
+        return len(self._seconds) >= self.BASELINE
+
+    @property
+    def seconds(self) -> float | None:
+        return statistics.median(self._seconds) if self._seconds else None
+
+
+class Governor:
+    """Keeps one draft source on only while it pays: seconds per emitted token of its drafted steps against a
+    plain step's.
+
+    Judged over windows of a few drafted steps (two when they cost twice a plain one or more): when the
+    source costs more per token than plain decoding it goes off, then is probed again later, the pause growing
+    fourfold each time it fails (up to MAX_BACKOFF tokens) and back to the minimum when a probe pays. The
+    pause counts tokens across replies (`clock`): a draft model that does not pay on this machine stays off
+    from one reply to the next instead of being probed again at the start of each."""
+
+    WINDOW = 4  # drafted steps judged together
+    MIN_BACKOFF, MAX_BACKOFF = 16, 4096
+    GROWTH = 4
+    MARGIN = 0.97  # drafting must beat plain decoding by 3% to stay on
+    HOPELESS = 2.0  # two drafted steps this many times dearer per token than plain end the probe early
+
+    def __init__(self, plain: PlainCost | None = None) -> None:
+        self.plain = plain or PlainCost()
         self.backoff = self.MIN_BACKOFF
+        self.clock = 0  # tokens produced while this governor's source could draft (all replies)
+        self.off_until = 0
         self.reset()
 
     @property
     def plain_s(self) -> float | None:
-        """One plain step's usual cost: the median of the recent ones (a descheduled step does not count)."""
-        return statistics.median(self._plain) if self._plain else None
+        return self.plain.seconds
 
     def reset(self) -> None:
-        """A new reply: probe drafting from its start (the plain cost is kept)."""
-        self.off_until = 0
-        self.switched_off = False
+        """A new reply: its judging window starts empty; a pause from earlier replies goes on."""
+        self.switched_off = not self.active()
         self._seconds = 0.0
         self._tokens = 0
         self._steps = 0
 
-    def active(self, produced: int) -> bool:
-        return produced >= self.off_until
+    def tick(self, tokens: int) -> None:
+        self.clock += tokens
+
+    def active(self, _produced: int | None = None) -> bool:
+        return self.clock >= self.off_until
 
     def needs_baseline(self) -> bool:
-        return len(self._plain) < self.BASELINE
+        return not self.plain.known
 
     def plain_step(self, seconds: float) -> None:
-        self._plain.append(seconds)
+        self.plain.add(seconds)
 
-    def drafted_step(self, seconds: float, emitted: int, produced: int) -> None:
+    def drafted_step(self, seconds: float, emitted: int, _produced: int | None = None) -> None:
         self._seconds += seconds
         self._tokens += emitted
         self._steps += 1
         plain = self.plain_s
-        if self._steps < self.WINDOW or plain is None:
+        if plain is None:
             return
         per_token = self._seconds / max(1, self._tokens)
+        hopeless = self._steps >= 2 and per_token > self.HOPELESS * plain
+        if self._steps < self.WINDOW and not hopeless:
+            return
         if per_token * self.MARGIN > plain:
-            self.off_until = produced + self.backoff
-            self.backoff = min(self.MAX_BACKOFF, self.backoff * 2)
+            self.off_until = self.clock + emitted + self.backoff
+            self.backoff = min(self.MAX_BACKOFF, self.backoff * self.GROWTH)
             self.switched_off = True
         else:
             self.backoff = self.MIN_BACKOFF
@@ -236,13 +281,27 @@ class DraftCounts:
 
 
 class Speculator:
-    """The drafting setup of a loaded model: prompt lookup and/or a draft model, and the governor."""
+    """The drafting setup of a loaded model: prompt lookup and/or a draft model, each with its own governor
+    (a lookup draft costs almost nothing to make, a draft model's costs its decoding) over one plain cost."""
 
     def __init__(self, settings: LoadSettings, draft_model: DraftModel | None = None):
         self.max_k = settings.draft_max
         self.lookup_ngram = settings.lookup_ngram if settings.lookup else 0
         self.draft_model = draft_model
-        self.governor = Governor()
+        self.plain = PlainCost()
+        self.lookup_governor = Governor(self.plain)
+        self.draft_governor = Governor(self.plain)
+
+    @property
+    def governors(self) -> tuple[Governor, ...]:
+        return (self.lookup_governor,) * bool(self.lookup_ngram) + (self.draft_governor,) * bool(
+            self.draft_model
+        )
+
+    @property
+    def switched_off(self) -> bool:
+        """Whether a source was off during the current reply (it did not pay)."""
+        return any(g.switched_off for g in self.governors)
 
     @property
     def source(self) -> str:
@@ -265,26 +324,40 @@ class SpeculativeSteps:
         self.history = history  # prompt + emitted tokens (grows as the loop emits)
         self.lookup = PromptLookup(spec.lookup_ngram) if spec.lookup_ngram else None
         self.counts = DraftCounts()
-        spec.governor.reset()
+        self._drafted_by: Governor | None = None
+        for gov in spec.governors:
+            gov.reset()
 
     def propose(self, cached: Sequence[int], newest: int, produced: int, room: int) -> list[int]:
         """Draft tokens to follow `newest`; [] for a plain step. `room`: free KV cells after `newest`."""
-        gov = self.spec.governor
-        k = min(self.spec.max_k, room)
-        if k <= 0 or gov.needs_baseline() or not gov.active(produced):
+        spec = self.spec
+        k = min(spec.max_k, room)
+        self._drafted_by = None
+        if k <= 0 or not spec.plain.known:
             return []
-        draft = self.lookup.draft(self.history, k) if self.lookup else []
-        if not draft and self.spec.draft_model:
-            draft = self.spec.draft_model.draft([*cached, newest], k)
-        return draft
+        if self.lookup and spec.lookup_governor.active():
+            draft = self.lookup.draft(self.history, k)
+            if draft:
+                self._drafted_by = spec.lookup_governor
+                return draft
+        if spec.draft_model and spec.draft_governor.active():
+            self._drafted_by = spec.draft_governor
+            return spec.draft_model.draft([*cached, newest], k)
+        return []
 
     def record(self, drafted: int, accepted: int, emitted: int, seconds: float, produced: int) -> None:
-        if drafted:
+        for gov in self.spec.governors:
+            gov.tick(emitted)
+        if drafted and self._drafted_by is not None:
             self.counts.drafted += drafted
             self.counts.accepted += accepted
-            self.spec.governor.drafted_step(seconds, emitted, produced)
+            if self._drafted_by is self.spec.draft_governor:
+                seconds -= self.spec.draft_model.catch_up_seconds
+            self._drafted_by.drafted_step(seconds, emitted)
         else:
-            self.spec.governor.plain_step(seconds)
+            self.spec.plain.add(seconds)
+        for gov in self.spec.governors:
+            gov.switched_off = gov.switched_off or not gov.active()
 
 
 def timer() -> float:

@@ -127,7 +127,7 @@ def test_server_mode_measures_each_stream_count_and_writes_json(server_run, caps
     assert set(server["results"]) == {"ingle"} and server["skipped"]
     for n in ("1", "2"):
         block = server["results"]["ingle"][n]
-        assert block["aggregate_tok_s"] > 0 and block["ttft_idle_ms"] > 0
+        assert block["aggregate_tok_s"] > 0 and block["ttft_idle_ms"] > 0 and block["end_to_end_tok_s"] > 0
         assert block["parallel_requested"] == int(n) and 1 <= block["parallel_accepted"] <= int(n)
         # ignore_eos: every stream of every round generated exactly the requested tokens
         assert block["tokens_per_stream"] == [6]
@@ -141,6 +141,21 @@ def test_server_mode_measures_each_stream_count_and_writes_json(server_run, caps
     # no stream count 4 and no llama-server in this run: those two are reported as not measured
     assert [t["pass"] for t in server["targets"][:2]] == [None, None]
     assert server["targets"][2]["pass"] in (True, False)
+
+
+def test_decode_rate_counts_only_the_window_where_every_stream_decodes():
+    from app.bench_server import decode_rate
+
+    # stream a: first token at 1.0, then one every 0.1 s to 3.0; stream b: first token at 2.0, to 4.0
+    a = {"first": 1.0, "last": 3.0, "times": [1.0 + 0.1 * i for i in range(21)]}
+    b = {"first": 2.0, "last": 4.0, "times": [2.0 + 0.1 * i for i in range(21)]}
+    rate, window = decode_rate([a, b])
+    assert window == pytest.approx(1.0)
+    assert rate == pytest.approx(20.0)  # 10 tokens of each in (2.0, 3.0]
+    # no moment when both decode: the span from the first token to the last, tokens after each first
+    c = {"first": 5.0, "last": 6.0, "times": [5.0 + 0.1 * i for i in range(11)]}
+    rate, window = decode_rate([a, c])
+    assert window == pytest.approx(5.0) and rate == pytest.approx(30 / 5.0)
 
 
 @pytest.mark.parametrize(
