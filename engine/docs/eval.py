@@ -11,8 +11,7 @@ import re
 from pathlib import Path
 
 from engine.docs.search import METHODS, search
-from engine.docs.store import DocsError
-from engine.errors import SettingsError
+from engine.errors import DocsError, SettingsError
 
 
 def load_questions(path: Path) -> list[dict]:

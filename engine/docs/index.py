@@ -14,7 +14,8 @@ from pathlib import Path
 
 from engine.docs.chunk import DEFAULT_CHUNK_TOKENS, chunk_blocks
 from engine.docs.extract import SUPPORTED, Unreadable, extract
-from engine.docs.store import DocsError, DocStore
+from engine.docs.store import DocStore
+from engine.errors import DocsError
 
 EMBED_BATCH = 32
 EMBED_CHARS = 1600  # MiniLM reads 512 word pieces at most; a chunk's start says what it is about

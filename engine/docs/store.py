@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.docs.chunk import Chunk
-from engine.errors import IngleError
+from engine.errors import DocsError
 from engine.text import printable
 
 SCHEMA = """
@@ -33,10 +33,6 @@ CREATE TABLE IF NOT EXISTS chunks (
 CREATE INDEX IF NOT EXISTS chunks_file ON chunks(file_id);
 CREATE VIRTUAL TABLE IF NOT EXISTS chunks_fts USING fts5(text, tokenize = 'porter unicode61');
 """
-
-
-class DocsError(IngleError):
-    """A collection or index problem the user can fix."""
 
 
 @dataclass(frozen=True)
