@@ -40,7 +40,7 @@ def write_hf_zip(path: Path, *, hidden: int = 32, layers: int = 2, heads: int = 
     pieces = SPECIAL + WORDS + list(string.ascii_lowercase) + ["##" + c for c in string.ascii_lowercase]
     pieces += list(string.digits + string.punctuation)
     vocab = {p: i for i, p in enumerate(dict.fromkeys(pieces))}
-    inter, positions = 2 * hidden, 128
+    inter, positions = 2 * hidden, 512
 
     def w(*shape: int) -> np.ndarray:
         return rng.normal(0, 0.2, shape).astype(np.float32)

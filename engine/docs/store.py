@@ -149,6 +149,11 @@ class DocStore:
         with self.conn:
             self.conn.execute("UPDATE collections SET embed_model = ? WHERE name = ?", (model, collection))
 
+    def has_vectors(self, collection: str) -> bool:
+        return bool(self.conn.execute(
+            "SELECT 1 FROM chunks k JOIN files f ON k.file_id = f.id JOIN collections c ON f.collection_id = c.id"
+            " WHERE c.name = ? AND k.embedding IS NOT NULL LIMIT 1", (collection,)).fetchone())  # fmt: skip
+
     def embed_model(self, collection: str) -> str | None:
         row = self.conn.execute(
             "SELECT embed_model FROM collections WHERE name = ?", (collection,)
