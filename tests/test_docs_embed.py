@@ -172,3 +172,32 @@ def test_embedding_runs_on_the_chosen_threads(bert_files, tiny_model):
         assert 1 <= result.threads <= chosen.cores
     finally:
         rt.close()
+
+
+def test_the_background_index_job_takes_the_collection_setting(library, docs_folder, tiny_model):
+    """What the Documents panel runs: the embedding model named once is stored with the collection and used again;
+    a chat model is refused before an engine starts."""
+    from engine.docs.index import index_job
+    from engine.runtime import Runtime
+
+    opened = []
+
+    def open_engine():
+        opened.append(Runtime())
+        return opened[-1]
+
+    def no_progress(fraction, text):
+        pass
+
+    report = index_job(
+        "desk", [str(docs_folder)], str(tiny_model), no_progress, open_engine, embed_model="bert-a"
+    )
+    assert report.embedded > 0 and report.embed_model == "bert-a" and report.embed_threads >= 1
+    (docs_folder / "new.md").write_text("# New\n\nThe river is in the town.\n")
+    again = index_job("desk", [str(docs_folder)], str(tiny_model), no_progress, open_engine)
+    assert again.embedded == 1 and again.embed_model == "bert-a" and len(opened) == 2
+    with pytest.raises(DocsError, match="'chatty' is a llama chat model"):
+        index_job(
+            "desk2", [str(docs_folder)], str(tiny_model), no_progress, open_engine, embed_model="chatty"
+        )
+    assert len(opened) == 2  # refused before any engine was started
