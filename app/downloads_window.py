@@ -290,8 +290,8 @@ class DownloadManagerWindow(LibraryTab, QMainWindow):
                     cell.setBackground(QColor("#e8f5e9"))
                 self.options.setItem(row, col, cell)
         self.fit_note.setText(
-            f"For document search: {embed_model.RECOMMENDED_WHY}, 8-bit. Once downloaded, `ingle docs add` and "
-            "the Documents panel embed with it (an embedding model, not a chat model)."
+            f"For document search: {embed_model.RECOMMENDED_WHY}, 8-bit. Once downloaded the library lists it as "
+            "an embedding model (not for chat): ingle docs add COLLECTION PATH --embed-model NAME."
             if for_search
             else f"Fit: weights + KV cache at {n_ctx:,} tokens vs {units.any_size(available)} available "
             "(RAM free + GPU memory). Recommended: the largest quant that fits, 4-bit or better when possible."
