@@ -201,3 +201,25 @@ def test_the_background_index_job_takes_the_collection_setting(library, docs_fol
             "desk2", [str(docs_folder)], str(tiny_model), no_progress, open_engine, embed_model="chatty"
         )
     assert len(opened) == 2  # refused before any engine was started
+
+
+def test_a_passage_longer_than_the_embedding_model_reads_is_embedded_by_its_start(
+    tmp_path, bert_files, tiny_runtime
+):
+    from engine.docs.chunk import Chunk
+    from engine.docs.index import EMBED_CHARS, embed_pending
+    from engine.docs.store import DocStore
+    from engine.errors import SettingsError
+
+    store = DocStore(tmp_path / "index.sqlite")
+    long_text = ("xq zv " * 400)[
+        :EMBED_CHARS
+    ]  # spelled letter by letter: more word pieces than its 512 positions
+    with pytest.raises(SettingsError, match="at most 512 tokens"):
+        tiny_runtime.embed([long_text], str(bert_files["a"]))
+    store.put_file(
+        "long", "/long.md", "0" * 64, 1, [Chunk(long_text, 400, None, 1, 1), Chunk("the cat", 2, None, 2, 2)]
+    )
+    assert embed_pending(store, "long", tiny_runtime, bert_files["a"], name="bert-a") == 2
+    assert store.unembedded("long") == [] and store.embed_model("long") == "bert-a"
+    store.close()

@@ -87,12 +87,13 @@ def cmd_docs(args) -> int:
     from engine.docs.index import token_counter
     from engine.library import Library
 
-    store = open_store(Library())
+    library = Library()
+    store = open_store(library)
     try:  # the embedding model is settled (or refused) before any work
-        choice = None if args.no_vectors else choose(Library(), store, args.collection, args.embed_model)
+        choice = None if args.no_vectors else choose(library, store, args.collection, args.embed_model)
         if choice is not None and not choice.usable:
             print(f"ingle: {choice.why}", file=sys.stderr)  # said once
-        engine, _library = _engine_for_docs(args)
+        engine, _ = _engine_for_docs(args)
         try:
             report = add_paths(store, args.collection, args.paths, token_counter(engine),
                                chunk_tokens=args.chunk_tokens, progress=_stderr_progress("indexed"))  # fmt: skip

@@ -48,8 +48,8 @@ def open_store(library=None) -> DocStore:
 
 
 def embedding_model(library, create: bool = True) -> Path | None:
-    """The library's embedding model: the bundled all-MiniLM-L6-v2, written as a GGUF into the library on first
-    use; None when its package is not installed (search is then full-text only)."""
+    """The bundled embedding model, all-MiniLM-L6-v2, written as a GGUF into the library on first use; None when
+    its package is not installed (engine.docs.embed_model then looks for another)."""
     from engine.errors import LibraryError, ModelFileError
 
     try:
