@@ -26,6 +26,7 @@ from PySide6.QtWidgets import (
 from app.library_tab import LibraryTab, item, table
 from app.ops import Op, describe_error
 from engine import fit, hub, units
+from engine.docs import embed_model
 from engine.downloads import DownloadManager, Job, State
 from engine.errors import IngleError
 from engine.library import Library
@@ -94,6 +95,7 @@ class DownloadManagerWindow(LibraryTab, QMainWindow):
         for w in (self.query, self.sort, self.search_button, self.ctx, self.token, save_token):
             top.addWidget(w)
         top.setStretch(0, 1)
+        offer = self._build_embedding_offer()
 
         self.results = table(["Repository", "Downloads", "Likes", "Updated", "License", "Access"])
         self.results.itemSelectionChanged.connect(self._repo_selected)
@@ -140,12 +142,52 @@ class DownloadManagerWindow(LibraryTab, QMainWindow):
         page = QWidget()
         layout = QVBoxLayout(page)
         layout.addLayout(top)
+        layout.addLayout(offer)
         layout.addWidget(split, 3)
         layout.addLayout(buttons)
         layout.addWidget(self.queue, 2)
         layout.addWidget(self.status)
         self._update_buttons()
         return page
+
+    def _build_embedding_offer(self) -> QHBoxLayout:
+        """The embedding model document search needs: what the library has, and the one we recommend."""
+        self.embed_note = QLabel(wordWrap=True)
+        self.embed_note.setTextFormat(Qt.TextFormat.PlainText)  # it names library entries
+        self.embed_button = QPushButton("Show embedding model")
+        self.embed_button.setToolTip(f"{embed_model.RECOMMENDED_REPO}: {embed_model.RECOMMENDED_WHY}")
+        self.embed_button.clicked.connect(self.show_embedding_model)
+        row = QHBoxLayout()
+        title = QLabel("<b>For document search:</b>")
+        row.addWidget(title)
+        row.addWidget(self.embed_note, 1)
+        row.addWidget(self.embed_button)
+        return row
+
+    def _update_embedding_offer(self) -> None:
+        have = [e.name for e in embed_model.library_embedding_models(self.library)]
+        recommended = f"{embed_model.RECOMMENDED_FILE} from {embed_model.RECOMMENDED_REPO}"
+        if have:
+            self.embed_note.setText(f"embedding model{'s' if len(have) > 1 else ''} in the library: "
+                                    f"{printable(', '.join(have))}. Another: {recommended}.")  # fmt: skip
+        else:
+            self.embed_note.setText(f"no embedding model in the library yet (search is full-text only). "
+                                    f"Recommended: {recommended} (25 MB).")  # fmt: skip
+
+    @Slot()
+    def show_embedding_model(self) -> Op:
+        """List the recommended embedding model's repository with its file selected: Download takes it."""
+        repo = embed_model.RECOMMENDED_REPO
+        self.options.setRowCount(0)
+        self.show_info(f"Listing files of {repo}…")
+        token = self.token.text().strip() or None
+
+        def listed(files: hub.RepoFiles) -> None:
+            self.results.setRowCount(0)
+            self._show_results([files.summary])
+            self._got_files(files)
+
+        return self._run(lambda: hub.repo_files(repo, token=token), listed)
 
     def _run(self, fn: Callable[[], object], done: Callable[[object], None], failed=None) -> Op:
         """Network and disk calls run off the GUI thread (app/ops.py); failures land in the status line."""
@@ -215,6 +257,11 @@ class DownloadManagerWindow(LibraryTab, QMainWindow):
         n_ctx = self.ctx.value()
         available = fit.available_memory()
         self._recommended = fit.recommend(files.options, n_ctx, available)
+        for_search = files.summary.repo_id == embed_model.RECOMMENDED_REPO
+        if for_search:  # the file we name, whatever else would fit
+            self._recommended = next(
+                (o for o in files.models if o.label == embed_model.RECOMMENDED_FILE), self._recommended
+            )
         self.options.setRowCount(0)
         bold = QFont()
         bold.setBold(True)
@@ -232,7 +279,8 @@ class DownloadManagerWindow(LibraryTab, QMainWindow):
                 verdict = item(f"{f.verdict.value}  ({units.any_size(f.total)})")
                 verdict.setForeground(QColor(VERDICT_COLORS[f.verdict]))
                 verdict.setToolTip(f.describe())
-                cells += [verdict, item("★ recommended" if o is self._recommended else "")]
+                mark = "★ for document search" if for_search else "★ recommended"
+                cells += [verdict, item(mark if o is self._recommended else "")]
             for col, cell in enumerate(cells):
                 if o.projector:
                     cell.setForeground(QColor("#888"))
@@ -242,11 +290,14 @@ class DownloadManagerWindow(LibraryTab, QMainWindow):
                     cell.setBackground(QColor("#e8f5e9"))
                 self.options.setItem(row, col, cell)
         self.fit_note.setText(
-            f"Fit: weights + KV cache at {n_ctx:,} tokens vs {units.any_size(available)} available "
+            f"For document search: {embed_model.RECOMMENDED_WHY}, 8-bit. Once downloaded the library lists it as "
+            "an embedding model (not for chat): ingle docs add COLLECTION PATH --embed-model NAME."
+            if for_search
+            else f"Fit: weights + KV cache at {n_ctx:,} tokens vs {units.any_size(available)} available "
             "(RAM free + GPU memory). Recommended: the largest quant that fits, 4-bit or better when possible."
         )
         if self._recommended is not None:
-            self.select_option(self._recommended.quant)
+            self.select_option(self._recommended.label if for_search else self._recommended.quant)
 
     def select_option(self, quant_or_file: str) -> None:
         for row in range(self.options.rowCount()):

@@ -32,6 +32,8 @@ from engine.gguf_info import inspect_cached
 from engine.library import Entry
 from engine.text import printable
 
+POOLING = {0: "none", 1: "mean", 2: "cls", 3: "last", 4: "rank"}  # llama.cpp's LLAMA_POOLING_TYPE_* values
+
 
 def item(text: str, data=None, align_right: bool = False) -> QTableWidgetItem:
     item = QTableWidgetItem(text)
@@ -101,7 +103,12 @@ class LibraryTab:
             row = self.lib_table.rowCount()
             self.lib_table.insertRow(row)
             params = units.quantity(e.parameters) if e.parameters else ""
-            cells = [item(e.name, e.name), item(e.kind), item(e.architecture), item(e.quant),
+            kind = item("embedding" if e.kind == "model" and e.is_embedding else e.kind)
+            if kind.text() == "embedding":
+                kind.setToolTip(
+                    "An embedding model for document search (ingle docs add --embed-model), not for chat."
+                )
+            cells = [item(e.name, e.name), kind, item(e.architecture), item(e.quant),
                      item(params, align_right=True), item(units.any_size(e.total_size), align_right=True),
                      item(e.source + (" (linked)" if e.linked else "")), item(self._relation(e, entries))]  # fmt: skip
             for col, cell in enumerate(cells):
@@ -109,6 +116,7 @@ class LibraryTab:
                     cell.setForeground(QColor("#c62828"))
                     cell.setToolTip(f"missing: {e.path}")
                 self.lib_table.setItem(row, col, cell)
+        self._update_embedding_offer()
         self.disk_label.setText(
             f"{count(len(entries), 'item')} · {units.any_size(self.library.disk_usage())} on disk in {self.library.root}"
         )
@@ -148,7 +156,8 @@ class LibraryTab:
         self.lib_details.setPlainText(self.entry_details(entry) if entry else "Select a model or adapter.")
 
     def entry_details(self, entry: Entry) -> str:
-        lines = [f"{entry.name} ({entry.kind})", f"file: {entry.path}", f"source: {printable(entry.source)}"]
+        kind = "embedding model" if entry.kind == "model" and entry.is_embedding else entry.kind
+        lines = [f"{entry.name} ({kind})", f"file: {entry.path}", f"source: {printable(entry.source)}"]
         if entry.sha256:
             lines.append(f"sha256: {entry.sha256}")
         if entry.extra.get("verified") is False:
@@ -164,7 +173,15 @@ class LibraryTab:
         except IngleError as err:
             return "\n".join([*lines, f"Cannot read the file: {err}"])
         s = info.summary()
-        if entry.kind == "model":
+        if entry.kind == "model" and entry.is_embedding:
+            pooling = info.metadata.get(f"{info.architecture}.pooling_type", "")
+            lines.append(
+                f"Embedding model for document search: {s['architecture']} · {units.quantity(s['parameters'])} "
+                f"parameters · {s['file_type']} · {info.n_embd} dimensions · reads {s['context_length']:,} tokens"
+                + (f" · pooling {POOLING.get(pooling, pooling)}" if pooling != "" else "")
+            )
+            lines.append(f"Use it: ingle docs add COLLECTION PATH --embed-model {entry.name}")
+        elif entry.kind == "model":
             lines.append(
                 f"{s['architecture']} · {units.quantity(s['parameters'])} parameters · {s['file_type']} · "
                 f"{s['layers']} layers · context {s['context_length']:,} · vocab {s['vocab_size']:,} · "

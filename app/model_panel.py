@@ -261,7 +261,9 @@ class ModelPanel(QWidget):
         chosen = self.model_box.currentData()  # a listing that arrives must not undo the user's choice
         self.model_box.blockSignals(True)
         self.model_box.clear()
-        for entry in self.library.entries("model"):
+        # embedding models are for document search (ingle docs add --embed-model), not for chat
+        chat_models = [e for e in self.library.entries("model") if not e.is_embedding]
+        for entry in chat_models:
             self.model_box.addItem(entry_label(entry), entry.name)
         self.remotes.add_items(self.model_box)
         if chosen is not None and self._index_of(chosen) >= 0:
@@ -276,7 +278,7 @@ class ModelPanel(QWidget):
         chosen = self.draft_box.currentData()
         self.draft_box.clear()
         self.draft_box.addItem("none", "")
-        for entry in self.library.entries("model"):
+        for entry in chat_models:
             self.draft_box.addItem(entry.name, entry.name)
         self.draft_box.setCurrentIndex(max(0, self.draft_box.findData(chosen or "")))
         self._update_estimate()

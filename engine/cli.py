@@ -87,8 +87,9 @@ def cmd_models(args) -> int:
             return 0
         for e in entries:
             missing = "" if e.present else "  [file missing]"
+            kind = "embedding" if e.kind == "model" and e.is_embedding else e.kind  # for docs, not for chat
             print(
-                f"{printable(e.name):<40} {e.kind:<8} {printable(e.architecture):<10} {printable(e.quant):<8} "
+                f"{printable(e.name):<40} {kind:<9} {printable(e.architecture):<10} {printable(e.quant):<8} "
                 f"{units.mib(e.total_size, 1):>13}{missing}"
             )
     return 0

@@ -3,7 +3,9 @@ embedding model (BERT-style GGUF) loaded for it; vectors pooled and scaled to un
 
 Pooling: the model's own (its GGUF's `<arch>.pooling_type`), else mean over the input's tokens. The chat
 context and its KV cache are untouched: embedding a text does not disturb a conversation's prefix cache.
-One embedding context is kept (for the loaded model, or for one embedding model at a time).
+One embedding context is kept (for the loaded model, or for one embedding model at a time). Its threads are
+chosen before each request from the cores idle now (engine.threads, as the chat and the slots do), unless the
+load settings give a count.
 """
 
 from __future__ import annotations
@@ -12,17 +14,19 @@ import ctypes
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import llama_cpp
 
 from engine.errors import EngineError, ModelFileError, SettingsError
+from engine.events import ThreadsChosen
 from engine.gguf_info import inspect_gguf
 from engine.interface import Embeddings
 from engine.llama_params import model_params
 from engine.settings import LoadSettings
+from engine.threads import ThreadChooser
 
 if TYPE_CHECKING:
     from engine.runtime import Runtime
@@ -46,6 +50,8 @@ class _Embedder:
     pooling: int
     owns_model: bool
     chunk: int  # tokens per llama_decode
+    chooser: ThreadChooser = field(default_factory=ThreadChooser)
+    threads: ThreadsChosen | None = None  # what the last request ran on
 
     def free(self) -> None:
         if self.ctx:
@@ -94,11 +100,26 @@ def embed(rt: Runtime, texts: Sequence[str | Sequence[int]], model: str | None =
                 f"is {len(tokens)} tokens long; the embedding model takes at most {embedder.n_ctx} tokens",
             )
         inputs.append(tokens)
-    vectors = tuple(_embed_one(embedder, tokens) for tokens in inputs)
+    threads = choose_threads(rt, embedder)
+    try:
+        vectors = tuple(_embed_one(embedder, tokens) for tokens in inputs)
+    finally:
+        embedder.chooser.start_window()  # the cores idle from now to the next request decide its threads
     name = Path(model).name if model else Path(rt.info.path).name
-    return Embeddings(
-        vectors, tuple(len(t) for t in inputs), name, POOLING_NAMES.get(embedder.pooling, "mean")
+    pooling = POOLING_NAMES.get(embedder.pooling, "mean")
+    return Embeddings(vectors, tuple(len(t) for t in inputs), name, pooling, threads.threads_batch)
+
+
+def choose_threads(rt: Runtime, embedder: _Embedder) -> ThreadsChosen:
+    """Set the embedding context's threads: the load settings' count when given, else one per core idle since
+    the last request (a thread on a busy core stalls all of them at every step; see engine.threads)."""
+    settings = getattr(rt, "load_settings", None)
+    chosen = embedder.chooser.pick(
+        settings.n_threads if settings else 0, settings.n_threads_batch if settings else 0
     )
+    llama_cpp.llama_set_n_threads(embedder.ctx, chosen.threads, chosen.threads_batch)
+    embedder.threads = chosen
+    return chosen
 
 
 def _tokenize(vocab, text: str) -> list[int]:
@@ -170,9 +191,7 @@ def _new_embedder(key: str, model, owns: bool, limit: int, chunk: int | None = N
     params.n_batch = params.n_ubatch = min(chunk, n_ctx)
     params.n_seq_max = 1
     params.embeddings = True
-    params.pooling_type = pooling
-    threads = max(1, min(4, os.cpu_count() or 1))
-    params.n_threads = params.n_threads_batch = threads
+    params.pooling_type = pooling  # threads: set per request (choose_threads)
     ctx = llama_cpp.llama_init_from_model(model, params)
     if not ctx:
         raise EngineError(f"llama.cpp could not create an embedding context of {n_ctx} tokens.")

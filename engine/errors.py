@@ -64,5 +64,9 @@ class RpcWorkerLost(EngineDied):
     """An RPC worker holding part of the model went away; llama.cpp ends the engine process with it."""
 
 
+class DocsError(IngleError):
+    """A document collection or its index cannot do what was asked (unknown collection, wrong embedding model)."""
+
+
 class Cancelled(IngleError):
     """Work was cancelled by the user."""

@@ -25,6 +25,9 @@ K = gguf.Keys  # the GGUF key names, from gguf-py (Ingle's own: engine.gguf_keys
 MAX_LAYERS = 512
 MAX_EXPERTS = 1024
 ROPE_SCALING_TYPES = ("none", "linear", "yarn", "longrope")
+# Encoder architectures llama.cpp runs: they make embeddings, not chat (others declare a pooling type instead).
+EMBEDDING_ARCHS = frozenset({"bert", "nomic-bert", "nomic-bert-moe", "jina-bert-v2", "jina-bert-v3", "modern-bert",
+                             "neo-bert", "t5encoder", "gte", "gemma-embedding"})  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,17 @@ class ModelInfo:
     @property
     def has_chat_template(self) -> bool:
         return bool(self.chat_template)
+
+    @property
+    def is_embedding(self) -> bool:
+        """An embedding model: an encoder architecture, or a GGUF that declares how its token vectors are pooled
+        (`<arch>.pooling_type`, read by llama.cpp) or that its attention is not causal."""
+        arch = self.architecture
+        return (
+            arch in EMBEDDING_ARCHS
+            or f"{arch}.pooling_type" in self.metadata
+            or self.metadata.get(f"{arch}.attention.causal") is False
+        )
 
     @property
     def quant_label(self) -> str:

@@ -76,6 +76,9 @@ class Embeddings:
     token_counts: tuple[int, ...]
     model: str  # the file name of the model that embedded them
     pooling: str  # mean, cls, last (how token vectors became one)
+    threads: int = (
+        0  # the CPU threads llama.cpp embedded them on (engine.threads chose them, or the load settings)
+    )
 
 
 @runtime_checkable

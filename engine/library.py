@@ -18,7 +18,7 @@ from filelock import FileLock
 
 from engine import units
 from engine.errors import LibraryError, ModelFileError
-from engine.gguf_info import ModelInfo, inspect_gguf, sha256_file
+from engine.gguf_info import EMBEDDING_ARCHS, ModelInfo, inspect_gguf, sha256_file
 from engine.gguf_keys import IngleKeys
 from engine.text import check_name, name_from, printable
 
@@ -134,6 +134,12 @@ class Entry:
     @property
     def present(self) -> bool:
         return self.file.exists()
+
+    @property
+    def is_embedding(self) -> bool:
+        """An embedding model (for document search), not a chat model: marked when it was added (older entries:
+        by their encoder architecture)."""
+        return bool(self.extra.get("embedding")) or self.architecture in EMBEDDING_ARCHS
 
     @property
     def disk_bytes(self) -> int:
@@ -261,6 +267,8 @@ class Library:
 
     @staticmethod
     def _entry(name: str, info: ModelInfo, path: Path, linked: bool, source: str, **kw) -> Entry:
+        if info.kind == "model" and info.is_embedding:
+            kw["extra"] = {**(kw.get("extra") or {}), "embedding": True}
         return Entry(
             name=name,
             kind=info.kind,

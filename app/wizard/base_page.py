@@ -46,7 +46,8 @@ class BasePage(QWizardPage):
         self.models.blockSignals(True)
         self.models.clear()
         for entry in self.owner.library.entries("model"):
-            self.models.addItem(entry.name, str(entry.file))
+            if not entry.is_embedding:  # an encoder for document search: no chat to fine-tune
+                self.models.addItem(entry.name, str(entry.file))
         if current or self.owner.base:
             self.models.setCurrentIndex(max(0, self.models.findData(current or str(self.owner.base))))
         self.models.blockSignals(False)

@@ -51,7 +51,7 @@ def _stderr_progress(label: str):
 
 
 def cmd_docs(args) -> int:
-    from engine.docs.index import add_paths, embed_pending, embedding_model, open_store
+    from engine.docs.index import add_paths, embed_pending, open_store
 
     if args.action == "list":
         store = open_store()
@@ -83,26 +83,38 @@ def cmd_docs(args) -> int:
     from engine.text import check_name
 
     check_name(args.collection, "collection name")
-    engine, library = _engine_for_docs(args)
-    try:
-        from engine.docs.index import token_counter
+    from engine.docs.embed_model import choose
+    from engine.docs.index import token_counter
+    from engine.library import Library
 
-        store = open_store(library)
-        report = add_paths(store, args.collection, args.paths, token_counter(engine),
-                           chunk_tokens=args.chunk_tokens, progress=_stderr_progress("indexed"))  # fmt: skip
-        model = None if args.no_vectors else embedding_model(library)
-        if model is not None:
-            report.embedded = embed_pending(
-                store, args.collection, engine, model, _stderr_progress("embedded")
-            )
+    library = Library()
+    store = open_store(library)
+    try:  # the embedding model is settled (or refused) before any work
+        choice = None if args.no_vectors else choose(library, store, args.collection, args.embed_model)
+        if choice is not None and not choice.usable:
+            print(f"ingle: {choice.why}", file=sys.stderr)  # said once
+        engine, _ = _engine_for_docs(args)
+        try:
+            report = add_paths(store, args.collection, args.paths, token_counter(engine),
+                               chunk_tokens=args.chunk_tokens, progress=_stderr_progress("indexed"))  # fmt: skip
+            if choice is not None and choice.usable:
+                embed_pending(store, args.collection, engine, choice.path, _stderr_progress("embedded"),
+                              name=choice.name, report=report)  # fmt: skip
+        finally:
+            engine.close()
     finally:
-        engine.close()
+        store.close()
     for path, reason in report.unreadable:
         print(f"ingle: skipped {printable(path)}: {printable(reason)}", file=sys.stderr)
     chunks = sum(n for _, n in report.indexed)
+    if choice is None or not choice.usable:
+        vectors = " (full-text search only)"
+    else:
+        threads = f", {report.embed_threads} threads" if report.embed_threads else ""
+        vectors = f" ({printable(choice.name)}{threads})"
     print(f"{printable(args.collection)}: {len(report.indexed)} files indexed ({chunks} chunks), "
           f"{len(report.unchanged)} unchanged, {len(report.unreadable)} unreadable, "
-          f"{report.embedded} chunks embedded" + ("" if model else " (full-text search only)"))  # fmt: skip
+          f"{report.embedded} chunks embedded" + vectors)  # fmt: skip
     return 0
 
 
@@ -115,15 +127,13 @@ def retrieve(engine, collection: str, question: str, budget: int, k: int = DEFAU
     store = open_store()
     try:
         store.collection_id(collection)
-        model = store.embed_model(collection)
-        embed_query = None
-        if model:
-            from engine.docs.index import embedding_model
-            from engine.library import Library
+        from engine.docs.embed_model import stored_model_path
+        from engine.library import Library
 
-            path = embedding_model(Library(), create=False)
-            if path is not None and path.name == model:
-                embed_query = lambda q: list(engine.embed([q], str(path)).vectors[0])  # noqa: E731
+        embed_query = None
+        path = stored_model_path(Library(), store, collection)
+        if path is not None:
+            embed_query = lambda q: list(engine.embed([q], str(path)).vectors[0])  # noqa: E731
         return within_budget(search(store, collection, question, k, "hybrid", embed_query), budget)
     finally:
         store.close()
@@ -183,7 +193,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     ap.add_argument("paths", nargs="+", metavar="PATH")
     ap.add_argument("--model", help="the model whose tokenizer sizes the chunks (default: the starter)")
     ap.add_argument("--chunk-tokens", type=int, default=200, help="tokens per chunk (default 200)")
-    ap.add_argument("--no-vectors", action="store_true", help="full-text search only (no embedding model)")
+    vectors = ap.add_mutually_exclusive_group()
+    vectors.add_argument("--embed-model", metavar="NAME",
+                         help="the library's embedding model for the vectors (default: the collection's, else the "
+                              "bundled all-MiniLM-L6-v2, else the first in the library)")  # fmt: skip
+    vectors.add_argument(
+        "--no-vectors", action="store_true", help="full-text search only (no embedding model)"
+    )
     ap.add_argument("--in-process", action="store_true", help=argparse.SUPPRESS)
     lp = dsub.add_parser("list", help="the collections (--files: and their files)")
     lp.add_argument("--files", action="store_true")

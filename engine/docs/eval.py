@@ -11,8 +11,7 @@ import re
 from pathlib import Path
 
 from engine.docs.search import METHODS, search
-from engine.docs.store import DocsError
-from engine.errors import SettingsError
+from engine.errors import DocsError, SettingsError
 
 
 def load_questions(path: Path) -> list[dict]:
@@ -58,7 +57,8 @@ def relevant(item: dict, path: str, text: str) -> bool:
 
 def evaluate(collection: str, questions: list[dict], k: int, engine=None) -> dict:
     """{"k", "questions", "methods": {method: {"recall", "mrr"} or None}, "per_question": [...]}."""
-    from engine.docs.index import embedding_model, open_store
+    from engine.docs.embed_model import stored_model_path
+    from engine.docs.index import open_store
     from engine.library import Library
 
     if k < 1:
@@ -66,10 +66,9 @@ def evaluate(collection: str, questions: list[dict], k: int, engine=None) -> dic
     store = open_store()
     store.collection_id(collection)
     embed_query = None
-    model_name = store.embed_model(collection)
-    if engine is not None and model_name:
-        path = embedding_model(Library(), create=False)
-        if path is not None and path.name == model_name:
+    if engine is not None:
+        path = stored_model_path(Library(), store, collection)
+        if path is not None:
             cache: dict[str, list[float]] = {}
 
             def embed_query(q: str) -> list[float]:

@@ -8,13 +8,15 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 
 from engine.docs.chunk import DEFAULT_CHUNK_TOKENS, chunk_blocks
 from engine.docs.extract import SUPPORTED, Unreadable, extract
-from engine.docs.store import DocsError, DocStore
+from engine.docs.store import DocStore
+from engine.errors import DocsError, SettingsError
+from engine.text import printable
 
 EMBED_BATCH = 32
 EMBED_CHARS = 1600  # MiniLM reads 512 word pieces at most; a chunk's start says what it is about
@@ -28,6 +30,9 @@ class AddReport:
     unchanged: list[str] = field(default_factory=list)
     unreadable: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
     embedded: int = 0
+    embed_model: str | None = None  # the library name of the model that embedded them
+    embed_threads: int = 0  # the CPU threads the embedding ran on (0: nothing was embedded)
+    vectors_note: str = ""  # why there are no vectors (no embedding model), said once
 
 
 def store_path(library_root: Path) -> Path:
@@ -43,8 +48,8 @@ def open_store(library=None) -> DocStore:
 
 
 def embedding_model(library, create: bool = True) -> Path | None:
-    """The library's embedding model: the bundled all-MiniLM-L6-v2, written as a GGUF into the library on first
-    use; None when its package is not installed (search is then full-text only)."""
+    """The bundled embedding model, all-MiniLM-L6-v2, written as a GGUF into the library on first use; None when
+    its package is not installed (engine.docs.embed_model then looks for another)."""
     from engine.errors import LibraryError, ModelFileError
 
     try:
@@ -154,36 +159,72 @@ def add_paths(
 
 
 def embed_pending(store: DocStore, collection: str, engine, model: Path,
-                  progress: Callable[[int, int], None] | None = None) -> int:  # fmt: skip
-    """Embed the collection's chunks that have no vector yet; returns how many were embedded."""
+                  progress: Callable[[int, int], None] | None = None, name: str | None = None,
+                  report: AddReport | None = None) -> int:  # fmt: skip
+    """Embed the collection's chunks that have no vector yet with `model` (library name `name`, recorded with the
+    collection); returns how many were embedded. Vectors of another model are never mixed in."""
+    name = name or model.name
     current = store.embed_model(collection)
-    if current and current != model.name:  # another model's vectors cannot be compared with this one's
-        store.conn.execute("UPDATE chunks SET embedding = NULL WHERE file_id IN "
-                           "(SELECT f.id FROM files f JOIN collections c ON f.collection_id = c.id "
-                           "WHERE c.name = ?)", (collection,))  # fmt: skip
-        store.conn.commit()
-    store.set_embed_model(collection, model.name)
+    if current and current not in (name, model.name) and store.has_vectors(collection):
+        raise DocsError(f"'{printable(collection)}' holds vectors of '{printable(current)}'; those of "
+                        f"'{printable(name)}' cannot be compared with them. Remove the collection and add it again "
+                        "to change its embedding model.")  # fmt: skip
+    store.set_embed_model(collection, name)
     pending = store.unembedded(collection)
     done = 0
     for start in range(0, len(pending), EMBED_BATCH):
         batch = pending[start : start + EMBED_BATCH]
-        result = engine.embed([text[:EMBED_CHARS] for _, text in batch], str(model))
+        result = _embed_texts(engine, [text[:EMBED_CHARS] for _, text in batch], str(model))
         store.put_vectors(zip([kid for kid, _ in batch], result.vectors, strict=True))
         done += len(batch)
+        if report is not None:
+            report.embed_threads = result.threads
         if progress:
             progress(done, len(pending))
+    if report is not None:
+        report.embedded, report.embed_model = done, name
     return done
 
 
+def _embed_texts(engine, texts: list[str], model: str):
+    """The batch's vectors; a passage longer than the embedding model reads (some take only 512 tokens, or fewer)
+    is embedded by its start, halved until it fits: a chunk's start says what it is about."""
+    try:
+        return engine.embed(texts, model)
+    except SettingsError:
+        pass
+    results = []
+    for text in texts:
+        while True:
+            try:
+                results.append(engine.embed([text], model))
+                break
+            except SettingsError:
+                if len(text) < 64:
+                    raise
+                text = text[: len(text) // 2]
+    first = results[0]
+    vectors = tuple(r.vectors[0] for r in results)
+    return replace(first, vectors=vectors, token_counts=tuple(r.token_counts[0] for r in results))
+
+
 def index_job(collection: str, paths: list[str], model: str | None, progress: Callable[[float | None, str], None],
-              open_engine: Callable[[], object] | None = None) -> AddReport:  # fmt: skip
+              open_engine: Callable[[], object] | None = None, embed_model: str | None = None) -> AddReport:  # fmt: skip
     """Everything `ingle docs add` does, for a background job: an engine child loads `model` (None: the starter)
-    for its tokenizer and embeds with the library's embedding model; `progress(fraction, text)` as it goes."""
+    for its tokenizer and embeds with `embed_model` (None: the collection's, else the default; see
+    engine.docs.embed_model); `progress(fraction, text)` as it goes."""
+    from engine.docs.embed_model import choose
     from engine.library import Library
     from engine.settings import LoadSettings
 
     library = Library()
     path = library.resolve(model)
+    store = open_store(library)
+    try:  # a refused embedding model stops the job before any work
+        choice = choose(library, store, collection, embed_model)
+    except BaseException:
+        store.close()
+        raise
     if open_engine is None:
         from engine.host import EngineHost
 
@@ -193,14 +234,14 @@ def index_job(collection: str, paths: list[str], model: str | None, progress: Ca
         progress(None, "loading the tokenizer")
         for _ in engine.load(str(path), LoadSettings(n_ctx=2048)):
             pass
-        store = open_store(library)
         report = add_paths(store, collection, paths, token_counter(engine),
                            progress=lambda d, t, p: progress(0.5 * d / t, f"reading {Path(p).name}"))  # fmt: skip
-        vectors = embedding_model(library)
-        if vectors is not None:
-            report.embedded = embed_pending(store, collection, engine, vectors,
-                                            lambda d, t: progress(0.5 + 0.5 * d / t, f"embedding {d}/{t}"))  # fmt: skip
-        store.close()
+        if choice.usable:
+            embed_pending(store, collection, engine, choice.path,
+                          lambda d, t: progress(0.5 + 0.5 * d / t, f"embedding {d}/{t}"), choice.name, report)  # fmt: skip
+        else:
+            report.vectors_note = choice.why
         return report
     finally:
+        store.close()
         engine.close()

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.docs.chunk import Chunk
-from engine.errors import IngleError
+from engine.errors import DocsError
 from engine.text import printable
 
 SCHEMA = """
@@ -33,10 +33,6 @@ CREATE TABLE IF NOT EXISTS chunks (
 CREATE INDEX IF NOT EXISTS chunks_file ON chunks(file_id);
 CREATE VIRTUAL TABLE IF NOT EXISTS chunks_fts USING fts5(text, tokenize = 'porter unicode61');
 """
-
-
-class DocsError(IngleError):
-    """A collection or index problem the user can fix."""
 
 
 @dataclass(frozen=True)
@@ -152,6 +148,11 @@ class DocStore:
     def set_embed_model(self, collection: str, model: str) -> None:
         with self.conn:
             self.conn.execute("UPDATE collections SET embed_model = ? WHERE name = ?", (model, collection))
+
+    def has_vectors(self, collection: str) -> bool:
+        return bool(self.conn.execute(
+            "SELECT 1 FROM chunks k JOIN files f ON k.file_id = f.id JOIN collections c ON f.collection_id = c.id"
+            " WHERE c.name = ? AND k.embedding IS NOT NULL LIMIT 1", (collection,)).fetchone())  # fmt: skip
 
     def embed_model(self, collection: str) -> str | None:
         row = self.conn.execute(

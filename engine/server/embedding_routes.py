@@ -19,20 +19,12 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from engine.errors import EngineDied, LibraryError, ModelFileError
-from engine.gguf_info import ModelInfo, inspect_gguf
+from engine.gguf_info import inspect_gguf
 from engine.interface import Embeddings
 from engine.library import Library
 from engine.server.app import ServerState, read_json
 from engine.server.errors import ApiError, bad_field, from_engine_error
 from engine.server.scheduler import QueueFull
-
-# Architectures that are encoders: they make embeddings, not chat.
-EMBEDDING_ARCHS = {"bert", "nomic-bert", "nomic-bert-moe", "jina-bert-v2", "jina-bert-v3", "modern-bert",
-                   "neo-bert", "t5encoder", "gte"}  # fmt: skip
-
-
-def is_embedding_model(info: ModelInfo) -> bool:
-    return info.architecture in EMBEDDING_ARCHS or f"{info.architecture}.pooling_type" in info.metadata
 
 
 def _inputs(value: Any, field: str = "input") -> list[str | list[int]]:
@@ -79,7 +71,7 @@ def routes(state: ServerState) -> list[Route]:
             raise ApiError(404, f"The model '{name}' is not served here and is no embedding model in the library; "
                                 f"this server serves '{config.model_name}'.", param="model",
                            code="model_not_found") from None  # fmt: skip
-        if not is_embedding_model(info):
+        if not info.is_embedding:
             raise bad_field("model", f"'{name}' is not an embedding model (it declares no pooling)")
         return str(info.path)
 
