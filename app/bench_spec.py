@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from app.bench_modes import BenchConfig
-from engine.events import ReplyDone
+from engine.events import ReplyDone, Token
 from engine.settings import LoadSettings, SamplingSettings
 
 # llama-bench from packaging/build_llama_tools.sh: on the PATH, or named by INGLE_LLAMA_BENCH
@@ -92,6 +92,23 @@ def _banned_sampling(rt, base: SamplingSettings, n: int) -> SamplingSettings:
     return base.replace(max_tokens=n, logit_bias=tuple((t, -math.inf) for t in banned))
 
 
+NEAR_TIE = 0.05  # nats between the two likeliest tokens
+
+
+def _top_two_gap(
+    target: Path, plain: LoadSettings, prompt: str, sampling: SamplingSettings, at: int
+) -> float:
+    """The target alone, once more with log-probabilities: how far apart its two likeliest tokens were at token
+    `at` of the reply."""
+    rt = _runtime(target, plain)
+    try:
+        tokens = [e for e in rt.complete(prompt, sampling.replace(top_logprobs=2)) if isinstance(e, Token)]
+    finally:
+        rt.close()
+    alternatives = [t.alternatives for t in tokens if t.token_id >= 0][at]
+    return alternatives[0].logprob - alternatives[1].logprob
+
+
 def compare(
     target: Path, spec: LoadSettings, plain: LoadSettings, prompt: str, cfg: BenchConfig, reps: int
 ) -> dict:
@@ -109,6 +126,18 @@ def compare(
     finally:
         alone.close()
         drafting.close()
+    first_difference = next(
+        (
+            i
+            for r in runs["drafting"]
+            for i, (x, y) in enumerate(zip(r.tokens, runs["alone"][0].tokens, strict=False))
+            if x != y
+        ),
+        None,
+    )
+    tie_gap = (
+        None if first_difference is None else _top_two_gap(target, plain, prompt, sampling, first_difference)
+    )
     a = [r.stats.decode_tok_s for r in runs["alone"]]
     d = [r.stats.decode_tok_s for r in runs["drafting"]]
     stats = [r.stats for r in runs["drafting"]]
@@ -122,15 +151,11 @@ def compare(
         "paired_speedup": statistics.median(x / y for x, y in zip(d, a, strict=True) if y),
         "identical": all(r.tokens == runs["alone"][0].tokens for r in runs["alone"] + runs["drafting"]),
         # where a drafting run first left the target's own tokens (None: never); see README "Speculative decoding"
-        "first_difference": next(
-            (
-                i
-                for r in runs["drafting"]
-                for i, (x, y) in enumerate(zip(r.tokens, runs["alone"][0].tokens, strict=False))
-                if x != y
-            ),
-            None,
-        ),
+        "first_difference": first_difference,
+        # log-probability between the target's two likeliest tokens there, decoding alone: a near tie (below
+        # NEAR_TIE) is where the verify batch's kernels may round the other way than one-token decoding
+        "tie_gap": tie_gap,
+        "near_tie": tie_gap is not None and tie_gap < NEAR_TIE,
         "drafted": drafted,
         "accepted": accepted,
         "acceptance": accepted / drafted if drafted else 0.0,
@@ -221,6 +246,15 @@ def run_sampling(cfg: BenchConfig, log: Callable[[str], None]) -> dict:
     }
 
 
+def _identical(r: dict) -> str:
+    if r["identical"]:
+        return "yes"
+    if r.get("tie_gap") is None:
+        return "NO"
+    tie = "a near tie" if r["near_tie"] else "NOT a near tie"
+    return f"NO: from token {r['first_difference']}, where the top two were {r['tie_gap']:.3f} nats apart ({tie})"
+
+
 def markdown_lines(speculation: dict, sampling: dict) -> list[str]:
     lines: list[str] = []
     # (the reopen mode, 9, puts its figures in `speculation` too; app/bench_load.py reports those)
@@ -238,7 +272,7 @@ def markdown_lines(speculation: dict, sampling: dict) -> list[str]:
             )
             lines.append(
                 f"| {case} ({r['drafting']}) | {r['target']} | {r['alone_tok_s']:.1f} | {r['drafting_tok_s']:.1f} | "
-                f"{r['speedup']:.2f}x ({r['paired_speedup']:.2f}x) | {'yes' if r['identical'] else 'NO'} | "
+                f"{r['speedup']:.2f}x ({r['paired_speedup']:.2f}x) | {_identical(r)} | "
                 f"{r['accepted']}/{r['drafted']} ({r['acceptance']:.0%}) | {'yes' if r['switched_off'] else 'no'} "
                 f"| {vs} |"
             )

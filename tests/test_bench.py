@@ -243,13 +243,16 @@ def test_a_killed_server_bench_stops_the_servers_it_started(tiny_model):
 def test_speculation_mode_compares_each_case_with_the_target_alone(bench_json):
     spec = bench_json["speculation"]
     for case in ("draft", "lookup_copy", "lookup_no_overlap"):
-        assert spec[case]["identical"] is True  # drafting never changes the greedy tokens
+        assert spec[case]["identical"] is True, spec[case]  # drafting never changes the greedy tokens
         assert spec[case]["speedup"] > 0 and spec[case]["alone_tok_s"] > 0
         assert spec[case]["generated_tokens"] == 6
     assert spec["draft"]["target"].endswith("-F16.gguf")  # no pair given: an F16 copy is the target
-    assert (
-        spec["draft"]["drafted"] > 0 and spec["draft"]["acceptance"] > 0.5
-    )  # the model drafts for its own copy
+    draft = spec["draft"]
+    assert draft["drafting"].startswith("draft ")
+    # the model drafts for its own copy and is right mostly; or drafting did not pay here and the governor
+    # switched it off (its pause lasts across the repetitions)
+    assert (draft["drafted"] > 0 and draft["acceptance"] > 0.5) or draft["switched_off"]
+    assert draft["identical"] or draft["near_tie"]
     assert spec["lookup_copy"]["drafting"] == "prompt lookup"
 
 
