@@ -187,19 +187,35 @@ class DocsPanel(QWidget):
         """What the sources cost in the context (the context bar shows it as its own segment)."""
         return sum(h.tokens for h in self.hits)
 
-    def _open_source(self, item: QListWidgetItem) -> None:
-        SourceDialog(self.hits[item.data(Qt.UserRole)], self).open()
+    def _open_source(self, item: QListWidgetItem) -> SourceDialog:
+        hit = self.hits[item.data(Qt.UserRole)]
+        dialog = SourceDialog(hit, self, readable=hit.path in indexed_files())
+        dialog.open()
+        return dialog
+
+
+def indexed_files() -> set[str]:
+    """Every file in the document index: the only files a stored source may open (an imported conversation's
+    sources name paths of another machine, or any path its author chose)."""
+    store = open_store()
+    try:
+        return {path for c in store.collections() for path, _ in store.files(c.name)}
+    finally:
+        store.close()
 
 
 class SourceDialog(QDialog):
-    """A source's whole file with the retrieved passage highlighted and scrolled into view."""
+    """A source's whole file with the retrieved passage highlighted and scrolled into view (`readable` False:
+    the stored passage alone, the file is not read)."""
 
-    def __init__(self, hit: Hit, parent: QWidget | None = None):
+    def __init__(self, hit: Hit, parent: QWidget | None = None, readable: bool = True):
         super().__init__(parent)
         self.setWindowTitle(f"{Path(hit.path).name} {hit.where}".strip())
         self.resize(640, 480)
         self.view = QTextEdit(readOnly=True)
         try:
+            if not readable:
+                raise Unreadable("it is not in your document index; the passage as the reply got it")
             text = "\n\n".join(b.text for b in extract(Path(hit.path)))
         except Unreadable as err:
             text = f"(the file cannot be read now: {err})\n\n{hit.text}"
