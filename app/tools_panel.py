@@ -184,7 +184,9 @@ class ToolsPanel(QWidget):
 
     # -- calls
     def clear_calls(self) -> None:
-        for card in self.cards:
+        for card in self.cards:  # out of the layout now: deleteLater() alone leaves them drawn until it runs
+            self.calls_layout.removeWidget(card)
+            card.hide()
             card.deleteLater()
         self.cards = []
 

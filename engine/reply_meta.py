@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from engine.conversation_schema import ConversationError
+from engine.text import printable
 
 MAX_SOURCES = 64  # passages kept per reply (retrieval gives a few within its token budget)
 MAX_CALLS = 64  # calls kept per reply (the tool loop stops a reply at 8)
@@ -97,11 +98,12 @@ def call_record(event: Any) -> dict:
 
 def call_line(record: dict, width: int = 80) -> str:
     """One line for the transcript: `Called server.tool(args) -> first line of the result`."""
-    args = " ".join(record.get("arguments", "").split())
+    args = printable(" ".join(record.get("arguments", "").split()))
     if len(args) > width:
         args = args[: width - 1] + "…"
-    lines = record.get("result", "").strip().splitlines()
-    first = lines[0] if lines else ""
+    # only a newline ends the first line (splitlines() would also cut at control characters a tool returned);
+    # the rest of its control characters are shown as escapes
+    first = printable(record.get("result", "").strip().split("\n")[0].rstrip("\r"))
     if len(first) > width:
         first = first[: width - 1] + "…"
     status = record.get("status", "done")
