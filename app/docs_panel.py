@@ -30,6 +30,7 @@ from engine.docs.index import AddReport, index_job, open_store
 from engine.docs.search import Hit
 
 DEFAULT_BUDGET = 1024
+LAST_REPLY = "Sources of the last reply"
 HIGHLIGHT = QColor("#ffe08a")
 
 
@@ -82,7 +83,8 @@ class DocsPanel(QWidget):
         layout.addWidget(self.progress)
         layout.addWidget(self.status)
         layout.addLayout(budget_row)
-        layout.addWidget(QLabel("Sources of the last reply"))
+        self.sources_title = QLabel(LAST_REPLY)
+        layout.addWidget(self.sources_title)
         layout.addWidget(self.sources)
 
     @property
@@ -170,8 +172,10 @@ class DocsPanel(QWidget):
         self.status.setText(f"Indexing failed: {describe_error(err)}")
 
     # ------------------------------------------------------------ sources
-    def set_sources(self, hits: list[Hit]) -> None:
-        """The passages the last reply was given, numbered as it cites them, with their token cost."""
+    def set_sources(self, hits: list[Hit], title: str = LAST_REPLY) -> None:
+        """The passages a reply was given (the last one unless `title` says which), numbered as it cites them,
+        with their token cost."""
+        self.sources_title.setText(title)
         self.hits = list(hits)
         self.sources.clear()
         for i, h in enumerate(self.hits, 1):

@@ -106,7 +106,14 @@ class ReplyExtras:
             msg = next(
                 (m for m in reversed(self.store.path(self.conversation)) if m.role == "assistant"), None
             )
-        self.docs_panel.set_sources(hits_from_records(msg.sources) if msg is not None else [])
+        hits = hits_from_records(msg.sources) if msg is not None else []
+        if mid is None:
+            self.docs_panel.set_sources(hits)
+        else:
+            first = " ".join(msg.content.split())[:40]
+            self.docs_panel.set_sources(
+                hits, f"Sources of the reply “{first}…”" if first else "Sources of the reply"
+            )
         if msg is not None and msg.tool_calls:
             self.tools_panel.show_stored_calls(msg.tool_calls)
         else:

@@ -227,6 +227,7 @@ def test_documents_and_tools_in_one_turn_stored_and_shown_again(qtbot, tmp_path,
     )
     again.view._clicked(QUrl(f"ingle:{link}"))
     assert again.side.currentWidget() is again.docs_panel
+    assert again.docs_panel.sources_title.text().startswith("Sources of the reply “")
     again.grab().save(str(SHOTS / "window-reopened.png"))
     link = next(
         t for t in again.view.actions.tokens() if again.view.actions.resolve("ingle", t).verb == "tools"
@@ -240,3 +241,21 @@ def test_documents_and_tools_in_one_turn_stored_and_shown_again(qtbot, tmp_path,
     again.tools_panel._remove()
     assert again.tools_panel.enabled() == [] and again.store.tool_servers(cid) == []
     again.close()
+
+
+def test_an_imported_source_opens_only_its_stored_passage(qtbot, tmp_path, fresh_home):
+    """A conversation file names any path its author likes: a source whose file is not in the document index
+    shows the stored passage, and the file is not read."""
+    from app.docs_panel import DocsPanel
+    from engine.reply_meta import hits_from_records
+
+    secret = tmp_path / "secret.txt"
+    secret.write_text("the key is 1234\n")
+    panel = DocsPanel("none")
+    qtbot.addWidget(panel)
+    panel.set_sources(hits_from_records([dict(SOURCE, file=str(secret), text="Slugs eat lettuce.")]))
+    assert "secret.txt, lines 3-4 · 12 tokens" in panel.sources.item(0).text()
+    dialog = panel._open_source(panel.sources.item(0))
+    qtbot.addWidget(dialog)
+    shown = dialog.view.toPlainText()
+    assert "Slugs eat lettuce." in shown and "1234" not in shown and "not in your document index" in shown
