@@ -20,7 +20,7 @@ from engine.conversation_schema import (
 )
 from engine.errors import SettingsError
 from engine.library import data_dir
-from engine.reply_meta import read_meta
+from engine.reply_meta import call_line, read_meta, source_label
 from engine.settings import PRESETS, SamplingSettings
 from engine.store_recovery import DAMAGE_CODES, MAX_KEPT_WAL, Recovery, StoreDamaged, recover_store
 
@@ -483,4 +483,7 @@ class ConversationStore:
         for msg in self.path(cid):
             note = " *(interrupted)*" if msg.status == "interrupted" else ""
             parts.append(f"## {msg.role.capitalize()}{note}\n\n{msg.content}\n")
+            parts += [f"> {call_line(call)}\n" for call in msg.tool_calls]
+            if msg.sources:
+                parts.append("Sources: " + "; ".join(source_label(s) for s in msg.sources) + "\n")
         return "\n".join(parts)

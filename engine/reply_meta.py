@@ -113,6 +113,18 @@ def call_line(record: dict, width: int = 80) -> str:
     return f"Called {server}{record.get('tool', '')}({args}) → {tail}"
 
 
+def source_label(record: dict) -> str:
+    """`[1] garden.md, lines 3-4` (the file's name only: a path says more about the machine than the source)."""
+    name = str(record.get("file", "")).replace("\\", "/").rsplit("/", 1)[-1]
+    if record.get("page") is not None:
+        where = f", p. {record['page']}"
+    elif record.get("line_start") is not None:
+        where = f", lines {record['line_start']}-{record.get('line_end')}"
+    else:
+        where = ""
+    return printable(f"[{record.get('number', '?')}] {name}{where}")
+
+
 def _entry(value: Any, fields: dict, kind: str, where: str) -> dict:
     if not isinstance(value, dict):
         raise ConversationError(f"{where}: each of '{kind}' must be an object")

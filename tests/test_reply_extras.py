@@ -46,6 +46,8 @@ def test_store_keeps_sources_and_calls_through_reopen_export_and_import(tmp_path
     assert data["messages"][1]["sources"] == [SOURCE] and "sources" not in data["messages"][0]
     copy = store.path(store.import_json(data).id)[-1]
     assert copy.sources == (SOURCE,) and copy.tool_calls == msg.tool_calls
+    md = store.export_markdown(cid)
+    assert "> Called t.echo(" in md and "→ not run: no" in md and "Sources: [1] garden.md, lines 3-4" in md
     # a store made before replies kept them: the column is added, old rows read as "nothing used"
     store.close()
     with sqlite3.connect(db) as raw:
