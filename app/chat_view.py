@@ -268,7 +268,7 @@ class ChatView(SafeBrowser):
     def _message_html(self, msg: StoredMessage, siblings: tuple[int, int], streaming: bool) -> str:
         t = self.theme
         body = self.actions.sanitize(self._body(msg, streaming), msg.id)[0]
-        if msg.tool_calls and not streaming:
+        if msg.tool_calls:
             body = self._calls_html(msg) + body
         note = ""
         if msg.status == "interrupted":

@@ -370,6 +370,8 @@ class MainWindow(WindowLayout, ConversationActions, ReplyExtras, QMainWindow):
 
     def _on_chat_event(self, chat: ChatSession, ev) -> None:
         if self.extras_event(ev):  # sources retrieved, tool calls (app/reply_extras.py)
+            if chat is self.chat and not self._redraw.isActive():
+                self._redraw.start()  # a finished call shows under the reply being written
             return
         if not chat.on_event(ev):
             return
@@ -386,7 +388,7 @@ class MainWindow(WindowLayout, ConversationActions, ReplyExtras, QMainWindow):
     def _redraw_stream(self) -> None:
         live = self.chat.live_message() if self.chat is not None else None
         if live is not None:
-            self.view.update_stream(live)
+            self.view.update_stream(self.with_live_calls(live))
 
     def _chat_done(self, chat: ChatSession, mid: int) -> None:
         """The request has ended (the engine is free): the reply is stored, as done or stopped."""

@@ -5,7 +5,7 @@ A mixin of app.main.MainWindow."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from app.docs_chat import SourcesRetrieved, chat_with_sources
 from engine.docs.search import Hit
@@ -76,6 +76,13 @@ class ReplyExtras:
                 extras.calls.append(call_record(ev))
             return True
         return False
+
+    def with_live_calls(self, live):
+        """The reply being written, with the calls it has made so far (the transcript shows them under it)."""
+        extras = getattr(self, "_extras", None)
+        if extras is None or extras.reply != live.id or not extras.calls:
+            return live
+        return replace(live, tool_calls=tuple(extras.calls))
 
     def store_extras(self, mid: int) -> None:
         """The reply has ended (done, stopped or failed): store what it used with it. A turn that used nothing

@@ -162,6 +162,15 @@ def test_documents_and_tools_in_one_turn_stored_and_shown_again(qtbot, tmp_path,
             lambda what: what == "inspect" and inspected.append(list(window.inspector.context_bar.segments))
         )
     )
+    live = []  # the transcript while the reply is written, just after its call finished
+
+    def look_live():
+        if window.streaming is not None:
+            window._redraw_stream()
+            live.append(window.view.toPlainText())
+
+    # bridge.event comes after the window's own handler of the event: the call is in the turn's record now
+    window.bridge.event.connect(lambda ev: type(ev).__name__ == "ToolCallFinished" and look_live())
     QTimer.singleShot(50, lambda: _answer_dialogs(answers))
     with qtbot.waitSignal(window.reply_finished, timeout=300_000) as done:
         assert window.send("What eats lettuce?")
@@ -193,6 +202,7 @@ def test_documents_and_tools_in_one_turn_stored_and_shown_again(qtbot, tmp_path,
     assert labels.index("retrieved passages in message 1") == labels.index("message 1 (user)") - 1
     assert "message 2 (assistant)" in labels  # the reply is in the bar too: the context after the reply
     assert "Called t.echo(" in window.view.toPlainText()
+    assert live and "Called t.echo(" in live[0]  # shown under the reply while it was still being written
     SHOTS.mkdir(exist_ok=True)
     window.inspector.context_bar.grab().save(str(SHOTS / "context-dock.png"))
     window.grab().save(str(SHOTS / "window-after-reply.png"))
