@@ -244,5 +244,8 @@ class ToolsPanel(QWidget):
         else:
             servers.discard(name)
         if self._store is not None and self._conversation.isdigit():
-            self._store.set_tool_servers(int(self._conversation), sorted(servers))
+            try:
+                self._store.set_tool_servers(int(self._conversation), sorted(servers))
+            except Exception as err:  # a deleted conversation, a locked file: enabled for this session only
+                self.status.setText(f"Not saved (enabled until the app closes): {err}")
         self.changed.emit()
