@@ -14,6 +14,7 @@ from app.actions import NEUTRAL_SCHEME, SCHEME, ActionLinks
 from app.render import LIGHT, ZWSP, MarkdownRenderer, Theme, head, plain_html, split_thinking, tail
 from app.wording import count
 from engine.conversations import StoredMessage
+from engine.reply_meta import call_line
 
 ROLE_NAMES = {"user": "You", "assistant": "Model", "system": "System"}
 
@@ -128,6 +129,7 @@ class ChatView(SafeBrowser):
         self.renderer = MarkdownRenderer(self.theme)
         self.code: dict[int, list[str]] = {}  # message id -> its code blocks, for copy links
         self.expanded_thinking: set[int] = set()
+        self.expanded_calls: set[int] = set()  # replies whose tool calls are shown whole
         self.show_limit: dict[int, int] = {}  # message id -> characters shown, where "show more" was used
         self._stream_start: int | None = None
         # finished messages' bodies, for long chats; their links are not yet sanitized (see message_body)
@@ -155,10 +157,10 @@ class ChatView(SafeBrowser):
         t = self.theme
         a = self.actions.href
         parts = []
-        index, count = siblings
-        if count > 1:
+        index, total = siblings
+        if total > 1:
             parts.append(
-                f'<a href="{a("prev", msg.id)}">‹</a> {index}/{count} <a href="{a("next", msg.id)}">›</a>'
+                f'<a href="{a("prev", msg.id)}">‹</a> {index}/{total} <a href="{a("next", msg.id)}">›</a>'
             )
         if not streaming:
             parts.append(f'<a href="{a("copy", msg.id)}">copy</a>')
@@ -168,6 +170,8 @@ class ChatView(SafeBrowser):
                 parts.append(f'<a href="{a("regenerate", msg.id)}">regenerate</a>')
                 if is_cut_off(msg):
                     parts.append(f'<a href="{a("continue", msg.id)}">continue</a>')
+                if msg.sources:
+                    parts.append(f'<a href="{a("sources", msg.id)}">{count(len(msg.sources), "source")}</a>')
             parts.append(f'<a href="{a("delete", msg.id)}">delete</a>')
         return f'<span style="color:{t.muted}; font-size:small">{" · ".join(parts)}</span>'
 
@@ -245,9 +249,27 @@ class ChatView(SafeBrowser):
         self.show_limit[mid] = self.show_limit.get(mid, SHOW_CHARS) + SHOW_CHARS
         self._redraw_keeping_scroll()
 
+    def _calls_html(self, msg: StoredMessage) -> str:
+        """A reply's tool calls, one collapsed line each (`Called server.tool(args) → result`); the arrow shows
+        the whole arguments and result. Plain text, escaped: a tool's result is never markup."""
+        t = self.theme
+        shown = msg.id in self.expanded_calls
+        arrow = f'<a href="{self.actions.href("calls", msg.id)}">{"▾" if shown else "▸"}</a>'
+        tools = f'<a href="{self.actions.href("tools", msg.id)}">in Tools</a>'
+        out = ""
+        for record in msg.tool_calls:
+            line = html.escape(call_line(record), quote=True)
+            out += f'<p style="color:{t.muted}; font-size:small">{arrow} {line} · {tools}</p>'
+            if shown:
+                whole = f"{record.get('arguments', '')}\n→ {record.get('result', '')}"
+                out += f'<blockquote style="color:{t.muted}">{plain_html(whole)}</blockquote>'
+        return out
+
     def _message_html(self, msg: StoredMessage, siblings: tuple[int, int], streaming: bool) -> str:
         t = self.theme
         body = self.actions.sanitize(self._body(msg, streaming), msg.id)[0]
+        if msg.tool_calls:
+            body = self._calls_html(msg) + body
         note = ""
         if msg.status == "interrupted":
             note = ' <span style="color:#c0392b">(interrupted)</span>'
@@ -329,5 +351,8 @@ class ChatView(SafeBrowser):
             return
         if found.verb == "more":  # only changes what this view shows
             self.show_more(found.message)
+        elif found.verb == "calls":
+            self.expanded_calls ^= {found.message}
+            self._redraw_keeping_scroll()
         else:
             self.action.emit(found.verb, found.message, found.arg)

@@ -30,6 +30,7 @@ from engine.docs.index import AddReport, index_job, open_store
 from engine.docs.search import Hit
 
 DEFAULT_BUDGET = 1024
+LAST_REPLY = "Sources of the last reply"
 HIGHLIGHT = QColor("#ffe08a")
 
 
@@ -82,7 +83,8 @@ class DocsPanel(QWidget):
         layout.addWidget(self.progress)
         layout.addWidget(self.status)
         layout.addLayout(budget_row)
-        layout.addWidget(QLabel("Sources of the last reply"))
+        self.sources_title = QLabel(LAST_REPLY)
+        layout.addWidget(self.sources_title)
         layout.addWidget(self.sources)
 
     @property
@@ -170,8 +172,10 @@ class DocsPanel(QWidget):
         self.status.setText(f"Indexing failed: {describe_error(err)}")
 
     # ------------------------------------------------------------ sources
-    def set_sources(self, hits: list[Hit]) -> None:
-        """The passages the last reply was given, numbered as it cites them, with their token cost."""
+    def set_sources(self, hits: list[Hit], title: str = LAST_REPLY) -> None:
+        """The passages a reply was given (the last one unless `title` says which), numbered as it cites them,
+        with their token cost."""
+        self.sources_title.setText(title)
         self.hits = list(hits)
         self.sources.clear()
         for i, h in enumerate(self.hits, 1):
@@ -187,19 +191,35 @@ class DocsPanel(QWidget):
         """What the sources cost in the context (the context bar shows it as its own segment)."""
         return sum(h.tokens for h in self.hits)
 
-    def _open_source(self, item: QListWidgetItem) -> None:
-        SourceDialog(self.hits[item.data(Qt.UserRole)], self).open()
+    def _open_source(self, item: QListWidgetItem) -> SourceDialog:
+        hit = self.hits[item.data(Qt.UserRole)]
+        dialog = SourceDialog(hit, self, readable=hit.path in indexed_files())
+        dialog.open()
+        return dialog
+
+
+def indexed_files() -> set[str]:
+    """Every file in the document index: the only files a stored source may open (an imported conversation's
+    sources name paths of another machine, or any path its author chose)."""
+    store = open_store()
+    try:
+        return {path for c in store.collections() for path, _ in store.files(c.name)}
+    finally:
+        store.close()
 
 
 class SourceDialog(QDialog):
-    """A source's whole file with the retrieved passage highlighted and scrolled into view."""
+    """A source's whole file with the retrieved passage highlighted and scrolled into view (`readable` False:
+    the stored passage alone, the file is not read)."""
 
-    def __init__(self, hit: Hit, parent: QWidget | None = None):
+    def __init__(self, hit: Hit, parent: QWidget | None = None, readable: bool = True):
         super().__init__(parent)
         self.setWindowTitle(f"{Path(hit.path).name} {hit.where}".strip())
         self.resize(640, 480)
         self.view = QTextEdit(readOnly=True)
         try:
+            if not readable:
+                raise Unreadable("it is not in your document index; the passage as the reply got it")
             text = "\n\n".join(b.text for b in extract(Path(hit.path)))
         except Unreadable as err:
             text = f"(the file cannot be read now: {err})\n\n{hit.text}"

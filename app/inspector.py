@@ -41,7 +41,7 @@ def _scrolled(widget: QWidget) -> QScrollArea:
 class Inspector(QObject):
     updated = Signal(
         str
-    )  # "inspect", "preview", "token_pieces" or "attention": a view was refreshed (or failed)
+    )  # "inspect", "preview", "token_pieces", "attention" or "sources": a view was refreshed (or failed)
 
     def __init__(self, window):
         super().__init__(window)
@@ -142,12 +142,13 @@ class Inspector(QObject):
         messages = w.engine_messages()
         draft = w.composer.toPlainText().strip()
         settings, policy = w.sampling_panel.settings(), w.sampling_panel.policy()
+        messages, retrieved = self._with_sources(messages, draft)
         evaluated = messages + ([Message("user", draft)] if draft else [])
         for stale in self.bridge.pending("preview"):  # the inspection brings a fresh preview
             stale.cancel()
         self.bridge.call(
             lambda engine: engine.inspect(messages, draft, settings, policy, TOP_N),
-            lambda result: self._inspected(result, evaluated, bool(draft)),
+            lambda result: self._inspected(result, evaluated, bool(draft), retrieved),
             lambda err: self._failed("inspect", err),
             background=True, key="inspect",
         )  # fmt: skip
@@ -165,13 +166,43 @@ class Inspector(QObject):
             background=True, key="preview",
         )  # fmt: skip
 
-    def _inspected(self, result: Inspection, messages: list, has_draft: bool) -> None:
+    def _with_sources(self, messages: list, draft: str) -> tuple[list, dict[int, int]]:
+        """When the last reply was given document passages, its question as it was sent (passages included:
+        what the KV cache holds) and {message index: their tokens}. A draft is a new question, for which new
+        passages are retrieved when it is sent: then the conversation is shown as the next reply gets it."""
+        w = self.window
+        path = w.store.path(w.conversation) if w.conversation is not None and not draft else []
+        if len(path) < 2 or path[-1].role != "assistant" or not path[-1].sources or path[-2].role != "user":
+            return messages, {}
+        from engine.docs.search import sources_prompt
+        from engine.reply_meta import hits_from_records
+
+        index = len(messages) - 2
+        if index < 0 or messages[index].content != path[-2].content:
+            return messages, {}
+        hits = hits_from_records(path[-1].sources)
+        messages = list(messages)
+        messages[index] = Message("user", sources_prompt(messages[index].content, hits))
+        return messages, {index: sum(h.tokens for h in hits)}
+
+    def show_sources(self, found) -> None:
+        """A reply is starting with document passages (app/docs_chat.py SourcesRetrieved): the bar shows the
+        context as it was sent, the passages as their own segment, while the reply is written."""
+        if found.budget is None:
+            return
+        self.context_bar.set_budget(
+            found.budget, list(found.roles), False, {found.index: sum(h.tokens for h in found.hits)}
+        )
+        self.window.show_context_figure(self.context_bar.used, found.budget.n_ctx)
+        self.updated.emit("sources")
+
+    def _inspected(self, result: Inspection, messages: list, has_draft: bool, retrieved=None) -> None:
         self.messages, self.has_draft = messages, has_draft
         roles = [m.role for m in self.messages]
         if self.has_draft:
             roles[-1] = "draft"
         budget = result.budget
-        self.context_bar.set_budget(budget, roles, self.has_draft)
+        self.context_bar.set_budget(budget, roles, self.has_draft, retrieved)
         self.window.show_context_figure(self.context_bar.used, budget.n_ctx)
         self.kv_map.set_state(result.kv, budget.spans, roles, *self.last_turn)
         self.preview.set_stages(list(result.preview), result.preview_note)

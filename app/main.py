@@ -14,10 +14,10 @@ from PySide6.QtWidgets import (
 )
 
 from app.bridge import EngineBridge
-from app.docs_chat import chat_with_sources
 from app.ops import Op, describe_error
 from app.remote_models import RemoteChoice, load_remote, remote_loaded, show_notices
 from app.reopen import ReopenCache, ReopenSettings
+from app.reply_extras import ReplyExtras
 from app.window_conversations import ConversationActions
 from app.window_layout import WindowLayout
 from engine.conversations import ConversationStore, StoredMessage
@@ -37,7 +37,7 @@ STARTER_NOTE = (
 )
 
 
-class MainWindow(WindowLayout, ConversationActions, QMainWindow):
+class MainWindow(WindowLayout, ConversationActions, ReplyExtras, QMainWindow):
     reply_finished = Signal(int)  # assistant message id, after it is stored (done, stopped or interrupted)
     conversation_opened = Signal(object)  # conversation id or None
     model_ready = Signal(object)  # ModelLoaded
@@ -348,26 +348,13 @@ class MainWindow(WindowLayout, ConversationActions, QMainWindow):
             return False
         settings = self.inspector.stream_settings(self.store.settings(self.conversation))
         policy = self.sampling_panel.policy()
-        messages = list(turn.messages)
         self.render_conversation()
-        docs, hits = self.docs_panel.retrieval(), []  # the conversation's documents, if it has any
-        self.docs_panel.set_sources([])
-        tool_work = self._tool_work(messages, settings, policy, turn.continue_last)
-
-        def work(engine):
-            if tool_work is not None:  # MCP servers enabled: the tool loop (documents are not combined yet)
-                return tool_work(engine)
-            if docs:
-                return chat_with_sources(engine, *docs, messages, settings, policy, turn.continue_last, hits)
-            return engine.chat(messages, settings, policy, turn.continue_last)
-
+        # documents and MCP tools, as the conversation has them (app/reply_extras.py)
+        work = self.turn_work(turn.reply, list(turn.messages), settings, policy, turn.continue_last)
         self.bridge.stream(
             work,
             event=lambda ev, chat=self.chat: self._on_chat_event(chat, ev),
-            done=lambda _r, chat=self.chat, mid=turn.reply: (
-                self.docs_panel.set_sources(hits),
-                self._chat_done(chat, mid),
-            ),
+            done=lambda _r, chat=self.chat, mid=turn.reply: self._chat_done(chat, mid),
             failed=lambda err, chat=self.chat, mid=turn.reply: self._chat_failed(chat, mid, err),
         )
         return True
@@ -381,23 +368,10 @@ class MainWindow(WindowLayout, ConversationActions, QMainWindow):
             self.new_chat()
         return f"chat-{self.conversation}"
 
-    def _tool_work(self, messages, settings, policy, continue_last: bool):
-        """With MCP servers enabled in the Tools tab: the reply runs the tool loop (app/tool_chat_gui.py)."""
-        from app.tool_chat_gui import GuiApprover, ToolSession, gui_reply
-
-        if not hasattr(self, "tool_session"):
-            self.tool_session, self.tool_approver = ToolSession(), GuiApprover(self)
-        client = self.tool_session.client_for(self.tools_panel.enabled_specs())
-        choice = self.tools_panel.choice.currentText()
-        if client is None or continue_last or choice == "none":
-            return None
-        self.tools_panel.clear_calls()
-        approve = self.tool_approver
-        return lambda engine: gui_reply(engine, messages, client, choice, approve, settings, policy)
-
     def _on_chat_event(self, chat: ChatSession, ev) -> None:
-        if type(ev).__name__ in ("ToolCallStarted", "ToolCallFinished"):  # engine/tool_loop.py
-            self.tools_panel.show_call(ev)
+        if self.extras_event(ev):  # sources retrieved, tool calls (app/reply_extras.py)
+            if chat is self.chat and not self._redraw.isActive():
+                self._redraw.start()  # a finished call shows under the reply being written
             return
         if not chat.on_event(ev):
             return
@@ -414,18 +388,20 @@ class MainWindow(WindowLayout, ConversationActions, QMainWindow):
     def _redraw_stream(self) -> None:
         live = self.chat.live_message() if self.chat is not None else None
         if live is not None:
-            self.view.update_stream(live)
+            self.view.update_stream(self.with_live_calls(live))
 
     def _chat_done(self, chat: ChatSession, mid: int) -> None:
         """The request has ended (the engine is free): the reply is stored, as done or stopped."""
         if chat.stopped_without_reply() is not None:  # cancelled before any token came
             self.render_conversation()
+        self.store_extras(mid)
         show_notices(self, mid)
         self.reply_finished.emit(mid)
 
     def _chat_failed(self, chat: ChatSession, mid: int, err: Exception) -> None:
         chat.fail()  # the partial reply is kept, marked interrupted
         self._redraw.stop()
+        self.store_extras(mid)
         self.render_conversation()
         if isinstance(err, EngineDied):  # reported once, by _engine_died, which the bridge calls next
             self._interrupted = mid

@@ -122,7 +122,7 @@ class ToolCallCard(QFrame):
         self.header.setText(f"Tool {_esc(self.call.name)} <span style='color:gray'>({_esc(self.server)})</span> — "
                             f"<span style='color:{color}'>{state}</span>")  # fmt: skip
         self.result.setPlainText(text)
-        first = text.strip().splitlines()[0][:80] if text.strip() else ""
+        first = text.strip().split("\n")[0][:80]  # splitlines() would also cut at a control character
         self.toggle.setText(f"Result: {first}")
         self.toggle.setEnabled(True)
 

@@ -1,5 +1,6 @@
 """The Tools panel: the MCP servers of the config file (engine/mcp_client.py), their tools with descriptions,
-and which servers the current conversation may use (a check box per server, kept per conversation)."""
+and which servers the current conversation may use (a check box per server, kept per conversation in the
+conversation store when the panel is given one, so they stay enabled after a restart)."""
 
 from __future__ import annotations
 
@@ -35,9 +36,11 @@ class ToolsPanel(QWidget):
 
     changed = Signal()
 
-    def __init__(self, parent: QWidget | None = None, lister=list_tools):
+    def __init__(self, parent: QWidget | None = None, lister=list_tools, store=None):
+        """`store`: a ConversationStore that keeps each conversation's servers (None: kept in memory only)."""
         super().__init__(parent)
         self._lister = lister
+        self._store = store
         self._enabled: dict[str, set[str]] = {}  # conversation id -> servers it may use
         self._conversation = ""
         self._servers: dict[str, ServerSpec] = {}
@@ -174,14 +177,33 @@ class ToolsPanel(QWidget):
         remove_server(name)
         for servers in self._enabled.values():
             servers.discard(name)
+        if self._store is not None:
+            self._store.forget_tool_server(name)
         self.reload()
         self.changed.emit()
 
     # -- calls
     def clear_calls(self) -> None:
-        for card in self.cards:
+        for card in self.cards:  # out of the layout now: deleteLater() alone leaves them drawn until it runs
+            self.calls_layout.removeWidget(card)
+            card.hide()
             card.deleteLater()
         self.cards = []
+
+    def show_stored_calls(self, calls) -> None:
+        """A stored reply's calls (engine/reply_meta.py records), as its cards were when it ran."""
+        from engine.events import ToolCall
+
+        self.clear_calls()
+        for n, record in enumerate(calls):
+            call = ToolCall(
+                record.get("id") or f"stored-{n}", record.get("tool", ""), record.get("arguments", "{}")
+            )
+            card = ToolCallCard(call, record.get("server", ""))
+            status = record.get("status", "done")
+            card.finish(status != "denied", record.get("result", ""), status == "error")
+            self.calls_layout.insertWidget(self.calls_layout.count() - 1, card)
+            self.cards.append(card)
 
     def show_call(self, event) -> None:
         """A ToolCallStarted adds a card (the call and its arguments); a ToolCallFinished fills in its result."""
@@ -199,6 +221,11 @@ class ToolsPanel(QWidget):
     # -- per conversation
     def set_conversation(self, conversation_id: str) -> None:
         self._conversation = conversation_id
+        if self._store is not None and conversation_id.isdigit():
+            try:
+                self._enabled[conversation_id] = set(self._store.tool_servers(int(conversation_id)))
+            except Exception as err:  # a damaged store: the conversation opens with no servers enabled
+                self.status.setText(f"The servers this conversation enabled could not be read: {err}")
         self.reload()
 
     def enabled(self) -> list[str]:
@@ -216,4 +243,9 @@ class ToolsPanel(QWidget):
             servers.add(name)
         else:
             servers.discard(name)
+        if self._store is not None and self._conversation.isdigit():
+            try:
+                self._store.set_tool_servers(int(self._conversation), sorted(servers))
+            except Exception as err:  # a deleted conversation, a locked file: enabled for this session only
+                self.status.setText(f"Not saved (enabled until the app closes): {err}")
         self.changed.emit()

@@ -122,6 +122,7 @@ class ConversationActions:
         self.refresh_conversations()
         self.render_conversation()
         self._show_conversation_figures()
+        self.show_reply_extras()  # the last reply's sources and tool calls (app/reply_extras.py)
         self.conversation_opened.emit(cid)
 
     def _show_conversation_figures(self) -> None:
@@ -267,6 +268,8 @@ class ConversationActions:
         elif verb == "think":
             self.view.expanded_thinking ^= {mid}
             self.render_conversation()
+        elif verb in ("sources", "tools"):  # a reply's sources or calls, in their tab
+            self.show_reply_extras(mid, "Documents" if verb == "sources" else "Tools")
 
     def edit(self, mid: int) -> None:
         """Put a user message back in the box; sending it makes a new branch beside the old one."""

@@ -121,7 +121,8 @@ class WindowLayout:
 
         self.docs_panel = DocsPanel(self._docs_collection)
         self.side.addTab(self.docs_panel, "Documents")
-        self.tools_panel = ToolsPanel()  # MCP servers, enabled per conversation (app/tools_panel.py)
+        # MCP servers, enabled per conversation and kept in the conversation store (app/tools_panel.py)
+        self.tools_panel = ToolsPanel(store=self.store)
         self.side.addTab(self.tools_panel, "Tools")
 
         self.splitter = QSplitter()

@@ -10,6 +10,7 @@ from typing import Any
 from engine import units
 from engine.conversation_schema import EXPORT_FORMAT, ROLES, STATUSES, ConversationError
 from engine.errors import IngleError
+from engine.reply_meta import check_meta
 from engine.settings import SamplingSettings
 
 MAX_IMPORT_BYTES = 256 * 2**20  # a conversation file larger than this is refused before it is read
@@ -106,8 +107,9 @@ def check_export(data: Any) -> dict[str, Any]:
         content = _text(m, "content", "", where)
         seen.add(mid)
         status = "interrupted" if status == "streaming" else status  # nothing is streaming in a file
+        meta = check_meta(m, where)  # what the reply used: checked, cut to size, unknown keys dropped
         out.append({"id": mid, "parent": parent, "role": role, "content": content, "status": status,
-                    "stats": stats, "created": float(created)})  # fmt: skip
+                    "stats": stats, "created": float(created), "meta": meta})  # fmt: skip
     leaf = data.get("leaf")
     if leaf is not None and (isinstance(leaf, bool) or leaf not in seen):
         raise ConversationError("'leaf' must be the id of one of its messages or null")

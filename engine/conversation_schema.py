@@ -3,7 +3,7 @@ the import check (engine/conversation_import.py) and the recovery of a damaged f
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from engine.errors import IngleError
@@ -32,13 +32,19 @@ CREATE TABLE IF NOT EXISTS messages (
     status TEXT NOT NULL DEFAULT 'done',
     stats TEXT NOT NULL DEFAULT '{}',
     created REAL NOT NULL,
-    deleted INTEGER NOT NULL DEFAULT 0
+    deleted INTEGER NOT NULL DEFAULT 0,
+    meta TEXT
 );
 CREATE INDEX IF NOT EXISTS messages_by_parent ON messages(conversation, parent);
 CREATE TABLE IF NOT EXISTS message_undo (
     ticket INTEGER PRIMARY KEY,
     conversation INTEGER NOT NULL,
     leaf INTEGER
+);
+CREATE TABLE IF NOT EXISTS conversation_tools (
+    conversation INTEGER NOT NULL REFERENCES conversations(id) ON DELETE CASCADE,
+    server TEXT NOT NULL,
+    PRIMARY KEY (conversation, server)
 );
 CREATE TABLE IF NOT EXISTS presets (
     name TEXT PRIMARY KEY,
@@ -77,3 +83,6 @@ class StoredMessage:
     status: str
     stats: dict[str, Any]
     created: float
+    # what the reply used (engine/reply_meta.py): document passages and tool calls, each a dict
+    sources: tuple[dict[str, Any], ...] = field(default=())
+    tool_calls: tuple[dict[str, Any], ...] = field(default=())

@@ -20,6 +20,7 @@ from engine.conversation_schema import (
 )
 from engine.errors import SettingsError
 from engine.library import data_dir
+from engine.reply_meta import call_line, read_meta, source_label
 from engine.settings import PRESETS, SamplingSettings
 from engine.store_recovery import DAMAGE_CODES, MAX_KEPT_WAL, Recovery, StoreDamaged, recover_store
 
@@ -108,6 +109,8 @@ class ConversationStore:
         columns = {r["name"] for r in self._db.execute("PRAGMA table_info(messages)")}
         if "deleted" not in columns:  # stores made before message deletion could be undone
             self._db.execute("ALTER TABLE messages ADD COLUMN deleted INTEGER NOT NULL DEFAULT 0")
+        if "meta" not in columns:  # stores made before replies kept their sources and tool calls
+            self._db.execute("ALTER TABLE messages ADD COLUMN meta TEXT")
         # replies that were streaming when the app last died are interrupted, not streaming
         self._db.execute("UPDATE messages SET status='interrupted' WHERE status='streaming'")
 
@@ -234,8 +237,10 @@ class ConversationStore:
         if not isinstance(stats, dict):
             stats = {}
         status = row["status"] if row["status"] in STATUSES else "done"
+        meta = read_meta(row["meta"])
         return StoredMessage(row["id"], row["conversation"], row["parent"], _as_text(row["role"]),
-                             _as_text(row["content"]), status, stats, _as_number(row["created"]))  # fmt: skip
+                             _as_text(row["content"]), status, stats, _as_number(row["created"]),
+                             tuple(meta.get("sources", ())), tuple(meta.get("tool_calls", ())))  # fmt: skip
 
     def message(self, mid: int) -> StoredMessage:
         row = self._db.execute("SELECT * FROM messages WHERE id=? AND deleted=0", (mid,)).fetchone()
@@ -274,6 +279,44 @@ class ConversationStore:
             (content, status or msg.status, json.dumps(stats if stats is not None else msg.stats), mid),
         )
         self._touch(msg.conversation)
+
+    def set_reply_meta(
+        self, mid: int, sources: list[dict] | None = None, tool_calls: list[dict] | None = None
+    ) -> None:
+        """Store what reply `mid` used: its document passages and its tool calls (engine/reply_meta.py records);
+        a None leaves that part as it was."""
+        msg = self.message(mid)
+        meta = {
+            "sources": list(msg.sources) if sources is None else list(sources),
+            "tool_calls": list(msg.tool_calls) if tool_calls is None else list(tool_calls),
+        }
+        meta = {k: v for k, v in meta.items() if v}
+        self._db.execute("UPDATE messages SET meta=? WHERE id=?", (json.dumps(meta) if meta else None, mid))
+
+    # ------------------------------------------------------------ MCP servers a conversation may use
+    def tool_servers(self, cid: int) -> list[str]:
+        rows = self._db.execute(
+            "SELECT server FROM conversation_tools WHERE conversation=? ORDER BY server", (cid,)
+        ).fetchall()
+        return [_as_text(r["server"]) for r in rows]
+
+    def set_tool_servers(self, cid: int, servers: list[str]) -> None:
+        self.get(cid)
+        self._db.execute("BEGIN")
+        try:
+            self._db.execute("DELETE FROM conversation_tools WHERE conversation=?", (cid,))
+            self._db.executemany(
+                "INSERT INTO conversation_tools (conversation, server) VALUES (?,?)",
+                [(cid, s) for s in servers],
+            )
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+
+    def forget_tool_server(self, server: str) -> None:
+        """A server removed from the config is enabled nowhere (one added again later under its name is new)."""
+        self._db.execute("DELETE FROM conversation_tools WHERE server=?", (server,))
 
     def children(self, cid: int, parent: int | None) -> list[StoredMessage]:
         rows = self._db.execute(
@@ -376,19 +419,18 @@ class ConversationStore:
             "model": conv.model,
             "settings": self.settings(cid).to_dict(),
             "leaf": self.leaf(cid),
-            "messages": [
-                {
-                    "id": r["id"],
-                    "parent": r["parent"],
-                    "role": r["role"],
-                    "content": r["content"],
-                    "status": r["status"],
-                    "stats": self._message(r).stats,
-                    "created": r["created"],
-                }  # fmt: skip
-                for r in rows
-            ],
+            "messages": [self._export_message(r) for r in rows],
         }
+
+    def _export_message(self, r: sqlite3.Row) -> dict[str, Any]:
+        msg = self._message(r)
+        out = {"id": r["id"], "parent": r["parent"], "role": r["role"], "content": r["content"],
+               "status": r["status"], "stats": msg.stats, "created": r["created"]}  # fmt: skip
+        if msg.sources:
+            out["sources"] = list(msg.sources)
+        if msg.tool_calls:
+            out["tool_calls"] = list(msg.tool_calls)
+        return out
 
     def import_file(self, path: Path) -> Conversation:
         """Import an exported conversation file: checked whole first, then stored in one transaction."""
@@ -410,8 +452,8 @@ class ConversationStore:
             for m in spec["messages"]:
                 parent = None if m["parent"] is None else new_ids[m["parent"]]
                 cur = self._db.execute(
-                    "INSERT INTO messages (conversation, parent, role, content, status, stats, created) "
-                    "VALUES (?,?,?,?,?,?,?)",
+                    "INSERT INTO messages (conversation, parent, role, content, status, stats, created, meta) "
+                    "VALUES (?,?,?,?,?,?,?,?)",
                     (
                         conv.id,
                         parent,
@@ -420,6 +462,7 @@ class ConversationStore:
                         m["status"],
                         json.dumps(m["stats"]),
                         m["created"],
+                        json.dumps(m["meta"]) if m["meta"] else None,
                     ),
                 )
                 new_ids[m["id"]] = cur.lastrowid
@@ -440,4 +483,7 @@ class ConversationStore:
         for msg in self.path(cid):
             note = " *(interrupted)*" if msg.status == "interrupted" else ""
             parts.append(f"## {msg.role.capitalize()}{note}\n\n{msg.content}\n")
+            parts += [f"> {call_line(call)}\n" for call in msg.tool_calls]
+            if msg.sources:
+                parts.append("Sources: " + "; ".join(source_label(s) for s in msg.sources) + "\n")
         return "\n".join(parts)
