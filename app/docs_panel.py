@@ -10,6 +10,7 @@ from pathlib import Path
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QColor, QTextCharFormat, QTextCursor
 from PySide6.QtWidgets import (
+    QComboBox,
     QDialog,
     QFileDialog,
     QHBoxLayout,
@@ -28,6 +29,7 @@ from app.ops import Op
 from engine.docs.extract import Unreadable, extract
 from engine.docs.index import AddReport, index_job, open_store
 from engine.docs.search import Hit
+from engine.errors import IngleError
 
 DEFAULT_BUDGET = 1024
 LAST_REPLY = "Sources of the last reply"
@@ -68,6 +70,12 @@ class DocsPanel(QWidget):
         self.budget.setSuffix(" tokens")
         self.budget.setToolTip("How many tokens of the prompt the retrieved passages may use")
         self.budget.valueChanged.connect(self.budget_changed)
+        self.embed_model = QComboBox()
+        self.embed_model.setToolTip(
+            "The model that embeds passages for vector search (beside full-text search). Automatic: the "
+            "collection's own, else the bundled one, else the library's first; the Models window offers one."
+        )
+        self.refresh_embed_models()
         self.sources = QListWidget()
         self.sources.itemActivated.connect(self._open_source)
         self.sources.itemClicked.connect(self._open_source)
@@ -83,6 +91,10 @@ class DocsPanel(QWidget):
         layout.addWidget(self.progress)
         layout.addWidget(self.status)
         layout.addLayout(budget_row)
+        embed_row = QHBoxLayout()
+        embed_row.addWidget(QLabel("Embedding model"))
+        embed_row.addWidget(self.embed_model, 1)
+        layout.addLayout(embed_row)
         self.sources_title = QLabel(LAST_REPLY)
         layout.addWidget(self.sources_title)
         layout.addWidget(self.sources)
@@ -90,6 +102,27 @@ class DocsPanel(QWidget):
     @property
     def collection(self) -> str:
         return self._collection() if callable(self._collection) else self._collection
+
+    def refresh_embed_models(self) -> None:
+        """List the library's embedding models (after a download, they appear here)."""
+        from engine.docs.embed_model import library_embedding_models
+        from engine.library import Library
+
+        chosen = self.embed_model.currentData()
+        self.embed_model.clear()
+        self.embed_model.addItem("Automatic", None)
+        try:
+            names = [e.name for e in library_embedding_models(Library())]
+        except IngleError:
+            names = []  # an unreadable library: the panel still indexes (full-text) and says why then
+        for name in names:
+            self.embed_model.addItem(name, name)
+        index = self.embed_model.findData(chosen)
+        self.embed_model.setCurrentIndex(max(0, index))
+
+    def showEvent(self, event) -> None:
+        self.refresh_embed_models()
+        super().showEvent(event)
 
     def retrieval(self) -> tuple[str, int] | None:
         """(collection, token budget) when the open conversation has documents, else None."""
@@ -132,8 +165,9 @@ class DocsPanel(QWidget):
         self.files_button.setEnabled(False)
         self.folder_button.setEnabled(False)
         collection, model, factory = self.collection, self.model, self.engine_factory
+        embed = self.embed_model.currentData()
         self.op = (
-            Op(self, lambda progress: index_job(collection, list(paths), model, progress, factory))
+            Op(self, lambda progress: index_job(collection, list(paths), model, progress, factory, embed))
             .on_progress(self._on_progress)
             .success(self._on_indexed)
             .failure(self._on_failed)
@@ -161,6 +195,10 @@ class DocsPanel(QWidget):
         lines = [
             f"{len(report.indexed)} files indexed ({chunks} passages), {len(report.unchanged)} unchanged."
         ]
+        if report.embedded:
+            lines.append(f"Vector search: {report.embedded} passages embedded with {report.embed_model}.")
+        elif report.vectors_note:
+            lines.append(report.vectors_note)
         lines += [f"Skipped {Path(p).name}: {reason}" for p, reason in report.unreadable]
         self.status.setText("\n".join(lines))
         self.indexed.emit(report)

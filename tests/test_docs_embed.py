@@ -223,3 +223,22 @@ def test_a_passage_longer_than_the_embedding_model_reads_is_embedded_by_its_star
     assert embed_pending(store, "long", tiny_runtime, bert_files["a"], name="bert-a") == 2
     assert store.unembedded("long") == [] and store.embed_model("long") == "bert-a"
     store.close()
+
+
+def test_the_documents_panel_offers_the_library_embedding_models(qtbot, library, docs_folder, tiny_model):
+    """The panel lists the library's embedding models (not its chat models); the one picked embeds the files."""
+    from app.docs_panel import DocsPanel
+    from engine.runtime import Runtime
+
+    panel = DocsPanel("panel-embed", str(tiny_model), engine_factory=Runtime)
+    qtbot.addWidget(panel)
+    names = [panel.embed_model.itemText(i) for i in range(panel.embed_model.count())]
+    assert names == ["Automatic", "bert-a", "bert-b"]  # "chatty" is a chat model: not offered
+    panel.embed_model.setCurrentIndex(2)
+    with qtbot.waitSignal(panel.indexed, timeout=240_000) as got:
+        panel.attach([str(docs_folder)])
+    report = got.args[0]
+    assert report.embed_model == "bert-b" and report.embedded > 0
+    assert f"{report.embedded} passages embedded with bert-b" in panel.status.text()
+    panel.resize(420, 360)
+    panel.grab().save("/tmp/docs-panel-embed.png")
