@@ -121,7 +121,6 @@ class DraftModel:
         self.n_batch = llama_cpp.llama_n_batch(self.ctx)
         self._batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
         self._cached: list[int] = []
-        self.catch_up_seconds = 0.0
 
     def _decode(self, tokens: Sequence[int], start: int) -> None:
         batch = self._batch
@@ -151,11 +150,9 @@ class DraftModel:
                 self._forget()
                 n = 0
             del self._cached[n:]
-        started = time.perf_counter()
+        # catching up on tokens the draft has not seen (a new prompt, tokens decoded while drafting was off) is
+        # part of what drafting costs: the step's time includes it
         self._decode(list(sequence[n:]), n)
-        # catching up on a conversation the draft has not seen (a new prompt, tokens decoded while drafting was
-        # off) is paid once, not per drafted token: the governor leaves it out
-        self.catch_up_seconds = time.perf_counter() - started if len(sequence) - n > 1 else 0.0
         out: list[int] = []
         while True:
             logits = np.ctypeslib.as_array(
@@ -221,11 +218,12 @@ class Governor:
     WINDOW = 4  # drafted steps judged together
     MIN_BACKOFF, MAX_BACKOFF = 16, 4096
     GROWTH = 4
-    MARGIN = 0.97  # drafting must beat plain decoding by 3% to stay on
+    MARGIN = 0.97  # drafting must beat plain decoding by 3% to stay on (by default)
     HOPELESS = 2.0  # two drafted steps this many times dearer per token than plain end the probe early
 
-    def __init__(self, plain: PlainCost | None = None) -> None:
+    def __init__(self, plain: PlainCost | None = None, margin: float = MARGIN) -> None:
         self.plain = plain or PlainCost()
+        self.margin = margin
         self.backoff = self.MIN_BACKOFF
         self.clock = 0  # tokens produced while this governor's source could draft (all replies)
         self.off_until = 0
@@ -265,7 +263,7 @@ class Governor:
         hopeless = self._steps >= 2 and per_token > self.HOPELESS * plain
         if self._steps < self.WINDOW and not hopeless:
             return
-        if per_token * self.MARGIN > plain:
+        if per_token > plain * self.margin:
             self.off_until = self.clock + emitted + self.backoff
             self.backoff = min(self.MAX_BACKOFF, self.backoff * self.GROWTH)
             self.switched_off = True
@@ -290,7 +288,8 @@ class Speculator:
         self.draft_model = draft_model
         self.plain = PlainCost()
         self.lookup_governor = Governor(self.plain)
-        self.draft_governor = Governor(self.plain)
+        # a draft model must win clearly: switching it back on costs a catch-up, and its gain is never large here
+        self.draft_governor = Governor(self.plain, margin=0.9)
 
     @property
     def governors(self) -> tuple[Governor, ...]:
@@ -351,8 +350,6 @@ class SpeculativeSteps:
         if drafted and self._drafted_by is not None:
             self.counts.drafted += drafted
             self.counts.accepted += accepted
-            if self._drafted_by is self.spec.draft_governor:
-                seconds -= self.spec.draft_model.catch_up_seconds
             self._drafted_by.drafted_step(seconds, emitted)
         else:
             self.spec.plain.add(seconds)

@@ -45,7 +45,7 @@ def reply(
         list(rt.load(path, settings))
         if always:
             for gov in rt.speculator.governors:
-                gov.MARGIN, gov.HOPELESS = 0.0, float("inf")
+                gov.margin, gov.HOPELESS = 0.0, float("inf")
         return next(e for e in rt.complete(prompt, sampling) if isinstance(e, ReplyDone))
     finally:
         rt.close()
