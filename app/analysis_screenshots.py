@@ -23,15 +23,14 @@ CONTEXT = (
 
 
 def render_embeddings(out_dir: Path, token: str = " king") -> Path:
-    from PySide6.QtWidgets import QApplication
-
+    from app.screenshots import qt_app
     from app.visualizers.embeddings import EmbeddingsView
     from engine.events import ModelLoaded
     from engine.host import EngineHost
     from engine.library import Library
     from engine.settings import LoadSettings
 
-    app = QApplication.instance() or QApplication([])
+    app = qt_app()
     starter = Library().ensure_starter().file
     with EngineHost() as host:
         loaded = [e for e in host.load(starter, LoadSettings(n_ctx=1024)) if isinstance(e, ModelLoaded)]
@@ -60,12 +59,11 @@ def render_embeddings(out_dir: Path, token: str = " king") -> Path:
 
 
 def render_eval_context(out_dir: Path, report_path: Path) -> Path:
-    from PySide6.QtWidgets import QApplication
-
     from app.eval_context_dialog import ContextEvalDialog
+    from app.screenshots import qt_app
     from engine.settings import LoadSettings
 
-    app = QApplication.instance() or QApplication([])
+    app = qt_app()
     report = json.loads(report_path.read_text())
     stretched = report["runs"][-1]["rope"]
     dialog = ContextEvalDialog(report["model"], LoadSettings.from_dict(stretched))

@@ -7,10 +7,8 @@ QT_QPA_PLATFORM=offscreen python -m app.screenshot_server [OUT_DIR]   (default a
 
 from __future__ import annotations
 
-import os
 import socket
 import sys
-import tempfile
 import threading
 from pathlib import Path
 
@@ -25,25 +23,15 @@ def _port(preferred: int = 8080) -> int:
 
 
 def render(out_dir: Path) -> Path:
-    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-    os.environ.setdefault("INGLE_HOME", tempfile.mkdtemp(prefix="ingle-shots-"))
-    from PySide6.QtCore import QEventLoop, QTimer
-    from PySide6.QtWidgets import QApplication
+    from PySide6.QtCore import QEventLoop
 
-    app = QApplication.instance() or QApplication(sys.argv)
+    from app.screenshots import start_window
+
+    app, window = start_window("shots.sqlite3")
     import ollama
     import openai
 
-    from app.main import MainWindow
-    from engine.conversations import ConversationStore
     from engine.settings import SamplingSettings
-
-    def wait(signal, ms: int = 300_000) -> None:
-        loop = QEventLoop()
-        signal.connect(loop.quit)
-        QTimer.singleShot(ms, loop.quit)
-        loop.exec()
-        signal.disconnect(loop.quit)
 
     def off_gui_thread(work) -> None:  # the server's engine calls need the GUI thread's event loop running
         thread = threading.Thread(target=work, daemon=True)
@@ -51,11 +39,6 @@ def render(out_dir: Path) -> Path:
         while thread.is_alive():
             app.processEvents(QEventLoop.AllEvents, 50)
 
-    store = ConversationStore(Path(os.environ["INGLE_HOME"]) / "shots.sqlite3")
-    window = MainWindow(store=store)
-    window.resize(1400, 860)
-    window.show()
-    wait(window.model_ready)
     panel = window.server_panel
     window.server_dock.show()
     panel.port.setValue(_port())

@@ -19,31 +19,64 @@ PROMPTS = (  # a real session on the starter with its bundled chat adapter: ever
 )
 
 
+def qt_app():
+    """The QApplication (offscreen unless QT_QPA_PLATFORM says otherwise), made once."""
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    from PySide6.QtWidgets import QApplication
+
+    return QApplication.instance() or QApplication(sys.argv)
+
+
+def session_env() -> None:
+    """Offscreen, on a fresh INGLE_HOME (a temp folder) unless one is set: a session as a new user has it."""
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    os.environ.setdefault("INGLE_HOME", tempfile.mkdtemp(prefix="ingle-shots-"))
+
+
+def wait(signal=None, ms: int = 300_000) -> None:
+    """Run the event loop until `signal` fires (None: for `ms`), at most `ms` milliseconds."""
+    from PySide6.QtCore import QEventLoop, QTimer
+
+    loop = QEventLoop()
+    if signal is not None:
+        signal.connect(loop.quit)
+    QTimer.singleShot(ms, loop.quit)
+    loop.exec()
+    if signal is not None:
+        signal.disconnect(loop.quit)
+
+
+def until(check, limit: float = 1800) -> None:
+    """Run the event loop until `check()` is true, at most `limit` seconds."""
+    started = time.monotonic()
+    while not check() and time.monotonic() - started < limit:
+        wait(ms=200)
+
+
+def start_window(db_name: str, model: str | None = None, size: tuple[int, int] = (1400, 860),
+                 ms: int = 300_000):  # fmt: skip
+    """A real session: the main window on `db_name` in INGLE_HOME, shown at `size`, its engine child loaded
+    (`model` None: the starter with its chat adapter, as a first start gives a new user). (QApplication, window)"""
+    session_env()
+    app = qt_app()
+    from app.main import MainWindow
+    from engine.conversations import ConversationStore
+
+    store = ConversationStore(Path(os.environ["INGLE_HOME"]) / db_name)
+    window = MainWindow(store=store) if model is None else MainWindow(store=store, model=model)
+    window.resize(*size)
+    window.show()
+    app.processEvents()
+    wait(window.model_ready, ms)
+    return app, window
+
+
 def render(out_dir: Path) -> list[Path]:
     """The main window in a real session: the starter (with its chat adapter) loaded in the engine child, real
     prompts sent, real replies and figures in the status bar; light, dark and the sampling panel."""
-    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-    os.environ.setdefault("INGLE_HOME", tempfile.mkdtemp(prefix="ingle-shots-"))
-    from PySide6.QtCore import QEventLoop, QTimer
-    from PySide6.QtWidgets import QApplication
-
-    app = QApplication.instance() or QApplication(sys.argv)
-    from app.main import MainWindow
-    from engine.conversations import ConversationStore
+    app, window = start_window("shots.sqlite3")  # first start: the starter and its adapter, as a new user has
     from engine.settings import SamplingSettings
 
-    def wait(signal, ms: int = 300_000) -> None:
-        loop = QEventLoop()
-        signal.connect(loop.quit)
-        QTimer.singleShot(ms, loop.quit)
-        loop.exec()
-        signal.disconnect(loop.quit)
-
-    store = ConversationStore(Path(os.environ["INGLE_HOME"]) / "shots.sqlite3")
-    window = MainWindow(store=store)  # first start: the starter and its adapter, as a new user gets them
-    window.resize(1400, 860)
-    window.show()
-    wait(window.model_ready)
     greedy = SamplingSettings(temperature=0, max_tokens=96)
     for turns in PROMPTS:
         window.new_chat()
@@ -71,33 +104,12 @@ def render(out_dir: Path) -> list[Path]:
 
 def render_visualizers(out_dir: Path) -> list[Path]:
     """A real reply from the starter model (engine child), a draft being typed, then each visualizer's dock."""
-    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-    os.environ.setdefault("INGLE_HOME", tempfile.mkdtemp(prefix="ingle-shots-"))
-    from PySide6.QtCore import QEventLoop, QTimer
-    from PySide6.QtWidgets import QApplication
-
-    qapp = QApplication.instance() or QApplication(sys.argv)
-    from app.main import MainWindow
-    from engine.conversations import ConversationStore
+    session_env()
     from engine.library import Library
     from engine.settings import SamplingSettings
 
-    def wait(signal=None, ms: int = 60_000) -> None:
-        loop = QEventLoop()
-        if signal is not None:
-            signal.connect(loop.quit)
-        QTimer.singleShot(ms, loop.quit)
-        loop.exec()
-        if signal is not None:
-            signal.disconnect(loop.quit)
-
     model = Library().ensure_starter().file
-    store = ConversationStore(Path(os.environ["INGLE_HOME"]) / "visualizers.sqlite3")
-    window = MainWindow(store=store, model=str(model))
-    window.resize(1400, 1100)
-    window.show()
-    qapp.processEvents()
-    wait(window.model_ready)
+    _qapp, window = start_window("visualizers.sqlite3", str(model), (1400, 1100), ms=60_000)
     for key in window.inspector.docks:
         window.inspector.show(key)
     window.new_chat()
@@ -105,7 +117,7 @@ def render_visualizers(out_dir: Path) -> list[Path]:
     window.store.set_settings(window.conversation, settings)
     window.sampling_panel.set_settings(settings)
     window.send("Write one sentence about the sea.")
-    wait(window.reply_finished)
+    wait(window.reply_finished, 60_000)
     window.composer.setPlainText("And one about mountains, please.")
     wait(ms=1500)
     probs = window.inspector.probabilities
@@ -138,23 +150,10 @@ def render_visualizers(out_dir: Path) -> list[Path]:
 def render_wizard(out_dir: Path) -> list[Path]:
     """The whole wizard on the starter model and the bundled sample (Quick preset): each step's PNG, the time
     it took and the replies of base and adapted model, printed. Trains for real: minutes on a 2-core CPU."""
-    import time
-
-    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-    os.environ.setdefault("INGLE_HOME", tempfile.mkdtemp(prefix="ingle-shots-"))
-    from PySide6.QtCore import QEventLoop, QTimer
-    from PySide6.QtWidgets import QApplication
-
-    qapp = QApplication.instance() or QApplication(sys.argv)
+    session_env()
+    qapp = qt_app()
     from app.wizard import FineTuneWizard
     from engine.library import Library
-
-    def until(check, limit: float = 1800) -> None:
-        started = time.monotonic()
-        while not check() and time.monotonic() - started < limit:
-            loop = QEventLoop()
-            QTimer.singleShot(200, loop.quit)
-            loop.exec()
 
     library = Library()
     library.ensure_starter()
