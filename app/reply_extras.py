@@ -100,8 +100,7 @@ class ReplyExtras:
                 f"The reply's sources and tool calls could not be saved: {err}", 8000
             )
             return
-        if extras.calls:
-            self.render_conversation()  # the transcript shows the calls under the reply
+        self.render_conversation()  # the transcript shows the calls under the reply, and its sources link
 
     def show_reply_extras(self, mid: int | None = None, tab: str = "") -> None:
         """Reply `mid`'s sources in the Documents tab and its calls in the Tools tab (None: the open

@@ -255,6 +255,28 @@ def test_documents_and_tools_in_one_turn_stored_and_shown_again(qtbot, tmp_path,
     again.close()
 
 
+def test_a_reply_with_documents_links_its_sources_at_once(qtbot, tmp_path, fresh_home, tiny_model):
+    """A reply that used documents (no tools) shows its "sources" link as soon as it ends, not only when the
+    conversation is opened again."""
+    from test_chat_window import TINY_EOG, new_chat, open_window
+
+    from engine.runtime import Runtime
+
+    (tmp_path / "garden.md").write_text("# Garden\n\nSlugs eat lettuce at night; beer traps catch them.\n")
+    window = open_window(qtbot, tmp_path / "chats.sqlite3", tiny_model)
+    new_chat(window, max_tokens=8, seed=1, logit_bias=TINY_EOG)
+    panel = window.docs_panel
+    panel.model, panel.engine_factory = str(tiny_model), Runtime
+    with qtbot.waitSignal(panel.indexed, timeout=240_000):
+        panel.attach([str(tmp_path / "garden.md")])
+    assert "source" not in window.view.toPlainText()
+    with qtbot.waitSignal(window.reply_finished, timeout=300_000) as done:
+        assert window.send("What eats lettuce?")
+    assert len(window.store.message(done.args[0]).sources) == 1
+    assert "1 source" in window.view.toPlainText()
+    window.close()
+
+
 def test_an_imported_source_opens_only_its_stored_passage(qtbot, tmp_path, fresh_home):
     """A conversation file names any path its author likes: a source whose file is not in the document index
     shows the stored passage, and the file is not read."""
