@@ -14,6 +14,7 @@ from PySide6.QtWidgets import (
     QLabel,
     QPlainTextEdit,
     QPushButton,
+    QSizePolicy,
     QToolButton,
     QVBoxLayout,
     QWidget,
@@ -106,6 +107,8 @@ class ToolCallCard(QFrame):
         layout.addWidget(self.arguments)
         self.toggle = QToolButton(text="Result", checkable=True, arrowType=Qt.RightArrow)
         self.toggle.setToolButtonStyle(Qt.ToolButtonTextBesideIcon)
+        # a long first line must not widen the side panel: the button takes the card's width, not its text's
+        self.toggle.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Fixed)
         self.toggle.setEnabled(False)
         self.toggle.toggled.connect(self._toggled)
         layout.addWidget(self.toggle)
@@ -122,8 +125,9 @@ class ToolCallCard(QFrame):
         self.header.setText(f"Tool {_esc(self.call.name)} <span style='color:gray'>({_esc(self.server)})</span> — "
                             f"<span style='color:{color}'>{state}</span>")  # fmt: skip
         self.result.setPlainText(text)
-        first = text.strip().split("\n")[0][:80]  # splitlines() would also cut at a control character
-        self.toggle.setText(f"Result: {first}")
+        first = text.strip().split("\n")[0]  # splitlines() would also cut at a control character
+        self.toggle.setText(f"Result: {first[:48]}…" if len(first) > 48 else f"Result: {first}")
+        self.toggle.setToolTip(first[:500])
         self.toggle.setEnabled(True)
 
     def _toggled(self, shown: bool) -> None:

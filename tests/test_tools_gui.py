@@ -65,6 +65,21 @@ def test_call_card_keeps_the_result_collapsed(qtbot):
     card.grab().save("/tmp/h-mcp-card.png")
 
 
+def test_a_long_result_does_not_widen_the_call_card(qtbot):
+    """The result's first line is cut on the toggle (whole in its tooltip and behind it): a narrow side panel
+    stays narrow."""
+    card = ToolCallCard(CALL, "time")
+    qtbot.addWidget(card)
+    short_width = card.minimumSizeHint().width()
+    line = "Error executing tool convert_time: Invalid time format. Expected HH:MM [24-hour format] " * 3
+    card.finish(True, line + "\nsecond line", True)
+    assert card.toggle.text().endswith("…") and len(card.toggle.text()) < 60
+    assert card.toggle.toolTip() == line  # the whole first line
+    assert card.minimumSizeHint().width() <= max(short_width, 320)
+    card.toggle.click()
+    assert "second line" in card.result.toPlainText()
+
+
 def test_tools_panel_lists_real_tools_and_enables_per_conversation(qtbot, fresh_home):
     panel = ToolsPanel()
     qtbot.addWidget(panel)
