@@ -63,8 +63,13 @@ class ReplyExtras:
 
     def extras_event(self, ev) -> bool:
         """Take a turn's sources or tool-call event; True when it was one (not a ChatSession event)."""
-        from engine.tool_loop import ToolCallFinished, ToolCallStarted
+        from engine.tool_loop import ToolCallCut, ToolCallFinished, ToolCallStarted
 
+        if isinstance(ev, ToolCallCut):  # the reply's text stays; the user learns why no tool ran
+            message = ev.message("Max tokens (Sampling tab)")
+            self.tools_panel.status.setText(message)
+            self.statusBar().showMessage(message, 20_000)
+            return True
         if isinstance(ev, SourcesRetrieved):
             self.docs_panel.set_sources(list(ev.hits))
             self.inspector.show_sources(ev)

@@ -303,27 +303,32 @@ def open_tools_for(args, engine, use_chat: bool):
 
 def run_with_tools(args, engine, tools, prompt: str, sampling, policy) -> None:
     """`run --mcp`: the reply with its calls (shown on stderr as they happen), or all of it as --json."""
-    from engine.tool_loop import ToolCallFinished, call_record, reply_with_tools
+    from engine.tool_loop import ToolCallCut, ToolCallFinished, call_record, reply_with_tools
     from engine.tools_cli import approver, show_call
 
     history = ([Message("system", args.system)] if args.system else []) + [Message("user", prompt)]
     events = reply_with_tools(engine, history, tools, args.tool_choice, approver(args), sampling, policy,
                               args.max_tool_calls)  # fmt: skip
     calls: list[dict] = []
-    done = None
+    done = cut = None
     for event in events:
         if isinstance(event, Token) and not args.json:
             sys.stdout.write(event.text)
             sys.stdout.flush()
         elif isinstance(event, ToolCallFinished):
             calls.append(call_record(event))
+        elif isinstance(event, ToolCallCut):
+            cut = event
         elif isinstance(event, ReplyDone):
             done = event
         if not isinstance(event, (Token, ReplyDone)):
             show_call(event, quiet=False)
     reply = history[-1].content if history and history[-1].role == "assistant" else ""
     if args.json:
-        print(json.dumps({"tool_calls": calls, "reply": reply}, indent=2, ensure_ascii=False))
+        out = {"tool_calls": calls, "reply": reply}
+        if cut is not None:  # a call the reply began but could not finish
+            out["tool_call_cut"] = {"text": cut.text, "message": cut.message("-n (--max-tokens)")}
+        print(json.dumps(out, indent=2, ensure_ascii=False))
     else:
         sys.stdout.write("\n")
     if args.stats and done:

@@ -150,10 +150,13 @@ class ReplyDone:
 
 @dataclass(frozen=True)
 class ToolCallsMade:
-    """The reply of a chat with tools, split: its text and the calls it made (comes just before ReplyDone)."""
+    """The reply of a chat with tools, split: its text and the calls it made (comes just before ReplyDone).
+    `cut`: the end of `content` where a call began but the reply ran out of tokens or context before the call
+    was complete (no tool runs; the text stays in `content`)."""
 
     content: str
     calls: tuple[ToolCall, ...]
+    cut: str = ""
 
 
 @dataclass(frozen=True)

@@ -103,7 +103,10 @@ def split_calls(events: Iterator[Event], tools: ToolSet | None, style: CallStyle
                 parsed = parse_reply(event.text, tools, style)
                 yield ToolCallsMade(parsed.content, parsed.calls)
             else:  # cut off (length, cancel): whatever was written is text, a half call included
-                yield ToolCallsMade(event.text, ())
+                ran_out = event.stats.stop_reason in (StopReason.MAX_TOKENS, StopReason.CONTEXT_FULL)
+                # a call had begun: its marker was written, or the grammar forced one from the first token
+                start = held.shown if held.found else 0 if tools.forced else len(event.text)
+                yield ToolCallsMade(event.text, (), event.text[start:].strip() if ran_out else "")
         yield event
 
 

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import Enum
 
-from engine.events import Event, Message, ReplyDone, ToolCall, ToolCallsMade
+from engine.events import Event, Message, ReplyDone, StopReason, ToolCall, ToolCallsMade
 from engine.mcp_client import McpClient, ToolResult
 from engine.settings import OverflowPolicy, SamplingSettings
 from engine.tools import ToolSet
@@ -43,7 +43,22 @@ class ToolCallFinished:
     result: ToolResult
 
 
-LoopEvent = Event | ToolCallStarted | ToolCallFinished
+@dataclass(frozen=True)
+class ToolCallCut:
+    """The model began a call but its reply ran out of tokens (or context) first: no tool ran."""
+
+    text: str  # the call as far as it was written
+    reason: StopReason
+
+    def message(self, setting: str = "Max tokens") -> str:
+        what = "the reply's token limit" if self.reason is StopReason.MAX_TOKENS else "the end of the context"
+        return (
+            f"The model's tool call was cut off by {what} before it was complete, so no tool ran. "
+            f"Raise {setting} (or start a new chat) and ask again."
+        )
+
+
+LoopEvent = Event | ToolCallStarted | ToolCallFinished | ToolCallCut
 
 
 class Approver:
@@ -106,6 +121,8 @@ def reply_with_tools(
         if made is None or not made.calls:
             if done is not None:
                 history.append(Message("assistant", made.content if made else done.text))
+                if made is not None and made.cut:
+                    yield ToolCallCut(made.cut, done.stats.stop_reason)
             return
         history.append(Message("assistant", made.content, tool_calls=made.calls))
         for call in made.calls:

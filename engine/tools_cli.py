@@ -11,7 +11,15 @@ from engine.errors import SettingsError
 from engine.events import ToolCall
 from engine.mcp_client import McpClient, ServerSpec, add_server, load_servers, pick_servers, remove_server
 from engine.text import printable
-from engine.tool_loop import NO_TERMINAL, Approval, Approver, ToolCallFinished, ToolCallStarted, allow_all
+from engine.tool_loop import (
+    NO_TERMINAL,
+    Approval,
+    Approver,
+    ToolCallCut,
+    ToolCallFinished,
+    ToolCallStarted,
+    allow_all,
+)
 
 
 def cmd_tools(args) -> int:
@@ -189,6 +197,8 @@ def show_call(event, quiet: bool = False) -> None:
         return
     if isinstance(event, ToolCallStarted):
         print(f"\n[tool {printable(event.call.name)} {printable(event.call.arguments)}]", file=sys.stderr)
+    elif isinstance(event, ToolCallCut):
+        print(f"\n[{event.message('-n (--max-tokens)')}]", file=sys.stderr)
     elif isinstance(event, ToolCallFinished):
         first = event.result.text.strip().splitlines()[:1]
         more = " …" if len(event.result.text.strip().splitlines()) > 1 else ""

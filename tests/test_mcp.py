@@ -199,6 +199,24 @@ def test_loop_denied_call_tells_the_model(tiny_rt, echo_client):
     assert history[2].role == "tool" and history[2].content == DENIED
 
 
+def test_a_call_cut_off_by_the_token_limit_says_so(tiny_rt, echo_client):
+    """A forced call that runs out of tokens is no call: no tool runs, the text is kept, and the loop says why."""
+    from engine.events import StopReason, ToolCallsMade
+    from engine.tool_loop import ToolCallCut
+
+    history = [Message("user", "say something")]
+    ran = []
+    events = list(reply_with_tools(tiny_rt, history, echo_client, "required", lambda c, s: ran.append(c) or True,
+                                   SamplingSettings(max_tokens=4, seed=1)))  # fmt: skip
+    assert not ran and not [e for e in events if isinstance(e, (ToolCallStarted, ToolCallFinished))]
+    made = next(e for e in events if isinstance(e, ToolCallsMade))
+    (cut,) = [e for e in events if isinstance(e, ToolCallCut)]
+    assert made.cut and made.content.endswith(made.cut) and cut.text == made.cut
+    assert cut.reason is StopReason.MAX_TOKENS
+    assert "cut off by the reply's token limit" in cut.message() and "Raise Max tokens" in cut.message()
+    assert history[-1].role == "assistant" and history[-1].content == made.content  # nothing lost
+
+
 # ------------------------------------------------------------------------------------------ CLI
 def test_cli_tools_add_list_rm(tmp_path):
     home = tmp_path / "home"
@@ -227,7 +245,13 @@ def test_cli_denies_calls_without_a_terminal(tmp_path, tiny_model):
     out = json.loads(result.stdout)
     (call,) = out["tool_calls"]
     assert call["approved"] is False and "no terminal" in call["result"] and "--allow-tools" in call["result"]
-    assert "reply" in out
+    assert "reply" in out and "tool_call_cut" not in out
+    cut = ingle("run", tiny_model, "hello", "--chat", "--mcp", "t", "--tool-choice", "required", "--json",
+                "-n", "4", "-c", "2048", "--seed", "1", home=home)  # fmt: skip
+    assert cut.returncode == 0, cut.stderr
+    out = json.loads(cut.stdout)
+    assert out["tool_calls"] == [] and out["tool_call_cut"]["text"]
+    assert "Raise -n (--max-tokens)" in out["tool_call_cut"]["message"] and "no tool ran" in cut.stderr
 
 
 def test_starter_makes_a_valid_call_under_the_grammar(starter_model):

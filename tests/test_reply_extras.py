@@ -293,3 +293,24 @@ def test_an_imported_source_opens_only_its_stored_passage(qtbot, tmp_path, fresh
     qtbot.addWidget(dialog)
     shown = dialog.view.toPlainText()
     assert "Slugs eat lettuce." in shown and "1234" not in shown and "not in your document index" in shown
+
+
+def test_a_tool_call_cut_off_by_max_tokens_is_explained(qtbot, tmp_path, fresh_home, tiny_model):
+    """A forced call that runs out of tokens: no tool runs, no dialog asks, the half call stays in the reply, and
+    the Tools tab and status bar say why and what to change."""
+    from test_chat_window import new_chat, open_window
+
+    from engine.mcp_client import ServerSpec, add_server
+
+    add_server(ServerSpec("t", sys.executable, (str(SERVER),), {"INGLE_TEST_TOOLS": "echo"}))
+    window = open_window(qtbot, tmp_path / "chats.sqlite3", tiny_model)
+    new_chat(window, max_tokens=4, seed=1)
+    window.tools_panel.server_item("t").setCheckState(0, Qt.Checked)
+    window.tools_panel.choice.setCurrentText("required")
+    with qtbot.waitSignal(window.reply_finished, timeout=300_000) as done:
+        assert window.send("say something")
+    reply = window.store.message(done.args[0])
+    assert reply.content and reply.tool_calls == ()
+    for shown in (window.tools_panel.status.text(), window.statusBar().currentMessage()):
+        assert "tool call was cut off by the reply's token limit" in shown and "Raise Max tokens" in shown
+    window.close()
