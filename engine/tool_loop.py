@@ -51,11 +51,15 @@ class ToolCallCut:
     reason: StopReason
 
     def message(self, setting: str = "Max tokens") -> str:
-        what = "the reply's token limit" if self.reason is StopReason.MAX_TOKENS else "the end of the context"
-        return (
-            f"The model's tool call was cut off by {what} before it was complete, so no tool ran. "
-            f"Raise {setting} (or start a new chat) and ask again."
-        )
+        """What happened and what to change; `setting`: the name of the token limit where it is shown."""
+        if self.reason is StopReason.MAX_TOKENS:
+            what, fix = "the reply's token limit", f"Raise {setting} and ask again."
+        else:
+            what, fix = (
+                "the end of the context",
+                "Start a new chat or load with a longer context, and ask again.",
+            )
+        return f"The model's tool call was cut off by {what} before it was complete, so no tool ran. {fix}"
 
 
 LoopEvent = Event | ToolCallStarted | ToolCallFinished | ToolCallCut

@@ -214,6 +214,8 @@ def test_a_call_cut_off_by_the_token_limit_says_so(tiny_rt, echo_client):
     assert made.cut and made.content.endswith(made.cut) and cut.text == made.cut
     assert cut.reason is StopReason.MAX_TOKENS
     assert "cut off by the reply's token limit" in cut.message() and "Raise Max tokens" in cut.message()
+    full = ToolCallCut(cut.text, StopReason.CONTEXT_FULL).message()
+    assert "the end of the context" in full and "longer context" in full and "Raise" not in full
     assert history[-1].role == "assistant" and history[-1].content == made.content  # nothing lost
 
 
