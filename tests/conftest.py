@@ -20,6 +20,13 @@ from gguf_factory import corrupt_variants, write_tiny_llama  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 
 
+def pytest_unconfigure(config) -> None:
+    """The session's Ingle home (the starter model's copy, indexes, logs: ~300 MB) goes with the session."""
+    import shutil
+
+    shutil.rmtree(_SESSION_HOME, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def models_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("models")
