@@ -106,7 +106,8 @@ def test_cancel_then_download_again_and_pause_resume(qtbot, window, fake_hub):
     qtbot.waitUntil(_job_state(window, State.DONE), timeout=120_000)
     requests = fake_hub.file_requests("tiny-llama.Q8_0.gguf")
     assert [r.range for r in requests] == [None, None, f"bytes={kept}-"]
-    assert window.lib_table.rowCount() == 1
+    # the job is done in its worker thread first; the Library tab refreshes when the GUI thread hears of it
+    qtbot.waitUntil(lambda: window.lib_table.rowCount() == 1, timeout=30_000)
 
 
 def test_errors_show_in_the_window(qtbot, window, fake_hub):
