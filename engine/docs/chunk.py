@@ -24,12 +24,16 @@ class Chunk:
 
     @property
     def where(self) -> str:
-        """'p. 3', 'lines 10-24' or ''."""
-        if self.page is not None:
-            return f"p. {self.page}"
-        if self.line_start is not None:
-            return f"lines {self.line_start}-{self.line_end}"
-        return ""
+        return location(self.page, self.line_start, self.line_end)
+
+
+def location(page: int | None, line_start: int | None, line_end: int | None) -> str:
+    """Where a passage is in its file: 'p. 3', 'lines 10-24' or ''."""
+    if page is not None:
+        return f"p. {page}"
+    if line_start is not None:
+        return f"lines {line_start}-{line_end}"
+    return ""
 
 
 def chunk_blocks(

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from engine.docs.chunk import location
 from engine.docs.store import DocStore
 
 RRF_K = 60  # the constant of Cormack et al.; it damps the weight of the very first ranks
@@ -27,11 +28,7 @@ class Hit:
 
     @property
     def where(self) -> str:
-        if self.page is not None:
-            return f"p. {self.page}"
-        if self.line_start is not None:
-            return f"lines {self.line_start}-{self.line_end}"
-        return ""
+        return location(self.page, self.line_start, self.line_end)
 
     def to_dict(self) -> dict:
         d = asdict(self)

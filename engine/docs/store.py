@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.docs.chunk import Chunk
+from engine.docs.chunk import Chunk, location
 from engine.errors import DocsError
 from engine.text import printable
 
@@ -47,7 +47,7 @@ class StoredChunk:
 
     @property
     def where(self) -> str:
-        return Chunk(self.text, self.tokens, self.page, self.line_start, self.line_end).where
+        return location(self.page, self.line_start, self.line_end)
 
 
 @dataclass(frozen=True)
