@@ -65,3 +65,12 @@ def context_params(settings: LoadSettings, n_ctx_train: int = 0):
     params.yarn_orig_ctx = settings.yarn_orig_ctx
     params.no_perf = True
     return params
+
+
+def free_context(ctx, batch) -> None:
+    """Free a llama_context and the llama_batch made for it (either may be None); the caller drops its
+    references."""
+    if batch is not None:
+        llama_cpp.llama_batch_free(batch)
+    if ctx:
+        llama_cpp.llama_free(ctx)

@@ -41,7 +41,7 @@ from engine.events import (
 from engine.gguf_info import ModelInfo, inspect_gguf
 from engine.hardware import Hardware, current
 from engine.kv import parse_kv_report
-from engine.llama_params import context_params, model_params
+from engine.llama_params import context_params, free_context, model_params
 from engine.overflow import drop_oldest, fit_prompt, system_tokens
 from engine.runtime_services import RuntimeServices
 from engine.sampling import SamplerChain
@@ -260,12 +260,8 @@ class Runtime(RuntimeServices):
         if self.speculator is not None:
             self.speculator.close()
             self.speculator = None
-        if self._batch is not None:
-            llama_cpp.llama_batch_free(self._batch)
-            self._batch = None
-        if self.ctx:
-            llama_cpp.llama_free(self.ctx)
-            self.ctx = None
+        free_context(self.ctx, self._batch)
+        self.ctx = self._batch = None
         for handle in self._adapters:
             llama_cpp.llama_adapter_lora_free(handle)
         self._adapters = []

@@ -24,7 +24,7 @@ import numpy as np
 from engine.errors import EngineError, SettingsError
 from engine.events import Event, Message, PromptEvaluated, ReplyDone, ReplyStats, StopReason, Token
 from engine.interface import MAX_SLOTS, SlotState
-from engine.llama_params import context_params
+from engine.llama_params import context_params, free_context
 from engine.overflow import fit_prompt
 from engine.preview import token_logprobs
 from engine.sampling import SamplerChain
@@ -218,12 +218,8 @@ class SlotPool:
         self._waiting.clear()
         for s in self._slots:
             s.request = None
-        if self._batch is not None:
-            llama_cpp.llama_batch_free(self._batch)
-            self._batch = None
-        if self.ctx:
-            llama_cpp.llama_free(self.ctx)
-            self.ctx = None
+        free_context(self.ctx, self._batch)
+        self.ctx = self._batch = None
 
     # ------------------------------------------------------------ the decode thread
     def _loop(self) -> None:

@@ -21,7 +21,7 @@ import llama_cpp
 import numpy as np
 
 from engine.errors import ContextFullError, EngineError, ModelFileError
-from engine.llama_params import context_params, model_params
+from engine.llama_params import context_params, free_context, model_params
 from engine.settings import LoadSettings
 from engine.text import printable
 from engine.textstream import common_prefix
@@ -173,12 +173,8 @@ class DraftModel:
         return 1.0 / float(np.exp(logits - top, dtype=np.float32).sum()) < DraftModel.P_MIN
 
     def close(self) -> None:
-        if self._batch is not None:
-            llama_cpp.llama_batch_free(self._batch)
-            self._batch = None
-        if self.ctx:
-            llama_cpp.llama_free(self.ctx)
-            self.ctx = None
+        free_context(self.ctx, self._batch)
+        self.ctx = self._batch = None
         if self.model:
             llama_cpp.llama_model_free(self.model)
             self.model = None
