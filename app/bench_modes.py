@@ -69,7 +69,7 @@ def parse_modes(text: str) -> tuple[str, ...]:
 
 
 # Words whose " word" form is one token in most vocabularies; the prompt is built from them.
-_WORDS = (
+WORDS = (
     "the quick brown fox jumps over a lazy dog while seven old men watch from the river bank and talk about "
     "rain wind snow sun light time day night water house tree stone road city field bird fish horse "
     "green blue red white black small great long short new first last good high little own other"
@@ -119,7 +119,7 @@ def exact_prompt(tokenize: Callable[[str], list[int]], n_tokens: int) -> tuple[s
     i = 0
     text, tokens = "", tokenize("")
     while len(tokens) < n_tokens:
-        words.append(_WORDS[i % len(_WORDS)])
+        words.append(WORDS[i % len(WORDS)])
         i += 1
         text = " ".join(words)
         tokens = tokenize(text)

@@ -28,16 +28,11 @@ from pathlib import Path
 
 import httpx
 
+from app.bench_modes import WORDS  # one token each in most vocabularies
 from engine.errors import EngineError, SettingsError
 from engine.text import printable
 
 INGLE, LLAMA = "ingle", "llama-server"
-# Words whose " word" form is one token in most vocabularies (as app/bench_modes.py builds its prompt).
-_WORDS = (
-    "the quick brown fox jumps over a lazy dog while seven old men watch from the river bank and talk about "
-    "rain wind snow sun light time day night water house tree stone road city field bird fish horse "
-    "green blue red white black small great long short new first last good high little own other"
-).split()
 
 
 @dataclass(frozen=True)
@@ -86,7 +81,7 @@ def check_llama_server(path: str) -> Path:
 
 def prompt(i: int, words: int) -> str:
     """Prompt i: a different first word and rotation per request, so no server answers it from its cache."""
-    body = " ".join(_WORDS[(i * 7 + k) % len(_WORDS)] for k in range(words))
+    body = " ".join(WORDS[(i * 7 + k) % len(WORDS)] for k in range(words))
     return f"Request {i}: {body}"
 
 
