@@ -7,24 +7,15 @@ import os
 import re
 import time
 
-from app.main import MainWindow
+from test_chat_window import open_window
+
 from app.reopen import ReopenSettings
-from engine.conversations import ConversationStore
 from engine.events import PromptEvaluated
 from engine.kv_store import StateFolder
 from engine.settings import SamplingSettings
 
 LOAD_TIMEOUT = 300_000
 SHORT = SamplingSettings(temperature=0.0, max_tokens=6, logit_bias=((2, -100.0), (4, -100.0)))
-
-
-def _open(qtbot, db, model) -> MainWindow:
-    window = MainWindow(store=ConversationStore(db), model=model)
-    qtbot.addWidget(window)
-    window.show()
-    with qtbot.waitSignal(window.model_ready, timeout=LOAD_TIMEOUT):
-        pass
-    return window
 
 
 def _chat(qtbot, window, text: str) -> int:
@@ -39,7 +30,7 @@ def _chat(qtbot, window, text: str) -> int:
 
 def test_switching_and_closing_save_and_a_restart_reuses_the_cache(qtbot, fresh_home, tiny_model, tmp_path):
     db = tmp_path / "chats.sqlite3"
-    window = _open(qtbot, db, tiny_model)
+    window = open_window(qtbot, db, tiny_model)
     folder = window.reopen.folder
     first = _chat(qtbot, window, "Tell me a long story about cats, the moon and a small red boat.")
     timing = window.inspector.timing  # the Timing view says how many threads the reply ran on, and why
@@ -54,7 +45,7 @@ def test_switching_and_closing_save_and_a_restart_reuses_the_cache(qtbot, fresh_
     assert time.monotonic() - started < 30
     assert folder.path_for(second).exists()
 
-    reopened = _open(qtbot, db, tiny_model)  # a new engine child: only the saved files carry over
+    reopened = open_window(qtbot, db, tiny_model)  # a new engine child: only the saved files carry over
     evaluated: list[PromptEvaluated] = []
     reopened.bridge.event.connect(lambda ev: isinstance(ev, PromptEvaluated) and evaluated.append(ev))
     reopened.open_conversation(first)

@@ -15,6 +15,7 @@ import openai
 import pytest
 from PySide6.QtCore import QSettings
 from PySide6.QtGui import QGuiApplication
+from test_chat_window import open_window
 
 from app.main import MainWindow
 from app.server_panel import ServerPanel, curl_example
@@ -79,11 +80,7 @@ def port_is_free(port: int) -> bool:
 
 @pytest.fixture
 def window(qtbot, tmp_path, tiny_model):
-    w = MainWindow(store=ConversationStore(tmp_path / "chats.sqlite3"), model=tiny_model)
-    qtbot.addWidget(w)
-    w.show()
-    with qtbot.waitSignal(w.model_ready, timeout=LOAD_TIMEOUT):
-        pass
+    w = open_window(qtbot, tmp_path / "chats.sqlite3", tiny_model)
     yield w
     w.close()
 
@@ -293,11 +290,7 @@ def test_the_gui_process_never_loads_llama_cpp_for_the_server():
 
 
 def test_closing_the_window_stops_the_server_and_frees_the_port(qtbot, tmp_path, tiny_model):
-    w = MainWindow(store=ConversationStore(tmp_path / "chats.sqlite3"), model=tiny_model)
-    qtbot.addWidget(w)
-    w.show()
-    with qtbot.waitSignal(w.model_ready, timeout=LOAD_TIMEOUT):
-        pass
+    w = open_window(qtbot, tmp_path / "chats.sqlite3", tiny_model)
     panel = start_panel(qtbot, w)
     port = int(panel.url.text().rsplit(":", 1)[1].split("/")[0])
     assert not port_is_free(port)
