@@ -30,7 +30,6 @@ class Stepper:
             collections.deque()
         )  # token, logits index, cached
         self.pending: int | None = None  # the newest emitted token while it is not in the KV cache
-        self.produced = 0
 
     @property
     def will_decode(self) -> bool:
@@ -44,7 +43,6 @@ class Stepper:
         else:
             token, idx, cached = self._step(self.pending)
         self.pending = None if cached else token
-        self.produced += 1
         if self.steps:
             self.steps.history.append(token)
         return token, idx
@@ -56,12 +54,12 @@ class Stepper:
         room = (
             min(rt.n_ctx - base, rt.n_batch) - 1
         )  # the verify batch is one llama_decode, inside the context
-        draft = steps.propose(rt._cached, newest, self.produced, room) if steps else []
+        draft = steps.propose(rt._cached, newest, room) if steps else []
         if not draft:
             rt._decode([newest], base)
             token = chain.sample(rt.ctx, -1)
             if steps:
-                steps.record(0, 0, 1, time.perf_counter() - started, self.produced)
+                steps.record(0, 0, 1, time.perf_counter() - started)
             return token, -1, False
         rt._decode([newest, *draft], base, all_logits=True)
         out: list[tuple[int, int, bool]] = []
@@ -73,7 +71,7 @@ class Stepper:
                 break
         n_accepted = len(out) - 1
         rt.drop_after(base + 1 + n_accepted)  # rejected drafts leave the KV cache
-        steps.record(len(draft), n_accepted, len(out), time.perf_counter() - started, self.produced)
+        steps.record(len(draft), n_accepted, len(out), time.perf_counter() - started)
         self.queue.extend(out[1:])
         return out[0]
 

@@ -225,10 +225,6 @@ class Governor:
         self.off_until = 0
         self.reset()
 
-    @property
-    def plain_s(self) -> float | None:
-        return self.plain.seconds
-
     def reset(self) -> None:
         """A new reply: its judging window starts empty; a pause from earlier replies goes on."""
         self.switched_off = not self.active()
@@ -239,20 +235,14 @@ class Governor:
     def tick(self, tokens: int) -> None:
         self.clock += tokens
 
-    def active(self, _produced: int | None = None) -> bool:
+    def active(self) -> bool:
         return self.clock >= self.off_until
 
-    def needs_baseline(self) -> bool:
-        return not self.plain.known
-
-    def plain_step(self, seconds: float) -> None:
-        self.plain.add(seconds)
-
-    def drafted_step(self, seconds: float, emitted: int, _produced: int | None = None) -> None:
+    def drafted_step(self, seconds: float, emitted: int) -> None:
         self._seconds += seconds
         self._tokens += emitted
         self._steps += 1
-        plain = self.plain_s
+        plain = self.plain.seconds
         if plain is None:
             return
         per_token = self._seconds / max(1, self._tokens)
@@ -323,7 +313,7 @@ class SpeculativeSteps:
         for gov in spec.governors:
             gov.reset()
 
-    def propose(self, cached: Sequence[int], newest: int, produced: int, room: int) -> list[int]:
+    def propose(self, cached: Sequence[int], newest: int, room: int) -> list[int]:
         """Draft tokens to follow `newest`; [] for a plain step. `room`: free KV cells after `newest`."""
         spec = self.spec
         k = min(spec.max_k, room)
@@ -340,7 +330,7 @@ class SpeculativeSteps:
             return spec.draft_model.draft([*cached, newest], k)
         return []
 
-    def record(self, drafted: int, accepted: int, emitted: int, seconds: float, produced: int) -> None:
+    def record(self, drafted: int, accepted: int, emitted: int, seconds: float) -> None:
         for gov in self.spec.governors:
             gov.tick(emitted)
         if drafted and self._drafted_by is not None:

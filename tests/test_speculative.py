@@ -194,11 +194,11 @@ def test_lookup_continues_a_repeat_loop_periodically():
 
 def test_governor_switches_off_then_probes_again():
     gov = Governor()
-    assert gov.needs_baseline()
-    gov.plain_step(0.010)
-    assert gov.needs_baseline()  # one step is not a baseline yet
-    gov.plain_step(0.500)  # a descheduled step does not make drafting look cheap
-    gov.plain_step(0.010)
+    assert not gov.plain.known
+    gov.plain.add(0.010)
+    assert not gov.plain.known  # one step is not a baseline yet
+    gov.plain.add(0.500)  # a descheduled step does not make drafting look cheap
+    gov.plain.add(0.010)
     for _ in range(Governor.WINDOW):
         assert gov.active()
         gov.drafted_step(0.015, 1)  # 15 ms per token against 10 ms plain
@@ -221,8 +221,8 @@ def test_governor_switches_off_then_probes_again():
 def test_governor_pause_carries_over_to_the_next_reply():
     """A source that does not pay stays off from one reply to the next: a new reply does not probe it again."""
     gov = Governor()
-    gov.plain_step(0.010)
-    gov.plain_step(0.010)
+    gov.plain.add(0.010)
+    gov.plain.add(0.010)
     gov.drafted_step(0.100, 1)  # ten times dearer per token: the probe ends after two steps
     assert gov.active()
     gov.drafted_step(0.100, 1)
@@ -236,8 +236,8 @@ def test_governor_pause_carries_over_to_the_next_reply():
 
 def test_governor_keeps_drafting_that_pays():
     gov = Governor()
-    gov.plain_step(0.010)
-    gov.plain_step(0.010)
+    gov.plain.add(0.010)
+    gov.plain.add(0.010)
     for _ in range(3 * Governor.WINDOW):
         gov.drafted_step(0.015, 3)  # 5 ms per token
         gov.tick(3)
@@ -252,11 +252,11 @@ def test_lookup_steps_are_judged_by_the_lookup_governor():
 
     spec = Speculator(LoadSettings(lookup=True, lookup_ngram=2, draft_max=4))
     steps = SpeculativeSteps(spec, [1, 2, 3, 1, 2])
-    steps.record(0, 0, 1, 0.010, 1)
-    steps.record(0, 0, 1, 0.010, 2)
+    steps.record(0, 0, 1, 0.010)
+    steps.record(0, 0, 1, 0.010)
     # the history ends "1 2" (the newest token included), which came before "3 1 2 ...": the lookup drafts that
-    assert steps.propose([], 2, 2, 8) == [3, 1, 2, 3]
-    steps.record(4, 4, 5, 0.015, 7)  # 3 ms per token
+    assert steps.propose([], 2, 8) == [3, 1, 2, 3]
+    steps.record(4, 4, 5, 0.015)  # 3 ms per token
     assert spec.lookup_governor.active() and not spec.switched_off
     assert spec.governors == (spec.lookup_governor,)  # no draft model loaded: only lookup is judged
 
