@@ -95,16 +95,10 @@ def _banned_sampling(rt, base: SamplingSettings, n: int) -> SamplingSettings:
 NEAR_TIE = 0.05  # nats between the two likeliest tokens
 
 
-def _top_two_gap(
-    target: Path, plain: LoadSettings, prompt: str, sampling: SamplingSettings, at: int
-) -> float:
-    """The target alone, once more with log-probabilities: how far apart its two likeliest tokens were at token
-    `at` of the reply."""
-    rt = _runtime(target, plain)
-    try:
-        tokens = [e for e in rt.complete(prompt, sampling.replace(top_logprobs=2)) if isinstance(e, Token)]
-    finally:
-        rt.close()
+def _top_two_gap(rt, prompt: str, sampling: SamplingSettings, at: int) -> float:
+    """The target alone (`rt`), once more with log-probabilities: how far apart its two likeliest tokens were
+    at token `at` of the reply."""
+    tokens = [e for e in rt.complete(prompt, sampling.replace(top_logprobs=2)) if isinstance(e, Token)]
     alternatives = [t.alternatives for t in tokens if t.token_id >= 0][at]
     return alternatives[0].logprob - alternatives[1].logprob
 
@@ -123,21 +117,21 @@ def compare(
                 done = _reply(rt, prompt, sampling)
                 if rep:
                     runs[name].append(done)
+        first_difference = next(
+            (
+                i
+                for r in runs["drafting"]
+                for i, (x, y) in enumerate(zip(r.tokens, runs["alone"][0].tokens, strict=False))
+                if x != y
+            ),
+            None,
+        )
+        tie_gap = (
+            None if first_difference is None else _top_two_gap(alone, prompt, sampling, first_difference)
+        )
     finally:
         alone.close()
         drafting.close()
-    first_difference = next(
-        (
-            i
-            for r in runs["drafting"]
-            for i, (x, y) in enumerate(zip(r.tokens, runs["alone"][0].tokens, strict=False))
-            if x != y
-        ),
-        None,
-    )
-    tie_gap = (
-        None if first_difference is None else _top_two_gap(target, plain, prompt, sampling, first_difference)
-    )
     a = [r.stats.decode_tok_s for r in runs["alone"]]
     d = [r.stats.decode_tok_s for r in runs["drafting"]]
     stats = [r.stats for r in runs["drafting"]]
