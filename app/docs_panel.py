@@ -75,7 +75,7 @@ class DocsPanel(QWidget):
             "The model that embeds passages for vector search (beside full-text search). Automatic: the "
             "collection's own, else the bundled one, else the library's first; the Models window offers one."
         )
-        self.refresh_embed_models()
+        self.embed_model.addItem("Automatic", None)  # the library's models are listed when the tab is shown
         self.sources = QListWidget()
         self.sources.itemActivated.connect(self._open_source)
         self.sources.itemClicked.connect(self._open_source)

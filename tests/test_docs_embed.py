@@ -232,6 +232,7 @@ def test_the_documents_panel_offers_the_library_embedding_models(qtbot, library,
 
     panel = DocsPanel("panel-embed", str(tiny_model), engine_factory=Runtime)
     qtbot.addWidget(panel)
+    panel.show()  # the tab lists the library's embedding models as it is shown
     names = [panel.embed_model.itemText(i) for i in range(panel.embed_model.count())]
     assert names == ["Automatic", "bert-a", "bert-b"]  # "chatty" is a chat model: not offered
     panel.embed_model.setCurrentIndex(2)
