@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from engine.conversation_schema import ConversationError
+from engine.docs.chunk import location
 from engine.text import printable
 
 MAX_SOURCES = 64  # passages kept per reply (retrieval gives a few within its token budget)
@@ -116,13 +117,8 @@ def call_line(record: dict, width: int = 80) -> str:
 def source_label(record: dict) -> str:
     """`[1] garden.md, lines 3-4` (the file's name only: a path says more about the machine than the source)."""
     name = str(record.get("file", "")).replace("\\", "/").rsplit("/", 1)[-1]
-    if record.get("page") is not None:
-        where = f", p. {record['page']}"
-    elif record.get("line_start") is not None:
-        where = f", lines {record['line_start']}-{record.get('line_end')}"
-    else:
-        where = ""
-    return printable(f"[{record.get('number', '?')}] {name}{where}")
+    where = location(record.get("page"), record.get("line_start"), record.get("line_end"))
+    return printable(f"[{record.get('number', '?')}] {name}{', ' + where if where else ''}")
 
 
 def _entry(value: Any, fields: dict, kind: str, where: str) -> dict:
