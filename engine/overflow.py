@@ -56,8 +56,7 @@ def system_tokens(rt: Runtime, messages: Sequence[Message], tokens: Sequence[int
     marker = "\u2063\u2063"  # invisible separators, never in a real message
     probe = rt.template.render([messages[0], Message("user", marker)], False)
     head = probe.split(marker)[0]
-    add_bos = not (rt.template.bos_token and head.startswith(rt.template.bos_token))
-    return max(base, common_prefix(tokens, rt.tokenize(head, add_special=add_bos, parse_special=True)))
+    return max(base, common_prefix(tokens, rt.tokenize_rendered(head)))
 
 
 def fit_prompt(n_ctx: int, tokens: list[int], reserve: int, policy: OverflowPolicy, keep: int):

@@ -510,6 +510,10 @@ class Runtime(RuntimeServices):
             text = self.template.render(messages[:-1], True) + messages[-1].content
         else:
             text = self.template.render(messages, add_generation_prompt)
+        return self.tokenize_rendered(text)
+
+    def tokenize_rendered(self, text: str) -> list[int]:
+        """Tokens of text the chat template wrote: BOS added unless the template wrote it, specials parsed."""
         add_bos = not (self.template.bos_token and text.startswith(self.template.bos_token))
         return self.tokenize(text, add_special=add_bos, parse_special=True)
 

@@ -80,8 +80,7 @@ def prepare(
     finally:
         if cancel is not None:
             template.cancel = None
-    add_bos = not (template.bos_token and text.startswith(template.bos_token))
-    tokens = rt.tokenize(text, add_special=add_bos, parse_special=True)
+    tokens = rt.tokenize_rendered(text)
     if active:
         if sampling.grammar or sampling.json_schema:
             raise SettingsError("tools", "cannot be combined with a grammar or JSON schema (response_format)")
