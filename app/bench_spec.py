@@ -37,8 +37,11 @@ COPY_PROMPT = f"Here is a paragraph:\n\n{PARAGRAPH}\n\nHere is the same paragrap
 NO_OVERLAP_PROMPT = "Q: Name ten animals that live in Africa.\nA: 1."
 
 
-def llama_bench_tg(binary: str | None, model: Path, threads: int, n_gen: int) -> tuple[float | None, str]:
-    """llama-bench's `tg` rate for `model` (tok/s) and a note; (None, why) when it cannot be run."""
+def llama_bench_tg(
+    binary: str | None, model: Path, threads: int, n_gen: int, reps: int = 3
+) -> tuple[float | None, str]:
+    """llama-bench's `tg` rate for `model` (tok/s, the mean of `reps` runs after its own warm-up) and a note;
+    (None, why) when it cannot be run."""
     path = Path(binary or DEFAULT_LLAMA_BENCH)
     if not path.is_file():
         return None, f"llama-bench not found at {path} (give --llama-bench PATH); column skipped"
@@ -53,7 +56,7 @@ def llama_bench_tg(binary: str | None, model: Path, threads: int, n_gen: int) ->
         "-t",
         str(threads),
         "-r",
-        "3",
+        str(reps),
         "-o",
         "json",
     ]
@@ -191,9 +194,14 @@ def run_speculation(cfg: BenchConfig, log: Callable[[str], None]) -> dict:
 
 
 def run_sampling(cfg: BenchConfig, log: Callable[[str], None]) -> dict:
-    """Mode (9): decode tok/s of the engine for greedy and the default chain, the minimal llama.cpp loop (greedy)
-    and llama-bench's tg (no sampling at all), on the same model and threads."""
+    """Mode (11): decode tok/s of the engine for greedy and the default chain, the minimal llama.cpp loop (greedy)
+    and llama-bench's tg (no sampling at all), on the same model and threads.
+
+    Each repetition runs all four in turn (llama-bench for one run after its own warm-up), so a shared machine
+    whose speed drifts over minutes slows them alike; the ratios are also given paired (the median over
+    repetitions of the engine's rate over llama-bench's in the same repetition)."""
     from engine.reference import Reference, eog_tokens
+    from engine.sampling import SamplerChain
 
     settings = cfg.load_settings()
     rt = _runtime(cfg.model, settings)
@@ -205,19 +213,22 @@ def run_sampling(cfg: BenchConfig, log: Callable[[str], None]) -> dict:
     }
     prompt = "Tell me about the river near the old town."
     tokens = reference.tokenize(prompt)
-    rates: dict[str, list[float]] = {"greedy": [], "default": [], "reference": []}
-    paths = {}
+    rows: list[dict[str, float]] = []
+    note, runs_llama_bench = "", True
     try:
         for rep in range(cfg.warmup + cfg.reps):
-            for name, sampling in chains.items():
-                done = _reply(rt, prompt, sampling)
-                if rep >= cfg.warmup:
-                    rates[name].append(done.stats.decode_tok_s)
-            ref = reference.run(tokens, cfg.gen_tokens)
+            row = {name: _reply(rt, prompt, sampling).stats.decode_tok_s for name, sampling in chains.items()}
+            row["reference"] = reference.run(tokens, cfg.gen_tokens)["decode_tok_s"]
+            if runs_llama_bench:
+                tg, said = llama_bench_tg(cfg.llama_bench, cfg.model, cfg.threads, cfg.gen_tokens, reps=1)
+                runs_llama_bench = tg is not None  # not again once it could not run
+                if tg:
+                    row["llama_bench"] = tg
+                note = said if tg or not note else note  # a later failure keeps the command that ran
             if rep >= cfg.warmup:
-                rates["reference"].append(ref["decode_tok_s"])
-        from engine.sampling import SamplerChain
-
+                log(f"sampling: rep {len(rows) + 1}: " + ", ".join(f"{k} {v:.1f}" for k, v in row.items()))
+                rows.append(row)
+        paths = {}
         for name, sampling in chains.items():
             chain = SamplerChain(rt.vocab, rt.n_vocab, sampling, rt.n_ctx)
             paths[name] = chain.path.value
@@ -225,17 +236,26 @@ def run_sampling(cfg: BenchConfig, log: Callable[[str], None]) -> dict:
     finally:
         rt.close()
         reference.close()
-    tg, note = llama_bench_tg(cfg.llama_bench, cfg.model, cfg.threads, cfg.gen_tokens)
-    med = {k: statistics.median(v) for k, v in rates.items()}
+    med = {k: statistics.median(r[k] for r in rows) for k in ("greedy", "default", "reference")}
+    with_tg = [r for r in rows if "llama_bench" in r]
+    tg = statistics.median(r["llama_bench"] for r in with_tg) if with_tg else None
+    if tg:
+        note = note.replace("-r 1", f"-r 1, once in each of {len(with_tg)} repetitions")
+    chain_names = ("greedy", "default")
     return {
         "decode_tok_s": med,
         "sampling_path": paths,
         "llama_bench_tg": tg,
+        "llama_bench_tg_reps": [r["llama_bench"] for r in with_tg],
         "llama_bench_note": note,
-        "vs_llama_bench": {k: med[k] / tg for k in ("greedy", "default")} if tg else None,
-        "vs_reference": {k: med[k] / med["reference"] for k in ("greedy", "default")}
-        if med["reference"]
+        "vs_llama_bench": {k: med[k] / tg for k in chain_names} if tg else None,
+        # the median over repetitions of the engine's rate over llama-bench's in the same repetition
+        "vs_llama_bench_paired": {
+            k: statistics.median(r[k] / r["llama_bench"] for r in with_tg) for k in chain_names
+        }
+        if tg
         else None,
+        "vs_reference": {k: med[k] / med["reference"] for k in chain_names} if med["reference"] else None,
         "reps": cfg.reps,
     }
 
@@ -275,12 +295,17 @@ def markdown_lines(speculation: dict, sampling: dict) -> list[str]:
         d, tg = sampling["decode_tok_s"], sampling["llama_bench_tg"]
         lines += [
             "",
-            "| sampling (11) | decode tok/s | sampling path | / llama.cpp loop (greedy) | / llama-bench tg |",
+            "| sampling (11) | decode tok/s | sampling path | / llama.cpp loop (greedy) | / llama-bench tg "
+            "(paired) |",
             "|---|---|---|---|---|",
         ]
         for name in ("greedy", "default"):
             ref = sampling["vs_reference"][name] if sampling["vs_reference"] else 0.0
-            vs = f"{sampling['vs_llama_bench'][name]:.3f}" if tg else "-"
+            vs = (
+                f"{sampling['vs_llama_bench'][name]:.3f} ({sampling['vs_llama_bench_paired'][name]:.3f})"
+                if tg
+                else "-"
+            )
             lines.append(
                 f"| engine, {name} chain | {d[name]:.1f} | {sampling['sampling_path'][name]} | {ref:.3f} | {vs} |"
             )

@@ -216,6 +216,39 @@ def top_ids(logits: np.ndarray, k: int) -> np.ndarray:
     return np.argpartition(logits, n - k)[n - k :]
 
 
+# llama_get_logits_ith answering the address as an int: a view of the logits is made only when the address moves
+_LOGITS_ADDRESS = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32)(
+    ctypes.cast(llama_cpp.llama_get_logits_ith, ctypes.c_void_p).value
+)
+
+
+class LogitsView:
+    """The logits of output `idx` of the last decode as a numpy view, made once per address: llama.cpp keeps its
+    logits buffer from decode to decode (it moves only when a batch asks for more outputs than it holds), and
+    building a view through ctypes costs more per token than the argmax over it once a decode has flushed the
+    CPU caches. A view is only read at the address llama.cpp has just given for a valid output, so one kept
+    from a buffer that moved is never read unless that address holds logits again."""
+
+    MAX_VIEWS = 64  # one per output of a verify batch; past this (a wider batch) they are made afresh
+
+    def __init__(self, n_vocab: int):
+        self.n_vocab = n_vocab
+        self._views: dict[int, np.ndarray] = {}
+
+    def __call__(self, ctx, idx: int = -1) -> np.ndarray:
+        address = _LOGITS_ADDRESS(ctx, idx)
+        if not address:
+            raise RuntimeError(f"llama.cpp has no logits for output {idx} of the last decode")
+        view = self._views.get(address)
+        if view is None:
+            if len(self._views) >= self.MAX_VIEWS:
+                self._views.clear()
+            view = self._views[address] = np.ctypeslib.as_array(
+                (ctypes.c_float * self.n_vocab).from_address(address)
+            )
+        return view
+
+
 class SamplerChain:
     """Owns a llama_sampler chain built from SamplerStages; the chain frees its samplers."""
 
@@ -229,6 +262,7 @@ class SamplerChain:
         names = [name for name, _ in stages]
         self.path = fast_path(names, settings) if fast else FastPath.FULL
         self._bias: tuple[np.ndarray, np.ndarray] | None = None
+        self._bias_once: np.ndarray | None = None
         if fast and names[0] == "logit_bias" and (after := fast_path(names[1:], settings)) != FastPath.FULL:
             # a logit bias first: added here, on a copy of the logits, so the fast path still applies
             self.path = after
@@ -238,6 +272,13 @@ class SamplerChain:
             self._bias = ids, np.array([bias for _, bias in settings.logit_bias], dtype=np.float32)
             self._bias_ids = np.unique(ids)
             self._bias_set = set(ids.tolist())
+            if ids.size == self._bias_ids.size:  # each id listed once (the usual case): added in one step
+                self._bias_once = self._bias[1][np.argsort(ids)]  # in the order of _bias_ids
+                self._bias_dense = np.zeros(n_vocab, np.float32)  # a biased candidate's bias by its id
+                self._bias_dense[self._bias_ids] = self._bias_once
+                self._is_biased = np.zeros(n_vocab, bool)
+                self._is_biased[self._bias_ids] = True
+        self._logits = LogitsView(n_vocab)
         params = llama_cpp.llama_sampler_chain_default_params()
         params.no_perf = True
         self.chain = llama_cpp.llama_sampler_chain_init(params)
@@ -247,6 +288,7 @@ class SamplerChain:
         if self.path in (FastPath.TOP_K, FastPath.MIN_P):
             size = settings.top_k if self.path == FastPath.TOP_K else n_vocab
             self._cand = np.zeros(size, dtype=_TOKEN_DATA)
+            self._cand_data = self._cand.ctypes.data_as(llama_cpp.llama_token_data_p)
             self._array = llama_cpp.llama_token_data_array()
         # min-p keeps p >= min_p * p_max, i.e. logit >= max + logf(min_p): in float32, as llama.cpp computes it
         self._log_min_p = np.log(np.float32(settings.min_p)) if settings.min_p > 0 else None
@@ -261,7 +303,7 @@ class SamplerChain:
         llama_sampler_sample, which the FULL path calls)."""
         if self.path == FastPath.FULL:
             return llama_cpp.llama_sampler_sample(self.chain, ctx, idx)
-        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, idx), shape=(self.n_vocab,))
+        logits = self._logits(ctx, idx)
         if self.path == FastPath.ARGMAX:
             token = self._argmax(logits)
         else:
@@ -281,6 +323,13 @@ class SamplerChain:
             return top
         if top in self._bias_set:  # the raw winner is biased: look at every logit
             return int(np.argmax(self._biased(logits)))
+        if (
+            self._bias_once is not None
+        ):  # the first largest biased logit (ids ascending) against the raw winner
+            vals = logits[self._bias_ids] + self._bias_once
+            j = int(np.argmax(vals))
+            best, raw = vals[j], logits[top]
+            return int(self._bias_ids[j]) if best > raw or (best == raw and self._bias_ids[j] < top) else top
         ids, vals = self._biased_few(logits)
         ids, vals = np.append(ids, top), np.append(vals, logits[top])
         return int(ids[vals == vals.max()].min())
@@ -301,8 +350,13 @@ class SamplerChain:
                 ids = top_ids(logits, k)
                 vals = logits[ids]
             else:  # the biased ids and enough of the rest that pushing biased ones down cannot change the top k
-                wide = np.union1d(top_ids(logits, min(logits.size, k + self._bias_ids.size)), self._bias_ids)
-                ids, vals = self._biased_few(logits, wide)
+                top = top_ids(logits, min(logits.size, k + self._bias_ids.size))
+                if self._bias_once is None:
+                    ids, vals = self._biased_few(logits, np.union1d(top, self._bias_ids))
+                else:  # the same ids, ascending, in fewer steps
+                    ids = np.concatenate((top[~self._is_biased[top]], self._bias_ids))
+                    ids.sort()
+                    vals = logits[ids] + self._bias_dense[ids]
                 if ids.size > k:
                     keep = np.argpartition(vals, ids.size - k)[ids.size - k :]
                     ids, vals = ids[keep], vals[keep]
@@ -316,12 +370,16 @@ class SamplerChain:
 
     def _apply(self, ids: np.ndarray, vals: np.ndarray, is_sorted: bool) -> int:
         n = ids.size
-        cand = self._cand[:n] if n <= self._cand.size else np.zeros(n, dtype=_TOKEN_DATA)
+        if n <= self._cand.size:
+            cand, data = self._cand[:n], self._cand_data
+        else:
+            cand = np.zeros(n, dtype=_TOKEN_DATA)
+            data = cand.ctypes.data_as(llama_cpp.llama_token_data_p)
         cand["id"] = ids
         cand["logit"] = vals
         cand["p"] = 0.0
         arr = self._array
-        arr.data = cand.ctypes.data_as(llama_cpp.llama_token_data_p)
+        arr.data = data
         arr.size, arr.selected, arr.sorted = n, -1, is_sorted
         llama_cpp.llama_sampler_apply(self.chain, ctypes.byref(arr))
         if not 0 <= arr.selected < arr.size:

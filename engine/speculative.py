@@ -22,6 +22,7 @@ import numpy as np
 
 from engine.errors import ContextFullError, EngineError, ModelFileError
 from engine.llama_params import context_params, free_context, model_params
+from engine.sampling import LogitsView
 from engine.settings import LoadSettings
 from engine.text import printable
 from engine.textstream import common_prefix
@@ -117,6 +118,7 @@ class DraftModel:
             self.close()
             raise
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
+        self._logits = LogitsView(self.n_vocab)
         self.n_ctx = llama_cpp.llama_n_ctx(self.ctx)
         self.n_batch = llama_cpp.llama_n_batch(self.ctx)
         self._batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
@@ -155,9 +157,7 @@ class DraftModel:
         self._decode(list(sequence[n:]), n)
         out: list[int] = []
         while True:
-            logits = np.ctypeslib.as_array(
-                llama_cpp.llama_get_logits_ith(self.ctx, -1), shape=(self.n_vocab,)
-            )
+            logits = self._logits(self.ctx)
             tok = int(np.argmax(logits))
             if out and self._unsure(logits, tok):
                 return out  # the target would likely reject it: stop drafting here (llama.cpp's p_min)

@@ -262,4 +262,9 @@ def test_sampling_mode_reports_each_chain_and_a_missing_llama_bench(bench_json, 
     assert sampling["decode_tok_s"]["greedy"] > 0 and sampling["decode_tok_s"]["reference"] > 0
     if sampling["llama_bench_tg"] is None:
         assert "llama-bench not found" in sampling["llama_bench_note"]
-        assert sampling["vs_llama_bench"] is None
+        assert sampling["vs_llama_bench"] is None and sampling["vs_llama_bench_paired"] is None
+        assert sampling["llama_bench_tg_reps"] == []
+    else:  # llama-bench runs once in every repetition, beside the engine's runs of that repetition
+        assert len(sampling["llama_bench_tg_reps"]) == sampling["reps"] == 2
+        assert "once in each of 2 repetitions" in sampling["llama_bench_note"]
+        assert all(v > 0 for v in sampling["vs_llama_bench_paired"].values())

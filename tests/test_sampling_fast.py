@@ -109,3 +109,37 @@ def test_top_ids_are_the_k_largest(k):
         got = top_ids(logits, k)
         assert got.size == k and np.unique(got).size == k
         assert logits[got].min() >= np.sort(logits)[-k]
+
+
+def test_a_bias_that_ties_a_lower_id_with_the_winner_picks_the_lower_id_as_llama_cpp_does(tiny_runtime):
+    """Greedy picks the first largest logit: a bias that lifts a lower id exactly level with the raw winner makes
+    that id win, in the fast path as in llama.cpp's own greedy sampler."""
+    rt = tiny_runtime
+    rt.evaluate(rt.tokenize("the cat and the dog", add_special=True))
+    logits = rt.last_logits().copy()
+    top = int(np.argmax(logits))
+    lower = int(np.argmin(logits[:top])) if top else None
+    assert lower is not None, "the tiny model's winner here is token 0; pick another prompt"
+    bias = np.float32(logits[top]) - np.float32(logits[lower])
+    while np.float32(logits[lower]) + bias < logits[top]:  # exactly level in float32, as llama.cpp adds it
+        bias = np.nextafter(bias, np.float32(np.inf))
+    while np.float32(logits[lower]) + bias > logits[top]:
+        bias = np.nextafter(bias, np.float32(-np.inf))
+    assert np.float32(logits[lower]) + bias == logits[top]
+    for extra in ((), ((lower + 1 if lower + 1 != top else lower + 2, -1.0),)):
+        settings = SamplingSettings(temperature=0, logit_bias=((lower, float(bias)), *extra))
+        picked = []
+        for fast in (True, False):
+            chain = SamplerChain(rt.vocab, rt.n_vocab, settings, rt.n_ctx, fast=fast)
+            try:
+                picked.append(chain.sample(rt.ctx))
+            finally:
+                chain.close()
+        assert picked == [lower, lower]
+
+
+def test_top_k_with_an_id_biased_twice_samples_what_the_full_chain_samples(tiny_runtime):
+    settings = SamplingSettings(seed=12, logit_bias=((7, 2.0), (7, 1.5), (11, float("-inf"))))
+    got, want, used = side_by_side(tiny_runtime, settings, "the cat and the dog", 24)
+    assert used == FastPath.TOP_K
+    assert got == want
