@@ -1,6 +1,6 @@
 """The Tools panel: the MCP servers of the config file (engine/mcp_client.py), their tools with descriptions,
-and which servers the current conversation may use (a check box per server, kept per conversation in the
-conversation store when the panel is given one, so they stay enabled after a restart)."""
+which servers the current conversation may use (a check box per server) and its tool choice, both kept per
+conversation in the conversation store when the panel is given one, so they stay after a restart."""
 
 from __future__ import annotations
 
@@ -42,6 +42,7 @@ class ToolsPanel(QWidget):
         self._lister = lister
         self._store = store
         self._enabled: dict[str, set[str]] = {}  # conversation id -> servers it may use
+        self._choices: dict[str, str] = {}  # conversation id -> its tool choice
         self._conversation = ""
         self._servers: dict[str, ServerSpec] = {}
         layout = QVBoxLayout(self)
@@ -65,7 +66,10 @@ class ToolsPanel(QWidget):
         choice_row.addWidget(QLabel("Tool choice:"))
         self.choice = QComboBox()
         self.choice.addItems(["auto", "required", "none"])
-        self.choice.setToolTip("auto: the model decides; required: it must call a tool first; none: no calls")
+        self.choice.setToolTip(
+            "auto: the model decides; required: it must call a tool first; none: no calls (kept per conversation)"
+        )
+        self.choice.currentTextChanged.connect(self._choice_changed)
         choice_row.addWidget(self.choice, 1)
         layout.addLayout(choice_row)
         layout.addWidget(QLabel("Calls in the last reply:"))
@@ -224,9 +228,21 @@ class ToolsPanel(QWidget):
         if self._store is not None and conversation_id.isdigit():
             try:
                 self._enabled[conversation_id] = set(self._store.tool_servers(int(conversation_id)))
+                self._choices[conversation_id] = self._store.tool_choice(int(conversation_id))
             except Exception as err:  # a damaged store: the conversation opens with no servers enabled
                 self.status.setText(f"The servers this conversation enabled could not be read: {err}")
+        self.choice.blockSignals(True)  # showing the conversation's choice is not changing it
+        self.choice.setCurrentText(self._choices.get(conversation_id, "auto"))
+        self.choice.blockSignals(False)
         self.reload()
+
+    def _choice_changed(self, choice: str) -> None:
+        self._choices[self._conversation] = choice
+        if self._store is not None and self._conversation.isdigit():
+            try:
+                self._store.set_tool_choice(int(self._conversation), choice)
+            except Exception as err:  # a deleted conversation, a locked file: kept for this session only
+                self.status.setText(f"Tool choice not saved (kept until the app closes): {err}")
 
     def enabled(self) -> list[str]:
         return sorted(self._enabled.get(self._conversation, set()) & set(self._servers))

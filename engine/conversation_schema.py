@@ -21,7 +21,8 @@ CREATE TABLE IF NOT EXISTS conversations (
     system_prompt TEXT NOT NULL DEFAULT '',
     settings TEXT NOT NULL DEFAULT '{}',
     model TEXT NOT NULL DEFAULT '',
-    leaf INTEGER
+    leaf INTEGER,
+    tool_choice TEXT NOT NULL DEFAULT 'auto'
 );
 CREATE TABLE IF NOT EXISTS messages (
     id INTEGER PRIMARY KEY,
@@ -53,6 +54,8 @@ CREATE TABLE IF NOT EXISTS presets (
 """
 
 ROLES = ("system", "user", "assistant")
+# how a conversation lets the model use its tools (engine/tools.py): the model decides, must call one, or none
+TOOL_CHOICES = ("auto", "required", "none")
 # done: complete; streaming: being written (after a crash it reads as interrupted); interrupted: the engine died
 # or the app was killed; stopped: the user pressed stop.
 STATUSES = ("done", "streaming", "interrupted", "stopped")

@@ -14,6 +14,7 @@ from engine.conversation_schema import (
     ROLES,
     SCHEMA,
     STATUSES,
+    TOOL_CHOICES,
     Conversation,
     ConversationError,
     StoredMessage,
@@ -106,6 +107,9 @@ class ConversationStore:
         self._db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable against app crashes
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(SCHEMA)
+        if "tool_choice" not in {r["name"] for r in self._db.execute("PRAGMA table_info(conversations)")}:
+            # stores made before the tool choice was kept per conversation
+            self._db.execute("ALTER TABLE conversations ADD COLUMN tool_choice TEXT NOT NULL DEFAULT 'auto'")
         columns = {r["name"] for r in self._db.execute("PRAGMA table_info(messages)")}
         if "deleted" not in columns:  # stores made before message deletion could be undone
             self._db.execute("ALTER TABLE messages ADD COLUMN deleted INTEGER NOT NULL DEFAULT 0")
@@ -313,6 +317,20 @@ class ConversationStore:
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
+
+    def tool_choice(self, cid: int) -> str:
+        """How the conversation lets the model use its tools: auto, required or none (a damaged value: auto)."""
+        row = self._db.execute("SELECT tool_choice FROM conversations WHERE id=?", (cid,)).fetchone()
+        if row is None:
+            raise ConversationError(f"Conversation {cid} does not exist.")
+        choice = _as_text(row["tool_choice"])
+        return choice if choice in TOOL_CHOICES else "auto"
+
+    def set_tool_choice(self, cid: int, choice: str) -> None:
+        if choice not in TOOL_CHOICES:
+            raise ConversationError(f"Tool choice '{choice}' is not one of {', '.join(TOOL_CHOICES)}.")
+        self.get(cid)
+        self._db.execute("UPDATE conversations SET tool_choice=? WHERE id=?", (choice, cid))
 
     def forget_tool_server(self, server: str) -> None:
         """A server removed from the config is enabled nowhere (one added again later under its name is new)."""

@@ -115,7 +115,7 @@ def _copy_readable(damaged: Path, fresh: Path) -> dict[str, int]:
         out.close()
         return counts  # not even the schema can be read: start empty
     out.execute("BEGIN")
-    for table in ("conversations", "messages", "presets", "message_undo"):
+    for table in ("conversations", "messages", "presets", "message_undo", "conversation_tools"):
         if table not in tables:
             continue
         columns = [r[1] for r in out.execute(f"PRAGMA table_info({table})")]
@@ -133,6 +133,7 @@ def _copy_readable(damaged: Path, fresh: Path) -> dict[str, int]:
         counts[table] = n
     # messages whose conversation was lost go; replies whose parent was lost start their own branch
     out.execute("DELETE FROM messages WHERE conversation NOT IN (SELECT id FROM conversations)")
+    out.execute("DELETE FROM conversation_tools WHERE conversation NOT IN (SELECT id FROM conversations)")
     out.execute(
         "UPDATE messages SET parent=NULL WHERE parent IS NOT NULL AND parent NOT IN (SELECT id FROM messages)"
     )

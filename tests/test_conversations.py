@@ -273,6 +273,8 @@ def _filled_store(path, n: int = 60):
         conv = store.create(f"chat {i}")
         u = store.add_message(conv.id, None, "user", f"question {i} " + "x" * 400)
         store.add_message(conv.id, u.id, "assistant", f"answer {i} " + "y" * 400)
+        store.set_tool_servers(conv.id, ["time"])
+        store.set_tool_choice(conv.id, "required")
     store._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     store.close()
 
@@ -296,6 +298,9 @@ def test_a_corrupt_store_is_kept_aside_and_what_can_be_read_is_recovered(tmp_pat
     assert len(titles) == recovery.conversations
     for conv in store.conversations():
         store.path(conv.id)  # every recovered conversation opens
+        assert store.tool_choice(conv.id) == "required"  # with its tool choice
+    # and the servers it enabled, where their rows could be read
+    assert sum(store.tool_servers(c.id) == ["time"] for c in store.conversations()) > 0
     assert "kept, unchanged, as" in recovery.describe()
     store.close()
     again, second = open_store(db)  # the new file is healthy: no second recovery

@@ -219,6 +219,7 @@ def test_documents_and_tools_in_one_turn_stored_and_shown_again(qtbot, tmp_path,
     assert [c.call.name for c in again.tools_panel.cards] == ["echo"]
     assert "done" in again.tools_panel.cards[0].header.text()
     assert again.tools_panel.enabled() == ["t"]  # the server is still enabled for this conversation
+    assert again.tools_panel.choice.currentText() == "required"  # and so is its tool choice
     text = again.view.toPlainText()
     assert "Called t.echo(" in text and "1 source" in text
     assert str(tmp_path / "garden.md") in indexed_files()
@@ -314,3 +315,44 @@ def test_a_tool_call_cut_off_by_max_tokens_is_explained(qtbot, tmp_path, fresh_h
     for shown in (window.tools_panel.status.text(), window.statusBar().currentMessage()):
         assert "tool call was cut off by the reply's token limit" in shown and "Raise Max tokens" in shown
     window.close()
+
+
+def test_tool_choice_is_kept_per_conversation(qtbot, tmp_path):
+    """Each conversation keeps its tool choice through a switch and a restart; an old store gains the column; a
+    damaged value reads as auto and a bad one is refused with the choices."""
+    from app.tools_panel import ToolsPanel
+
+    db = tmp_path / "old.sqlite3"
+    old = sqlite3.connect(db)  # a store from before the column: conversations without tool_choice
+    old.executescript(
+        "CREATE TABLE conversations (id INTEGER PRIMARY KEY, title TEXT NOT NULL, created REAL NOT NULL, "
+        "updated REAL NOT NULL, pinned INTEGER NOT NULL DEFAULT 0, deleted INTEGER NOT NULL DEFAULT 0, "
+        "system_prompt TEXT NOT NULL DEFAULT '', settings TEXT NOT NULL DEFAULT '{}', "
+        "model TEXT NOT NULL DEFAULT '', leaf INTEGER);"
+        "INSERT INTO conversations (id, title, created, updated) VALUES (1, 'old', 0, 0);"
+    )
+    old.commit()
+    old.close()
+    store = ConversationStore(db)
+    assert store.tool_choice(1) == "auto"
+    second = store.create("second").id
+    panel = ToolsPanel(lister=lambda spec: ([], ""), store=store)
+    qtbot.addWidget(panel)
+    panel.set_conversation("1")
+    panel.choice.setCurrentText("none")
+    panel.set_conversation(str(second))
+    assert panel.choice.currentText() == "auto"  # a new conversation starts at auto
+    panel.choice.setCurrentText("required")
+    panel.set_conversation("1")
+    assert panel.choice.currentText() == "none"
+    store.close()
+
+    store = ConversationStore(db)  # after a restart
+    assert (store.tool_choice(1), store.tool_choice(second)) == ("none", "required")
+    with pytest.raises(ConversationError, match="auto, required, none"):
+        store.set_tool_choice(1, "always")
+    store._db.execute("UPDATE conversations SET tool_choice='rm -rf' WHERE id=1")
+    assert store.tool_choice(1) == "auto"
+    with pytest.raises(ConversationError, match="does not exist"):
+        store.tool_choice(999)
+    store.close()
