@@ -225,9 +225,12 @@ class DownloadManagerWindow(LibraryTab, QMainWindow):
             row = self.results.rowCount()
             self.results.insertRow(row)
             updated = r.last_modified.date().isoformat() if r.last_modified else "?"
-            cells = [item(printable(r.repo_id), r), item(f"{r.downloads:,}", align_right=True),
+            name = printable(r.repo_id) + ("  (embedding)" if r.embedding else "")
+            cells = [item(name, r), item(f"{r.downloads:,}", align_right=True),
                      item(f"{r.likes:,}", align_right=True), item(updated), item(printable(r.license or "?")),
                      item("gated" if r.gated else "open")]  # fmt: skip
+            if r.embedding:
+                cells[0].setToolTip("A sentence-embedding model: for document search, not for chat.")
             for col, cell in enumerate(cells):
                 self.results.setItem(row, col, cell)
         self.show_info(f"{len(found)} repositories with GGUF files." if found else "No GGUF models match.")
@@ -256,8 +259,9 @@ class DownloadManagerWindow(LibraryTab, QMainWindow):
             return
         n_ctx = self.ctx.value()
         available = fit.available_memory()
-        self._recommended = fit.recommend(files.options, n_ctx, available)
         for_search = files.summary.repo_id == embed_model.RECOMMENDED_REPO
+        embedding = for_search or files.summary.embedding  # no KV cache: the context does not count
+        self._recommended = fit.recommend(files.options, n_ctx, available, embedding=embedding)
         if for_search:  # the file we name, whatever else would fit
             self._recommended = next(
                 (o for o in files.models if o.label == embed_model.RECOMMENDED_FILE), self._recommended
@@ -275,7 +279,7 @@ class DownloadManagerWindow(LibraryTab, QMainWindow):
                 note.setToolTip("A vision projector (mmproj) for image input, not a chat model by itself.")
                 cells += [item("—"), note]
             else:
-                f = fit.estimate(o.size, o.quant, n_ctx, available)
+                f = fit.estimate(o.size, o.quant, n_ctx, available, embedding=embedding)
                 verdict = item(f"{f.verdict.value}  ({units.any_size(f.total)})")
                 verdict.setForeground(QColor(VERDICT_COLORS[f.verdict]))
                 verdict.setToolTip(f.describe())
@@ -293,6 +297,9 @@ class DownloadManagerWindow(LibraryTab, QMainWindow):
             f"For document search: {embed_model.RECOMMENDED_WHY}, 8-bit. Once downloaded the library lists it as "
             "an embedding model (not for chat): ingle docs add COLLECTION PATH --embed-model NAME."
             if for_search
+            else "An embedding model (tagged for sentence similarity on the Hub): for document search, not chat. "
+            f"Fit: weights + runtime vs {units.any_size(available)} available; it keeps no KV cache."
+            if embedding
             else f"Fit: weights + KV cache at {n_ctx:,} tokens vs {units.any_size(available)} available "
             "(RAM free + GPU memory). Recommended: the largest quant that fits, 4-bit or better when possible."
         )

@@ -35,8 +35,15 @@ class Fit:
     available: int
     verdict: Verdict
     exact_kv: bool  # False: the KV cache is estimated from the size (shapes unknown before download)
+    embedding: bool = False  # an embedding model: weights and runtime only, no KV cache
 
     def describe(self) -> str:
+        if self.embedding:
+            return (
+                f"{self.verdict.value}: {units.size(self.total)} needed (weights {units.size(self.weights)} + runtime "
+                f"{units.size(OVERHEAD_BYTES)}; an embedding model keeps no KV cache) of {units.size(self.available)} "
+                "available"
+            )
         approx = "" if self.exact_kv else "~"
         return (
             f"{self.verdict.value}: {units.size(self.total)} needed (weights {units.size(self.weights)} + KV cache "
@@ -88,11 +95,15 @@ def verdict_for(total: int, available: int) -> Verdict:
 def estimate(
     weights: int, quant: str, n_ctx: int, available: int | None = None, info=None,
     type_k: CacheType = CacheType.F16, type_v: CacheType = CacheType.F16, n_ubatch: int = 512,
-    swa_full: bool = False,
+    swa_full: bool = False, embedding: bool = False,
 ) -> Fit:  # fmt: skip
     """`info`: a gguf_info.ModelInfo when the file is local: the KV cache is then exact (llama.cpp's own
-    allocation rule, sliding-window layers included, see engine.kv.kv_layout); else it is estimated."""
+    allocation rule, sliding-window layers included, see engine.kv.kv_layout); else it is estimated.
+    `embedding`: an embedding model, which keeps no KV cache (weights and runtime only)."""
     available = available_memory() if available is None else available
+    if embedding:
+        total = weights + OVERHEAD_BYTES
+        return Fit(weights, 0, total, available, verdict_for(total, available), True, embedding=True)
     if info is not None and info.n_layers:
         kv = kv_layout(info, n_ctx, type_k, type_v, n_ubatch, swa_full).total_bytes
     else:
@@ -101,15 +112,19 @@ def estimate(
     return Fit(weights, kv, total, available, verdict_for(total, available), info is not None)
 
 
-def recommend(options, n_ctx: int, available: int | None = None):
+def recommend(options, n_ctx: int, available: int | None = None, embedding: bool = False):
     """The largest option that fits, not below 4 bits unless nothing at 4+ bits fits; else the smallest.
 
-    `options` are hub.QuantOption-like (quant, size, projector)."""
+    `options` are hub.QuantOption-like (quant, size, projector); `embedding`: they are an embedding model's."""
     available = available_memory() if available is None else available
     models = [o for o in options if not o.projector]
     if not models:
         return None
-    fitting = [o for o in models if estimate(o.size, o.quant, n_ctx, available).verdict is Verdict.FITS]
+    fitting = [
+        o
+        for o in models
+        if estimate(o.size, o.quant, n_ctx, available, embedding=embedding).verdict is Verdict.FITS
+    ]
     good = [o for o in fitting if quant_bits(o.quant) >= 4]
     pool = good or fitting
     if pool:

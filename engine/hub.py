@@ -242,6 +242,10 @@ def file_metadata(repo_id: str, path: str, revision: str, token: str | None) -> 
 
 
 # ------------------------------------------------------------------ search
+# Hub tags (or pipeline tags) of sentence-embedding models: such a repo is for document search, not chat
+EMBEDDING_TAGS = frozenset({"sentence-similarity", "feature-extraction", "sentence-transformers"})
+
+
 @dataclass(frozen=True)
 class RepoSummary:
     repo_id: str
@@ -250,6 +254,7 @@ class RepoSummary:
     last_modified: datetime | None = None
     gated: bool = False
     license: str = ""
+    embedding: bool = False  # tagged as a sentence-embedding model on the Hub
 
     @classmethod
     def from_info(cls, info) -> RepoSummary:
@@ -262,6 +267,9 @@ class RepoSummary:
                 (t[8:] for t in info.tags or [] if isinstance(t, str) and t.startswith("license:")), ""
             )
         modified = info.last_modified or info.created_at
+        tags = {t for t in info.tags or [] if isinstance(t, str)}
+        pipeline = getattr(info, "pipeline_tag", None)
+        embedding = bool(EMBEDDING_TAGS & (tags | ({pipeline} if isinstance(pipeline, str) else set())))
         return cls(
             repo_id=str(info.id),
             downloads=_count(info.downloads),
@@ -269,6 +277,7 @@ class RepoSummary:
             last_modified=modified if isinstance(modified, datetime) else None,
             gated=bool(info.gated),
             license=license_,
+            embedding=embedding,
         )
 
 
@@ -299,7 +308,8 @@ def search(
     what = f"Searching for '{query}'"
     # the parameters HfApi.list_models sends; one page only (its pagination follows `Link: next` to any host)
     params: dict = {"filter": ["gguf"], "sort": SORTS[sort], "limit": limit,
-                    "expand": ["downloads", "likes", "lastModified", "gated", "tags", "cardData", "createdAt"]}  # fmt: skip
+                    "expand": ["downloads", "likes", "lastModified", "gated", "tags", "cardData", "createdAt",
+                               "pipeline_tag"]}  # fmt: skip
     if query:
         params["search"] = query
     try:

@@ -37,6 +37,8 @@ class FakeRepo:
     likes: int = 0
     last_modified: str = "2026-01-01T00:00:00.000Z"
     license: str = "apache-2.0"
+    tags: tuple[str, ...] = ()  # Hub tags besides gguf and the license, e.g. "sentence-similarity"
+    pipeline_tag: str | None = None
     wrong_sha: set[str] = field(default_factory=set)  # files whose advertised sha256 does not match the bytes
     # how a file is described: "lfs" (LFS sha256 + size; resolve redirects to the CDN), "git" (a small file: no LFS,
     # blobId and ETag are its git blob sha1, served directly), "etag256" (no LFS metadata; the ETag is its sha256),
@@ -218,8 +220,9 @@ class _Handler(BaseHTTPRequestHandler):
             "createdAt": repo.last_modified,
             "gated": "manual" if repo.gated else False,
             "private": False,
-            "tags": ["gguf", f"license:{repo.license}"],
+            "tags": ["gguf", f"license:{repo.license}", *repo.tags],
             "library_name": "gguf",
+            **({"pipeline_tag": repo.pipeline_tag} if repo.pipeline_tag else {}),
         }
 
     def _search(self, query: dict) -> None:

@@ -106,3 +106,53 @@ def test_the_models_window_offers_an_embedding_model_and_docs_add_uses_it(
     finally:
         rt.close()
     assert hits and any(h.method in ("vector", "hybrid") for h in hits)
+
+
+def test_a_repo_tagged_for_sentence_similarity_is_marked_and_fits_without_a_kv_cache(
+    qtbot, window, fake_hub, bert_bytes
+):
+    """Any Hub repo tagged as a sentence-embedding model (tag or pipeline tag) is marked in the search results,
+    and its files' fit counts weights and runtime only: the context length does not change it."""
+    fake_hub.add(FakeRepo("someone/bge-small-GGUF", {"bge-small-Q8_0.gguf": bert_bytes}, downloads=50,
+                          pipeline_tag="feature-extraction"))  # fmt: skip
+    fake_hub.add(FakeRepo("someone/e5-GGUF", {"e5-Q8_0.gguf": bert_bytes}, downloads=40,
+                          tags=("sentence-similarity",)))  # fmt: skip
+    fake_hub.add(FakeRepo("someone/chat-GGUF", {"chat-Q8_0.gguf": bert_bytes}, downloads=30))
+    window.query.setText("someone")
+    qtbot.mouseClick(window.search_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: window.results.rowCount() == 3, timeout=60_000)
+    names = [window.results.item(r, 0).text() for r in range(3)]
+    assert names == [
+        "someone/bge-small-GGUF  (embedding)",
+        "someone/e5-GGUF  (embedding)",
+        "someone/chat-GGUF",
+    ]
+    totals, notes = {}, {}
+    for row in (1, 2):
+        window.results.selectRow(row)
+        repo = names[row].split()[0]
+        qtbot.waitUntil(
+            lambda r=repo: window._repo_files is not None and window._repo_files.summary.repo_id == r,
+            timeout=60_000,
+        )
+        notes[row] = window.fit_note.text()
+        if row == 1:
+            SHOTS.mkdir(parents=True, exist_ok=True)
+            window.grab().save(str(SHOTS / "embedding-fit.png"))
+        for ctx in (2048, 32768):
+            window.ctx.setValue(ctx)  # the fit column is worked out again
+            totals[row, ctx] = window.options.item(0, 3).text()
+    assert totals[1, 2048] == totals[1, 32768]  # no KV cache: the context does not count
+    assert totals[2, 2048] != totals[2, 32768]  # a chat model's KV cache grows with it
+    assert "embedding model" in notes[1] and "no KV cache" in notes[1]
+    assert "KV cache at" in notes[2]
+
+
+def test_fit_of_an_embedding_model_counts_no_kv_cache():
+    from engine import fit
+
+    chat = fit.estimate(30 << 20, "Q8_0", 32768, available=8 << 30)
+    embedding = fit.estimate(30 << 20, "Q8_0", 32768, available=8 << 30, embedding=True)
+    assert chat.kv_cache > 0 and embedding.kv_cache == 0
+    assert embedding.total == (30 << 20) + fit.OVERHEAD_BYTES
+    assert "keeps no KV cache" in embedding.describe()
