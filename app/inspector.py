@@ -146,8 +146,11 @@ class Inspector(QObject):
         evaluated = messages + ([Message("user", draft)] if draft else [])
         for stale in self.bridge.pending("preview"):  # the inspection brings a fresh preview
             stale.cancel()
+        # with tools, the conversation as its tool turns render it: their definitions counted, the cache their prefix
+        source = getattr(w, "tool_set_source", None)
+        tools_of = source() if source is not None else None
         self.bridge.call(
-            lambda engine: engine.inspect(messages, draft, settings, policy, TOP_N),
+            lambda engine: engine.inspect(messages, draft, settings, policy, TOP_N, tools_of and tools_of()),
             lambda result: self._inspected(result, evaluated, bool(draft), retrieved),
             lambda err: self._failed("inspect", err),
             background=True, key="inspect",

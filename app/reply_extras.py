@@ -33,11 +33,14 @@ class ReplyExtras:
         tool_reply = self._tool_reply(settings, policy, continue_last)
         extras = self._extras = TurnExtras(reply, docs[0] if docs else "")
         measure_bar = self.inspector.active()
+        tools_of = self.tool_set_source() if tool_reply is not None else None
 
         def work(engine):
             if docs:
                 measure = (
-                    (lambda sent: engine.context_budget(sent, "", settings, policy)) if measure_bar else None
+                    (lambda sent: engine.context_budget(sent, "", settings, policy, tools_of and tools_of()))
+                    if measure_bar
+                    else None
                 )
                 return chat_with_sources(engine, *docs, messages, settings, policy, continue_last, extras.hits,
                                          tool_reply, measure)  # fmt: skip
@@ -47,13 +50,39 @@ class ReplyExtras:
 
         return work
 
-    def _tool_reply(self, settings, policy, continue_last: bool):
-        """With MCP servers enabled in the Tools tab: the reply runs the tool loop (app/tool_chat_gui.py)."""
-        from app.tool_chat_gui import GuiApprover, ToolSession, gui_reply
+    def _tool_client(self):
+        """The MCP client of the servers the open conversation enabled (None: none are)."""
+        from app.tool_chat_gui import GuiApprover, ToolSession
 
         if not hasattr(self, "tool_session"):
             self.tool_session, self.tool_approver = ToolSession(), GuiApprover(self)
-        client = self.tool_session.client_for(self.tools_panel.enabled_specs())
+        return self.tool_session.client_for(self.tools_panel.enabled_specs())
+
+    def tool_set_source(self):
+        """When the open conversation uses tools: a function, to be called with the engine (on its worker thread:
+        it starts the servers if they are not yet), giving the ToolSet its next turn renders; else None. A server
+        that fails leaves its tools out (the turn itself says why)."""
+        from engine.tools import ToolSet
+
+        choice = self.tools_panel.choice.currentText()
+        client = self._tool_client() if choice != "none" else None
+        if client is None:
+            return None
+
+        def tools():
+            try:
+                listed = tuple(t.tool for t in client.tools())
+            except Exception:  # the tool turn reports it; the context view goes on without tools
+                return None
+            return ToolSet(listed, choice) if listed else None
+
+        return tools
+
+    def _tool_reply(self, settings, policy, continue_last: bool):
+        """With MCP servers enabled in the Tools tab: the reply runs the tool loop (app/tool_chat_gui.py)."""
+        from app.tool_chat_gui import gui_reply
+
+        client = self._tool_client()
         choice = self.tools_panel.choice.currentText()
         if client is None or continue_last or choice == "none":
             return None

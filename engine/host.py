@@ -413,9 +413,9 @@ class EngineHost:
 
     def inspect(
         self, messages: Sequence[Message], draft: str, sampling: SamplingSettings, policy: OverflowPolicy,
-        top_n: int = 12,
+        top_n: int = 12, tools: ToolSet | None = None,
     ) -> Inspection:  # fmt: skip
-        return self._call("inspect", list(messages), draft, sampling, policy, top_n)
+        return self._call("inspect", list(messages), draft, sampling, policy, top_n, tools)
 
     def preview(self, sampling: SamplingSettings, top_n: int = 20) -> list[PreviewStage]:
         return self._call("preview", sampling, top_n)
@@ -427,9 +427,10 @@ class EngineHost:
         return self._call("token_pieces", text, parse_special)
 
     def context_budget(
-        self, messages: Sequence[Message], draft: str, sampling: SamplingSettings, policy: OverflowPolicy
-    ) -> ContextBudget:
-        return self._call("context_budget", list(messages), draft, sampling, policy)
+        self, messages: Sequence[Message], draft: str, sampling: SamplingSettings, policy: OverflowPolicy,
+        tools: ToolSet | None = None,
+    ) -> ContextBudget:  # fmt: skip
+        return self._call("context_budget", list(messages), draft, sampling, policy, tools)
 
     def hardware(self) -> Hardware:
         return self._call("hardware")

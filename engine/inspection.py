@@ -19,6 +19,7 @@ from engine.visual import ContextBudget, PreviewStage, TokenPiece
 
 if TYPE_CHECKING:
     from engine.runtime import Runtime
+    from engine.tools import ToolSet
 
 
 def preview(rt: Runtime, sampling: SamplingSettings, top_n: int = 20) -> list[PreviewStage]:
@@ -70,12 +71,14 @@ def token_pieces(rt: Runtime, text: str, parse_special: bool = True) -> list[Tok
     ]
 
 
-def message_spans(rt: Runtime, messages: Sequence[Message]) -> list[tuple[int, int, int]]:
-    """(message index, first token, end token) of each message in the rendered prompt."""
+def message_spans(rt: Runtime, messages: Sequence[Message], render=None) -> list[tuple[int, int, int]]:
+    """(message index, first token, end token) of each message in the rendered prompt (`render`: how it is
+    rendered to tokens, Runtime.render_tokens's signature; default: without tools)."""
+    render = render or rt.render_tokens
     spans, start = [], 0
-    full = rt.render_tokens(messages)
+    full = render(messages)
     for i in range(len(messages)):
-        prefix = rt.render_tokens(messages[: i + 1], add_generation_prompt=False)
+        prefix = render(messages[: i + 1], add_generation_prompt=False)
         end = common_prefix(prefix, full) if i < len(messages) - 1 else len(full)
         spans.append((i, start, max(start, end)))
         start = max(start, end)
@@ -89,20 +92,22 @@ def inspect(
     sampling: SamplingSettings,
     policy: OverflowPolicy,
     top_n: int = 12,
+    tools: ToolSet | None = None,
 ) -> Inspection:
     """Everything the visualizers show, in one round trip: the context budget, the next-token preview and the
     KV cache after evaluating the conversation (+ the draft as a user turn; a conversation ending in a reply is
     evaluated as that reply, open). Prefix reuse makes this cheap: usually only the draft's tokens are computed,
-    and they are then in the cache when the message is sent."""
+    and they are then in the cache when the message is sent. `tools`: the conversation's tools, rendered as a
+    tool turn renders them (so the cache stays that turn's prefix and the budget counts their definitions)."""
     rt.require_model()
-    budget = context_budget(rt, messages, draft, sampling, policy)
+    budget = context_budget(rt, messages, draft, sampling, policy, tools)
     convo = list(messages) + ([Message("user", draft)] if draft else [])
     stages: list[PreviewStage] = []
     note = ""
     if not convo:
         note = "Nothing to preview yet: type a message."
     else:
-        tokens = rt.render_tokens(convo, continue_last=convo[-1].role == "assistant")
+        tokens = _renderer(rt, tools)(convo, continue_last=convo[-1].role == "assistant")
         if len(tokens) > rt.n_ctx:
             note = f"The conversation ({len(tokens)} tokens) is longer than the context ({rt.n_ctx})."
         else:
@@ -111,17 +116,39 @@ def inspect(
     return Inspection(budget, tuple(stages), note, kv_state(rt))
 
 
+def _renderer(rt: Runtime, tools: ToolSet | None):
+    """How the conversation is rendered to tokens: with the tool list while tools are active, else plainly."""
+    if tools is None or not tools.active:
+        return rt.render_tokens
+    from engine.tool_chat import tool_renderer
+
+    return tool_renderer(rt, tools)
+
+
 def context_budget(
-    rt: Runtime, messages: Sequence[Message], draft: str, sampling: SamplingSettings, policy: OverflowPolicy
-) -> ContextBudget:
-    """How system prompt, earlier turns, the draft and the reply reserve fill the context, and what would go."""
+    rt: Runtime, messages: Sequence[Message], draft: str, sampling: SamplingSettings, policy: OverflowPolicy,
+    tools: ToolSet | None = None,
+) -> ContextBudget:  # fmt: skip
+    """How system prompt, earlier turns, the draft and the reply reserve fill the context, and what would go;
+    with `tools`, how many tokens their definitions take and in which message the template put them."""
     rt.require_model()
     convo = list(messages) + ([Message("user", draft)] if draft else [])
     reserve = rt.reply_reserve(sampling)
     if not convo:
         return ContextBudget(rt.n_ctx, 0, 0, 0, reserve)
-    spans = message_spans(rt, convo)
+    render = _renderer(rt, tools)
+    spans = message_spans(rt, convo, render)
     total = spans[-1][2]
+    tool_tokens, tools_in = 0, -1
+    if tools is not None and tools.active:
+        plain = message_spans(rt, convo)
+        tool_tokens = max(0, total - plain[-1][2])
+        # where the template wrote them: the message whose span grew the most (the first span starts at 0)
+        grew = [
+            (end - start) - (p_end - p_start)
+            for (_, start, end), (_, p_start, p_end) in zip(spans, plain, strict=True)
+        ]
+        tools_in = grew.index(max(grew)) if tool_tokens else -1
     system = spans[0][2] if convo[0].role == "system" else (1 if total else 0)
     draft_tokens = spans[-1][2] - spans[-1][1] if draft else 0
     drop: list[int] = []
@@ -137,5 +164,5 @@ def context_budget(
     fits = overflow <= 0 or (policy != OverflowPolicy.STOP and dropped_tokens >= overflow)
     return ContextBudget(
         rt.n_ctx, system, total - system - draft_tokens, draft_tokens, reserve,
-        tuple(drop), dropped_tokens, fits, tuple(spans),
+        tuple(drop), dropped_tokens, fits, tuple(spans), tool_tokens, tools_in,
     )  # fmt: skip

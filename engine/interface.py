@@ -170,8 +170,10 @@ class Engine(Protocol):
         sampling: SamplingSettings,
         policy: OverflowPolicy,
         top_n: int = 12,
+        tools: ToolSet | None = None,
     ) -> Inspection:
-        """Budget, preview and KV state for the conversation plus the draft, in one round trip."""
+        """Budget, preview and KV state for the conversation plus the draft, in one round trip; `tools`: the
+        conversation's tools, rendered as its tool turns render them."""
         ...
 
     def preview(self, sampling: SamplingSettings, top_n: int = 20) -> list[PreviewStage]:
@@ -183,8 +185,9 @@ class Engine(Protocol):
     def token_pieces(self, text: str, parse_special: bool = True) -> list[TokenPiece]: ...
 
     def context_budget(
-        self, messages: Sequence[Message], draft: str, sampling: SamplingSettings, policy: OverflowPolicy
-    ) -> ContextBudget: ...
+        self, messages: Sequence[Message], draft: str, sampling: SamplingSettings, policy: OverflowPolicy,
+        tools: ToolSet | None = None,
+    ) -> ContextBudget: ...  # fmt: skip
 
     def hardware(self) -> Hardware:
         """What the engine's process can run on (CPU, RAM, GPUs with free memory)."""

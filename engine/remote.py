@@ -518,7 +518,7 @@ class RemoteEngine:
     def evaluation_count(self) -> int:
         return 0
 
-    def inspect(self, messages, draft, sampling, policy, top_n: int = 12):
+    def inspect(self, messages, draft, sampling, policy, top_n: int = 12, tools=None):
         self._local_only("The inspector")
 
     def preview(self, sampling, top_n: int = 20):
@@ -530,7 +530,7 @@ class RemoteEngine:
     def token_pieces(self, text: str, parse_special: bool = True):
         self._local_only("The token view")
 
-    def context_budget(self, messages, draft, sampling, policy):
+    def context_budget(self, messages, draft, sampling, policy, tools=None):
         self._local_only("The context view")
 
     def hardware(self):

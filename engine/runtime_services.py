@@ -93,14 +93,15 @@ class RuntimeServices:
 
     def inspect(
         self, messages: Sequence[Message], draft: str, sampling: SamplingSettings, policy: OverflowPolicy,
-        top_n: int = 12,
+        top_n: int = 12, tools: ToolSet | None = None,
     ) -> Inspection:  # fmt: skip
-        return inspection.inspect(self, messages, draft, sampling, policy, top_n)
+        return inspection.inspect(self, messages, draft, sampling, policy, top_n, tools)
 
     def context_budget(
-        self, messages: Sequence[Message], draft: str, sampling: SamplingSettings, policy: OverflowPolicy
-    ) -> ContextBudget:
-        return inspection.context_budget(self, messages, draft, sampling, policy)
+        self, messages: Sequence[Message], draft: str, sampling: SamplingSettings, policy: OverflowPolicy,
+        tools: ToolSet | None = None,
+    ) -> ContextBudget:  # fmt: skip
+        return inspection.context_budget(self, messages, draft, sampling, policy, tools)
 
     def attention(self, text_or_tokens: str | Sequence[int], max_tokens: int = MAX_TOKENS) -> AttentionMap:
         return attention.capture(self, text_or_tokens, max_tokens)

@@ -59,6 +59,36 @@ def slot_chat_tools(
     return split_calls(pool.submit(tokens, sampling, started), tools, style)
 
 
+def render_text(
+    rt: Runtime, messages: Sequence[Message], tools: ToolSet | None, add_generation_prompt: bool = True
+) -> str:
+    """The prompt text with the tool list, as the model's template takes it: native tools, or the generic format
+    (the tool list in the system message) for a template that knows nothing of tools."""
+    template = rt.template
+    active = tools.active if tools else ()
+    if template.uses_tools:
+        messages = (
+            nine_char_ids(list(messages)) if style_for(template.text, True) is MISTRAL else list(messages)
+        )
+        return template.render(messages, add_generation_prompt, [t.to_openai() for t in active] or None)
+    return template.render(generic_messages(list(messages), active), add_generation_prompt)
+
+
+def tool_renderer(rt: Runtime, tools: ToolSet | None):
+    """Runtime.render_tokens with the tool list as chat_tools renders it: what the inspector evaluates and
+    measures while the conversation uses tools, so its KV cache is the next tool turn's prefix."""
+
+    def render(messages: Sequence[Message], add_generation_prompt: bool = True, continue_last: bool = False):
+        rt.require_model()
+        if continue_last:  # the open assistant turn, then its text so far (as Runtime.render_tokens)
+            text = render_text(rt, messages[:-1], tools) + messages[-1].content
+        else:
+            text = render_text(rt, messages, tools, add_generation_prompt)
+        return rt.tokenize_rendered(text)
+
+    return render
+
+
 def prepare(
     rt: Runtime, messages: Sequence[Message], tools: ToolSet | None, sampling: SamplingSettings, cancel
 ) -> tuple[list[int], SamplingSettings, CallStyle]:
@@ -67,16 +97,11 @@ def prepare(
         raise EngineError("The conversation must end with a user message or a tool's result to get a reply.")
     template = rt.template
     active = tools.active if tools else ()
-    native = template.uses_tools
-    style = style_for(template.text, native)
+    style = style_for(template.text, template.uses_tools)
     if cancel is not None:  # Stop also ends a slow template render (slot requests end by their own cancel)
         template.cancel = cancel
     try:
-        if native:
-            messages = nine_char_ids(list(messages)) if style is MISTRAL else list(messages)
-            text = template.render(messages, True, [t.to_openai() for t in active] or None)
-        else:
-            text = template.render(generic_messages(list(messages), active), True)
+        text = render_text(rt, messages, tools)
     finally:
         if cancel is not None:
             template.cancel = None

@@ -47,6 +47,10 @@ class ContextBudget:
     would_drop_tokens: int = 0
     fits: bool = True
     spans: tuple[tuple[int, int, int], ...] = field(default=())  # (message index, first token, end token)
+    # the tool definitions the template writes while the conversation uses tools: part of the tokens above,
+    # inside message `tools_in`'s span (-1: before the first message)
+    tool_tokens: int = 0
+    tools_in: int = -1
 
     @property
     def free_tokens(self) -> int:

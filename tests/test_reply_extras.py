@@ -6,9 +6,11 @@ second window on the same home."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import sqlite3
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -18,7 +20,7 @@ from engine.conversations import ConversationError, ConversationStore
 from engine.reply_meta import MAX_PASSAGE, MAX_RESULT, MAX_SOURCES, call_line
 
 SERVER = Path(__file__).parent / "mcp_test_server.py"
-SHOTS = Path("/tmp/k-docs-shots")
+SHOTS = Path(os.environ.get("INGLE_SCREENSHOTS") or Path(tempfile.gettempdir()) / "ingle-screenshots")
 SOURCE = {"number": 1, "collection": "chat-1", "file": "/docs/garden.md", "page": None, "line_start": 3,
           "line_end": 4, "score": 0.03, "method": "hybrid", "tokens": 12, "text": "Slugs eat lettuce."}  # fmt: skip
 CALL = {"id": "c1", "server": "t", "tool": "echo", "arguments": '{"text": "hi"}', "result": "echo: hi\nmore",
@@ -127,7 +129,7 @@ def test_documents_and_tools_in_one_turn_stored_and_shown_again(qtbot, tmp_path,
 
     from app.docs_panel import indexed_files
     from app.main import MainWindow
-    from app.visualizers.context import SOURCES_COLOR
+    from app.visualizers.context import SOURCES_COLOR, TOOLS_COLOR
     from engine.mcp_client import ServerSpec, add_server
     from engine.runtime import Runtime
 
@@ -201,6 +203,8 @@ def test_documents_and_tools_in_one_turn_stored_and_shown_again(qtbot, tmp_path,
     assert retrieved.tokens == reply.sources[0]["tokens"] > 0
     assert labels.index("retrieved passages in message 1") == labels.index("message 1 (user)") - 1
     assert "message 2 (assistant)" in labels  # the reply is in the bar too: the context after the reply
+    # the enabled server's tool definitions, as the next tool turn renders them (the cache is that turn's prefix)
+    assert any(s.color == TOOLS_COLOR and s.tokens > 0 for s in inspected[0])
     assert "Called t.echo(" in window.view.toPlainText()
     assert live and "Called t.echo(" in live[0]  # shown under the reply while it was still being written
     SHOTS.mkdir(exist_ok=True)

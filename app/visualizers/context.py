@@ -14,6 +14,7 @@ from app.wording import count
 from engine.visual import ContextBudget
 
 SOURCES_COLOR = "#2aa198"  # retrieved document passages
+TOOLS_COLOR = "#d33682"  # the tool definitions the template writes into the prompt
 
 
 @dataclass(frozen=True)
@@ -77,12 +78,17 @@ class ContextBar(QWidget):
             role = "draft" if draft else roles[index] if index < len(roles) else "user"
             label = "message being typed" if draft else f"message {index + 1} ({role})"
             sources = min(retrieved.get(index, 0), end - start)
+            tools = min(budget.tool_tokens, end - start - sources) if index == budget.tools_in else 0
             if sources:  # the passages sit before the question inside the message
                 segs.append(Segment(f"retrieved passages in message {index + 1}", sources, SOURCES_COLOR,
                                     index in budget.would_drop_messages))  # fmt: skip
-            segs.append(
-                Segment(label, end - start - sources, ROLE_COLORS[role], index in budget.would_drop_messages)
-            )
+            segs.append(Segment(
+                label, end - start - sources - tools, ROLE_COLORS[role], index in budget.would_drop_messages
+            ))  # fmt: skip
+            if (
+                tools
+            ):  # what the template wrote into this message's turn: the tools' names, descriptions, schemas
+                segs.append(Segment(f"tool definitions (in message {index + 1})", tools, TOOLS_COLOR))
         segs.append(Segment("reserved for the reply", budget.reserve_tokens, RESERVE_COLOR))
         self.segments = segs
         system, turns, typing = split_budget(budget, roles, has_draft)
@@ -93,6 +99,8 @@ class ContextBar(QWidget):
         )
         if retrieved:
             self.note += f" · retrieved passages {sum(retrieved.values()):,}"
+        if budget.tool_tokens:
+            self.note += f" · tool definitions {budget.tool_tokens:,}"
         if budget.would_drop_messages:
             self.note += (
                 f"\nThe next reply drops the {count(len(budget.would_drop_messages), 'oldest message')} "
@@ -145,6 +153,8 @@ class ContextBar(QWidget):
                             ("assistant", ROLE_COLORS["assistant"]), ("typing", ROLE_COLORS["draft"]),
                             ("reply reserve", RESERVE_COLOR), ("dropped next", DROP_COLOR),
                             *((("docs", SOURCES_COLOR),) if any(s.color == SOURCES_COLOR for s in self.segments)
+                              else ()),
+                            *((("tools", TOOLS_COLOR),) if any(s.color == TOOLS_COLOR for s in self.segments)
                               else ())):  # fmt: skip
             p.fillRect(QRect(x, y + 3, 10, 10), QColor(color))
             p.drawText(x + 14, y + fm.ascent(), name)
