@@ -194,6 +194,12 @@ class ToolsPanel(QWidget):
             card.deleteLater()
         self.cards = []
 
+    def _add_card(self, call, server: str) -> ToolCallCard:
+        card = ToolCallCard(call, server)
+        self.calls_layout.insertWidget(self.calls_layout.count() - 1, card)  # above the stretch
+        self.cards.append(card)
+        return card
+
     def show_stored_calls(self, calls) -> None:
         """A stored reply's calls (engine/reply_meta.py records), as its cards were when it ran."""
         from engine.events import ToolCall
@@ -203,20 +209,16 @@ class ToolsPanel(QWidget):
             call = ToolCall(
                 record.get("id") or f"stored-{n}", record.get("tool", ""), record.get("arguments", "{}")
             )
-            card = ToolCallCard(call, record.get("server", ""))
+            card = self._add_card(call, record.get("server", ""))
             status = record.get("status", "done")
             card.finish(status != "denied", record.get("result", ""), status == "error")
-            self.calls_layout.insertWidget(self.calls_layout.count() - 1, card)
-            self.cards.append(card)
 
     def show_call(self, event) -> None:
         """A ToolCallStarted adds a card (the call and its arguments); a ToolCallFinished fills in its result."""
         from engine.tool_loop import ToolCallFinished, ToolCallStarted
 
         if isinstance(event, ToolCallStarted):
-            card = ToolCallCard(event.call, event.server)
-            self.calls_layout.insertWidget(self.calls_layout.count() - 1, card)
-            self.cards.append(card)
+            self._add_card(event.call, event.server)
         elif isinstance(event, ToolCallFinished):
             card = next((c for c in reversed(self.cards) if c.call.id == event.call.id), None)
             if card is not None:

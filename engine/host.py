@@ -156,13 +156,13 @@ class EngineHost:
         if self._stderr_path:
             Path(self._stderr_path).unlink(missing_ok=True)
 
-    def stderr_tail(self) -> str:
-        """The last few KB the child wrote (llama.cpp's messages, an abort's reason)."""
+    def stderr_tail(self, max_bytes: int = STDERR_TAIL_BYTES) -> str:
+        """The last `max_bytes` the child wrote (llama.cpp's messages, an abort's reason)."""
         if not self._stderr_path or not Path(self._stderr_path).exists():
             return self._crash_tail
         with open(self._stderr_path, "rb") as fh:
             fh.seek(0, os.SEEK_END)
-            fh.seek(max(0, fh.tell() - STDERR_TAIL_BYTES))
+            fh.seek(max(0, fh.tell() - max_bytes))
             return fh.read().decode("utf-8", errors="replace")
 
     def _keep_log(self) -> None:

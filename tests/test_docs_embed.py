@@ -81,8 +81,9 @@ def test_docs_add_with_an_embedding_model_from_the_library(
     out, err = capsys.readouterr()
     assert "3 files indexed" in out and "(bert-b, " in out and " threads)" in out, out
     store = open_store(library)
-    info = next(c for c in store.collections() if c.name == "zoo")
+    (info,) = store.collections("zoo")  # one collection's counts, without counting the others'
     assert info.embed_model == "bert-b" and info.embedded == info.chunks > 0
+    assert info in store.collections() and store.collections("no such") == []
     store.close()
     hits = retrieve(tiny_runtime, "zoo", "a kitten naps on the rug", 400)
     assert hits and {h.method for h in hits} & {"vector", "hybrid"}, hits

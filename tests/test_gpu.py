@@ -60,7 +60,7 @@ def test_the_engine_reports_the_gpu_and_fit_puts_every_layer_there(on_gpu):
     print(hw.describe(), loaded.fit_note, sep="\n")
     assert loaded.n_gpu_layers == loaded.info["layers"] + 1  # every layer and the output
     assert "all layers on the GPU" in loaded.fit_note
-    log = open(host._stderr_path, encoding="utf-8", errors="replace").read()  # the child's whole log
+    log = host.stderr_tail(max_bytes=1 << 24)  # the child's whole log
     counts = re.findall(r"offloaded (\d+)/(\d+) layers to GPU", log)
     assert counts and counts[-1][0] == counts[-1][1]  # llama.cpp's own count: all of them
 

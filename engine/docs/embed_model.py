@@ -54,7 +54,7 @@ def _stored_entry(library, stored: str | None):
 
 def _collection_vectors(store, collection: str) -> tuple[str | None, int]:
     """(the collection's stored embedding model, how many of its chunks have vectors); (None, 0) when new."""
-    info = next((c for c in store.collections() if c.name == collection), None)
+    info = next(iter(store.collections(collection)), None)
     return (info.embed_model, info.embedded) if info else (None, 0)
 
 

@@ -104,12 +104,14 @@ class DocStore:
             )
         return cur.lastrowid
 
-    def collections(self) -> list[CollectionInfo]:
+    def collections(self, name: str | None = None) -> list[CollectionInfo]:
+        """Every collection with its counts, or only the one called `name` (an empty list: none is)."""
         rows = self.conn.execute(
             "SELECT c.name, c.embed_model, (SELECT count(*) FROM files f WHERE f.collection_id = c.id),"
             " (SELECT count(*) FROM chunks k JOIN files f ON k.file_id = f.id WHERE f.collection_id = c.id),"
             " (SELECT count(*) FROM chunks k JOIN files f ON k.file_id = f.id WHERE f.collection_id = c.id"
-            "  AND k.embedding IS NOT NULL) FROM collections c ORDER BY c.name"
+            "  AND k.embedding IS NOT NULL) FROM collections c WHERE ? IS NULL OR c.name = ? ORDER BY c.name",
+            (name, name),
         ).fetchall()
         return [CollectionInfo(name, files, chunks, emb, model) for name, model, files, chunks, emb in rows]
 
