@@ -323,9 +323,8 @@ class SamplerChain:
             return top
         if top in self._bias_set:  # the raw winner is biased: look at every logit
             return int(np.argmax(self._biased(logits)))
-        if (
-            self._bias_once is not None
-        ):  # the first largest biased logit (ids ascending) against the raw winner
+        if self._bias_once is not None:
+            # the first largest biased logit (ids ascending) against the raw winner, which keeps its logit
             vals = logits[self._bias_ids] + self._bias_once
             j = int(np.argmax(vals))
             best, raw = vals[j], logits[top]
