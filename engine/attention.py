@@ -101,7 +101,7 @@ def capture(rt: Runtime, text_or_tokens: str | Sequence[int], max_tokens: int = 
     chat's own context and KV cache are not touched."""
     rt.require_model()
     tokens, dropped = _tokens_for(rt, text_or_tokens, max_tokens)
-    rt._cancel.clear()  # a Stop from before this request is not for it; one during it ends the evaluation
+    rt.stop_flag.clear()  # a Stop from before this request is not for it; one during it ends the evaluation
     n = len(tokens)
     cells = -(-n // _PAD) * _PAD
     ggml = _ggml_lib()
@@ -123,7 +123,7 @@ def capture(rt: Runtime, text_or_tokens: str | Sequence[int], max_tokens: int = 
                     rt.heartbeat()
                 except OSError:  # the pipe is gone, so is the parent; the child ends with it
                     pass
-        return not rt._cancel.is_set()
+        return not rt.stop_flag.is_set()
 
     # the chat context's parameters (threads, RoPE scaling for its length), then this pass's own
     cparams = context_params(rt.load_settings, llama_cpp.llama_model_n_ctx_train(rt.model))
@@ -157,7 +157,7 @@ def capture(rt: Runtime, text_or_tokens: str | Sequence[int], max_tokens: int = 
     finally:
         llama_cpp.llama_batch_free(batch)
         llama_cpp.llama_free(ctx)
-    if rt._cancel.is_set():
+    if rt.stop_flag.is_set():
         raise Cancelled("Capturing attention was cancelled.")
     if rc != 0:
         raise EngineError(f"llama_decode failed with code {rc} while capturing attention.")

@@ -111,7 +111,7 @@ def sample_loop(
     reason = StopReason.MAX_TOKENS
     try:
         while True:
-            if rt._cancel.is_set():
+            if rt.stop_flag.is_set():
                 reason = StopReason.CANCELLED
                 break
             if stepper.will_decode and len(rt._cached) >= rt.n_ctx:

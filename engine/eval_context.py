@@ -136,7 +136,7 @@ def evaluate_context(rt, lengths: Sequence[int], depths: Sequence[int], perplexi
             f"A haystack of {max(lengths)} tokens needs a context of {needed_context(lengths)}; the model is loaded "
             f"with {rt.n_ctx}. Load it with a longer context (--ctx-size) or use shorter lengths."
         )
-    cancel = rt._cancel  # the Runtime's Stop flag: cancel() from any thread ends the eval between steps
+    cancel = rt.stop_flag  # the Runtime's Stop flag: cancel() from any thread ends the eval between steps
     cancel.clear()
     started = time.perf_counter()
     bos = rt.tokenize("", add_special=True)

@@ -111,7 +111,8 @@ class Runtime(RuntimeServices):
         self._slots = None  # engine.slots.SlotPool, once start_slots is called
         self.speculator: Speculator | None = None  # drafting for speculative decoding, when asked for
         self._cached: list[int] = []  # tokens whose K/V are in the cache, in order
-        self._cancel = threading.Event()
+        # set by cancel() from any thread; each piece of work clears it when it starts and stops when it is set
+        self.stop_flag = threading.Event()
         self._batch = None
         self.n_ctx = 0
         self.n_vocab = 0
@@ -142,7 +143,7 @@ class Runtime(RuntimeServices):
         extra = sum(a.file_size for a, _ in adapter_infos)
         settings, fit_note = fit.settings_for_load(info, settings, extra)  # refuse up front what cannot fit
         self.unload()
-        self._cancel.clear()
+        self.stop_flag.clear()
         _recent_errors.clear()
         started = time.perf_counter()
         progress: queue.Queue = queue.Queue()
@@ -151,7 +152,7 @@ class Runtime(RuntimeServices):
         @llama_cpp.llama_progress_callback
         def on_progress(fraction: float, _user) -> bool:
             progress.put(fraction)
-            return not self._cancel.is_set()
+            return not self.stop_flag.is_set()
 
         mparams = model_params(settings, info.n_layers)
         mparams.progress_callback = on_progress
@@ -166,7 +167,7 @@ class Runtime(RuntimeServices):
             yield LoadProgress(min(1.0, float(fraction)))
         thread.join()
         model = result.get("model")
-        if self._cancel.is_set():
+        if self.stop_flag.is_set():
             if model:
                 llama_cpp.llama_model_free(model)
             raise Cancelled("Loading was cancelled.")
@@ -251,7 +252,7 @@ class Runtime(RuntimeServices):
             bos_token=self.special_text(llama_cpp.llama_vocab_bos(self.vocab)),
             eos_token=self.special_text(llama_cpp.llama_vocab_eos(self.vocab)),
             override=override,
-            cancel=self._cancel,  # cancelling the load also stops a slow test render of the template
+            cancel=self.stop_flag,  # cancelling the load also stops a slow test render of the template
         )
 
     def unload(self) -> None:
@@ -283,7 +284,7 @@ class Runtime(RuntimeServices):
 
     def cancel(self) -> None:
         """Safe from any thread: the running reply stops before its next token."""
-        self._cancel.set()
+        self.stop_flag.set()
 
     # ------------------------------------------------------------- tokens
     def tokenize(self, text: str, add_special: bool = False, parse_special: bool = True) -> list[int]:
@@ -458,7 +459,7 @@ class Runtime(RuntimeServices):
     ) -> Iterator[Event]:
         """Raw completion of `prompt` (BOS added as the model wants)."""
         self.require_model()
-        self._cancel.clear()
+        self.stop_flag.clear()
         tokens = self.tokenize(prompt, add_special=True, parse_special=False)
         if not tokens:
             raise EngineError("The prompt is empty.")
@@ -478,7 +479,7 @@ class Runtime(RuntimeServices):
         writing it (ReplyDone.text is then only the new part).
         """
         self.require_model()
-        self._cancel.clear()  # a Stop from before this request is not for it
+        self.stop_flag.clear()  # a Stop from before this request is not for it
         sampling = sampling or SamplingSettings()
         expected = ("assistant",) if continue_last else ("user", "system")
         if not messages or messages[-1].role not in expected:
@@ -488,7 +489,7 @@ class Runtime(RuntimeServices):
                 else "The conversation must end with a user message to get a reply."
             )
         messages = list(messages)
-        self.template.cancel = self._cancel  # Stop also ends a slow template render
+        self.template.cancel = self.stop_flag  # Stop also ends a slow template render
         try:
             tokens = self.render_tokens(messages, continue_last=continue_last)
             reserve = self.reply_reserve(sampling)

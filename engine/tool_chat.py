@@ -43,8 +43,8 @@ def chat_tools(
     """Reply to a conversation that may use tools: the usual events, then ToolCallsMade (the reply split into
     its text and its calls) just before ReplyDone."""
     rt.require_model()
-    rt._cancel.clear()
-    tokens, sampling, style = prepare(rt, messages, tools, sampling or SamplingSettings(), rt._cancel)
+    rt.stop_flag.clear()
+    tokens, sampling, style = prepare(rt, messages, tools, sampling or SamplingSettings(), rt.stop_flag)
     keep = 1 if tokens and tokens[0] == llama_cpp.llama_vocab_bos(rt.vocab) else 0
     yield from split_calls(rt._generate(tokens, sampling, policy, keep), tools, style)
 
