@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -11,6 +12,10 @@ from pathlib import Path
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 _SESSION_HOME = Path(tempfile.mkdtemp(prefix="ingle-test-home-"))
 os.environ["INGLE_HOME"] = str(_SESSION_HOME)
+# A suite started in the background by a shell (`cmd &`) inherits SIGINT ignored, and so would every child it
+# starts: the Ctrl-C tests could not interrupt them. Python's own handler here is reset to the default in children.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 import pytest  # noqa: E402
 
