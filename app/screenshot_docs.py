@@ -98,13 +98,13 @@ def render_documents(app, window, out_dir: Path) -> Path:
 
 def render_tools(app, window, out_dir: Path) -> Path:
     """`mcp-server-time` enabled in a new conversation with tool choice "required", its call allowed once (the
-    answer the approval dialog would give, given here in code), the transcript and the Tools tab."""
+    answer the approval dialog would give, given here in code), the transcript, the Tools tab and the Context
+    window dock with the tool definitions as their own segment."""
     from PySide6.QtCore import Qt
 
     from app.tool_chat_gui import GuiApprover, ToolSession
     from engine.tool_loop import Approval
 
-    window.inspector.docks["context"].hide()
     _new_greedy_chat(window)
     _tab(window, "Tools")
     panel = window.tools_panel
@@ -126,7 +126,9 @@ def render_tools(app, window, out_dir: Path) -> Path:
     window.tool_session, window.tool_approver = ToolSession(), GuiApprover(window, ask=allow_once)
     window.send(TOOLS_QUESTION)
     wait(window.reply_finished)
+    wait(window.inspector.updated, 30_000)  # the context bar measured again, tool definitions included
     wait(ms=500)
+    print(f"context: {window.inspector.context_bar.note!r}")
     reply = window.store.path(window.conversation)[-1]
     print(f"calls allowed: {asked}")
     print(f"tools reply ({reply.status}): {reply.content!r}")
