@@ -238,6 +238,29 @@ class ToolsPanel(QWidget):
         self.choice.blockSignals(False)
         self.reload()
 
+    def adopt_unsaved(self, conversation_id: int) -> None:
+        """The servers and tool choice picked while no conversation was open go with the conversation just made
+        for them (the first message sent, a document attached), saved with it."""
+        if self._conversation.isdigit():
+            return
+        key = str(conversation_id)
+        servers, choice = (
+            self._enabled.pop(self._conversation, None),
+            self._choices.pop(self._conversation, None),
+        )
+        if servers is not None:
+            self._enabled[key] = servers
+        if choice is not None:
+            self._choices[key] = choice
+        if self._store is not None and (servers or choice):
+            try:
+                if servers:
+                    self._store.set_tool_servers(conversation_id, sorted(servers))
+                if choice:
+                    self._store.set_tool_choice(conversation_id, choice)
+            except Exception as err:  # kept for this session only
+                self.status.setText(f"Not saved (kept until the app closes): {err}")
+
     def _choice_changed(self, choice: str) -> None:
         self._choices[self._conversation] = choice
         if self._store is not None and self._conversation.isdigit():

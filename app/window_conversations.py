@@ -47,6 +47,7 @@ class ConversationActions:
 
     def new_chat(self) -> None:
         conv = self.store.create(settings=self.sampling_panel.settings())
+        self.tools_panel.adopt_unsaved(conv.id)  # tools picked with no conversation open go with this one
         self.open_conversation(conv.id)
         self.refresh_conversations()
         self.composer.setFocus()

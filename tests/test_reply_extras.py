@@ -349,6 +349,16 @@ def test_tool_choice_is_kept_per_conversation(qtbot, tmp_path):
     panel.choice.setCurrentText("required")
     panel.set_conversation("1")
     assert panel.choice.currentText() == "none"
+    # picked while no conversation is open: it goes with the conversation made for the first message
+    panel.set_conversation("None")
+    panel.choice.setCurrentText("required")
+    third = store.create("third").id
+    panel.adopt_unsaved(third)
+    panel.set_conversation(str(third))
+    assert panel.choice.currentText() == "required" and store.tool_choice(third) == "required"
+    fourth = store.create("fourth").id
+    panel.adopt_unsaved(fourth)  # with a conversation open, a new one starts at auto
+    assert store.tool_choice(fourth) == "auto"
     store.close()
 
     store = ConversationStore(db)  # after a restart
