@@ -504,13 +504,17 @@ class Runtime(RuntimeServices):
         yield from self._generate(tokens, sampling, policy, keep)
 
     def render_tokens(
-        self, messages: Sequence[Message], add_generation_prompt: bool = True, continue_last: bool = False
-    ) -> list[int]:
+        self, messages: Sequence[Message], add_generation_prompt: bool = True, continue_last: bool = False,
+        render=None,
+    ) -> list[int]:  # fmt: skip
+        """The conversation as prompt tokens. `render(messages, add_generation_prompt) -> text`: how it is written
+        (default: the chat template alone; engine.tool_chat adds the tool list)."""
         self.require_model()  # after an unload the template outlives the vocab; tokenizing with it aborts
+        render = render or self.template.render
         if continue_last:  # the open assistant turn, then its text so far (as llama.cpp's server continues)
-            text = self.template.render(messages[:-1], True) + messages[-1].content
+            text = render(messages[:-1], True) + messages[-1].content
         else:
-            text = self.template.render(messages, add_generation_prompt)
+            text = render(messages, add_generation_prompt)
         return self.tokenize_rendered(text)
 
     def tokenize_rendered(self, text: str) -> list[int]:

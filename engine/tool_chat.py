@@ -7,6 +7,7 @@ the model (its template, tokenizer and sampler), so it runs in the engine's proc
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
@@ -60,7 +61,7 @@ def slot_chat_tools(
 
 
 def render_text(
-    rt: Runtime, messages: Sequence[Message], tools: ToolSet | None, add_generation_prompt: bool = True
+    rt: Runtime, messages: Sequence[Message], add_generation_prompt: bool = True, tools: ToolSet | None = None
 ) -> str:
     """The prompt text with the tool list, as the model's template takes it: native tools, or the generic format
     (the tool list in the system message) for a template that knows nothing of tools."""
@@ -77,16 +78,7 @@ def render_text(
 def tool_renderer(rt: Runtime, tools: ToolSet | None):
     """Runtime.render_tokens with the tool list as chat_tools renders it: what the inspector evaluates and
     measures while the conversation uses tools, so its KV cache is the next tool turn's prefix."""
-
-    def render(messages: Sequence[Message], add_generation_prompt: bool = True, continue_last: bool = False):
-        rt.require_model()
-        if continue_last:  # the open assistant turn, then its text so far (as Runtime.render_tokens)
-            text = render_text(rt, messages[:-1], tools) + messages[-1].content
-        else:
-            text = render_text(rt, messages, tools, add_generation_prompt)
-        return rt.tokenize_rendered(text)
-
-    return render
+    return functools.partial(rt.render_tokens, render=functools.partial(render_text, rt, tools=tools))
 
 
 def prepare(
@@ -101,7 +93,7 @@ def prepare(
     if cancel is not None:  # Stop also ends a slow template render (slot requests end by their own cancel)
         template.cancel = cancel
     try:
-        text = render_text(rt, messages, tools)
+        text = render_text(rt, messages, tools=tools)
     finally:
         if cancel is not None:
             template.cancel = None
