@@ -7,9 +7,6 @@ import collections
 import time
 from collections.abc import Iterator
 
-import llama_cpp
-import numpy as np
-
 from engine.events import Event, ReplyDone, ReplyStats, StopReason, Token
 from engine.preview import token_logprobs
 from engine.sampling import SamplerChain
@@ -83,10 +80,6 @@ class Stepper:
         self.queue.clear()
 
 
-def logits_at(rt, idx: int) -> np.ndarray:
-    return np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(rt.ctx, idx), shape=(rt.n_vocab,))
-
-
 def sample_loop(
     rt,
     tokens: list[int],
@@ -128,7 +121,7 @@ def sample_loop(
                 break
             generated.append(token)
             logprob, alternatives = (
-                token_logprobs(logits_at(rt, idx), token, sampling.top_logprobs, rt.token_text)
+                token_logprobs(chain.logits(rt.ctx, idx), token, sampling.top_logprobs, rt.token_text)
                 if want_logprobs
                 else (None, ())
             )

@@ -278,7 +278,7 @@ class SamplerChain:
                 self._bias_dense[self._bias_ids] = self._bias_once
                 self._is_biased = np.zeros(n_vocab, bool)
                 self._is_biased[self._bias_ids] = True
-        self._logits = LogitsView(n_vocab)
+        self.logits = LogitsView(n_vocab)  # logits(ctx, idx): the raw logits the chain samples from
         params = llama_cpp.llama_sampler_chain_default_params()
         params.no_perf = True
         self.chain = llama_cpp.llama_sampler_chain_init(params)
@@ -303,7 +303,7 @@ class SamplerChain:
         llama_sampler_sample, which the FULL path calls)."""
         if self.path == FastPath.FULL:
             return llama_cpp.llama_sampler_sample(self.chain, ctx, idx)
-        logits = self._logits(ctx, idx)
+        logits = self.logits(ctx, idx)
         if self.path == FastPath.ARGMAX:
             token = self._argmax(logits)
         else:

@@ -19,7 +19,6 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import llama_cpp
-import numpy as np
 
 from engine.errors import EngineError, SettingsError
 from engine.events import Event, Message, PromptEvaluated, ReplyDone, ReplyStats, StopReason, Token
@@ -373,8 +372,9 @@ class SlotPool:
         r.generated.append(token)
         logprob, alternatives = None, ()
         if r.want_logprobs:
-            logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self.ctx, idx), shape=(rt.n_vocab,))
-            logprob, alternatives = token_logprobs(logits, token, r.sampling.top_logprobs, rt.token_text)
+            logprob, alternatives = token_logprobs(
+                r.chain.logits(self.ctx, idx), token, r.sampling.top_logprobs, rt.token_text
+            )
         text = r.stream.push(rt.token_bytes(token))
         r.events.put(
             Token(token, text, logprob, alternatives, rt.token_text(token) if r.want_logprobs else "")
