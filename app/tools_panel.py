@@ -244,30 +244,30 @@ class ToolsPanel(QWidget):
         if self._conversation.isdigit():
             return
         key = str(conversation_id)
-        servers, choice = (
-            self._enabled.pop(self._conversation, None),
-            self._choices.pop(self._conversation, None),
-        )
-        if servers is not None:
+        if (servers := self._enabled.pop(self._conversation, None)) is not None:
             self._enabled[key] = servers
-        if choice is not None:
+            self._save_servers(key)
+        if (choice := self._choices.pop(self._conversation, None)) is not None:
             self._choices[key] = choice
-        if self._store is not None and (servers or choice):
-            try:
-                if servers:
-                    self._store.set_tool_servers(conversation_id, sorted(servers))
-                if choice:
-                    self._store.set_tool_choice(conversation_id, choice)
-            except Exception as err:  # kept for this session only
-                self.status.setText(f"Not saved (kept until the app closes): {err}")
+            self._save_choice(key)
 
     def _choice_changed(self, choice: str) -> None:
         self._choices[self._conversation] = choice
-        if self._store is not None and self._conversation.isdigit():
+        self._save_choice(self._conversation)
+
+    def _save_choice(self, key: str) -> None:
+        if self._store is not None and key.isdigit():
             try:
-                self._store.set_tool_choice(int(self._conversation), choice)
+                self._store.set_tool_choice(int(key), self._choices[key])
             except Exception as err:  # a deleted conversation, a locked file: kept for this session only
                 self.status.setText(f"Tool choice not saved (kept until the app closes): {err}")
+
+    def _save_servers(self, key: str) -> None:
+        if self._store is not None and key.isdigit():
+            try:
+                self._store.set_tool_servers(int(key), sorted(self._enabled[key]))
+            except Exception as err:  # a deleted conversation, a locked file: enabled for this session only
+                self.status.setText(f"Not saved (enabled until the app closes): {err}")
 
     def enabled(self) -> list[str]:
         return sorted(self._enabled.get(self._conversation, set()) & set(self._servers))
@@ -284,9 +284,5 @@ class ToolsPanel(QWidget):
             servers.add(name)
         else:
             servers.discard(name)
-        if self._store is not None and self._conversation.isdigit():
-            try:
-                self._store.set_tool_servers(int(self._conversation), sorted(servers))
-            except Exception as err:  # a deleted conversation, a locked file: enabled for this session only
-                self.status.setText(f"Not saved (enabled until the app closes): {err}")
+        self._save_servers(self._conversation)
         self.changed.emit()

@@ -85,9 +85,8 @@ class ContextBar(QWidget):
             segs.append(Segment(
                 label, end - start - sources - tools, ROLE_COLORS[role], index in budget.would_drop_messages
             ))  # fmt: skip
-            if (
-                tools
-            ):  # what the template wrote into this message's turn: the tools' names, descriptions, schemas
+            # what the template wrote into this message's turn: the tools' names, descriptions, schemas
+            if tools:
                 segs.append(Segment(f"tool definitions (in message {index + 1})", tools, TOOLS_COLOR))
         segs.append(Segment("reserved for the reply", budget.reserve_tokens, RESERVE_COLOR))
         self.segments = segs
