@@ -504,13 +504,20 @@ class Runtime(RuntimeServices):
         yield from self._generate(tokens, sampling, policy, keep)
 
     def render_tokens(
-        self, messages: Sequence[Message], add_generation_prompt: bool = True, continue_last: bool = False,
-        render=None,
-    ) -> list[int]:  # fmt: skip
-        """The conversation as prompt tokens. `render(messages, add_generation_prompt) -> text`: how it is written
-        (default: the chat template alone; engine.tool_chat adds the tool list)."""
+        self, messages: Sequence[Message], add_generation_prompt: bool = True, continue_last: bool = False
+    ) -> list[int]:
+        return self.render_tokens_with(self.template.render, messages, add_generation_prompt, continue_last)
+
+    def render_tokens_with(
+        self,
+        render,
+        messages: Sequence[Message],
+        add_generation_prompt: bool = True,
+        continue_last: bool = False,
+    ) -> list[int]:
+        """render_tokens with the text written by `render(messages, add_generation_prompt)` (engine.tool_chat
+        adds the tool list to the chat template's)."""
         self.require_model()  # after an unload the template outlives the vocab; tokenizing with it aborts
-        render = render or self.template.render
         if continue_last:  # the open assistant turn, then its text so far (as llama.cpp's server continues)
             text = render(messages[:-1], True) + messages[-1].content
         else:

@@ -78,7 +78,7 @@ def render_text(
 def tool_renderer(rt: Runtime, tools: ToolSet | None):
     """Runtime.render_tokens with the tool list as chat_tools renders it: what the inspector evaluates and
     measures while the conversation uses tools, so its KV cache is the next tool turn's prefix."""
-    return functools.partial(rt.render_tokens, render=functools.partial(render_text, rt, tools=tools))
+    return functools.partial(rt.render_tokens_with, functools.partial(render_text, rt, tools=tools))
 
 
 def prepare(
